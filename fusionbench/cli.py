@@ -1,0 +1,196 @@
+"""The ``fusionbench`` command line (click).
+
+Errors caused by input (unknown names, bad options, malformed data files) print one line starting
+with ``error:`` and exit with status 2; a training failure (e.g. a NaN loss) exits with status 1.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from tabulate import tabulate
+
+from fusionbench.errors import TrainingError, UserInputError
+from fusionbench.metrics import DEFAULT_KS, METRICS
+from fusionbench.registry import REGISTRIES, UnknownPluginError
+
+OPTION_GROUPS = {"train": "train_options", "agg": "aggregator_options", "data": "dataset_options",
+                 "features": "feature_options"}
+
+
+def handle_errors(fn):
+    """Turn user-input and training errors into a one-line message and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UserInputError, UnknownPluginError) as err:
+            click.echo(f"error: {err}", err=True)
+            raise SystemExit(2)
+        except TrainingError as err:
+            click.echo(f"error: training failed: {err}", err=True)
+            raise SystemExit(1)
+
+    return wrapper
+
+
+def parse_sets(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``("dim=64", "train.lr=0.01")`` -> ``{"strategy_options": {"dim": "64"}, "train_options": {...}}``."""
+    groups: dict[str, dict[str, str]] = {"strategy_options": {}, **{g: {} for g in OPTION_GROUPS.values()}}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"--set expects key=value, got {pair!r}")
+        prefix, dot, name = key.partition(".")
+        if dot and prefix in OPTION_GROUPS:
+            groups[OPTION_GROUPS[prefix]][name] = value
+        elif dot:
+            raise UserInputError(f"--set {pair!r}: unknown option group {prefix!r}; "
+                                 f"known: {', '.join(OPTION_GROUPS)} (no prefix = strategy option)")
+        else:
+            groups["strategy_options"][key] = value
+    return groups
+
+
+def metrics_table(rows: list[tuple[str, dict[str, float]]], ks=DEFAULT_KS) -> str:
+    """Rows of (label, metrics) -> a table of HR/NDCG/MRR@K in percent."""
+    headers = ["split"] + [f"{m}@{k}" for m in METRICS for k in ks]
+    body = [[label] + [f"{100 * values[f'{m}@{k}']:.2f}" for m in METRICS for k in ks] for label, values in rows]
+    return tabulate(body, headers=headers, tablefmt="github")
+
+
+@click.group()
+@click.version_option(package_name="fusionbench")
+def main() -> None:
+    """Benchmark multimodal fusion strategies for sequential recommendation."""
+
+
+data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                                help="Folder holding the amazon_* datasets (default: $FUSIONBENCH_DATA, "
+                                     "else ./shared/data or ../shared/data).")
+
+
+@main.command()
+@click.option("--strategy", required=True, help="Strategy name (see `fusionbench list strategies`).")
+@click.option("--aggregator", default=None, help="Graph aggregator for graph strategies.")
+@click.option("--dataset", default="beauty", show_default=True)
+@click.option("--protocol", default="loo", show_default=True, help="loo | ratio | ratio-paper (leaky).")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (default 200; early stopping on validation).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-len", type=int, default=50, show_default=True, help="Maximum input length L.")
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="SQLite results store; a run already done there is skipped.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Option override: strategy option, or train.*, agg.*, data.*, features.*.")
+@data_root_option
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@handle_errors
+def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int], seed: int,
+        max_len: int, store: Optional[Path], sets: tuple[str, ...], data_root: Optional[Path], quiet: bool) -> None:
+    """Train one strategy to early stopping and print its validation and test metrics (%)."""
+    from fusionbench.runner import RunRequest, run_experiment
+    from fusionbench.store import ResultStore
+
+    groups = parse_sets(sets)
+    if epochs is not None:
+        groups["train_options"]["epochs"] = epochs
+    request = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, seed=seed, aggregator=aggregator,
+                         max_len=max_len, data_root=data_root, **groups)
+    results = ResultStore(store) if store is not None else None
+    outcome = run_experiment(request, store=results, progress=not quiet)
+    label = f"{strategy}" + (f" + {outcome.config['aggregator']}" if outcome.config["aggregator"] else "")
+    click.echo(f"{label} on {dataset} ({protocol}, seed {seed}, run {outcome.config_hash})"
+               + (" — already in the store, not rerun" if outcome.skipped else ""))
+    if outcome.result is not None:
+        r = outcome.result
+        click.echo(f"best epoch {r.best_epoch} of {len(r.history)}; {r.epoch_seconds:.1f} s/epoch; "
+                   f"test evaluation {r.eval_seconds:.2f} s")
+    test_label = "test (test-selected, leaky)" if protocol == "ratio-paper" else "test"
+    click.echo(metrics_table([("valid", outcome.valid), (test_label, outcome.test)]))
+
+
+@main.command("list")
+@click.argument("kind", type=click.Choice(sorted(REGISTRIES)), required=False)
+@handle_errors
+def list_plugins(kind: Optional[str]) -> None:
+    """List registered plugins with their options and defaults."""
+    for name in [kind] if kind else sorted(REGISTRIES):
+        registry = REGISTRIES[name]
+        click.echo(f"{name}:")
+        for plugin in registry.names():
+            obj = registry.get(plugin)
+            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
+            click.echo(f"  {plugin}: {doc[0] if doc else ''}")
+            for opt, tp, default in obj.Options.describe():
+                click.echo(f"      {opt} ({tp}) = {default}")
+
+
+@main.group()
+def data() -> None:
+    """Inspect datasets."""
+
+
+@data.command("info")
+@click.argument("name")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Dataset option (e.g. path=DIR).")
+@data_root_option
+@handle_errors
+def data_info(name: str, sets: tuple[str, ...], data_root: Optional[Path]) -> None:
+    """Counts and modality coverage of dataset NAME."""
+    from fusionbench.data.datasets import load_dataset
+
+    options = {k: v for k, _, v in (s.partition("=") for s in sets)}
+    d = load_dataset(name, data_root, **options)
+    lengths = d.lengths.double()
+    rows: list[list[Any]] = [
+        ["users", d.n_users], ["items", d.n_items], ["interactions", d.n_interactions],
+        ["avg length", f"{lengths.mean():.2f}"], ["median length", f"{lengths.median():.0f}"],
+        ["max length", int(lengths.max())], ["sparsity", f"{100 * (1 - d.n_interactions / (d.n_users * d.n_items)):.2f}%"],
+    ]
+    coverage = _coverage(d)
+    for channel in ("image", "text", "attr"):
+        coverage.setdefault(channel, "absent (no data for this channel)")
+    rows += [[f"modality {m}", v] for m, v in sorted(coverage.items())]
+    click.echo(f"{name} ({d.source})")
+    click.echo(tabulate(rows, tablefmt="plain"))
+
+
+def _coverage(d) -> dict[str, str]:
+    side, n = d.side, d.n_items
+    out: dict[str, str] = {}
+    pct = lambda k: f"{k} / {n} items ({100 * k / n:.2f}%)"  # noqa: E731
+    if side.titles is not None:
+        out["text"] = pct(sum(1 for t in side.titles[1:] if t.strip())) + " (title)"
+    if side.attributes is not None:
+        out["attr"] = pct(sum(1 for a in side.attributes[1:] if a)) + f", {side.n_attributes} attribute ids"
+    for name, channel in side.dense.items():
+        out[name] = pct(int(channel.present[1:].sum())) + f", {channel.features.shape[1]}-d features"
+    return out
+
+
+@main.group()
+def features() -> None:
+    """Extract modality features with offline encoders."""
+
+
+@features.command("image")
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of <item_id>.jpg|png images.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output .npy file.")
+@click.option("--n-items", type=int, default=None, help="Number of items n (default: largest id found).")
+@handle_errors
+def features_image(images_dir: Path, out: Path, n_items: Optional[int]) -> None:
+    """EfficientNet-Lite0 (ImageNet) features for a folder of item images -> [n+1, D] .npy (NaN = absent)."""
+    from fusionbench.features.image import image_channel_from_folder, save_image_channel
+
+    feats, present = image_channel_from_folder(images_dir, n_items)
+    save_image_channel(out, feats, present)
+    click.echo(f"wrote {out}: {feats.shape[0] - 1} items x {feats.shape[1]} features, {int(present.sum())} with an image")
+
+
+if __name__ == "__main__":
+    main()

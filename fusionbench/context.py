@@ -1,0 +1,137 @@
+"""What models are built from and what they consume: modality tables, contexts and batches.
+
+Item ids are 1..n; row/id 0 is padding everywhere. Modalities are named channels (``"text"``,
+``"attr"``, ``"image"``), always looked up by name, never by position.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor
+
+CODE_SENTINEL = -1  # codes[m][item, j] for "no code" (padding row, absent modality, fewer than k codes)
+
+
+@dataclass(frozen=True)
+class ModalityTable:
+    """Side information of one modality for every item.
+
+    Attributes:
+        features: float ``[n_items + 1, d_m]``; row 0 and absent rows are zeros.
+        present: bool ``[n_items + 1]``; False for row 0 and for items lacking the modality.
+        codes: long ``[n_items + 1, k]`` in ``0..n_codes-1``; ``CODE_SENTINEL`` where there is no code.
+        n_codes: size of the code vocabulary (C).
+    """
+
+    features: Tensor
+    present: Tensor
+    codes: Tensor
+    n_codes: int
+
+    def __post_init__(self) -> None:
+        n = self.present.shape[0]
+        if self.features.shape[0] != n or self.codes.shape[0] != n:
+            raise ValueError(
+                f"modality table rows disagree: features {tuple(self.features.shape)}, "
+                f"present {tuple(self.present.shape)}, codes {tuple(self.codes.shape)}"
+            )
+        if self.present.dtype != torch.bool or self.codes.dtype != torch.long:
+            raise ValueError("modality table: present must be bool and codes long")
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def replace(self, **changes) -> "ModalityTable":
+        return dataclasses.replace(self, **changes)
+
+    def without_items(self, absent: Tensor) -> "ModalityTable":
+        """Mark items in the bool mask ``absent [n_items + 1]`` as lacking this modality."""
+        present = self.present & ~absent
+        keep = present[:, None]
+        return ModalityTable(
+            features=self.features * keep.to(self.features.dtype),
+            present=present,
+            codes=torch.where(keep, self.codes, torch.full_like(self.codes, CODE_SENTINEL)),
+            n_codes=self.n_codes,
+        )
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """Everything a strategy is built from (its options come separately).
+
+    Attributes:
+        n_items: number of real items n (ids 1..n).
+        max_len: maximum input length L.
+        modalities: name -> :class:`ModalityTable`, sorted by name; may be empty (ID-only data).
+        aggregator: name of the graph aggregator for graph strategies (``None`` = strategy default).
+        aggregator_options: options for that aggregator.
+    """
+
+    n_items: int
+    max_len: int
+    modalities: Mapping[str, ModalityTable] = field(default_factory=dict)
+    aggregator: Optional[str] = None
+    aggregator_options: Mapping[str, object] = field(default_factory=dict)
+
+    def with_modalities(self, modalities: Mapping[str, ModalityTable]) -> "StrategyContext":
+        return dataclasses.replace(self, modalities=dict(sorted(modalities.items())))
+
+    def with_all_modalities_missing(self) -> "StrategyContext":
+        return self.with_modalities(
+            {m: t.without_items(torch.ones_like(t.present)) for m, t in self.modalities.items()}
+        )
+
+
+@dataclass(frozen=True)
+class AggregatorContext:
+    """What an aggregator is built from.
+
+    Attributes:
+        dim: node feature size d (input and output).
+        n_relations: R, the number of relation channels of ``adj [B, R, N, N]``; channel 0 is the
+            self-loop, channels 1..3 the sequential (homogeneous) relations, channels >= 4 the
+            cross-type (heterogeneous) relations (see ``aggregators.base``).
+        n_node_types: number of node types including padding type 0.
+    """
+
+    dim: int
+    n_relations: int
+    n_node_types: int
+
+
+@dataclass
+class SeqBatch:
+    """A batch of histories.
+
+    Attributes:
+        items: long ``[B, L]`` item ids, left-padded with 0, most recent item last.
+        target: long ``[B]`` next item (1..n) of each row, or ``None``.
+        targets: long ``[B, L]`` next item after each position (0 = no loss there), for strategies
+            trained with one causal pass per sequence; ``None`` otherwise.
+        present: optional per-occurrence modality masks, name -> bool ``[B, L]``; False hides that
+            modality at that position (stress test ``missing`` in ``occurrence`` mode).
+    """
+
+    items: Tensor
+    target: Optional[Tensor] = None
+    targets: Optional[Tensor] = None
+    present: Optional[dict[str, Tensor]] = None
+
+    @property
+    def size(self) -> int:
+        return self.items.shape[0]
+
+    @property
+    def mask(self) -> Tensor:
+        """bool ``[B, L]``: True at real (non-padding) positions."""
+        return self.items > 0
+
+    def to(self, device: torch.device | str) -> "SeqBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        present = None if self.present is None else {k: v.to(device) for k, v in self.present.items()}
+        return SeqBatch(move(self.items), move(self.target), move(self.targets), present)

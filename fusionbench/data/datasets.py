@@ -1,0 +1,260 @@
+"""Built-in datasets: the Amazon 5-core categories, user folders in the documented format, synthetic.
+
+Data root: the ``--data-root`` option, else the environment variable ``FUSIONBENCH_DATA``, else
+``shared/data`` or ``../shared/data`` under the working directory. ``beauty`` needs no root: a compact
+copy ships inside the package (``fusionbench/data/bundled/beauty``).
+
+Table 1 of the MMSR paper prints the Kitchen and Phone columns swapped; loaders here go by category
+name and assert the standard 5-core counts (``kitchen`` = Home and Kitchen 66,519 / 28,237 / 551,682).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from fusionbench.data.core import ItemSide, SequenceData
+from fusionbench.data.io import find_file, read_attribute_json, read_feature_matrix, read_item_table, read_sequences
+from fusionbench.errors import DataError
+from fusionbench.options import PluginOptions, require
+from fusionbench.registry import DATASETS
+
+BUNDLED = Path(__file__).parent / "bundled"
+DATA_ENV = "FUSIONBENCH_DATA"
+
+
+@dataclass(frozen=True)
+class DatasetContext:
+    """What dataset plugins are built from: the data root (may be ``None`` = resolve by default rules)."""
+
+    root: Optional[Path] = None
+
+
+def resolve_root(root: Optional[Path]) -> Path:
+    """The data root: explicit, else ``$FUSIONBENCH_DATA``, else ``[../]shared/data`` under the cwd."""
+    if root is not None:
+        candidates = [Path(root)]
+    elif os.environ.get(DATA_ENV):
+        candidates = [Path(os.environ[DATA_ENV])]
+    else:
+        candidates = [Path.cwd() / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise DataError(f"data root not found (looked in {looked}); pass --data-root DIR or set {DATA_ENV}")
+
+
+def kcore(flat: torch.Tensor, offsets: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Iterated k-core filter: drop items with < k interactions and users with < k, until stable.
+
+    Returns ``(flat, offsets, kept_items)`` where ``flat`` is re-indexed to 1..n in sorted order of the
+    original ids and ``kept_items [n]`` holds those original ids.
+    """
+    user = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets[1:] - offsets[:-1])
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    while True:
+        item_count = torch.bincount(flat[keep], minlength=int(flat.max()) + 1)
+        user_count = torch.bincount(user[keep], minlength=offsets.numel() - 1)
+        new_keep = keep & (item_count[flat] >= k) & (user_count[user] >= k)
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    kept_items = torch.unique(flat[keep])
+    remap = torch.zeros(int(flat.max()) + 1, dtype=torch.long)
+    remap[kept_items] = torch.arange(1, kept_items.numel() + 1)
+    user_count = torch.bincount(user[keep], minlength=offsets.numel() - 1)
+    user_count = user_count[user_count > 0]
+    new_offsets = torch.zeros(user_count.numel() + 1, dtype=torch.long)
+    new_offsets[1:] = torch.cumsum(user_count, 0)
+    return remap[flat[keep]], new_offsets, kept_items
+
+
+def _check_counts(data: SequenceData, expected: tuple[int, int, int], where: str) -> None:
+    got = (data.n_users, data.n_items, data.n_interactions)
+    if got != expected:
+        raise DataError(
+            f"{where}: expected {expected[0]} users / {expected[1]} items / {expected[2]} interactions "
+            f"(MMSR Table 1, 5-core), got {got[0]} / {got[1]} / {got[2]}"
+        )
+
+
+def _load_amazon(folder: Path, name: str, sequence_file: str, attribute_file: Optional[str],
+                 expected: tuple[int, int, int]) -> SequenceData:
+    flat, offsets = read_sequences(find_file(folder, sequence_file))
+    n_items = int(flat.max())
+    titles = attributes = asins = None
+    n_attributes = 0
+    table_path = find_file(folder, "items.tsv", required=False)
+    if table_path is not None:
+        table = read_item_table(table_path, n_items)
+        titles = table.get("title_prefix", table.get("title"))
+        asins = table.get("asin")
+    if attribute_file is not None:
+        attributes = read_attribute_json(find_file(folder, attribute_file), n_items)
+        n_attributes = max((max(a) for a in attributes if a), default=0)
+    side = ItemSide(titles=titles, attributes=attributes, n_attributes=n_attributes, asins=asins)
+    data = SequenceData(name, n_items, flat, offsets, side, source=str(folder))
+    _check_counts(data, expected, str(folder / sequence_file))
+    return data
+
+
+@dataclass(frozen=True)
+class _AmazonSpec:
+    folder: str
+    sequence_file: str
+    attribute_file: Optional[str]
+    counts: tuple[int, int, int]  # users, items, interactions (MMSR Table 1 / standard 5-core)
+
+
+AMAZON = {
+    "beauty": _AmazonSpec("amazon_beauty", "Beauty.txt", "Beauty_item2attributes.json", (22363, 12101, 198502)),
+    "sports": _AmazonSpec("amazon_sports", "Sports_and_Outdoors.txt", "Sports_and_Outdoors_item2attributes.json",
+                          (35598, 18357, 296337)),
+    "toys": _AmazonSpec("amazon_toys", "Toys_and_Games.txt", "Toys_and_Games_item2attributes.json",
+                        (19412, 11924, 167597)),
+    "clothing": _AmazonSpec("amazon_clothing", "Clothing.txt", None, (39387, 23033, 278677)),
+    "kitchen": _AmazonSpec("amazon_kitchen", "Home_and_Kitchen.txt", None, (66519, 28237, 551682)),
+    "phone": _AmazonSpec("amazon_phone", "Cell_Phones_and_Accessories.txt", None, (27879, 10429, 194439)),
+}
+
+
+@dataclass(frozen=True)
+class AmazonOptions(PluginOptions):
+    """``root``: data root holding ``amazon_<category>/`` ("" = default resolution)."""
+
+    root: str = ""
+
+
+@dataclass(frozen=True)
+class BeautyOptions(PluginOptions):
+    """``source``: "bundled" (the copy inside the package) or "root" (``<data root>/amazon_beauty``)."""
+
+    source: Literal["bundled", "root"] = "bundled"
+    root: str = ""
+
+
+class AmazonDataset:
+    """Amazon 2014 5-core category in S3Rec/P5 format (see each folder's PROVENANCE.md).
+
+    Channels: ``text`` (title prefix) and ``attr`` (brand/category attribute ids) where the folder has
+    them; no image features exist for these data, so ``image`` is absent.
+    """
+
+    key = ""
+    Options = AmazonOptions
+
+    def __init__(self, ctx: DatasetContext, opts: PluginOptions):
+        self.ctx, self.opts = ctx, opts
+
+    def folder(self) -> Path:
+        root = Path(self.opts.root) if getattr(self.opts, "root", "") else self.ctx.root
+        return resolve_root(root) / AMAZON[self.key].folder
+
+    def load(self) -> SequenceData:
+        spec = AMAZON[self.key]
+        folder = self.folder()
+        if not folder.is_dir():
+            raise DataError(f"dataset {self.key!r}: folder {folder} not found")
+        return _load_amazon(folder, self.key, spec.sequence_file, spec.attribute_file, spec.counts)
+
+
+@DATASETS.register("beauty")
+class Beauty(AmazonDataset):
+    """Amazon Beauty 5-core (22,363 users, 12,101 items, 198,502 interactions); ships with the package."""
+
+    key = "beauty"
+    Options = BeautyOptions
+
+    def folder(self) -> Path:
+        if self.opts.source == "bundled":
+            return BUNDLED / "beauty"
+        return super().folder()
+
+
+def _register_amazon(key: str, doc: str) -> None:
+    cls = type(key.capitalize(), (AmazonDataset,), {"key": key, "__doc__": doc, "__module__": __name__})
+    DATASETS.register(key)(cls)
+
+
+_register_amazon("sports", "Amazon Sports and Outdoors 5-core (35,598 / 18,357 / 296,337); text + attr.")
+_register_amazon("toys", "Amazon Toys and Games 5-core (19,412 / 11,924 / 167,597); text + attr.")
+_register_amazon("clothing", "Amazon Clothing, Shoes and Jewelry 5-core (39,387 / 23,033 / 278,677); IDs only.")
+_register_amazon("kitchen", "Amazon Home and Kitchen 5-core (66,519 / 28,237 / 551,682); IDs only.")
+_register_amazon("phone", "Amazon Cell Phones and Accessories 5-core (27,879 / 10,429 / 194,439); IDs only.")
+
+
+@dataclass(frozen=True)
+class FolderOptions(PluginOptions):
+    """``path``: the dataset folder; ``min_count``: k of the iterated k-core filter (1 = none)."""
+
+    path: str = ""
+    min_count: int = 5
+
+    def check(self) -> None:
+        require(bool(self.path), "option 'path' is required: the dataset folder (--set path=DIR)")
+        require(self.min_count >= 1, f"option 'min_count' must be >= 1, got {self.min_count}")
+
+
+@DATASETS.register("folder")
+class FolderDataset:
+    """Any dataset in the documented folder format (docs/datasets.md).
+
+    ``sequences.txt`` (required): ``user_id item_id ...`` per line, oldest first, item ids >= 1.
+    ``items.tsv`` (optional): header with ``item_id`` and optional ``title`` (-> ``text``),
+    ``attributes`` (``|``-separated names -> ``attr``), ``asin``.
+    ``features/<name>.npy`` (optional): float ``[n_items + 1, d]`` aligned to item ids, all-NaN row =
+    absent; each file becomes the channel ``<name>``.
+    The iterated k-core filter (``min_count``) runs first; items are re-indexed 1..n by sorted id.
+    """
+
+    Options = FolderOptions
+
+    def __init__(self, ctx: DatasetContext, opts: FolderOptions):
+        self.ctx, self.opts = ctx, opts
+
+    def load(self) -> SequenceData:
+        folder = Path(self.opts.path)
+        if not folder.is_dir():
+            raise DataError(f"dataset folder {folder} not found")
+        flat, offsets = read_sequences(find_file(folder, "sequences.txt"))
+        n_original = int(flat.max())
+        flat, offsets, kept = kcore(flat, offsets, self.opts.min_count)
+        if flat.numel() == 0:
+            raise DataError(f"{folder}: nothing left after the {self.opts.min_count}-core filter")
+        n_items = kept.numel()
+        rows = np.concatenate([[0], kept.numpy()])  # new id -> original id
+        titles = attributes = asins = None
+        n_attributes = 0
+        table_path = find_file(folder, "items.tsv", required=False)
+        if table_path is not None:
+            table = {k: [v[i] for i in rows] for k, v in read_item_table(table_path, n_original).items()}
+            titles, asins = table.get("title"), table.get("asin")
+            if "attributes" in table:
+                vocab = sorted({a for cell in table["attributes"] for a in cell.split("|") if a})
+                index = {a: i + 1 for i, a in enumerate(vocab)}
+                attributes = [tuple(index[a] for a in cell.split("|") if a) for cell in table["attributes"]]
+                n_attributes = len(vocab)
+        dense = {}
+        feature_dir = folder / "features"
+        if feature_dir.is_dir():
+            for path in sorted(feature_dir.glob("*.npy")):
+                channel = read_feature_matrix(path, n_original)
+                dense[path.stem] = type(channel)(channel.features[rows], channel.present[rows])
+        side = ItemSide(titles=titles, attributes=attributes, n_attributes=n_attributes, dense=dense, asins=asins)
+        name = f"folder:{folder.name}"
+        return SequenceData(name, n_items, flat, offsets, side, source=str(folder))
+
+
+def load_dataset(name: str, root: Optional[Path] = None, **options) -> SequenceData:
+    """Load dataset ``name`` with its options (the one entry point the harness uses)."""
+    return DATASETS.create(name, DatasetContext(root), **options).load()
+
+
+import importlib.util as _util  # TEMP
+if _util.find_spec("fusionbench.data.synthetic"):
+    from fusionbench.data import synthetic  # noqa: E402,F401

@@ -1,0 +1,42 @@
+"""Full-ranking evaluation over all items, in blocks of samples (specs/protocol.md §3).
+
+Every sample is scored against all n items (padding column excluded), one matmul per block when
+the strategy keeps the default ``score = encode @ item_embeddings().T``; ranks are pessimistic
+(ties count against the model, see :mod:`fusionbench.metrics`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fusionbench.data.core import SequenceData
+from fusionbench.data.splits import Samples, sample_batch
+from fusionbench.metrics import target_rank
+from strategies.base import Strategy
+
+
+def rank_block(query: Tensor, item_emb: Tensor, target: Tensor) -> Tensor:
+    """query ``[B, d]``, item_emb ``[n_items + 1, d]``, target ``[B]`` in 1..n -> ranks ``[B]``.
+
+    The scoring step: one ``[B, d] x [d, n]`` matmul, then the pessimistic rank of each target."""
+    return target_rank(query @ item_emb[1:].T, target - 1)
+
+
+@torch.no_grad()
+def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len: int,
+                 batch_size: int = 1024) -> Tensor:
+    """0-based rank ``[S]`` of every sample's target among all items, in sample order."""
+    was_training = model.training
+    model.eval()
+    default_score = type(model).score is Strategy.score
+    item_emb = model.item_embeddings() if default_score else None
+    order = torch.argsort(samples.pos, stable=True)  # similar lengths per block: less padding work
+    ranks = torch.zeros(len(samples), dtype=torch.long)
+    for index in order.split(batch_size):
+        batch = sample_batch(data, samples.take(index), max_len)
+        if default_score:
+            ranks[index] = rank_block(model.encode(batch), item_emb, batch.target)
+        else:
+            ranks[index] = target_rank(model.score(batch)[:, 1:], batch.target - 1)
+    model.train(was_training)
+    return ranks

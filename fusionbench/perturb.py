@@ -1,0 +1,1 @@
+"""Stress-test perturbations (specs/protocol.md §4); registered in PERTURBATIONS."""

@@ -1,0 +1,191 @@
+"""One experiment end to end: resolve the configuration, load data, build the model, train, store.
+
+The resolved configuration (every default filled in, every option validated) is a plain dict; its
+hash identifies the run in the results store, so a run that is already done is skipped.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from fusionbench.context import StrategyContext
+from fusionbench.data.core import SequenceData
+from fusionbench.data.datasets import DatasetContext
+from fusionbench.data.splits import PROTOCOLS, make_split
+from fusionbench.errors import UserInputError
+from fusionbench.options import PluginOptions, require
+from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
+from fusionbench.store import ResultStore, config_hash
+from fusionbench.train import TrainOptions, TrainResult, train
+
+DEFAULT_MAX_LEN = 50
+
+
+@dataclass(frozen=True)
+class FeatureOptions(PluginOptions):
+    """How modality tables are made (``--set features.<name>=value``); see docs/features.md."""
+
+    n_clusters: int = 30
+    k: int = 3
+    reduce: str = "ae"
+    attr_max_codes: int = 8
+    modalities: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        require(self.n_clusters >= 1, f"option 'n_clusters' must be >= 1, got {self.n_clusters}")
+        require(1 <= self.k <= self.n_clusters, f"option 'k' must be in 1..n_clusters, got {self.k}")
+        require(self.reduce in ("ae", "pca", "none"), f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
+        require(self.attr_max_codes >= 1, f"option 'attr_max_codes' must be >= 1, got {self.attr_max_codes}")
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for, before defaults are resolved. ``*_options`` values may be strings."""
+
+    strategy: str
+    dataset: str = "beauty"
+    protocol: str = "loo"
+    seed: int = 0
+    aggregator: Optional[str] = None
+    max_len: int = DEFAULT_MAX_LEN
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    aggregator_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+    feature_options: dict[str, Any] = field(default_factory=dict)
+    data_root: Optional[Path] = None
+
+
+@dataclass
+class RunOutcome:
+    config: dict
+    config_hash: str
+    test: dict[str, float]
+    valid: dict[str, float]
+    skipped: bool = False
+    result: Optional[TrainResult] = None
+    run_id: Optional[int] = None
+
+
+def resolve(request: RunRequest) -> dict:
+    """The fully resolved, validated configuration as a JSON-able dict (the run's identity)."""
+    if request.protocol not in PROTOCOLS:
+        raise UserInputError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if request.max_len < 1:
+        raise UserInputError(f"--max-len must be >= 1, got {request.max_len}")
+    strategy_cls = STRATEGIES.get(request.strategy)
+    aggregator = request.aggregator or getattr(strategy_cls, "default_aggregator", None)
+    if aggregator is None and request.aggregator_options:
+        raise UserInputError(f"strategy {request.strategy!r} takes no aggregator, but agg.* options were given")
+    if request.aggregator and not getattr(strategy_cls, "default_aggregator", None):
+        raise UserInputError(f"strategy {request.strategy!r} is not a graph strategy: --aggregator does not apply")
+    config = {
+        "strategy": request.strategy,
+        "strategy_options": STRATEGIES.options(request.strategy, **request.strategy_options).as_dict(),
+        "aggregator": aggregator,
+        "aggregator_options": AGGREGATORS.options(aggregator, **request.aggregator_options).as_dict()
+        if aggregator else {},
+        "dataset": request.dataset,
+        "dataset_options": DATASETS.options(request.dataset, **request.dataset_options).as_dict(),
+        "protocol": request.protocol,
+        "max_len": request.max_len,
+        "seed": request.seed,
+        "train": TrainOptions.build(request.train_options, where="train").as_dict(),
+        "features": FeatureOptions.build(request.feature_options, where="features").as_dict()
+        if strategy_cls.uses_modalities else {},
+    }
+    return config
+
+
+def load_data(config: dict, data_root: Optional[Path]) -> SequenceData:
+    return DATASETS.create(config["dataset"], DatasetContext(data_root), **config["dataset_options"]).load()
+
+
+def build_context(config: dict, data: SequenceData) -> StrategyContext:
+    """Strategy context; modality tables are computed (or read from cache) only if the strategy uses them."""
+    modalities = {}
+    if config["features"]:
+        from fusionbench.features.tables import modality_tables
+
+        opts = FeatureOptions.build(config["features"])
+        modalities = modality_tables(
+            data.side, data.n_items, data.checksum(), n_clusters=opts.n_clusters, k=opts.k, reduce=opts.reduce,
+            attr_max_codes=opts.attr_max_codes, modalities=list(opts.modalities) or None,
+        )
+    return StrategyContext(n_items=data.n_items, max_len=config["max_len"], modalities=modalities,
+                           aggregator=config["aggregator"], aggregator_options=config["aggregator_options"])
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("fusionbench")
+    except PackageNotFoundError:
+        own = "unknown"
+    return {"python": platform.python_version(), "torch": torch.__version__, "fusionbench": own}
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, progress: bool = True) -> RunOutcome:
+    """Run one configuration (skipped if the store already has it done) and record it."""
+    config = resolve(request)
+    data = load_data(config, request.data_root)
+    checksum = data.checksum()
+    config["dataset_checksum"] = checksum
+    digest = config_hash(config)
+    if store is not None and store.status(digest) == "done":
+        run_id = store.run_id(digest)
+        return RunOutcome(config, digest, store.metrics(run_id, "test"), store.metrics(run_id, "valid"),
+                          skipped=True, run_id=run_id)
+
+    split = make_split(data, config["protocol"])
+    ctx = build_context(config, data)
+    model = STRATEGIES.create(config["strategy"], ctx, **config["strategy_options"])
+    run_id = store.start(config, checksum, versions(), git_revision()) if store is not None else None
+    checkpoint = store.path.parent / "checkpoints" / f"{digest}.pt" if store is not None else None
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    label = f"{config['strategy']}/{config['dataset']}/{config['protocol']}/seed{config['seed']}"
+    try:
+        result = train(model, data, split, TrainOptions.build(config["train"]), config["seed"],
+                       config["max_len"], checkpoint=checkpoint, progress=progress, label=label)
+    except BaseException as err:
+        if store is not None:
+            # an interrupt keeps the checkpoint so the same command resumes; an error is recorded
+            if not isinstance(err, KeyboardInterrupt):
+                store.fail(run_id, "".join(traceback.format_exception_only(type(err), err)).strip())
+        raise
+    valid = {name: result.history[result.best_epoch - 1]["valid"][name] for name in result.test}
+    if store is not None:
+        summary = {"wall_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
+                   "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
+                   "eval_seconds": result.eval_seconds, "history": result.history}
+        store.finish(run_id, {"test": result.test, "valid": valid},
+                     {"test": result.test_ranks.numpy(), "valid": result.valid_ranks.numpy()}, summary)
+        if checkpoint is not None and checkpoint.exists():
+            os.remove(checkpoint)
+    return RunOutcome(config, digest, result.test, valid, result=result, run_id=run_id)

@@ -1,0 +1,170 @@
+"""SQLite results store (WAL). A run is identified by the hash of its resolved configuration.
+
+Tables:
+    runs(id, config_hash UNIQUE, config JSON, dataset, protocol, strategy, aggregator, seed,
+         status 'running'|'done'|'failed', dataset_checksum, versions JSON, git_rev, started_at,
+         finished_at, wall_seconds, peak_memory_mb, best_epoch, epoch_seconds, eval_seconds,
+         history JSON, error)
+    metrics(run_id, split 'valid'|'test', metric, k, value)     values are fractions, not %
+    ranks(run_id, split, ranks BLOB int32 little-endian)        per-sample ranks, sample order
+
+A finished run's metrics, ranks and status are written in one transaction, so a crash never leaves
+a 'done' run without its metrics, nor metrics of a run that did not finish.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    config_hash TEXT UNIQUE NOT NULL,
+    config TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    aggregator TEXT,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    dataset_checksum TEXT,
+    versions TEXT,
+    git_rev TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    wall_seconds REAL,
+    peak_memory_mb REAL,
+    best_epoch INTEGER,
+    epoch_seconds REAL,
+    eval_seconds REAL,
+    history TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    split TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    k INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (run_id, split, metric, k)
+);
+CREATE TABLE IF NOT EXISTS ranks (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    split TEXT NOT NULL,
+    ranks BLOB NOT NULL,
+    PRIMARY KEY (run_id, split)
+);
+"""
+
+
+def canonical_json(config: dict) -> str:
+    """Sorted keys, no whitespace: the order of flags never changes the hash."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ResultStore:
+    """Results of runs in one SQLite file (created on first use)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def status(self, digest: str) -> Optional[str]:
+        row = self._db.execute("SELECT status FROM runs WHERE config_hash = ?", (digest,)).fetchone()
+        return row[0] if row else None
+
+    def run_id(self, digest: str) -> Optional[int]:
+        row = self._db.execute("SELECT id FROM runs WHERE config_hash = ?", (digest,)).fetchone()
+        return row[0] if row else None
+
+    def start(self, config: dict, dataset_checksum: str, versions: dict, git_rev: str) -> int:
+        """Register a run as 'running' (a previous failed or interrupted attempt is replaced)."""
+        digest = config_hash(config)
+        with self._transaction() as db:
+            if self.status(digest) == "done":
+                raise ValueError(f"run {digest} is already done")
+            db.execute("DELETE FROM runs WHERE config_hash = ?", (digest,))
+            cursor = db.execute(
+                "INSERT INTO runs (config_hash, config, dataset, protocol, strategy, aggregator, seed, status,"
+                " dataset_checksum, versions, git_rev, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (digest, canonical_json(config), config["dataset"], config["protocol"], config["strategy"],
+                 config.get("aggregator"), config["seed"], "running", dataset_checksum, json.dumps(versions),
+                 git_rev, _now()),
+            )
+            return int(cursor.lastrowid)
+
+    def finish(self, run_id: int, metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndarray],
+               summary: dict[str, Any]) -> None:
+        """Write metrics (``{split: {"HR@5": v}}``), per-sample ranks and run facts; mark done."""
+        rows = [(run_id, split, name.split("@")[0], int(name.split("@")[1]), float(value))
+                for split, values in metrics.items() for name, value in values.items()]
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)", rows)
+            db.executemany("INSERT OR REPLACE INTO ranks VALUES (?,?,?)",
+                           [(run_id, split, np.asarray(r, dtype="<i4").tobytes()) for split, r in ranks.items()])
+            db.execute(
+                "UPDATE runs SET status='done', finished_at=?, wall_seconds=?, peak_memory_mb=?, best_epoch=?,"
+                " epoch_seconds=?, eval_seconds=?, history=? WHERE id=?",
+                (_now(), summary.get("wall_seconds"), summary.get("peak_memory_mb"), summary.get("best_epoch"),
+                 summary.get("epoch_seconds"), summary.get("eval_seconds"), json.dumps(summary.get("history", [])),
+                 run_id),
+            )
+
+    def fail(self, run_id: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=?", (_now(), error, run_id))
+
+    def runs(self, status: Optional[str] = "done", **where: Any) -> pd.DataFrame:
+        """Runs as a DataFrame, filtered by status and equality on any run column."""
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        for column, value in where.items():
+            clauses.append(f"{column} = ?")
+            params.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
+        return pd.read_sql_query(sql, self._db, params=params)
+
+    def metrics(self, run_id: int, split: str = "test") -> dict[str, float]:
+        rows = self._db.execute("SELECT metric, k, value FROM metrics WHERE run_id=? AND split=?", (run_id, split))
+        return {f"{m}@{k}": v for m, k, v in rows}
+
+    def ranks(self, run_id: int, split: str = "test") -> np.ndarray:
+        row = self._db.execute("SELECT ranks FROM ranks WHERE run_id=? AND split=?", (run_id, split)).fetchone()
+        if row is None:
+            raise KeyError(f"no {split} ranks stored for run {run_id}")
+        return np.frombuffer(row[0], dtype="<i4").astype(np.int64)

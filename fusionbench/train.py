@@ -1,0 +1,201 @@
+"""Seeded, deterministic training with model selection on the validation split only.
+
+Adam; one evaluation of the validation samples per epoch; early stopping on ``select`` (default
+NDCG@20) with ``patience``; the best state is restored and the test samples are ranked once. Under
+the leaky ``ratio-paper`` protocol the "validation" samples are the test samples and the reported
+test metrics are per-metric maxima over epochs, as the MMSR reference code does (labelled leaky).
+
+With ``checkpoint`` set, the full training state is written atomically after every epoch, and a
+run started again with the same checkpoint path resumes after the last finished epoch.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fusionbench.data.core import SequenceData
+from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_batch
+from fusionbench.errors import TrainingError
+from fusionbench.evaluate import rank_samples
+from fusionbench.metrics import DEFAULT_KS, METRICS, summarize
+from fusionbench.options import PluginOptions, require
+from strategies.base import Strategy
+
+SELECTABLE = tuple(f"{m}@{k}" for m in METRICS for k in DEFAULT_KS)
+
+
+@dataclass(frozen=True)
+class TrainOptions(PluginOptions):
+    """Training options (``--set train.<name>=value`` on the command line)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 200
+    patience: int = 10
+    select: str = "NDCG@20"
+    eval_batch_size: int = 1024
+    lr_step: int = 0
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0
+
+    def check(self) -> None:
+        require(self.lr > 0, f"option 'lr' must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, f"option 'weight_decay' must be >= 0, got {self.weight_decay}")
+        require(self.batch_size >= 1, f"option 'batch_size' must be >= 1, got {self.batch_size}")
+        require(self.eval_batch_size >= 1, f"option 'eval_batch_size' must be >= 1, got {self.eval_batch_size}")
+        require(self.epochs >= 1, f"option 'epochs' must be >= 1, got {self.epochs}")
+        require(self.patience >= 1, f"option 'patience' must be >= 1, got {self.patience}")
+        require(self.select in SELECTABLE, f"option 'select' must be one of {', '.join(SELECTABLE)}, got {self.select!r}")
+        require(self.lr_step >= 0, f"option 'lr_step' must be >= 0 (0 = constant lr), got {self.lr_step}")
+        require(0 < self.lr_gamma <= 1, f"option 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
+        require(self.grad_clip >= 0, f"option 'grad_clip' must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced.
+
+    Attributes:
+        best_epoch: 1-based epoch whose state was restored.
+        history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}``.
+        valid_ranks, test_ranks: per-sample 0-based ranks of the restored state ``[S]``.
+        test: test metrics reported (per-metric maxima over epochs under ``ratio-paper``).
+        eval_seconds: wall time of the final test evaluation.
+    """
+
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    valid_ranks: Optional[torch.Tensor] = None
+    test_ranks: Optional[torch.Tensor] = None
+    test: dict[str, float] = field(default_factory=dict)
+    eval_seconds: float = 0.0
+
+    @property
+    def epoch_seconds(self) -> float:
+        times = [h["seconds"] for h in self.history]
+        return float(np.mean(times)) if times else 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Fix Python, NumPy and torch RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                   pool: int = 50) -> list[torch.Tensor]:
+    """Shuffled batches of row indices with similar lengths.
+
+    Rows are shuffled, cut into pools of ``pool`` batches, sorted by length inside each pool and
+    batched; the batch order is shuffled again. Batches are then trimmed to their longest row
+    (see ``splits.histories``), which removes most padding work on short-sequence data."""
+    order = torch.randperm(lengths.numel(), generator=generator)
+    batches = []
+    span = batch_size * pool
+    for start in range(0, order.numel(), span):
+        chunk = order[start:start + span]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+def _batches(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
+             generator: torch.Generator):
+    """Shuffled training batches of ``batch_size`` rows: causal rows (one per sequence, several
+    targets each) for causal strategies, prefix samples (one target each) otherwise."""
+    if model.causal_training:
+        rows = causal_rows(split.train, max_len)
+        for index in bucketed_order(rows.end, batch_size, generator):
+            yield causal_batch(data, rows.take(index), max_len)
+    else:
+        for index in bucketed_order(split.train.pos, batch_size, generator):
+            yield sample_batch(data, split.train.take(index), max_len)
+
+
+def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, seed: int, max_len: int,
+          checkpoint: Optional[Path] = None, progress: bool = True, label: str = "") -> TrainResult:
+    """Train ``model`` on ``split.train``, select on ``split.valid``, rank ``split.test`` once."""
+    seed_everything(seed)
+    model.reset_parameters()
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opts.lr_step, opts.lr_gamma) if opts.lr_step else None
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    best_value, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    first_epoch = 1
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
+        best_state, bad_epochs = state["best_state"], state["bad_epochs"]
+        first_epoch = len(history) + 1
+
+    for epoch in range(first_epoch, opts.epochs + 1):
+        if bad_epochs >= opts.patience:
+            break
+        model.train()
+        started, total, count = time.perf_counter(), 0.0, 0
+        batches = _batches(model, data, split, max_len, opts.batch_size, generator)
+        for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
+                                             disable=not progress, mininterval=1.0)):
+            loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{label}: non-finite loss {loss.item()} at epoch {epoch}, batch {number}; "
+                                    "try a lower lr (--set train.lr=...)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if opts.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+            optimizer.step()
+            total, count = total + loss.item(), count + 1
+        if scheduler is not None:
+            scheduler.step()
+        seconds = time.perf_counter() - started
+        valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size))
+        history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid})
+        if valid[opts.select] > best_value:
+            best_value, best_epoch, bad_epochs = valid[opts.select], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        if progress:
+            tqdm.write(f"{label} epoch {epoch}: loss {history[-1]['loss']:.4f}  valid {opts.select} "
+                       f"{valid[opts.select]:.4f}  ({seconds:.1f}s)")
+        if checkpoint is not None:
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict() if scheduler else None,
+                          "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                          "history": history, "best_value": best_value, "best_epoch": best_epoch,
+                          "best_state": best_state, "bad_epochs": bad_epochs}, checkpoint)
+
+    model.load_state_dict(best_state)
+    started = time.perf_counter()
+    test_ranks = rank_samples(model, data, split.test, max_len, opts.eval_batch_size)
+    eval_seconds = time.perf_counter() - started
+    valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size)
+    test = summarize(test_ranks)
+    if split.leaky:  # reference behaviour: every metric is its own maximum of test scores over epochs
+        test = {name: max(h["valid"][name] for h in history) for name in test}
+    return TrainResult(best_epoch, history, valid_ranks, test_ranks, test, eval_seconds)

@@ -1,0 +1,74 @@
+"""The strategy contract (specs/architecture.md): three verbs on a :class:`SeqBatch`.
+
+A strategy is an ``nn.Module`` built as ``Cls(ctx: StrategyContext, opts)``. It implements
+``encode(batch) -> [B, d]`` and ``item_embeddings() -> [n_items + 1, d]`` (row 0 = padding);
+scores for full ranking are their product unless ``score`` is overridden, and the default loss is
+full-softmax cross-entropy over the n real items.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.options import PluginOptions
+
+
+class Strategy(nn.Module):
+    """Base class of every fusion strategy and baseline.
+
+    Class attributes a subclass sets:
+        Options: its option dataclass.
+        fusion_stage: "none" | "early" | "late" | "attention" | "holistic" | "graph" (docs and reports).
+        uses_modalities: False for ID-only models (the harness then skips feature extraction).
+        causal_training: True if ``loss`` accepts ``batch.targets [B, L]`` (one causal pass per
+            sequence, a loss at every position) instead of one ``batch.target [B]`` per row.
+        contract_skips: contract-test name -> reason, for checks this strategy cannot meet.
+    """
+
+    Options: ClassVar[type[PluginOptions]]
+    fusion_stage: ClassVar[str] = "none"
+    uses_modalities: ClassVar[bool] = True
+    causal_training: ClassVar[bool] = False
+    contract_skips: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, ctx: StrategyContext, opts: PluginOptions):
+        super().__init__()
+        self.ctx = ctx
+        self.opts = opts
+
+    def encode(self, batch: SeqBatch) -> Tensor:
+        """Sequence representation ``[B, d]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+
+    def item_embeddings(self) -> Tensor:
+        """Item representations ``[n_items + 1, d]``; row 0 is padding and never ranked."""
+        raise NotImplementedError(f"{type(self).__name__} must implement item_embeddings()")
+
+    def score(self, batch: SeqBatch) -> Tensor:
+        """Scores ``[B, n_items + 1]`` (column 0 = padding, ignored by the evaluator)."""
+        return self.encode(batch) @ self.item_embeddings().T
+
+    def loss(self, batch: SeqBatch) -> Tensor:
+        """Full-softmax cross-entropy over the real items (padding column excluded); scalar."""
+        return F.cross_entropy(self.score(batch)[:, 1:], batch.target - 1)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter (each submodule's own ``reset_parameters``)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+def causal_cross_entropy(hidden: Tensor, targets: Tensor, item_emb: Tensor) -> Tensor:
+    """Cross-entropy at every position that has a target.
+
+    hidden ``[B, L, d]``, targets ``[B, L]`` (0 = no loss), item_emb ``[n_items + 1, d]`` -> scalar.
+    Only the positions with a target are scored, so the logits are ``[#targets, n_items]``.
+    """
+    where = targets > 0
+    logits = hidden[where] @ item_emb[1:].T
+    return F.cross_entropy(logits, targets[where] - 1)

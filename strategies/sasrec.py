@@ -1,0 +1,76 @@
+r"""SASRec: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. Fusion: none.
+
+.. math::
+    H = \mathrm{CausalTransformer}(E_{v_{1..L}}\sqrt{d}),\qquad P = H_L,\qquad
+    \hat y_v = \langle P, E_v \rangle
+
+Item embeddings E ``[n_items + 1, d]`` are shared between input and output. Trained with one causal
+pass per sequence and a full-softmax cross-entropy at every position that has a target (the same
+(prefix, target) pairs as the all-prefixes protocol). The original's sampled BCE loss is replaced by
+full softmax so that strategies differ by fusion only (specs/baselines.md).
+
+Shapes: items ``[B, L]`` -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.options import PluginOptions, require
+from fusionbench.registry import STRATEGIES
+from strategies.backbones import CausalTransformer, embedding_init_
+from strategies.base import Strategy, causal_cross_entropy
+
+
+@dataclass(frozen=True)
+class SASRecOptions(PluginOptions):
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.5
+    ffn_mult: int = 1
+
+    def check(self) -> None:
+        require(self.dim >= 1 and self.layers >= 1 and self.heads >= 1 and self.ffn_mult >= 1,
+                "dim, layers, heads and ffn_mult must be >= 1")
+        require(self.dim % self.heads == 0, f"option 'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
+        require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
+
+
+@STRATEGIES.register("sasrec")
+class SASRec(Strategy):
+    Options = SASRecOptions
+    fusion_stage = "none"
+    uses_modalities = False
+    causal_training = True
+    paper = "Kang & McAuley, ICDM 2018"
+
+    def __init__(self, ctx: StrategyContext, opts: SASRecOptions):
+        super().__init__(ctx, opts)
+        self.item = nn.Embedding(ctx.n_items + 1, opts.dim, padding_idx=0)
+        self.encoder = CausalTransformer(opts.dim, opts.layers, opts.heads, opts.dropout, ctx.max_len,
+                                         opts.ffn_mult * opts.dim)
+        self.scale = math.sqrt(opts.dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        embedding_init_(self.item.weight)
+
+    def hidden(self, batch: SeqBatch) -> Tensor:
+        """``[B, L, d]``: the representation after every position."""
+        return self.encoder(self.item(batch.items) * self.scale, batch.mask)
+
+    def encode(self, batch: SeqBatch) -> Tensor:
+        return self.hidden(batch)[:, -1]
+
+    def item_embeddings(self) -> Tensor:
+        return self.item.weight
+
+    def loss(self, batch: SeqBatch) -> Tensor:
+        if batch.targets is None:
+            return super().loss(batch)
+        return causal_cross_entropy(self.hidden(batch), batch.targets, self.item.weight)
