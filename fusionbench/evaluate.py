@@ -11,7 +11,8 @@ from torch import Tensor
 
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Samples, sample_batch
-from fusionbench.metrics import target_rank
+from fusionbench.errors import TrainingError
+from fusionbench.metrics import NanScoresError, target_rank
 from strategies.base import Strategy
 
 
@@ -25,7 +26,9 @@ def rank_block(query: Tensor, item_emb: Tensor, target: Tensor) -> Tensor:
 @torch.no_grad()
 def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len: int,
                  batch_size: int = 1024) -> Tensor:
-    """0-based rank ``[S]`` of every sample's target among all items, in sample order."""
+    """0-based rank ``[S]`` of every sample's target among all items, in sample order.
+
+    NaN scores (a diverged model) raise :class:`TrainingError` instead of being ranked."""
     was_training = model.training
     model.eval()
     default_score = type(model).score is Strategy.score
@@ -34,9 +37,13 @@ def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len:
     ranks = torch.zeros(len(samples), dtype=torch.long)
     for index in order.split(batch_size):
         batch = sample_batch(data, samples.take(index), max_len)
-        if default_score:
-            ranks[index] = rank_block(model.encode(batch), item_emb, batch.target)
-        else:
-            ranks[index] = target_rank(model.score(batch)[:, 1:], batch.target - 1)
+        try:
+            if default_score:
+                ranks[index] = rank_block(model.encode(batch), item_emb, batch.target)
+            else:
+                ranks[index] = target_rank(model.score(batch)[:, 1:], batch.target - 1)
+        except NanScoresError:
+            model.train(was_training)
+            raise TrainingError("the model produced NaN scores (diverged); try a lower lr") from None
     model.train(was_training)
     return ranks

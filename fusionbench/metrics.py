@@ -16,11 +16,15 @@ METRICS = ("HR", "NDCG", "MRR")
 DEFAULT_KS = (5, 10, 20)
 
 
+class NanScoresError(ValueError):
+    """Scores contain NaN, so no rank exists."""
+
+
 def target_rank(scores: Tensor, target: Tensor) -> Tensor:
     """scores ``[B, n]`` over real items (column c = item c + 1), target ``[B]`` in 0..n-1
     -> 0-based pessimistic rank ``[B]`` (long). NaN scores raise."""
     if torch.isnan(scores).any():
-        raise ValueError("NaN in scores: cannot rank")
+        raise NanScoresError("NaN in scores: cannot rank")
     t = scores.gather(1, target[:, None])
     return (scores > t).sum(1) + (scores == t).sum(1) - 1
 

@@ -159,7 +159,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         started, total, count = time.perf_counter(), 0.0, 0
         batches = _batches(model, data, split, max_len, opts.batch_size, generator)
         for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
-                                             disable=not progress, mininterval=1.0)):
+                                             disable=None if progress else True, mininterval=1.0)):
             loss = model.loss(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{label}: non-finite loss {loss.item()} at epoch {epoch}, batch {number}; "
@@ -173,7 +173,10 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         if scheduler is not None:
             scheduler.step()
         seconds = time.perf_counter() - started
-        valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size))
+        try:
+            valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size))
+        except TrainingError as err:
+            raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
         history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid})
         if valid[opts.select] > best_value:
             best_value, best_epoch, bad_epochs = valid[opts.select], epoch, 0

@@ -7,8 +7,9 @@ r"""Shared sequence encoders. Every transformer- or GRU-based strategy uses thes
     H \leftarrow H + \mathrm{Drop}(\mathrm{FFN}(\mathrm{LN}(H)))\,,\quad \text{output } \mathrm{LN}(H)
 
 with causal attention over real positions only (position i attends to j <= i, never to padding).
-Positions are counted from the most recent item (column L-1 has position 0), so extra left padding
-never changes what a real position sees.
+Positions are counted from the oldest real item of the row (index 0), so extra left padding never
+changes what a real position sees, and a prefix seen inside a longer causal row gets exactly the
+positions it gets as a sample of its own (one causal pass = all prefixes).
 """
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def reverse_positions(mask: Tensor, max_len: int) -> Tensor:
-    """mask ``[B, L]`` -> position index ``[B, L]``: L'-1-column for real items, clamped to max_len - 1."""
-    width = mask.shape[1]
-    pos = torch.arange(width - 1, -1, -1, device=mask.device)
-    return pos.clamp(max=max_len - 1).expand_as(mask)
+def forward_positions(mask: Tensor, max_len: int) -> Tensor:
+    """mask ``[B, L]`` -> ``[B, L]``: 0 at the oldest real item, +1 per real item; 0 at padding."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0, max=max_len - 1)
 
 
 class SelfAttention(nn.Module):
@@ -81,7 +80,7 @@ class CausalTransformer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         length = x.shape[1]
-        h = self.drop(x + self.pos(reverse_positions(mask, self.max_len)))
+        h = self.drop(x + self.pos(forward_positions(mask, self.max_len)))
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         # real queries see earlier real keys; every query also sees itself, so padded rows stay finite
         allowed = (causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=x.device)

@@ -1,0 +1,100 @@
+"""The command line end to end on a tiny folder dataset, and its error messages and exit codes."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fusionbench.cli import main
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """A small dataset in the documented folder format: users walk i -> i + 1 (mod 30)."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for user in range(80):
+        start, length = rng.integers(0, 30), rng.integers(5, 10)
+        lines.append(" ".join([f"u{user}"] + [str((start + j) % 30 + 1) for j in range(length)]))
+    (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+TINY = ("--set", "dim=16", "--set", "heads=1", "--set", "train.lr=0.01", "--quiet")
+
+
+def test_run_prints_metrics_and_skips_done_runs(folder, tmp_path):
+    args = ("run", "--strategy", "sasrec", "--dataset", "folder", "--set", f"data.path={folder}",
+            "--epochs", "2", "--store", str(tmp_path / "r.db"), *TINY)
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert "HR@5" in first.output and "NDCG@20" in first.output and "best epoch" in first.output
+    second = invoke(*args)
+    assert second.exit_code == 0
+    assert "already in the store, not rerun" in second.output
+    # the same metrics table both times
+    assert first.output.splitlines()[-1] == second.output.splitlines()[-1]
+
+
+def test_ratio_paper_is_labelled_leaky(folder):
+    out = invoke("run", "--strategy", "sasrec", "--dataset", "folder", "--set", f"data.path={folder}",
+                 "--protocol", "ratio-paper", "--epochs", "1", *TINY)
+    assert out.exit_code == 0, out.output
+    assert "test-selected, leaky" in out.output
+
+
+def test_list_and_data_info(folder):
+    out = invoke("list", "strategies")
+    assert out.exit_code == 0 and "sasrec" in out.output and "dim (int) = 64" in out.output
+    info = invoke("data", "info", "beauty")
+    assert info.exit_code == 0
+    assert "22363" in info.output and "modality image  absent" in info.output
+    info = invoke("data", "info", "folder", "--set", f"path={folder}")
+    assert "users" in info.output and "80" in info.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("run", "--strategy", "nope"), "error: unknown strategy 'nope'; known: "),
+        (("run", "--strategy", "sasrec", "--dataset", "nope"), "error: unknown dataset 'nope'; known: "),
+        (("run", "--strategy", "sasrec", "--protocol", "kfold"), "error: unknown protocol 'kfold'"),
+        (("run", "--strategy", "sasrec", "--set", "dim"), "error: --set expects key=value"),
+        (("run", "--strategy", "sasrec", "--set", "dimm=3"), "error: strategy 'sasrec': unknown option 'dimm'"),
+        (("run", "--strategy", "sasrec", "--set", "train.lr=-1"), "error: train: option 'lr' must be > 0"),
+        (("run", "--strategy", "sasrec", "--aggregator", "gcn"), "is not a graph strategy"),
+        (("data", "info", "folder", "--set", "path=/no/such/dir"), "error: dataset folder /no/such/dir not found"),
+    ],
+)
+def test_bad_input_gives_a_clear_message_and_exit_2(args, message):
+    out = CliRunner().invoke(main, list(args))
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+
+
+def test_bad_data_files_name_file_and_line(folder):
+    (folder / "sequences.txt").write_text("u1 1 2 3 4 5\nu2 3 four 5\n")
+    out = CliRunner().invoke(main, ["data", "info", "folder", "--set", f"path={folder}"])
+    assert out.exit_code == 2
+    assert "sequences.txt:2: item id 'four' is not an integer" in out.output
+    (folder / "sequences.txt").unlink()
+    out = CliRunner().invoke(main, ["run", "--strategy", "sasrec", "--dataset", "folder", "--set", f"data.path={folder}"])
+    assert out.exit_code == 2 and "missing file" in out.output and "sequences.txt" in out.output
+
+
+def test_wrong_feature_shape_is_reported(folder):
+    (folder / "features").mkdir()
+    np.save(folder / "features" / "image.npy", np.zeros((3, 4), dtype=np.float32))
+    out = CliRunner().invoke(main, ["data", "info", "folder", "--set", f"path={folder}"])
+    assert out.exit_code == 2
+    assert "image.npy: expected a 2-d array of shape [n_items + 1, d] = [31, d], got shape [3, 4]" in out.output
+
+
+def test_nan_loss_exits_1_with_a_message(folder):
+    out = CliRunner().invoke(main, ["run", "--strategy", "sasrec", "--dataset", "folder", "--set", f"data.path={folder}",
+                                    "--epochs", "2", "--set", "train.lr=1e30", "--quiet"])
+    assert out.exit_code == 1
+    assert "error: training failed: sasrec/folder/loo/seed0: epoch 1" in out.output
+    assert "non-finite loss" in out.output or "NaN scores" in out.output

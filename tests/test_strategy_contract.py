@@ -1,0 +1,117 @@
+"""The strategy contract (specs/architecture.md), run on every registered strategy."""
+import copy
+
+import pytest
+import torch
+
+from fusionbench.context import SeqBatch
+from fusionbench.data.core import from_sequences
+from fusionbench.data.splits import causal_batch, causal_rows, make_split, sample_batch
+from fusionbench.registry import STRATEGIES
+from strategy_fixtures import N_ITEMS, tiny_batch, tiny_context, with_left_padding
+
+NAMES = STRATEGIES.names()
+
+
+def build(name, ctx=None, seed=0):
+    torch.manual_seed(seed)
+    model = STRATEGIES.create(name, ctx or tiny_context())
+    skip = model.contract_skips
+    return model, skip
+
+
+def maybe_skip(model, check):
+    if check in model.contract_skips:
+        pytest.skip(f"{type(model).__name__}: {model.contract_skips[check]}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes(name):
+    model, _ = build(name)
+    model.eval()
+    batch = tiny_batch()
+    assert model.encode(batch).shape[0] == batch.size
+    assert model.item_embeddings().shape[0] == N_ITEMS + 1
+    scores = model.score(batch)
+    assert scores.shape == (batch.size, N_ITEMS + 1)
+    assert torch.isfinite(scores[:, 1:]).all()
+    assert model.loss(batch).ndim == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_reaches_every_parameter(name):
+    model, _ = build(name)
+    model.train()
+    model.loss(tiny_batch()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_left_padding_invariance(name):
+    model, _ = build(name)
+    maybe_skip(model, "left_padding")
+    model.eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        a = model.score(batch)
+        b = model.score(with_left_padding(batch, 3))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_output_and_reset_restores_init(name):
+    m1, _ = build(name, seed=3)
+    m2, _ = build(name, seed=3)
+    m1.eval(), m2.eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(m1.score(batch), m2.score(batch), rtol=0, atol=0)
+    # reset_parameters under the same seed restores the initial state after training steps
+    torch.manual_seed(7)
+    m1.reset_parameters()
+    initial = copy.deepcopy(m1.state_dict())
+    opt = torch.optim.Adam(m1.parameters(), lr=0.1)
+    m1.train()
+    for _ in range(2):
+        opt.zero_grad()
+        m1.loss(batch).backward()
+        opt.step()
+    torch.manual_seed(7)
+    m1.reset_parameters()
+    for key, value in m1.state_dict().items():
+        torch.testing.assert_close(value, initial[key], rtol=0, atol=0, msg=f"{name}: {key} not restored")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_modalities_give_finite_scores(name):
+    ctx = tiny_context().with_all_modalities_missing()
+    model, _ = build(name, ctx)
+    model.eval()
+    scores = model.score(tiny_batch())
+    assert torch.isfinite(scores[:, 1:]).all()
+    model.train()
+    assert torch.isfinite(model.loss(tiny_batch()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_id_only_context_works(name):
+    model, _ = build(name, tiny_context().with_modalities({}))
+    model.eval()
+    assert torch.isfinite(model.score(tiny_batch())[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if STRATEGIES.get(n).causal_training])
+def test_causal_loss_equals_mean_prefix_loss(name):
+    """One causal pass scores the same (prefix, target) pairs as the all-prefixes samples."""
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, N_ITEMS + 1, (int(n),), generator=g).tolist() for n in torch.randint(5, 14, (12,), generator=g)]
+    data = from_sequences("t", seqs, N_ITEMS)
+    split = make_split(data, "loo")
+    model, _ = build(name)
+    model.eval()
+    max_len = 6
+    with torch.no_grad():
+        causal = model.loss(causal_batch(data, causal_rows(split.train, max_len), max_len))
+        prefix = model.loss(sample_batch(data, split.train, max_len))
+    torch.testing.assert_close(causal, prefix, rtol=1e-4, atol=1e-5)

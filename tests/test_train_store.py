@@ -1,0 +1,99 @@
+"""Trainer (determinism, selection on validation only, resume, NaN) and the SQLite results store."""
+import numpy as np
+import pytest
+import torch
+
+from fusionbench.context import StrategyContext
+from fusionbench.data.core import from_sequences
+from fusionbench.data.splits import make_split
+from fusionbench.errors import TrainingError
+from fusionbench.registry import STRATEGIES
+from fusionbench.store import ResultStore, config_hash
+from fusionbench.train import TrainOptions, train
+
+
+def cyclic_data(n_users=120, n_items=40, seed=0):
+    """Each user walks item i -> i + 1 (mod n) from a random start: an easy, learnable pattern."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, n_items, (n_users,), generator=g)
+    lengths = torch.randint(5, 12, (n_users,), generator=g)
+    seqs = [[(int(s) + j) % n_items + 1 for j in range(int(n))] for s, n in zip(starts, lengths)]
+    return from_sequences("cyclic", seqs, n_items)
+
+
+def fit(data, epochs=3, seed=0, checkpoint=None, **train_opts):
+    model = STRATEGIES.create("sasrec", StrategyContext(data.n_items, 10), dim=16, heads=1, dropout=0.1)
+    opts = TrainOptions.build({"epochs": epochs, "batch_size": 32, "lr": 0.01, **train_opts})
+    return train(model, data, make_split(data, "loo"), opts, seed, 10, checkpoint=checkpoint, progress=False)
+
+
+def test_training_learns_and_is_deterministic():
+    data = cyclic_data()
+    a, b = fit(data, epochs=8), fit(data, epochs=8)
+    assert a.test == b.test and torch.equal(a.test_ranks, b.test_ranks)
+    assert a.test["HR@5"] > 0.5  # the cycle is learnable; chance is 5/40
+    assert fit(data, epochs=8, seed=1).test != a.test
+
+
+def test_selection_uses_validation_only():
+    res = fit(cyclic_data(), epochs=6, patience=2)
+    valid = [h["valid"]["NDCG@20"] for h in res.history]
+    assert res.best_epoch == int(np.argmax(valid)) + 1  # first maximum of the validation metric
+    assert set(res.history[0]) == {"epoch", "loss", "seconds", "valid"}  # no test numbers per epoch
+
+
+def test_early_stopping_respects_patience():
+    res = fit(cyclic_data(), epochs=50, patience=1, lr=1e-6)  # too small an lr: no improvement
+    assert len(res.history) < 50
+    assert len(res.history) - res.best_epoch <= 1
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    data = cyclic_data()
+    full = fit(data, epochs=4)
+    ckpt = tmp_path / "run.pt"
+    fit(data, epochs=2, checkpoint=ckpt)  # "interrupted" after two epochs
+    resumed = fit(data, epochs=4, checkpoint=ckpt)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.test == full.test
+    assert torch.equal(resumed.test_ranks, full.test_ranks)
+
+
+def test_nan_loss_is_a_clear_error():
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 1, batch \d+"):
+        fit(cyclic_data(), epochs=2, lr=1e30)
+
+
+CONFIG = {"dataset": "d", "protocol": "loo", "strategy": "s", "aggregator": None, "seed": 0, "x": 1}
+
+
+def test_store_round_trip_and_done_skip(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    digest = config_hash(CONFIG)
+    assert config_hash(dict(reversed(list(CONFIG.items())))) == digest  # key order never matters
+    run = store.start(CONFIG, "abc", {"torch": "x"}, "rev")
+    assert store.status(digest) == "running"
+    ranks = np.array([0, 3, 25])
+    store.finish(run, {"test": {"HR@5": 0.5, "NDCG@20": 0.25}}, {"test": ranks}, {"best_epoch": 2, "history": []})
+    assert store.status(digest) == "done"
+    assert store.metrics(run) == {"HR@5": 0.5, "NDCG@20": 0.25}
+    np.testing.assert_array_equal(store.ranks(run), ranks)
+    assert len(store.runs()) == 1
+    with pytest.raises(ValueError, match="already done"):
+        store.start(CONFIG, "abc", {}, "rev")
+
+
+def test_store_failed_finish_leaves_nothing_half_written(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    run = store.start(CONFIG, "abc", {}, "rev")
+    with pytest.raises(TypeError):  # metrics are written, then the ranks fail: the whole write rolls back
+        store.finish(run, {"test": {"HR@5": 0.5}}, {"test": object()}, {})
+    assert store.status(config_hash(CONFIG)) == "running"
+    assert store.metrics(run) == {}
+    with pytest.raises(KeyError):
+        store.ranks(run)
+    # a rerun replaces the unfinished attempt
+    run2 = store.start(CONFIG, "abc", {}, "rev")
+    store.finish(run2, {"test": {"HR@5": 0.5}}, {"test": np.array([1])}, {})
+    assert len(store.runs(status=None)) == 1
