@@ -19,8 +19,11 @@ from strategies.base import Strategy
 def rank_block(query: Tensor, item_emb: Tensor, target: Tensor) -> Tensor:
     """query ``[B, d]``, item_emb ``[n_items + 1, d]``, target ``[B]`` in 1..n -> ranks ``[B]``.
 
-    The scoring step: one ``[B, d] x [d, n]`` matmul, then the pessimistic rank of each target."""
-    return target_rank(query @ item_emb[1:].T, target - 1)
+    The scoring step: one ``[B, d] x [d, n]`` matmul, then the pessimistic rank of each target.
+    Finite inputs give finite scores, so the full NaN scan of the score block is skipped."""
+    if not torch.isfinite(query).all():
+        raise NanScoresError("non-finite sequence representation: cannot rank")
+    return target_rank(query @ item_emb[1:].T, target - 1, check_nan=False)
 
 
 @torch.no_grad()
@@ -33,6 +36,9 @@ def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len:
     model.eval()
     default_score = type(model).score is Strategy.score
     item_emb = model.item_embeddings() if default_score else None
+    if item_emb is not None and not torch.isfinite(item_emb).all():
+        model.train(was_training)
+        raise TrainingError("the model produced non-finite item embeddings (diverged); try a lower lr")
     order = torch.argsort(samples.pos, stable=True)  # similar lengths per block: less padding work
     ranks = torch.zeros(len(samples), dtype=torch.long)
     for index in order.split(batch_size):

@@ -20,13 +20,20 @@ class NanScoresError(ValueError):
     """Scores contain NaN, so no rank exists."""
 
 
-def target_rank(scores: Tensor, target: Tensor) -> Tensor:
+def target_rank(scores: Tensor, target: Tensor, check_nan: bool = True) -> Tensor:
     """scores ``[B, n]`` over real items (column c = item c + 1), target ``[B]`` in 0..n-1
-    -> 0-based pessimistic rank ``[B]`` (long). NaN scores raise."""
-    if torch.isnan(scores).any():
+    -> 0-based pessimistic rank ``[B]`` (long).
+
+    Computed in one pass as #{j : s_j >= s_t} - 1 (the target itself is the one subtracted).
+    NaN scores raise :class:`NanScoresError`; ``check_nan=False`` skips the full scan for callers that
+    have checked their inputs are finite (a NaN target score still raises)."""
+    if check_nan and torch.isnan(scores).any():
         raise NanScoresError("NaN in scores: cannot rank")
     t = scores.gather(1, target[:, None])
-    return (scores > t).sum(1) + (scores == t).sum(1) - 1
+    rank = (scores >= t).sum(1, dtype=torch.int32).long() - 1
+    if (rank < 0).any():
+        raise NanScoresError("NaN target score: cannot rank")
+    return rank
 
 
 def hit_at_k(rank: Tensor, k: int) -> Tensor:

@@ -83,10 +83,10 @@ def resolve(request: RunRequest) -> dict:
     if request.max_len < 1:
         raise UserInputError(f"--max-len must be >= 1, got {request.max_len}")
     strategy_cls = STRATEGIES.get(request.strategy)
-    aggregator = request.aggregator or getattr(strategy_cls, "default_aggregator", None)
+    aggregator = request.aggregator or strategy_cls.default_aggregator
     if aggregator is None and request.aggregator_options:
         raise UserInputError(f"strategy {request.strategy!r} takes no aggregator, but agg.* options were given")
-    if request.aggregator and not getattr(strategy_cls, "default_aggregator", None):
+    if request.aggregator and not strategy_cls.default_aggregator:
         raise UserInputError(f"strategy {request.strategy!r} is not a graph strategy: --aggregator does not apply")
     config = {
         "strategy": request.strategy,
@@ -99,7 +99,7 @@ def resolve(request: RunRequest) -> dict:
         "protocol": request.protocol,
         "max_len": request.max_len,
         "seed": request.seed,
-        "train": TrainOptions.build(request.train_options, where="train").as_dict(),
+        "train": TrainOptions.build({**strategy_cls.train_defaults, **request.train_options}, where="train").as_dict(),
         "features": FeatureOptions.build(request.feature_options, where="features").as_dict()
         if strategy_cls.uses_modalities else {},
     }

@@ -7,7 +7,7 @@ full-softmax cross-entropy over the n real items.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ class Strategy(nn.Module):
         causal_training: True if ``loss`` accepts ``batch.targets [B, L]`` (one causal pass per
             sequence, a loss at every position) instead of one ``batch.target [B]`` per row.
         contract_skips: contract-test name -> reason, for checks this strategy cannot meet.
+        train_defaults: training options this model's paper or reference code uses (e.g. its lr);
+            applied before the user's ``--set train.*`` overrides.
+        default_aggregator: for graph strategies, the aggregator used when none is named.
     """
 
     Options: ClassVar[type[PluginOptions]]
@@ -34,6 +37,8 @@ class Strategy(nn.Module):
     uses_modalities: ClassVar[bool] = True
     causal_training: ClassVar[bool] = False
     contract_skips: ClassVar[dict[str, str]] = {}
+    train_defaults: ClassVar[dict[str, object]] = {}
+    default_aggregator: ClassVar[Optional[str]] = None
 
     def __init__(self, ctx: StrategyContext, opts: PluginOptions):
         super().__init__()
