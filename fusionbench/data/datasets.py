@@ -243,6 +243,8 @@ class FolderDataset:
         feature_dir = folder / "features"
         if feature_dir.is_dir():
             for path in sorted(feature_dir.glob("*.npy")):
+                if not path.stem.isidentifier():
+                    raise DataError(f"{path}: a channel name must be letters, digits and '_' (got {path.stem!r})")
                 channel = read_feature_matrix(path, n_original)
                 dense[path.stem] = type(channel)(channel.features[rows], channel.present[rows])
         side = ItemSide(titles=titles, attributes=attributes, n_attributes=n_attributes, dense=dense, asins=asins)
@@ -255,6 +257,4 @@ def load_dataset(name: str, root: Optional[Path] = None, **options) -> SequenceD
     return DATASETS.create(name, DatasetContext(root), **options).load()
 
 
-import importlib.util as _util  # TEMP
-if _util.find_spec("fusionbench.data.synthetic"):
-    from fusionbench.data import synthetic  # noqa: E402,F401
+from fusionbench.data import synthetic  # noqa: E402,F401  (registers "synthetic")

@@ -1,0 +1,94 @@
+"""GAT (Veličković et al., ICLR 2018) on dense batched graphs, following PyG's GATConv."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aggregators.attention import check_divisible, glorot_, masked_softmax, relation_union, zero_padded
+from fusionbench.context import AggregatorContext
+from fusionbench.options import PluginOptions, require
+from fusionbench.registry import AGGREGATORS
+
+
+@dataclass(frozen=True)
+class GATOptions(PluginOptions):
+    """``heads``: attention heads H. ``concat``: concatenate heads of size d/H (H must divide d);
+    otherwise every head has size d and heads are averaged. ``negative_slope``: LeakyReLU slope.
+    ``attn_dropout``: dropout on the normalised attention weights. ``self_loops``: give every real
+    node exactly one self loop (as GATConv does). ``bias``: learnable output bias."""
+
+    heads: int = 1
+    concat: bool = False
+    negative_slope: float = 0.2
+    attn_dropout: float = 0.0
+    self_loops: bool = True
+    bias: bool = True
+
+    def check(self) -> None:
+        require(self.heads >= 1, f"option 'heads' must be >= 1, got {self.heads}")
+        require(self.negative_slope >= 0, f"option 'negative_slope' must be >= 0, got {self.negative_slope}")
+        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
+
+
+@AGGREGATORS.register("gat")
+class GAT(nn.Module):
+    r"""Graph attention of Veličković et al., "Graph Attention Networks" (ICLR 2018), on the union of
+    all relations, computed as PyG's ``GATConv`` does (shared W on keys and values).
+
+    .. math::
+        \alpha^{h}_{ij} = \operatorname{softmax}_{j \in N(i) \cup \{i\}}
+            \operatorname{LeakyReLU}\big(a_{\text{dst}}^{h\top} W^h x_i + a_{\text{src}}^{h\top} W^h x_j\big),
+        \qquad
+        x'_i = \big\Vert_h \text{ or } \tfrac1H\textstyle\sum_h \; \sum_{j} \alpha^{h}_{ij} W^h x_j \;+\; b
+
+    The pair score is the broadcast sum ``(x W a_src)[:, None, :] + (x W a_dst)[:, :, None]``
+    (``[B, H, N, N]``), never a ``[B, N, N, d]`` tensor. Equals PyG
+    ``GATConv(d, C, heads=H, concat=concat, negative_slope, dropout=attn_dropout, add_self_loops=True)``
+    with C = d/H when ``concat`` else C = d, on the union graph.
+
+    Shapes:
+        x [B, N, d], adj [B, R, N, N] bool (adj[b, r, i, j]: edge j -> i),
+        node_type [B, N] long (unused), node_mask [B, N] bool  ->  [B, N, d], zero at padded nodes.
+    """
+
+    Options = GATOptions
+
+    def __init__(self, ctx: AggregatorContext, opts: GATOptions):
+        super().__init__()
+        check_divisible("gat", ctx.dim, opts.heads, opts.concat)
+        self.ctx, self.opts = ctx, opts
+        self.heads = opts.heads
+        self.head_dim = ctx.dim // opts.heads if opts.concat else ctx.dim
+        self.lin = nn.Linear(ctx.dim, self.heads * self.head_dim, bias=False)
+        self.att_src = nn.Parameter(torch.empty(self.heads, self.head_dim))
+        self.att_dst = nn.Parameter(torch.empty(self.heads, self.head_dim))
+        self.bias = nn.Parameter(torch.empty(ctx.dim)) if opts.bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        glorot_(self.lin.weight)
+        glorot_(self.att_src)
+        glorot_(self.att_dst)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor) -> Tensor:
+        a = relation_union(adj, node_mask, self_loops=True if self.opts.self_loops else None)   # [B, N, N]
+        h = self.lin(zero_padded(x, node_mask)).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+        s_src = (h * self.att_src[:, None, :]).sum(-1)                      # [B, H, N]
+        s_dst = (h * self.att_dst[:, None, :]).sum(-1)
+        scores = F.leaky_relu(s_dst[..., :, None] + s_src[..., None, :], self.opts.negative_slope)
+        alpha = masked_softmax(scores, a[:, None])                          # [B, H, N, N]
+        alpha = F.dropout(alpha, self.opts.attn_dropout, self.training)
+        out = alpha @ h                                                     # [B, H, N, C]
+        out = out.transpose(1, 2).flatten(-2) if self.opts.concat else out.mean(1)
+        if self.bias is not None:
+            out = out + self.bias
+        return zero_padded(out, node_mask)
+
+    def extra_repr(self) -> str:
+        return (f"{self.ctx.dim}, {self.ctx.dim}, heads={self.heads}, head_dim={self.head_dim}, "
+                f"concat={self.opts.concat}")

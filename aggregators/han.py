@@ -1,0 +1,195 @@
+"""HAN-GNN: MMSR's heterogeneity-aware dual attention with the asynchronous update gate
+(Hu et al., CIKM 2023, §4.3 / Eqs. 12-17; see specs/mmsr.md §5)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aggregators.attention import glorot_, masked_adjacency, masked_softmax, typed_linear, zero_padded
+from aggregators.base import heterogeneous_relations, homogeneous_relations
+from fusionbench.context import AggregatorContext
+from fusionbench.options import PluginOptions, require
+from fusionbench.registry import AGGREGATORS
+
+UPDATES = ("gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he")
+
+
+@dataclass(frozen=True)
+class HANOptions(PluginOptions):
+    """``update``: the update rule (MMSR Table 4 rows): "gate" = both non-invasive orders mixed by the
+    update gate (full model); "sync" = Eq. 15; "ni_hohe"/"ni_heho" = one non-invasive order;
+    "hohe"/"heho" = one invasive order; "ho"/"he" = one relation group only.
+    ``gate``: "concat" = MLP([h_hohe; h_heho]) 2d -> d -> ReLU -> 2 (paper, Eq. 16); "per_candidate" =
+    a shared scorer d -> d -> ReLU -> 1 on each candidate, softmax over the two (reference code).
+    ``scale``: divide query-key scores by sqrt(d). ``attn_dropout``: dropout on attention weights.
+    ``negative_slope``: LeakyReLU slope applied to both kinds of scores."""
+
+    update: Literal["gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he"] = "gate"
+    gate: Literal["concat", "per_candidate"] = "concat"
+    scale: bool = True
+    attn_dropout: float = 0.2
+    negative_slope: float = 0.1
+
+    def check(self) -> None:
+        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
+        require(self.negative_slope >= 0, f"option 'negative_slope' must be >= 0, got {self.negative_slope}")
+
+
+@AGGREGATORS.register("han")
+class HAN(nn.Module):
+    r"""HAN-GNN of Hu, Guo, Liu & Kan, "Adaptive Multi-Modalities Fusion in Sequential Recommendation
+    Systems" (CIKM 2023): heterogeneity-aware dual attention with asynchronous, non-invasive updates
+    and a node-wise update gate. Not Wang et al.'s meta-path HAN (that is closer to ``hgat``).
+
+    Per node type t: distinct maps :math:`W_{Q,t}, W_{K,t}, W_{V,t}`; values :math:`V_j = W_{V,t_j}^\top h_j`.
+    Homogeneous (content) attention over :math:`N^{ho}_i` (channels ``base.homogeneous_relations``),
+    one vector :math:`a_r` per homogeneous relation, and heterogeneous (query-key) attention over
+    :math:`N^{he}_i` (channels ``base.heterogeneous_relations``):
+
+    .. math::
+        e^{ho}_{ij}(h) = a_{r(i,j)}^\top \big(W_{V,t_i}^\top h_i \odot W_{V,t_j}^\top h_j\big), \qquad
+        e^{he}_{ij}(h) = \frac{(W_{Q,t_j}^\top h_j)\cdot(W_{K,t_i}^\top h_i)}{\sqrt d}, \\
+        \operatorname{agg}^{*}(s, v)_i = \sum_{j \in N^{*}_i}
+            \operatorname{softmax}_j\big(\operatorname{LeakyReLU}(e^{*}_{ij}(s))\big)\, W_{V,t_j}^\top v_j
+
+    Update rules (``update``), with :math:`u^{ho} = \operatorname{agg}^{ho}(h, h)`,
+    :math:`u^{he} = \operatorname{agg}^{he}(h, h)`:
+
+    .. math::
+        \text{ho: } u^{ho}, \quad \text{he: } u^{he}, \quad
+        \text{sync: } W_s [u^{ho}; u^{he}] + b_s, \\
+        \text{ni\_hohe: } \operatorname{agg}^{he}(u^{ho}, h), \quad
+        \text{ni\_heho: } \operatorname{agg}^{ho}(u^{he}, h), \quad
+        \text{hohe: } \operatorname{agg}^{he}(u^{ho}, u^{ho}), \quad
+        \text{heho: } \operatorname{agg}^{ho}(u^{he}, u^{he}), \\
+        \text{gate: } \beta_i = \operatorname{softmax}\big(\mathrm{MLP}([h^{hohe}_i; h^{heho}_i])\big), \quad
+        h'_i = \beta_{i,0}\, h^{hohe}_i + \beta_{i,1}\, h^{heho}_i
+
+    where gate uses the non-invasive orders. Phase-2 *scores* always come from the phase-1 output (in
+    both orders); non-invasive variants aggregate the original values :math:`W_V h`, invasive ones
+    :math:`W_V u`. Content scores are :math:`(V \odot a_r) V^\top` per relation, never a
+    ``[B, N, N, d]`` tensor; if a pair carries several homogeneous relations their scores add up.
+    A node without neighbours in a group gets 0 from that group (masked softmax, no uniform weights).
+    Attention dropout applies to every attention map. No residual, output dropout or activation:
+    the strategy adds those.
+
+    Shapes:
+        x [B, N, d], adj [B, R, N, N] bool (adj[b, r, i, j]: edge j -> i),
+        node_type [B, N] long in 0..T-1, node_mask [B, N] bool  ->  [B, N, d], zero at padded nodes.
+        Content logits ``[B, R_ho, N, N]``; ``W_Q, W_K, W_V`` are ``[T, d, d]`` (used as ``x @ W[t]``).
+    """
+
+    Options = HANOptions
+
+    def __init__(self, ctx: AggregatorContext, opts: HANOptions):
+        super().__init__()
+        self.ctx, self.opts = ctx, opts
+        d, t = ctx.dim, ctx.n_node_types
+        self.homo = homogeneous_relations(ctx)
+        self.hetero = heterogeneous_relations(ctx)
+        self.w_q = nn.Parameter(torch.empty(t, d, d))
+        self.w_k = nn.Parameter(torch.empty(t, d, d))
+        self.w_v = nn.Parameter(torch.empty(t, d, d))
+        self.att_ho = nn.Parameter(torch.empty(len(self.homo), d))
+        self.sync = nn.Linear(2 * d, d) if opts.update == "sync" else None
+        self.gate = None
+        if opts.update == "gate":
+            width = 2 * d if opts.gate == "concat" else d
+            self.gate = nn.Sequential(nn.Linear(width, d), nn.ReLU(),
+                                      nn.Linear(d, 2 if opts.gate == "concat" else 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w in (self.w_q, self.w_k, self.w_v, self.att_ho):
+            glorot_(w)
+        for lin in [self.sync] + ([self.gate[0], self.gate[2]] if self.gate is not None else []):
+            if lin is not None:
+                glorot_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    # -- the two attentions ------------------------------------------------------------------
+    def homogeneous_logits(self, v: Tensor, adj_ho: Tensor) -> Tensor:
+        """:math:`e^{ho}_{ij} = a_r^\\top (v_i \\odot v_j)` on homogeneous edges (0 elsewhere).
+
+        Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool -> [B, N, N].
+        """
+        per_relation = (v[:, None] * self.att_ho[None, :, None, :]) @ v[:, None].transpose(-1, -2)
+        return (per_relation * adj_ho.to(v.dtype)).sum(1)
+
+    def heterogeneous_logits(self, h: Tensor, node_type: Tensor) -> Tensor:
+        """:math:`e^{he}_{ij} = (W_{Q,t_j} h_j) \\cdot (W_{K,t_i} h_i)\\,[/\\sqrt d]`.
+
+        Shapes: h [B, N, d], node_type [B, N] -> [B, N, N].
+        """
+        q = typed_linear(h, node_type, self.w_q)
+        k = typed_linear(h, node_type, self.w_k)
+        e = k @ q.transpose(-1, -2)
+        return e / math.sqrt(self.ctx.dim) if self.opts.scale else e
+
+    def _attend(self, logits: Tensor, mask: Tensor, values: Tensor) -> Tensor:
+        alpha = masked_softmax(F.leaky_relu(logits, self.opts.negative_slope), mask)
+        return F.dropout(alpha, self.opts.attn_dropout, self.training) @ values
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor) -> Tensor:
+        h = zero_padded(x, node_mask)
+        adj_ho = masked_adjacency(adj, node_mask, self.homo)                 # [B, R_ho, N, N]
+        mask_ho = adj_ho.any(1)
+        mask_he = masked_adjacency(adj, node_mask, self.hetero).any(1)      # [B, N, N]
+        value = lambda s: typed_linear(s, node_type, self.w_v)              # noqa: E731
+        v = value(h)
+
+        def homo(score_v: Tensor, values: Tensor) -> Tensor:
+            return self._attend(self.homogeneous_logits(score_v, adj_ho), mask_ho, values)
+
+        def hetero(score_h: Tensor, values: Tensor) -> Tensor:
+            return self._attend(self.heterogeneous_logits(score_h, node_type), mask_he, values)
+
+        update = self.opts.update
+        if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
+            u_ho = homo(v, v)
+        if update in ("he", "sync", "ni_heho", "heho", "gate"):
+            u_he = hetero(h, v)
+
+        if update == "ho":
+            out = u_ho
+        elif update == "he":
+            out = u_he
+        elif update == "sync":
+            out = self.sync(torch.cat([u_ho, u_he], -1))
+        elif update == "ni_hohe":
+            out = hetero(u_ho, v)
+        elif update == "ni_heho":
+            out = homo(value(u_he), v)
+        elif update == "hohe":
+            out = hetero(u_ho, value(u_ho))
+        elif update == "heho":
+            w = value(u_he)
+            out = homo(w, w)
+        else:
+            hohe, heho = hetero(u_ho, v), homo(value(u_he), v)
+            out = self.mix(hohe, heho)
+        return zero_padded(out, node_mask)
+
+    def gate_weights(self, hohe: Tensor, heho: Tensor) -> Tensor:
+        """β ``[B, N, 2]`` of the update gate (Eq. 16), from the two candidates ``[B, N, d]``."""
+        if self.opts.gate == "concat":
+            logits = self.gate(torch.cat([hohe, heho], -1))
+        else:
+            logits = torch.cat([self.gate(hohe), self.gate(heho)], -1)
+        return logits.softmax(-1)
+
+    def mix(self, hohe: Tensor, heho: Tensor) -> Tensor:
+        """Eq. 17: :math:`\\beta_0 h^{hohe} + \\beta_1 h^{heho}`; shapes [B, N, d] -> [B, N, d]."""
+        beta = self.gate_weights(hohe, heho)
+        return beta[..., :1] * hohe + beta[..., 1:] * heho
+
+    def extra_repr(self) -> str:
+        return (f"{self.ctx.dim}, {self.ctx.dim}, node_types={self.ctx.n_node_types}, "
+                f"homogeneous={self.homo}, heterogeneous={self.hetero}, update={self.opts.update}, "
+                f"gate={self.opts.gate}")

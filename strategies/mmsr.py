@@ -1,0 +1,163 @@
+r"""MMSR: Hu, Guo, Liu, Kan, "Adaptive Multi-Modalities Fusion in Sequential Recommendation Systems",
+CIKM 2023 (arXiv 2308.15980). Fusion: graph (node-wise adaptive order, specs/mmsr.md).
+
+Each history becomes an MSGraph (``strategies.msgraph``): one node per distinct item and one per
+distinct modality code of those items, typed sequential / cross-modal relations and self-loops. Node
+inputs (mmsr.md §4):
+
+.. math::
+    h^0_x = [\,e_x ;\ e^{ty}_{t(x)} ;\ e^{po}_x\,]\, W_{pt},\qquad
+    e^{po}_x = \frac{1}{|P_x|}\sum_{l \in P_x} p_{l}
+
+with P_x the positions where node x occurs (counted from the most recent item by default). The
+chosen aggregator propagates (``han`` = the paper's dual attention with the asynchronous update gate);
+after each layer dropout is applied and padded nodes are zeroed. The sequence representation is the
+final state of the last item's node, and items are scored against the input item embeddings:
+
+.. math:: \hat y_v = \langle h^{L}_{\mathrm{last}},\ e_v \rangle
+
+Options map to the paper's ablations (Table 4): ``update`` (han only), ``use_pos`` (w/o e^po),
+``use_type`` (w/o e^ty); Table 3 rows are ``--aggregator NAME``.
+
+Shapes: items ``[B, W]`` -> graph of N nodes -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aggregators.base import FIRST_MODALITY_NODE_TYPE, n_relations_for
+from fusionbench.context import AggregatorContext, SeqBatch, StrategyContext
+from fusionbench.options import OptionError, PluginOptions, require
+from fusionbench.registry import AGGREGATORS, STRATEGIES
+from strategies.backbones import embedding_init_
+from strategies.base import Strategy
+from strategies.msgraph import MSGraph, build_msgraph
+
+UPDATES = ("gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he")
+
+
+@dataclass(frozen=True)
+class MMSROptions(PluginOptions):
+    """``update``: HAN-GNN update rule (Table 4 rows; han aggregator only). ``position``: count node
+    positions from the most "recent" item (default, invariant to padding) or from the "oldest" (the
+    reference code). ``code_init``: code embeddings start from the mean feature of the items holding
+    the code ("centroid") or at random."""
+
+    dim: int = 128
+    layers: int = 1
+    update: Literal["gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he"] = "gate"
+    use_pos: bool = True
+    use_type: bool = True
+    dropout: float = 0.4
+    position: Literal["recent", "oldest"] = "recent"
+    code_init: Literal["centroid", "random"] = "centroid"
+
+    def check(self) -> None:
+        require(self.dim >= 1, f"option 'dim' must be >= 1, got {self.dim}")
+        require(self.layers >= 1, f"option 'layers' must be >= 1, got {self.layers}")
+        require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
+
+
+def code_centroids(ctx: StrategyContext, dim: int, seed: int = 2023) -> Tensor:
+    """Initial code embeddings ``[sum_m C_m, dim]``: per modality (sorted names), the mean feature of the
+    items holding each code, mapped to ``dim`` by a fixed seeded Gaussian projection when the feature size
+    differs, then min-max rescaled jointly into [-1/sqrt(d), 1/sqrt(d)] (as the reference code rescales
+    its KMeans centres). Codes no item holds get zeros before rescaling."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = []
+    for table in ctx.modalities.values():
+        feats = F.normalize(table.features.float(), dim=1)
+        if feats.shape[1] != dim:
+            feats = feats @ (torch.randn(feats.shape[1], dim, generator=g) / feats.shape[1] ** 0.5)
+        valid = table.codes >= 0                                   # [n+1, k]
+        item = torch.arange(table.codes.shape[0])[:, None].expand_as(table.codes)[valid]
+        code = table.codes[valid]
+        sums = torch.zeros(table.n_codes, dim).index_add_(0, code, feats[item])
+        counts = torch.bincount(code, minlength=table.n_codes).clamp(min=1)[:, None]
+        means = sums / counts
+        low, high = means.min(), means.max()
+        bound = dim ** -0.5
+        blocks.append((means - low) / (high - low).clamp(min=1e-12) * 2 * bound - bound)
+    return torch.cat(blocks) if blocks else torch.zeros(0, dim)
+
+
+@STRATEGIES.register("mmsr")
+class MMSR(Strategy):
+    """MMSR (CIKM 2023): modality-code graphs per sequence with an adaptive fusion order."""
+
+    Options = MMSROptions
+    fusion_stage = "graph"
+    default_aggregator = "han"
+    train_defaults = {"lr": 0.002, "epochs": 100}
+    paper = "Hu, Guo, Liu, Kan, CIKM 2023"
+
+    def __init__(self, ctx: StrategyContext, opts: MMSROptions):
+        super().__init__(ctx, opts)
+        names = list(ctx.modalities)
+        self.n_codes = {m: ctx.modalities[m].n_codes for m in names}
+        n_nodes = ctx.n_items + 1 + sum(self.n_codes.values())
+        d = opts.dim
+        self.node = nn.Embedding(n_nodes, d)
+        self.register_buffer("code_init", code_centroids(ctx, d), persistent=False)
+        self.node_type = nn.Embedding(FIRST_MODALITY_NODE_TYPE + len(names), d) if opts.use_type else None
+        self.position = nn.Embedding(ctx.max_len, d) if opts.use_pos else None
+        self.project = nn.Linear(d * (1 + opts.use_type + opts.use_pos), d, bias=False)
+        agg_ctx = AggregatorContext(dim=d, n_relations=n_relations_for(len(names)),
+                                    n_node_types=FIRST_MODALITY_NODE_TYPE + len(names))
+        agg_name = ctx.aggregator or self.default_aggregator
+        agg_options = dict(ctx.aggregator_options)
+        if agg_name == "han":
+            agg_options.setdefault("update", opts.update)
+        elif opts.update != "gate":
+            raise OptionError(f"strategy 'mmsr': option 'update' applies to the han aggregator only "
+                              f"(aggregator is {agg_name!r})")
+        self.layers = nn.ModuleList(AGGREGATORS.create(agg_name, agg_ctx, **agg_options) for _ in range(opts.layers))
+        self.drop = nn.Dropout(opts.dropout)
+        for m in names:  # table data, not parameters: never saved in or loaded from a state dict
+            self.register_buffer(f"codes_{m}", ctx.modalities[m].codes, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        embedding_init_(self.node.weight)
+        with torch.no_grad():
+            first_code = self.ctx.n_items + 1
+            if self.opts.code_init == "centroid" and self.code_init.numel():
+                self.node.weight[first_code:] = self.code_init
+
+    def graph(self, batch: SeqBatch) -> MSGraph:
+        codes = {m: getattr(self, f"codes_{m}") for m in self.n_codes}
+        return build_msgraph(batch.items, codes, self.ctx.n_items, self.n_codes, present=batch.present)
+
+    def node_inputs(self, g: MSGraph) -> Tensor:
+        """h^0 ``[B, N, d]`` = [e_x ; e^ty ; e^po] W_pt, zero at padded nodes."""
+        parts = [self.node(g.node_ids)]
+        if self.node_type is not None:
+            parts.append(self.node_type(g.node_type))
+        if self.position is not None:
+            width = g.pos_mask.shape[-1]
+            col = torch.arange(width, device=g.pos_mask.device)
+            if self.opts.position == "recent":
+                index = width - 1 - col                                       # [W]
+            else:
+                n_real = g.pos_mask.any(1).sum(-1, keepdim=True)              # [B, 1]
+                index = col - (width - n_real)                                # [B, W]
+            table = self.position(index.clamp(min=0, max=self.ctx.max_len - 1))  # [W, d] or [B, W, d]
+            occurs = g.pos_mask.float()
+            parts.append((occurs @ table) / occurs.sum(-1, keepdim=True).clamp(min=1))
+        return self.project(torch.cat(parts, -1)) * g.node_mask[..., None]
+
+    def encode(self, batch: SeqBatch) -> Tensor:
+        g = self.graph(batch)
+        h = self.node_inputs(g)
+        for layer in self.layers:
+            h = self.drop(layer(h, g.adj, g.node_type, g.node_mask)) * g.node_mask[..., None]
+        return h[torch.arange(h.shape[0], device=h.device), g.last_node]
+
+    def item_embeddings(self) -> Tensor:
+        return self.node.weight[: self.ctx.n_items + 1]

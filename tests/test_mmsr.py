@@ -1,0 +1,90 @@
+"""MMSR strategy: ablation options, aggregator wiring, code-embedding init, modality handling."""
+import pytest
+import torch
+
+from fusionbench.context import CODE_SENTINEL, ModalityTable
+from fusionbench.options import OptionError
+from fusionbench.registry import AGGREGATORS, STRATEGIES
+from strategies.mmsr import UPDATES, code_centroids
+from strategy_fixtures import N_ITEMS, tiny_batch, tiny_context, with_left_padding
+
+
+def mmsr(ctx=None, aggregator=None, **options):
+    ctx = ctx or tiny_context()
+    if aggregator is not None:
+        ctx = type(ctx)(ctx.n_items, ctx.max_len, ctx.modalities, aggregator, {})
+    torch.manual_seed(0)
+    return STRATEGIES.create("mmsr", ctx, dim=16, **options)
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_every_table4_update_row_runs(update):
+    model = mmsr(update=update)
+    assert model.layers[0].opts.update == update
+    model.eval()
+    assert torch.isfinite(model.score(tiny_batch())[:, 1:]).all()
+
+
+@pytest.mark.parametrize("aggregator", AGGREGATORS.names())
+def test_every_table3_aggregator_runs_on_the_msgraph(aggregator):
+    model = mmsr(aggregator=aggregator)
+    model.eval()
+    assert model.score(tiny_batch()).shape == (6, N_ITEMS + 1)
+
+
+def test_update_is_only_for_han():
+    with pytest.raises(OptionError, match="'update' applies to the han aggregator only"):
+        mmsr(aggregator="gcn", update="sync")
+
+
+def test_pos_and_type_ablations_drop_their_part():
+    full, no_pos, no_type = mmsr(), mmsr(use_pos=False), mmsr(use_type=False)
+    assert full.project.in_features == 48 and no_pos.project.in_features == 32 == no_type.project.in_features
+    assert no_pos.position is None and no_type.node_type is None
+
+
+def test_code_centroids_by_hand():
+    feats = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    present = torch.tensor([False, True, True, True])
+    codes = torch.tensor([[CODE_SENTINEL], [0], [1], [0]])
+    ctx = tiny_context().with_modalities({"m": ModalityTable(feats, present, codes, 3)})
+    init = code_centroids(ctx, dim=2)
+    # code 0 = mean of items 1, 3 = (1, 0); code 1 = item 2 = (0, 1); code 2 unused = (0, 0);
+    # then all values rescaled from [0, 1] into [-1/sqrt(2), 1/sqrt(2)]
+    b = 2 ** -0.5
+    torch.testing.assert_close(init, torch.tensor([[b, -b], [-b, b], [-b, -b]]))
+    model = mmsr(ctx)
+    assert model.node.weight.shape[0] == N_ITEMS + 1 + 3
+    torch.testing.assert_close(model.node.weight[N_ITEMS + 1:], code_centroids(ctx, dim=16))
+
+
+def test_modalities_enter_the_scores():
+    """Changing one modality's codes changes MMSR's output; an ID-only context still works."""
+    ctx = tiny_context()
+    model = mmsr(ctx)
+    model.eval()
+    batch = tiny_batch()
+    base = model.score(batch)
+    text = ctx.modalities["text"]
+    shuffled = text.replace(codes=text.codes.roll(1, dims=0))
+    other = mmsr(ctx.with_modalities({**ctx.modalities, "text": shuffled}))
+    other.load_state_dict(model.state_dict())
+    other.eval()
+    assert not torch.allclose(base, other.score(batch))
+
+
+@pytest.mark.parametrize("position", ["recent", "oldest"])
+def test_both_position_conventions_ignore_left_padding(position):
+    model = mmsr(position=position)
+    model.eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model.score(batch), model.score(with_left_padding(batch, 4)), rtol=1e-4, atol=1e-5)
+
+
+def test_position_conventions_differ():
+    recent, oldest = mmsr(position="recent"), mmsr(position="oldest")
+    oldest.load_state_dict(recent.state_dict())
+    recent.eval(), oldest.eval()
+    batch = tiny_batch()
+    assert not torch.allclose(recent.encode(batch), oldest.encode(batch))
