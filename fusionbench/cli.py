@@ -87,10 +87,12 @@ data_root_option = click.option("--data-root", type=click.Path(path_type=Path), 
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Option override: strategy option, or train.*, agg.*, data.*, features.*.")
 @data_root_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @handle_errors
 def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int], seed: int,
-        max_len: int, store: Optional[Path], sets: tuple[str, ...], data_root: Optional[Path], quiet: bool) -> None:
+        max_len: int, store: Optional[Path], sets: tuple[str, ...], data_root: Optional[Path], device: str,
+        quiet: bool) -> None:
     """Train one strategy to early stopping and print its validation and test metrics (%)."""
     from fusionbench.runner import RunRequest, run_experiment
     from fusionbench.store import ResultStore
@@ -99,7 +101,7 @@ def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, e
     if epochs is not None:
         groups["train_options"]["epochs"] = epochs
     request = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, seed=seed, aggregator=aggregator,
-                         max_len=max_len, data_root=data_root, **groups)
+                         max_len=max_len, data_root=data_root, device=device, **groups)
     results = ResultStore(store) if store is not None else None
     outcome = run_experiment(request, store=results, progress=not quiet)
     label = f"{strategy}" + (f" + {outcome.config['aggregator']}" if outcome.config["aggregator"] else "")

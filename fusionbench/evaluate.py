@@ -39,15 +39,16 @@ def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len:
     if item_emb is not None and not torch.isfinite(item_emb).all():
         model.train(was_training)
         raise TrainingError("the model produced non-finite item embeddings (diverged); try a lower lr")
+    device = next(model.parameters()).device
     order = torch.argsort(samples.pos, stable=True)  # similar lengths per block: less padding work
     ranks = torch.zeros(len(samples), dtype=torch.long)
     for index in order.split(batch_size):
-        batch = sample_batch(data, samples.take(index), max_len)
+        batch = sample_batch(data, samples.take(index), max_len).to(device)
         try:
             if default_score:
-                ranks[index] = rank_block(model.encode(batch), item_emb, batch.target)
+                ranks[index] = rank_block(model.encode(batch), item_emb, batch.target).cpu()
             else:
-                ranks[index] = target_rank(model.score(batch)[:, 1:], batch.target - 1)
+                ranks[index] = target_rank(model.score(batch)[:, 1:], batch.target - 1).cpu()
         except NanScoresError:
             model.train(was_training)
             raise TrainingError("the model produced NaN scores (diverged); try a lower lr") from None

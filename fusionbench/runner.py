@@ -63,6 +63,7 @@ class RunRequest:
     train_options: dict[str, Any] = field(default_factory=dict)
     feature_options: dict[str, Any] = field(default_factory=dict)
     data_root: Optional[Path] = None
+    device: str = "cpu"
 
 
 @dataclass
@@ -125,6 +126,19 @@ def build_context(config: dict, data: SequenceData) -> StrategyContext:
                            aggregator=config["aggregator"], aggregator_options=config["aggregator_options"])
 
 
+def resolve_device(device: str) -> torch.device:
+    """"cpu", "cuda", "cuda:N" or "auto" (cuda when available). The device is not part of the run's
+    identity: results must not depend on it beyond floating-point noise."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device}: no CUDA device is available here")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserInputError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}") from None
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -163,7 +177,7 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
 
     split = make_split(data, config["protocol"])
     ctx = build_context(config, data)
-    model = STRATEGIES.create(config["strategy"], ctx, **config["strategy_options"])
+    model = STRATEGIES.create(config["strategy"], ctx, **config["strategy_options"]).to(resolve_device(request.device))
     run_id = store.start(config, checksum, versions(), git_revision()) if store is not None else None
     checkpoint = store.path.parent / "checkpoints" / f"{digest}.pt" if store is not None else None
     if checkpoint is not None:

@@ -131,9 +131,12 @@ def _batches(model: Strategy, data: SequenceData, split: Split, max_len: int, ba
 
 def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, seed: int, max_len: int,
           checkpoint: Optional[Path] = None, progress: bool = True, label: str = "") -> TrainResult:
-    """Train ``model`` on ``split.train``, select on ``split.valid``, rank ``split.test`` once."""
+    """Train ``model`` on ``split.train``, select on ``split.valid``, rank ``split.test`` once.
+
+    Batches are assembled on the CPU and moved to the device the model's parameters live on."""
     seed_everything(seed)
     model.reset_parameters()
+    device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opts.lr_step, opts.lr_gamma) if opts.lr_step else None
     generator = torch.Generator().manual_seed(seed)
@@ -141,13 +144,13 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
     best_value, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
     first_epoch = 1
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
         best_state, bad_epochs = state["best_state"], state["bad_epochs"]
         first_epoch = len(history) + 1
@@ -160,7 +163,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         batches = _batches(model, data, split, max_len, opts.batch_size, generator)
         for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
                                              disable=None if progress else True, mininterval=1.0)):
-            loss = model.loss(batch)
+            loss = model.loss(batch.to(device))
             if not torch.isfinite(loss):
                 raise TrainingError(f"{label}: non-finite loss {loss.item()} at epoch {epoch}, batch {number}; "
                                     "try a lower lr (--set train.lr=...)")
