@@ -1,4 +1,6 @@
-r"""Shared sequence encoders. Every transformer- or GRU-based strategy uses these, never a copy.
+r"""Shared sequence encoders. Every transformer- or GRU-based strategy uses these, never a copy:
+``CausalTransformer`` (SASRec and the transformer variants), ``ScoredTransformer`` (attention scores
+supplied by the strategy, values from the item stream: NOVA, DIF-SR) and ``CausalGRU``.
 
 ``CausalTransformer``: SASRec-style stack of pre-LayerNorm blocks,
 
@@ -23,6 +25,14 @@ from torch import Tensor, nn
 def forward_positions(mask: Tensor, max_len: int) -> Tensor:
     """mask ``[B, L]`` -> ``[B, L]``: 0 at the oldest real item, +1 per real item; 0 at padding."""
     return (mask.long().cumsum(1) - 1).clamp(min=0, max=max_len - 1)
+
+
+def causal_allowed(mask: Tensor) -> Tensor:
+    """mask ``[B, L]`` -> allowed ``[B, L, L]``: real query i sees real keys j <= i; every query also
+    sees itself, so rows of padded queries stay finite (the same rule as :class:`CausalTransformer`)."""
+    length = mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return (causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=mask.device)
 
 
 class SelfAttention(nn.Module):
@@ -79,11 +89,8 @@ class CausalTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        length = x.shape[1]
         h = self.drop(x + self.pos(forward_positions(mask, self.max_len)))
-        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        # real queries see earlier real keys; every query also sees itself, so padded rows stay finite
-        allowed = (causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=x.device)
+        allowed = causal_allowed(mask)
         for block in self.blocks:
             h = block(h, allowed)
         return self.norm(h) * mask[..., None]
@@ -94,3 +101,123 @@ def embedding_init_(weight: Tensor) -> None:
     nn.init.normal_(weight, std=1.0 / math.sqrt(weight.shape[1]))
     with torch.no_grad():
         weight[0].zero_()
+
+
+class CausalGRU(nn.Module):
+    r"""GRU over left-padded sequences that never reads padding before a real item.
+
+    Each row is rotated so that its real items come first (``[v_1..v_n, 0..0]``), the GRU runs from
+    the oldest real item, and the outputs are rotated back. Padding is only read after the last real
+    item, and those outputs are discarded, so extra left padding changes nothing and the output at
+    position t depends on the real items up to t only (one causal pass = all prefixes).
+
+    .. math:: h_t = \mathrm{GRU}(\mathrm{Drop}(x_t), h_{t-1}),\qquad h_0 = 0
+
+    Args:
+        dim: d (input and hidden size). layers: stacked GRU layers. dropout: on the inputs (and
+        between layers when ``layers > 1``).
+
+    Shapes:
+        x ``[B, L, d]``, mask ``[B, L]`` bool (left-padded) -> ``[B, L, d]``, zeros at padding.
+    """
+
+    def __init__(self, dim: int, layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b, length, d = x.shape
+        n_pad = length - mask.long().sum(1, keepdim=True)                        # [B, 1]
+        col = torch.arange(length, device=x.device)[None, :]
+        first = ((col + n_pad) % length)[..., None]                              # real items first
+        out, _ = self.gru(self.drop(x.gather(1, first.expand(-1, -1, d))))
+        back = ((col - n_pad) % length)[..., None]
+        return out.gather(1, back.expand(-1, -1, out.shape[-1])) * mask[..., None]
+
+
+class ScoredAttention(nn.Module):
+    r"""Multi-head attention with supplied scores and values from the item stream:
+
+    .. math:: \mathrm{Attn}(H, S) = \mathrm{softmax}(S + M_{causal})\,(H W_V)\,W_O
+
+    Shapes:
+        h ``[B, L, d]``, scores ``[B, heads, L, L]`` (pre-softmax), allowed ``[B, L, L]`` bool
+        -> ``[B, L, d]``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def probabilities(self, scores: Tensor, allowed: Tensor) -> Tensor:
+        """softmax over the allowed keys ``[B, heads, L, L]``."""
+        return scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+
+    def forward(self, h: Tensor, scores: Tensor, allowed: Tensor) -> Tensor:
+        b, length, d = h.shape
+        v = self.value(h).view(b, length, self.heads, d // self.heads).transpose(1, 2)
+        y = self.drop(self.probabilities(scores, allowed)) @ v
+        return self.out(y.transpose(1, 2).reshape(b, length, d))
+
+
+class ScoredBlock(nn.Module):
+    r"""Pre-LayerNorm transformer block whose attention scores come from ``scorer(LN(H), side)``:
+
+    .. math::
+        X = \mathrm{LN}(H),\quad H \leftarrow H + \mathrm{Drop}(\mathrm{Attn}(X, \mathrm{scorer}(X, s))),\quad
+        H \leftarrow H + \mathrm{Drop}(\mathrm{FFN}(\mathrm{LN}(H)))
+
+    ``scorer`` is any module mapping ``(x [B, L, d], side) -> [B, heads, L, L]``; side information
+    enters the scores only, never the values (non-invasive fusion).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int, scorer: nn.Module,
+                 attn_dropout: float | None = None):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.scorer = scorer
+        self.attn = ScoredAttention(dim, heads, dropout if attn_dropout is None else attn_dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, allowed: Tensor, side) -> Tensor:
+        x = self.norm1(h)
+        h = h + self.drop(self.attn(x, self.scorer(x, side), allowed))
+        return h + self.drop(self.ffn(self.norm2(h)))
+
+
+class ScoredTransformer(nn.Module):
+    """Causal stack of :class:`ScoredBlock` (one scorer per layer) with a final LayerNorm.
+
+    Unlike :class:`CausalTransformer` no positional embedding is added to the item stream: the
+    strategies that use it treat position as side information inside their scorers.
+
+    Shapes:
+        x ``[B, L, d]`` item stream, mask ``[B, L]`` bool, side (whatever the scorers take)
+        -> ``[B, L, d]``, zeros at padding.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int, scorers, attn_dropout: float | None = None):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(ScoredBlock(dim, heads, dropout, ffn_dim, s, attn_dropout) for s in scorers)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, mask: Tensor, side) -> Tensor:
+        h = self.drop(x)
+        allowed = causal_allowed(mask)
+        for block in self.blocks:
+            h = block(h, allowed, side)
+        return self.norm(h) * mask[..., None]
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """``[B, L, heads * e]`` -> ``[B, heads, L, e]``."""
+    b, length, d = x.shape
+    return x.view(b, length, heads, d // heads).transpose(1, 2)

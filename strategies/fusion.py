@@ -1,0 +1,231 @@
+r"""Shared modality machinery of every feature-aware strategy (one place, never copied).
+
+**Channel inputs** (:class:`ModalityInputs`). For every named modality m of ``ctx.modalities`` (any
+names, any number, possibly none) the frozen item features are projected to the model size and the
+learned "missing" vector :math:`\mu_m` is substituted wherever the modality is absent:
+
+.. math::
+    c_m(v) = \begin{cases} \mathrm{Drop}(W_m f_m(v) + b_m) & \text{present}_m(v) \wedge
+    \text{occurrence mask} \\ \mu_m & \text{otherwise} \end{cases}
+
+A channel whose table has no dense features (``d_m = 0``, e.g. ``attr``: only attribute codes) uses
+the mean of learned code embeddings of the item's valid codes instead of :math:`W_m f_m(v)`; an item
+without any valid code counts as absent. Absent items never produce zeros pushed through a bias,
+and never NaN (specs/baselines.md, shared conventions).
+
+**Channel fusion** (:class:`ChannelFusion`), over a stack of C channel vectors ``[..., C, d]``:
+
+.. math::
+    \mathrm{concat}: \sigma(W_f [x_1; \dots; x_C] + b_f),\qquad
+    \mathrm{sum}: \sigma(\textstyle\sum_c x_c),\qquad
+    \mathrm{gate}: \sigma(\textstyle\sum_c \alpha_c x_c),\ \alpha = \mathrm{softmax}_c(w_c^\top x_c + b_c)
+
+with σ = identity (default) or GELU.
+
+**Sequence backbones** (:class:`SequenceBackbone`): ``sasrec`` (the shared :class:`CausalTransformer`,
+inputs scaled by √d as in SASRec) or ``gru4rec`` (the shared :class:`CausalGRU`); both give one
+causal state per position, so strategies built on them train with one pass per sequence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fusionbench.context import ModalityTable, StrategyContext
+from fusionbench.options import PluginOptions, require
+from strategies.backbones import CausalGRU, CausalTransformer
+
+FUSION_OPS = ("concat", "sum", "gate")
+ACTIVATIONS = ("identity", "gelu")
+BACKBONES = ("sasrec", "gru4rec")
+
+
+class ModalityChannel(nn.Module):
+    """One modality channel: frozen table + projection (or code embeddings) + learned missing vector.
+
+    Shapes:
+        lookup: items ``[...]`` long, occurrence ``[...]`` bool or None -> ``[..., d]``;
+        table: ``[n_items + 1, d]``.
+    """
+
+    def __init__(self, table: ModalityTable, dim: int, dropout: float):
+        super().__init__()
+        self.dim = dim
+        self.uses_codes = table.dim == 0
+        self.register_buffer("features", table.features.float(), persistent=False)
+        self.register_buffer("codes", table.codes, persistent=False)
+        present = table.present.clone()
+        if self.uses_codes:
+            present &= (table.codes >= 0).any(1) if table.codes.shape[1] else torch.zeros_like(present)
+            self.pad_code = table.n_codes
+            self.code_weight = nn.Parameter(torch.empty(table.n_codes + 1, dim))
+            self.proj = None
+        else:
+            self.proj = nn.Linear(table.dim, dim)
+        self.register_buffer("present", present, persistent=False)
+        self.missing = nn.Parameter(torch.empty(dim))
+        self.drop = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.missing, std=1.0 / math.sqrt(self.dim))
+        if self.uses_codes:
+            nn.init.normal_(self.code_weight, std=1.0 / math.sqrt(self.dim))
+            with torch.no_grad():
+                self.code_weight[self.pad_code].zero_()
+        # self.proj (nn.Linear) is re-initialised by its own reset_parameters
+
+    def raw(self, items: Tensor) -> Tensor:
+        """Projected channel vector of every item in ``items`` (before missing substitution)."""
+        if self.uses_codes:
+            codes = self.codes[items]                                              # [..., k]
+            valid = codes >= 0
+            emb = F.embedding(codes.masked_fill(~valid, self.pad_code), self.code_weight, padding_idx=self.pad_code)
+            return emb.sum(-2) / valid.sum(-1, keepdim=True).clamp(min=1)
+        return self.proj(self.features[items])
+
+    def lookup(self, items: Tensor, occurrence: Optional[Tensor] = None) -> Tensor:
+        present = self.present[items]
+        if occurrence is not None:
+            present = present & occurrence
+        return torch.where(present[..., None], self.drop(self.raw(items)), self.missing)
+
+    def table(self) -> Tensor:
+        return self.lookup(torch.arange(self.present.shape[0], device=self.present.device))
+
+
+class ModalityInputs(nn.Module):
+    """All modality channels of a context, in the context's (sorted) name order.
+
+    Args:
+        ctx: the strategy context (``ctx.modalities`` may hold any names, or none).
+        dim: output size of every channel. dropout: on the projected features.
+
+    Shapes:
+        lookup: items ``[B, L]``, present (``SeqBatch.present``: name -> ``[B, L]`` bool, optional)
+        -> ``[B, L, M, dim]``; table: ``[n_items + 1, M, dim]``; M = number of modalities (may be 0).
+    """
+
+    def __init__(self, ctx: StrategyContext, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.names = tuple(ctx.modalities)
+        self.dim = dim
+        self.n_items = ctx.n_items
+        self.channels = nn.ModuleList(ModalityChannel(ctx.modalities[m], dim, dropout) for m in self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def lookup(self, items: Tensor, present: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        present = present or {}
+        if not self.names:
+            return items.new_zeros(*items.shape, 0, self.dim, dtype=torch.float)
+        return torch.stack([ch.lookup(items, present.get(m)) for m, ch in zip(self.names, self.channels)], -2)
+
+    def table(self) -> Tensor:
+        items = torch.arange(self.n_items + 1, device=self.channels[0].present.device if self.names else None)
+        return self.lookup(items)
+
+
+class ChannelFusion(nn.Module):
+    """Fuse C channel vectors into one: ``concat`` (+ Linear), ``sum`` or ``gate`` (see module doc).
+
+    With a single channel ``sum`` and ``gate`` are the identity (no parameters); ``concat`` keeps its
+    Linear so that the formula does not change with the number of channels.
+
+    Shapes: x ``[..., C, d]`` -> ``[..., d]``.
+    """
+
+    def __init__(self, n_channels: int, dim: int, op: str = "concat", activation: str = "identity"):
+        super().__init__()
+        if op not in FUSION_OPS:
+            raise ValueError(f"unknown channel fusion {op!r}; known: {', '.join(FUSION_OPS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+        self.op, self.n_channels, self.dim = op, n_channels, dim
+        self.activation = nn.GELU() if activation == "gelu" else nn.Identity()
+        self.linear = nn.Linear(n_channels * dim, dim) if op == "concat" else None
+        if op == "gate" and n_channels > 1:
+            self.gate_weight = nn.Parameter(torch.empty(n_channels, dim))
+            self.gate_bias = nn.Parameter(torch.empty(n_channels))
+        else:
+            self.gate_weight = self.gate_bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.gate_weight is not None:
+            nn.init.normal_(self.gate_weight, std=1.0 / math.sqrt(self.dim))
+            nn.init.zeros_(self.gate_bias)
+
+    def gate(self, x: Tensor) -> Tensor:
+        """Gate weights ``[..., C]`` (softmax over channels); only for ``op="gate"``."""
+        if self.gate_weight is None:
+            return torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
+        return ((x * self.gate_weight).sum(-1) + self.gate_bias).softmax(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2] != self.n_channels:
+            raise ValueError(f"ChannelFusion built for {self.n_channels} channels, got {x.shape[-2]}")
+        if self.op == "concat":
+            y = self.linear(x.flatten(-2))
+        elif self.op == "sum":
+            y = x.sum(-2)
+        else:
+            y = (self.gate(x)[..., None] * x).sum(-2)
+        return self.activation(y)
+
+    def extra_repr(self) -> str:
+        return f"op={self.op}, channels={self.n_channels}, dim={self.dim}"
+
+
+class SequenceBackbone(nn.Module):
+    """The sequence encoder M of the generic strategies: ``sasrec`` or ``gru4rec``.
+
+    Shapes: x ``[B, L, d]`` (no positions), mask ``[B, L]`` -> ``[B, L, d]`` causal states, zeros at
+    padding.
+    """
+
+    def __init__(self, kind: str, dim: int, layers: int, heads: int, dropout: float, max_len: int, ffn_dim: int):
+        super().__init__()
+        if kind not in BACKBONES:
+            raise ValueError(f"unknown backbone {kind!r}; known: {', '.join(BACKBONES)}")
+        self.kind = kind
+        if kind == "sasrec":
+            self.encoder = CausalTransformer(dim, layers, heads, dropout, max_len, ffn_dim)
+            self.scale = math.sqrt(dim)
+        else:
+            self.encoder = CausalGRU(dim, layers, dropout)
+            self.scale = 1.0
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.encoder(x * self.scale, mask)
+
+
+@dataclass(frozen=True)
+class SequenceOptions(PluginOptions):
+    """Options shared by the sequence strategies (each strategy subclasses it and adds its own).
+
+    ``dim``: d. ``layers``, ``heads``: encoder depth and attention heads (heads unused by GRUs).
+    ``dropout``: on inputs and sub-layers. ``ffn_mult``: FFN hidden size = ffn_mult * d.
+    ``feature_dropout``: on the projected modality features."""
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.5
+    ffn_mult: int = 1
+    feature_dropout: float = 0.1
+
+    def check(self) -> None:
+        for name in ("dim", "layers", "heads", "ffn_mult"):
+            value = getattr(self, name)
+            require(value >= 1, f"option {name!r} must be >= 1, got {value}")
+        require(self.dim % self.heads == 0, f"option 'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
+        for name in ("dropout", "feature_dropout"):
+            value = getattr(self, name)
+            require(0.0 <= value < 1.0, f"option {name!r} must be in [0, 1), got {value}")
