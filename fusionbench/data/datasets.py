@@ -247,6 +247,10 @@ class FolderDataset:
                     raise DataError(f"{path}: a channel name must be letters, digits and '_' (got {path.stem!r})")
                 channel = read_feature_matrix(path, n_original)
                 dense[path.stem] = type(channel)(channel.features[rows], channel.present[rows])
+        for derived, present in (("text", titles is not None), ("attr", attributes is not None)):
+            if present and derived in dense:
+                raise DataError(f"{feature_dir / derived}.npy: channel {derived!r} is also derived from items.tsv; "
+                                "rename the file or drop the column")
         side = ItemSide(titles=titles, attributes=attributes, n_attributes=n_attributes, dense=dense, asins=asins)
         name = f"folder:{folder.name}"
         return SequenceData(name, n_items, flat, offsets, side, source=str(folder))

@@ -84,7 +84,16 @@ def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int
     base = {"checksum": checksum, "n_items": n_items, "version": CODES_VERSION}
     tables: dict[str, ModalityTable] = {}
     for name in sorted(wanted):
-        if name == "text":
+        if name in side.dense:  # features that come with the data win over derived ones
+            channel = side.dense[name]
+            features = np.asarray(channel.features, dtype=np.float32)
+            present = np.asarray(channel.present, dtype=bool)
+            if features.shape[0] != n_items + 1 or present.shape != (n_items + 1,):
+                raise ValueError(f"dense channel {name!r}: expected {n_items + 1} rows, got {features.shape[0]}")
+            key = {**base, "channel": name, "encoder": "dense", "dim": int(features.shape[1])}
+            codes = _codes(name, features, present, key, n_clusters, k, reduce)
+            tables[name] = _table(features, present, codes, n_clusters)
+        elif name == "text":
             from fusionbench.features.text import MAX_TOKENS, TEXT_ENCODER
 
             titles = _aligned(side.titles, n_items, "titles")
@@ -105,15 +114,6 @@ def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int
 
             arrays = cached_arrays("features", key, compute_attr)
             tables[name] = _table(arrays["features"], arrays["present"], arrays["codes"], side.n_attributes)
-        else:
-            channel = side.dense[name]
-            features = np.asarray(channel.features, dtype=np.float32)
-            present = np.asarray(channel.present, dtype=bool)
-            if features.shape[0] != n_items + 1 or present.shape != (n_items + 1,):
-                raise ValueError(f"dense channel {name!r}: expected {n_items + 1} rows, got {features.shape[0]}")
-            key = {**base, "channel": name, "encoder": "dense", "dim": int(features.shape[1])}
-            codes = _codes(name, features, present, key, n_clusters, k, reduce)
-            tables[name] = _table(features, present, codes, n_clusters)
     return tables
 
 
