@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -68,12 +67,32 @@ class Strategy(nn.Module):
                 module.reset_parameters()
 
 
-def causal_cross_entropy(hidden: Tensor, targets: Tensor, item_emb: Tensor) -> Tensor:
-    """Cross-entropy at every position that has a target.
+class CausalStrategy(Strategy):
+    """A strategy with a state after every position (one causal pass over the sequence).
 
-    hidden ``[B, L, d]``, targets ``[B, L]`` (0 = no loss), item_emb ``[n_items + 1, d]`` -> scalar.
-    Only the positions with a target are scored, so the logits are ``[#targets, n_items]``.
+    Subclasses implement ``hidden(batch) -> [B, L, d]``; the representation is the state at the last
+    position, and the loss is full-softmax cross-entropy at every position that has a target
+    (``batch.targets``) or at the last position (``batch.target``): the same (prefix, target) pairs
+    either way, because the state at position t only sees items up to t.
     """
-    where = targets > 0
-    logits = hidden[where] @ item_emb[1:].T
-    return F.cross_entropy(logits, targets[where] - 1)
+
+    causal_training: ClassVar[bool] = True
+
+    def hidden(self, batch: SeqBatch) -> Tensor:
+        """``[B, L, d]``: the representation after every position."""
+        raise NotImplementedError(f"{type(self).__name__} must implement hidden()")
+
+    def encode(self, batch: SeqBatch) -> Tensor:
+        return self.hidden(batch)[:, -1]
+
+    def states_and_targets(self, batch: SeqBatch) -> tuple[Tensor, Tensor]:
+        """States ``[S, d]`` at the positions that have a target, and those targets ``[S]`` (1..n)."""
+        h = self.hidden(batch)
+        if batch.targets is None:
+            return h[:, -1], batch.target
+        where = batch.targets > 0
+        return h[where], batch.targets[where]
+
+    def loss(self, batch: SeqBatch) -> Tensor:
+        states, targets = self.states_and_targets(batch)
+        return F.cross_entropy(states @ self.item_embeddings()[1:].T, targets - 1)

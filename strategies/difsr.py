@@ -41,7 +41,7 @@ from fusionbench.context import CODE_SENTINEL, SeqBatch, StrategyContext
 from fusionbench.options import require
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import ScoredTransformer, embedding_init_, forward_positions, split_heads
-from strategies.base import Strategy
+from strategies.base import CausalStrategy
 from strategies.fusion import ModalityInputs, SequenceOptions
 
 
@@ -124,12 +124,11 @@ class DIFSROptions(SequenceOptions):
 
 
 @STRATEGIES.register("difsr")
-class DIFSR(Strategy):
+class DIFSR(CausalStrategy):
     """DIF-SR (SIGIR 2022): decoupled per-stream attention + auxiliary attribute prediction."""
 
     Options = DIFSROptions
     fusion_stage = "attention"
-    causal_training = True
     train_defaults = {"lr": 1e-4}
     paper = "Xie, Zhou, Kim, SIGIR 2022"
 
@@ -162,8 +161,6 @@ class DIFSR(Strategy):
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.encoder(self.item(batch.items) * self.scale, batch.mask, self.side_info(batch))
 
-    def encode(self, batch: SeqBatch) -> Tensor:
-        return self.hidden(batch)[:, -1]
 
     def item_embeddings(self) -> Tensor:
         return self.item.weight
@@ -180,13 +177,8 @@ class DIFSR(Strategy):
         return total
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        h = self.hidden(batch)
-        if batch.targets is None:
-            states, targets = h[:, -1], batch.target
-        else:
-            where = batch.targets > 0
-            states, targets = h[where], batch.targets[where]
-        loss = F.cross_entropy(states @ self.item.weight[1:].T, targets - 1)
+        states, targets = self.states_and_targets(batch)
+        loss = F.cross_entropy(states @ self.item_embeddings()[1:].T, targets - 1)
         if self.aap_names:
             loss = loss + self.opts.aap_weight * self.aap_loss(states, targets)
         return loss

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
-from strategies.base import Strategy, causal_cross_entropy
+from strategies.base import CausalStrategy
 from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions
 
 
@@ -46,12 +46,11 @@ class EarlyOptions(SequenceOptions):
 
 
 @STRATEGIES.register("early")
-class Early(Strategy):
+class Early(CausalStrategy):
     """Early fusion: fuse each item's channels, then run one sequence encoder."""
 
     Options = EarlyOptions
     fusion_stage = "early"
-    causal_training = True
     paper = "Hu, Guo, Liu, Kan, CIKM 2023 (MMSR), Eqs. 3-4"
 
     def __init__(self, ctx: StrategyContext, opts: EarlyOptions):
@@ -79,18 +78,12 @@ class Early(Strategy):
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.backbone(self.inputs(batch), batch.mask)
 
-    def encode(self, batch: SeqBatch) -> Tensor:
-        return self.hidden(batch)[:, -1]
 
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
             return self.item.weight
         return self.fuse(torch.cat([self.item.weight[:, None], self.side.table()], -2))
 
-    def loss(self, batch: SeqBatch) -> Tensor:
-        if batch.targets is None:
-            return super().loss(batch)
-        return causal_cross_entropy(self.hidden(batch), batch.targets, self.item_embeddings())
 
 
 @dataclass(frozen=True)

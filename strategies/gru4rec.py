@@ -22,7 +22,7 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import CausalGRU, embedding_init_
-from strategies.base import Strategy, causal_cross_entropy
+from strategies.base import CausalStrategy
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,12 @@ class GRU4RecOptions(PluginOptions):
 
 
 @STRATEGIES.register("gru4rec")
-class GRU4Rec(Strategy):
+class GRU4Rec(CausalStrategy):
     """GRU4Rec (ICLR 2016) with full-softmax cross-entropy."""
 
     Options = GRU4RecOptions
     fusion_stage = "none"
     uses_modalities = False
-    causal_training = True
     train_defaults = {"batch_size": 256}
     paper = "Hidasi, Karatzoglou, Baltrunas, Tikk, ICLR 2016"
 
@@ -67,13 +66,7 @@ class GRU4Rec(Strategy):
         """``[B, L, d]``: the representation after every position."""
         return self.dense(self.gru(self.item(batch.items), batch.mask))
 
-    def encode(self, batch: SeqBatch) -> Tensor:
-        return self.hidden(batch)[:, -1]
 
     def item_embeddings(self) -> Tensor:
         return self.item.weight
 
-    def loss(self, batch: SeqBatch) -> Tensor:
-        if batch.targets is None:
-            return super().loss(batch)
-        return causal_cross_entropy(self.hidden(batch), batch.targets, self.item.weight)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
-from strategies.base import Strategy, causal_cross_entropy
+from strategies.base import CausalStrategy
 from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions
 
 
@@ -54,12 +54,11 @@ class LateOptions(SequenceOptions):
 
 
 @STRATEGIES.register("late")
-class Late(Strategy):
+class Late(CausalStrategy):
     """Late fusion: one sequence encoder per channel, states fused at the end."""
 
     Options = LateOptions
     fusion_stage = "late"
-    causal_training = True
     paper = "Hu, Guo, Liu, Kan, CIKM 2023 (MMSR), Eqs. 5-6"
 
     def __init__(self, ctx: StrategyContext, opts: LateOptions):
@@ -101,18 +100,12 @@ class Late(Strategy):
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.fuse(self.channel_states(batch))
 
-    def encode(self, batch: SeqBatch) -> Tensor:
-        return self.hidden(batch)[:, -1]
 
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
             return self.item.weight
         return self.fuse(self._channels(torch.arange(self.ctx.n_items + 1, device=self.item.weight.device)))
 
-    def loss(self, batch: SeqBatch) -> Tensor:
-        if batch.targets is None:
-            return super().loss(batch)
-        return causal_cross_entropy(self.hidden(batch), batch.targets, self.item_embeddings())
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import ScoredTransformer, embedding_init_, forward_positions, split_heads
-from strategies.base import Strategy, causal_cross_entropy
+from strategies.base import CausalStrategy
 from strategies.fusion import ChannelFusion, ModalityInputs, SequenceOptions
 
 
@@ -67,12 +67,11 @@ class NOVAOptions(SequenceOptions):
 
 
 @STRATEGIES.register("nova")
-class NOVA(Strategy):
+class NOVA(CausalStrategy):
     """NOVA (AAAI 2021): side information in queries and keys, pure item stream in values."""
 
     Options = NOVAOptions
     fusion_stage = "attention"
-    causal_training = True
     paper = "Liu, Li, Cai, Dong, Zhu, Shang, AAAI 2021"
 
     def __init__(self, ctx: StrategyContext, opts: NOVAOptions):
@@ -99,13 +98,7 @@ class NOVA(Strategy):
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.encoder(self.item(batch.items) * self.scale, batch.mask, self.side_info(batch))
 
-    def encode(self, batch: SeqBatch) -> Tensor:
-        return self.hidden(batch)[:, -1]
 
     def item_embeddings(self) -> Tensor:
         return self.item.weight
 
-    def loss(self, batch: SeqBatch) -> Tensor:
-        if batch.targets is None:
-            return super().loss(batch)
-        return causal_cross_entropy(self.hidden(batch), batch.targets, self.item.weight)

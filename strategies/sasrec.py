@@ -22,7 +22,7 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import CausalTransformer, embedding_init_
-from strategies.base import Strategy, causal_cross_entropy
+from strategies.base import CausalStrategy
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,10 @@ class SASRecOptions(PluginOptions):
 
 
 @STRATEGIES.register("sasrec")
-class SASRec(Strategy):
+class SASRec(CausalStrategy):
     Options = SASRecOptions
     fusion_stage = "none"
     uses_modalities = False
-    causal_training = True
     paper = "Kang & McAuley, ICDM 2018"
 
     def __init__(self, ctx: StrategyContext, opts: SASRecOptions):
@@ -64,13 +63,7 @@ class SASRec(Strategy):
         """``[B, L, d]``: the representation after every position."""
         return self.encoder(self.item(batch.items) * self.scale, batch.mask)
 
-    def encode(self, batch: SeqBatch) -> Tensor:
-        return self.hidden(batch)[:, -1]
 
     def item_embeddings(self) -> Tensor:
         return self.item.weight
 
-    def loss(self, batch: SeqBatch) -> Tensor:
-        if batch.targets is None:
-            return super().loss(batch)
-        return causal_cross_entropy(self.hidden(batch), batch.targets, self.item.weight)

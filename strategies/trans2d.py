@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import causal_allowed, embedding_init_, forward_positions
-from strategies.base import Strategy, causal_cross_entropy
+from strategies.base import CausalStrategy
 from strategies.fusion import ModalityInputs, SequenceOptions
 
 
@@ -122,12 +122,11 @@ class Trans2DOptions(SequenceOptions):
 
 
 @STRATEGIES.register("trans2d")
-class Trans2D(Strategy):
+class Trans2D(CausalStrategy):
     """Trans2D (WSDM 2022): Linear2D + full Attention2D over positions x channels."""
 
     Options = Trans2DOptions
     fusion_stage = "holistic"
-    causal_training = True
     paper = "Singer et al., WSDM 2022 (arXiv 2110.11072)"
 
     def __init__(self, ctx: StrategyContext, opts: Trans2DOptions):
@@ -164,8 +163,6 @@ class Trans2D(Strategy):
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.readout(self.grid(batch).flatten(-2))
 
-    def encode(self, batch: SeqBatch) -> Tensor:
-        return self.hidden(batch)[:, -1]
 
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
@@ -173,7 +170,3 @@ class Trans2D(Strategy):
         items = torch.arange(self.ctx.n_items + 1, device=self.item.weight.device)
         return self.readout(self._cells(items).flatten(-2))
 
-    def loss(self, batch: SeqBatch) -> Tensor:
-        if batch.targets is None:
-            return super().loss(batch)
-        return causal_cross_entropy(self.hidden(batch), batch.targets, self.item_embeddings())

@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 
-from fusionbench.context import SeqBatch
 from fusionbench.data.core import from_sequences
 from fusionbench.data.splits import causal_batch, causal_rows, make_split, sample_batch
 from fusionbench.registry import STRATEGIES
@@ -15,9 +14,7 @@ NAMES = STRATEGIES.names()
 
 def build(name, ctx=None, seed=0):
     torch.manual_seed(seed)
-    model = STRATEGIES.create(name, ctx or tiny_context())
-    skip = model.contract_skips
-    return model, skip
+    return STRATEGIES.create(name, ctx or tiny_context())
 
 
 def maybe_skip(model, check):
@@ -27,7 +24,7 @@ def maybe_skip(model, check):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes(name):
-    model, _ = build(name)
+    model = build(name)
     model.eval()
     batch = tiny_batch()
     assert model.encode(batch).shape[0] == batch.size
@@ -40,7 +37,7 @@ def test_shapes(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradient_reaches_every_parameter(name):
-    model, _ = build(name)
+    model = build(name)
     model.train()
     model.loss(tiny_batch()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
@@ -49,7 +46,7 @@ def test_gradient_reaches_every_parameter(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_left_padding_invariance(name):
-    model, _ = build(name)
+    model = build(name)
     maybe_skip(model, "left_padding")
     model.eval()
     batch = tiny_batch()
@@ -61,8 +58,8 @@ def test_left_padding_invariance(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_output_and_reset_restores_init(name):
-    m1, _ = build(name, seed=3)
-    m2, _ = build(name, seed=3)
+    m1 = build(name, seed=3)
+    m2 = build(name, seed=3)
     m1.eval(), m2.eval()
     batch = tiny_batch()
     with torch.no_grad():
@@ -86,7 +83,7 @@ def test_same_seed_same_output_and_reset_restores_init(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_missing_modalities_give_finite_scores(name):
     ctx = tiny_context().with_all_modalities_missing()
-    model, _ = build(name, ctx)
+    model = build(name, ctx)
     model.eval()
     scores = model.score(tiny_batch())
     assert torch.isfinite(scores[:, 1:]).all()
@@ -96,7 +93,7 @@ def test_missing_modalities_give_finite_scores(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_id_only_context_works(name):
-    model, _ = build(name, tiny_context().with_modalities({}))
+    model = build(name, tiny_context().with_modalities({}))
     model.eval()
     assert torch.isfinite(model.score(tiny_batch())[:, 1:]).all()
 
@@ -108,7 +105,7 @@ def test_causal_loss_equals_mean_prefix_loss(name):
     seqs = [torch.randint(1, N_ITEMS + 1, (int(n),), generator=g).tolist() for n in torch.randint(5, 14, (12,), generator=g)]
     data = from_sequences("t", seqs, N_ITEMS)
     split = make_split(data, "loo")
-    model, _ = build(name)
+    model = build(name)
     model.eval()
     max_len = 6
     with torch.no_grad():
