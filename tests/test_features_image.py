@@ -119,3 +119,22 @@ def test_empty_or_missing_folder(tmp_path):
         image.image_channel_from_folder(tmp_path / "empty")
     with pytest.raises(ValueError, match="not found"):
         image.image_channel_from_folder(tmp_path / "nowhere")
+
+
+def test_cli_writes_an_image_channel_a_folder_dataset_can_use(photos, tmp_path):
+    from click.testing import CliRunner
+
+    from fusionbench.cli import main
+    from fusionbench.data.datasets import load_dataset
+
+    data = tmp_path / "mine"
+    (data / "features").mkdir(parents=True)
+    (data / "sequences.txt").write_text("a 1 2 3 4\nb 4 3 2 1\n")
+    out = CliRunner().invoke(main, ["features", "image", "--images", str(photos), "--out",
+                                    str(data / "features" / "image.npy"), "--n-items", "4"])
+    assert out.exit_code == 0, out.output
+    assert "4 items x 1280 features, 2 with an image" in out.output
+    loaded = load_dataset("folder", path=str(data), min_count=1)
+    assert loaded.side.dense["image"].present.tolist() == [False, True, False, True, False]
+    bad = CliRunner().invoke(main, ["features", "image", "--images", str(tmp_path / "none"), "--out", "x.npy"])
+    assert bad.exit_code == 2 and "error:" in bad.output
