@@ -125,8 +125,9 @@ def list_plugins(kind: Optional[str]) -> None:
         click.echo(f"{name}:")
         for plugin in registry.names():
             obj = registry.get(plugin)
-            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
-            click.echo(f"  {plugin}: {doc[0] if doc else ''}")
+            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip()
+            summary = " ".join(doc.split("\n\n")[0].split())  # first paragraph, on one line
+            click.echo(f"  {plugin}: {summary}")
             for opt, tp, default in obj.Options.describe():
                 click.echo(f"      {opt} ({tp}) = {default}")
 
