@@ -40,9 +40,8 @@ from torch import Tensor, nn
 from fusionbench.context import CODE_SENTINEL, SeqBatch, StrategyContext
 from fusionbench.options import require
 from fusionbench.registry import STRATEGIES
-from strategies.backbones import ScoredTransformer, embedding_init_, forward_positions, split_heads
-from strategies.base import CausalStrategy
-from strategies.fusion import ModalityInputs, SequenceOptions
+from strategies.backbones import ScoredTransformer, split_heads
+from strategies.fusion import AttentionLevelStrategy, SequenceOptions
 
 
 def top_code(codes: Tensor) -> Tensor:
@@ -124,7 +123,7 @@ class DIFSROptions(SequenceOptions):
 
 
 @STRATEGIES.register("difsr")
-class DIFSR(CausalStrategy):
+class DIFSR(AttentionLevelStrategy):
     """DIF-SR (SIGIR 2022): decoupled per-stream attention + auxiliary attribute prediction."""
 
     Options = DIFSROptions
@@ -135,9 +134,7 @@ class DIFSR(CausalStrategy):
     def __init__(self, ctx: StrategyContext, opts: DIFSROptions):
         super().__init__(ctx, opts)
         d, df = opts.dim, opts.attribute_dim
-        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0)
-        self.side = ModalityInputs(ctx, df, opts.feature_dropout)
-        self.pos = nn.Embedding(ctx.max_len, df)
+        self.init_streams(ctx, d, df, opts.feature_dropout)
         n_side = 1 + len(self.side)
         scorers = [DecoupledScorer(d, opts.heads, df, n_side, opts.fusion) for _ in range(opts.layers)]
         self.encoder = ScoredTransformer(d, opts.heads, opts.dropout, opts.ffn_mult * d, scorers, opts.attn_dropout)
@@ -146,24 +143,8 @@ class DIFSR(CausalStrategy):
         self.aap = nn.ModuleList(nn.Linear(d, ctx.modalities[m].n_codes) for m in self.aap_names)
         for i, m in enumerate(self.aap_names):
             self.register_buffer(f"top_code{i}", top_code(ctx.modalities[m].codes), persistent=False)
-        self.scale = math.sqrt(d)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        embedding_init_(self.item.weight)
-
-    def side_info(self, batch: SeqBatch) -> Tensor:
-        """``[B, L, 1 + M, d_f]``: position embedding, then every modality channel."""
-        pos = self.pos(forward_positions(batch.mask, self.ctx.max_len))
-        return torch.cat([pos[..., None, :], self.side.lookup(batch.items, batch.present)], -2)
-
-    def hidden(self, batch: SeqBatch) -> Tensor:
-        return self.encoder(self.item(batch.items) * self.scale, batch.mask, self.side_info(batch))
-
-
-    def item_embeddings(self) -> Tensor:
-        return self.item.weight
 
     def aap_loss(self, states: Tensor, targets: Tensor) -> Tensor:
         """Sum over modalities of the mean code CE at the target items that have a code; states ``[S, d]``,

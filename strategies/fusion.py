@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusionbench.context import ModalityTable, StrategyContext
+from fusionbench.context import ModalityTable, SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions, require
-from strategies.backbones import CausalGRU, CausalTransformer
+from strategies.backbones import CausalGRU, CausalTransformer, embedding_init_, forward_positions
+from strategies.base import CausalStrategy
 
 FUSION_OPS = ("concat", "sum", "gate")
 ACTIVATIONS = ("identity", "gelu")
@@ -229,3 +230,37 @@ class SequenceOptions(PluginOptions):
         for name in ("dropout", "feature_dropout"):
             value = getattr(self, name)
             require(0.0 <= value < 1.0, f"option {name!r} must be in [0, 1), got {value}")
+
+
+class AttentionLevelStrategy(CausalStrategy):
+    r"""Shared body of the attention-level strategies (NOVA, DIF-SR).
+
+    The item stream :math:`E_{v}\sqrt{d}` alone feeds the attention values of a
+    :class:`~strategies.backbones.ScoredTransformer`; the side information (a positional embedding and
+    every modality channel, each of size ``side_dim``) enters only the per-layer scorers that subclasses
+    pass in. Items are scored against the ID embeddings.
+
+    Shapes: side_info ``[B, L, 1 + M, side_dim]``; hidden ``[B, L, d]``.
+    """
+
+    def init_streams(self, ctx: StrategyContext, dim: int, side_dim: int, feature_dropout: float) -> None:
+        """Create the item table, the modality inputs and the positional table (call before the scorers)."""
+        self.item = nn.Embedding(ctx.n_items + 1, dim, padding_idx=0)
+        self.side = ModalityInputs(ctx, side_dim, feature_dropout)
+        self.pos = nn.Embedding(ctx.max_len, side_dim)
+        self.scale = math.sqrt(dim)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        embedding_init_(self.item.weight)
+
+    def side_info(self, batch: SeqBatch) -> Tensor:
+        """``[B, L, 1 + M, side_dim]``: position embedding, then every modality channel."""
+        pos = self.pos(forward_positions(batch.mask, self.ctx.max_len))
+        return torch.cat([pos[..., None, :], self.side.lookup(batch.items, batch.present)], -2)
+
+    def hidden(self, batch: SeqBatch) -> Tensor:
+        return self.encoder(self.item(batch.items) * self.scale, batch.mask, self.side_info(batch))
+
+    def item_embeddings(self) -> Tensor:
+        return self.item.weight

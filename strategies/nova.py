@@ -29,11 +29,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.context import StrategyContext
 from fusionbench.registry import STRATEGIES
-from strategies.backbones import ScoredTransformer, embedding_init_, forward_positions, split_heads
-from strategies.base import CausalStrategy
-from strategies.fusion import ChannelFusion, ModalityInputs, SequenceOptions
+from strategies.backbones import ScoredTransformer, split_heads
+from strategies.fusion import AttentionLevelStrategy, ChannelFusion, SequenceOptions
 
 
 class NonInvasiveScorer(nn.Module):
@@ -67,7 +66,7 @@ class NOVAOptions(SequenceOptions):
 
 
 @STRATEGIES.register("nova")
-class NOVA(CausalStrategy):
+class NOVA(AttentionLevelStrategy):
     """NOVA (AAAI 2021): side information in queries and keys, pure item stream in values."""
 
     Options = NOVAOptions
@@ -77,28 +76,10 @@ class NOVA(CausalStrategy):
     def __init__(self, ctx: StrategyContext, opts: NOVAOptions):
         super().__init__(ctx, opts)
         d = opts.dim
-        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0)
-        self.side = ModalityInputs(ctx, d, opts.feature_dropout)
-        self.pos = nn.Embedding(ctx.max_len, d)
+        self.init_streams(ctx, d, d, opts.feature_dropout)
         n_side = 1 + len(self.side)
         scorers = [NonInvasiveScorer(d, opts.heads, n_side, opts.fusion) for _ in range(opts.layers)]
         self.encoder = ScoredTransformer(d, opts.heads, opts.dropout, opts.ffn_mult * d, scorers)
-        self.scale = math.sqrt(d)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        embedding_init_(self.item.weight)
-
-    def side_info(self, batch: SeqBatch) -> Tensor:
-        """``[B, L, 1 + M, d]``: position embedding, then every modality channel."""
-        pos = self.pos(forward_positions(batch.mask, self.ctx.max_len))
-        return torch.cat([pos[..., None, :], self.side.lookup(batch.items, batch.present)], -2)
-
-    def hidden(self, batch: SeqBatch) -> Tensor:
-        return self.encoder(self.item(batch.items) * self.scale, batch.mask, self.side_info(batch))
-
-
-    def item_embeddings(self) -> Tensor:
-        return self.item.weight
 
