@@ -11,7 +11,6 @@ run started again with the same checkpoint path resumes after the last finished 
 from __future__ import annotations
 
 import copy
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fusionbench.atomic import atomic_write
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_batch
 from fusionbench.errors import TrainingError
@@ -94,9 +94,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,

@@ -15,14 +15,13 @@ scaling gives clearly more confident correct top-1 classes on scikit-learn's sam
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from fusionbench.atomic import atomic_write
 from fusionbench.errors import DataError
 
 IMAGE_ENCODER = "efficientnet-lite0"
@@ -168,15 +167,4 @@ def save_image_channel(out: Path, features: np.ndarray, present: np.ndarray) -> 
     keep = present.copy()
     keep[0] = False
     array[~keep] = np.nan
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda f: np.save(f, array, allow_pickle=False))
