@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from fusionbench.data.core import SequenceData
 
 CODE_SENTINEL = -1  # codes[m][item, j] for "no code" (padding row, absent modality, fewer than k codes)
 
@@ -70,6 +73,9 @@ class StrategyContext:
         modalities: name -> :class:`ModalityTable`, sorted by name; may be empty (ID-only data).
         aggregator: name of the graph aggregator for graph strategies (``None`` = strategy default).
         aggregator_options: options for that aggregator.
+        history: the interactions a model may build item-item graphs or statistics from: every user's
+            sequence cut at ``Split.history_end`` (no validation or test target in it); ``None`` when
+            the caller has no split (strategies that need it must then raise a clear error).
     """
 
     n_items: int
@@ -77,6 +83,7 @@ class StrategyContext:
     modalities: Mapping[str, ModalityTable] = field(default_factory=dict)
     aggregator: Optional[str] = None
     aggregator_options: Mapping[str, object] = field(default_factory=dict)
+    history: Optional["SequenceData"] = None
 
     def with_modalities(self, modalities: Mapping[str, ModalityTable]) -> "StrategyContext":
         return dataclasses.replace(self, modalities=dict(sorted(modalities.items())))

@@ -20,7 +20,7 @@ import torch
 from fusionbench.context import StrategyContext
 from fusionbench.data.core import SequenceData
 from fusionbench.data.datasets import DatasetContext
-from fusionbench.data.splits import PROTOCOLS, make_split
+from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
@@ -111,8 +111,9 @@ def load_data(config: dict, data_root: Optional[Path]) -> SequenceData:
     return DATASETS.create(config["dataset"], DatasetContext(data_root), **config["dataset_options"]).load()
 
 
-def build_context(config: dict, data: SequenceData) -> StrategyContext:
-    """Strategy context; modality tables are computed (or read from cache) only if the strategy uses them."""
+def build_context(config: dict, data: SequenceData, split: Optional[Split] = None) -> StrategyContext:
+    """Strategy context; modality tables are computed (or read from cache) only if the strategy uses them.
+    With a split, ``history`` holds the interactions before each user's ``history_end``."""
     modalities = {}
     if config["features"]:
         from fusionbench.features.tables import modality_tables
@@ -123,7 +124,8 @@ def build_context(config: dict, data: SequenceData) -> StrategyContext:
             attr_max_codes=opts.attr_max_codes, modalities=list(opts.modalities) or None,
         )
     return StrategyContext(n_items=data.n_items, max_len=config["max_len"], modalities=modalities,
-                           aggregator=config["aggregator"], aggregator_options=config["aggregator_options"])
+                           aggregator=config["aggregator"], aggregator_options=config["aggregator_options"],
+                           history=None if split is None else data.truncated(split.history_end))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -176,7 +178,7 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
                           skipped=True, run_id=run_id)
 
     split = make_split(data, config["protocol"])
-    ctx = build_context(config, data)
+    ctx = build_context(config, data, split)
     model = STRATEGIES.create(config["strategy"], ctx, **config["strategy_options"]).to(resolve_device(request.device))
     run_id = store.start(config, checksum, versions(), git_revision()) if store is not None else None
     checkpoint = store.path.parent / "checkpoints" / f"{digest}.pt" if store is not None else None

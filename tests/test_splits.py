@@ -68,3 +68,15 @@ def test_causal_rows_cover_exactly_the_prefix_pairs():
     assert len(got) == len(split.train)
     # every causal target sees the same history as its prefix sample (cut to max_len)
     assert set(got) == expected
+
+
+def test_history_holds_no_held_out_interaction():
+    data = DATA
+    for protocol in ("loo", "ratio", "ratio-paper"):
+        split = make_split(data, protocol)
+        history = data.truncated(split.history_end)
+        for u in range(data.n_users):
+            seq, kept = data.sequence(u).tolist(), history.sequence(u).tolist()
+            assert kept == seq[: len(kept)]
+            held_out = split.valid.pos[split.valid.user == u].tolist() + split.test.pos[split.test.user == u].tolist()
+            assert all(p >= len(kept) for p in held_out), (protocol, u)

@@ -87,6 +87,17 @@ class SequenceData:
     def sequence(self, user: int) -> Tensor:
         return self.flat[self.offsets[user] : self.offsets[user + 1]]
 
+    def truncated(self, ends: Tensor) -> "SequenceData":
+        """The same users with each sequence cut to its first ``ends[u]`` interactions (long ``[n_users]``,
+        clamped to the sequence length); side data is shared, not copied."""
+        keep_len = torch.minimum(ends.clamp(min=0), self.lengths)
+        offsets = torch.zeros_like(self.offsets)
+        offsets[1:] = torch.cumsum(keep_len, 0)
+        user = torch.repeat_interleave(torch.arange(self.n_users), keep_len)
+        within = torch.arange(int(offsets[-1])) - offsets[:-1][user]
+        flat = self.flat[self.offsets[:-1][user] + within]
+        return SequenceData(self.name, self.n_items, flat, offsets, self.side, self.source)
+
     def checksum(self) -> str:
         """sha256 over the sequences and side data: the cache and result-store key of the data."""
         h = hashlib.sha256()
