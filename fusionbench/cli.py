@@ -115,6 +115,52 @@ def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, e
     click.echo(metrics_table([("valid", outcome.valid), (test_label, outcome.test)]))
 
 
+@main.command()
+@click.option("--strategy", required=True, help="Strategy name (see `fusionbench list strategies`).")
+@click.option("--aggregator", default=None, help="Graph aggregator for graph strategies.")
+@click.option("--perturbation", required=True, help="disorder | mismatch | missing (`fusionbench list perturbations`).")
+@click.option("--set-p", "set_p", multiple=True, metavar="KEY=VALUE", help="Perturbation option, e.g. mode=shift.")
+@click.option("--severity", default="0,0.1,0.3,0.5,0.7,0.9,1", show_default=True, help="Comma-separated p in [0, 1].")
+@click.option("--apply-to", type=click.Choice(["train", "test", "both"]), default="test", show_default=True,
+              help="Perturb training (and validation), test, or both.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (model and perturbation).")
+@click.option("--dataset", default="beauty", show_default=True)
+@click.option("--protocol", default="loo", show_default=True, help="loo | ratio | ratio-paper (leaky, apply-to both).")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (default 200; early stopping on validation).")
+@click.option("--max-len", type=int, default=50, show_default=True, help="Maximum input length L.")
+@click.option("--store", type=click.Path(path_type=Path), required=True,
+              help="SQLite results store; cells done there are skipped, so a rerun resumes the sweep.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Option override: strategy option, or train.*, agg.*, data.*, features.*.")
+@data_root_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@handle_errors
+def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: tuple[str, ...], severity: str,
+           apply_to: str, seeds: str, dataset: str, protocol: str, epochs: Optional[int], max_len: int, store: Path,
+           sets: tuple[str, ...], data_root: Optional[Path], device: str, quiet: bool) -> None:
+    """Sweep one strategy over a perturbation's severities x seeds: one stored run per cell, resumable."""
+    from fusionbench import stress as sweep
+    from fusionbench.runner import RunRequest
+    from fusionbench.store import ResultStore
+
+    groups = parse_sets(sets)
+    if epochs is not None:
+        groups["train_options"]["epochs"] = epochs
+    base = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, aggregator=aggregator,
+                      max_len=max_len, data_root=data_root, device=device, **groups)
+    cells = sweep.plan_cells(base, perturbation, sweep.parse_options(set_p, "--set-p"),
+                             sweep.parse_severities(severity), sweep.parse_seeds(seeds), apply_to)
+    sweep.run_sweep(cells, ResultStore(store), progress=not quiet)
+    skipped = sum(c.outcome is not None and c.outcome.skipped for c in cells)
+    click.echo(f"{strategy} under {perturbation} (apply to {apply_to}) on {dataset} ({protocol}): "
+               f"{len(cells)} cells, {skipped} already in the store")
+    click.echo(sweep.summary_table(cells))
+    failed = sweep.failures(cells)
+    if failed:
+        raise TrainingError(failed)
+
+
 @main.command("list")
 @click.argument("kind", type=click.Choice(sorted(REGISTRIES)), required=False)
 @handle_errors

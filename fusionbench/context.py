@@ -122,12 +122,16 @@ class SeqBatch:
             trained with one causal pass per sequence; ``None`` otherwise.
         present: optional per-occurrence modality masks, name -> bool ``[B, L]``; False hides that
             modality at that position (stress test ``missing`` in ``occurrence`` mode).
+        shown: optional name -> long ``[B, L]``: the item whose modality is shown at each position
+            (0 = none, i.e. missing); positions of modalities not named show their own item (stress
+            test ``mismatch`` in ``shift`` mode).
     """
 
     items: Tensor
     target: Optional[Tensor] = None
     targets: Optional[Tensor] = None
     present: Optional[dict[str, Tensor]] = None
+    shown: Optional[dict[str, Tensor]] = None
 
     @property
     def size(self) -> int:
@@ -140,5 +144,5 @@ class SeqBatch:
 
     def to(self, device: torch.device | str) -> "SeqBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        present = None if self.present is None else {k: v.to(device) for k, v in self.present.items()}
-        return SeqBatch(move(self.items), move(self.target), move(self.targets), present)
+        moves = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return SeqBatch(move(self.items), move(self.target), move(self.targets), moves(self.present), moves(self.shown))

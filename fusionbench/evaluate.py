@@ -6,9 +6,12 @@ the strategy keeps the default ``score = encode @ item_embeddings().T``; ranks a
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from torch import Tensor
 
+from fusionbench.context import SeqBatch
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.errors import TrainingError
@@ -17,6 +20,9 @@ from strategies.base import Strategy
 
 
 RANK_CHUNK = 128  # rows scored at a time: a [128, n] score block stays in cache for the counting pass
+
+BatchView = Callable[[SeqBatch, Samples], SeqBatch]
+"""``view(batch, samples) -> batch``: what a model sees of a batch built from ``samples`` (stress tests)."""
 
 
 def rank_block(query: Tensor, item_emb: Tensor, target: Tensor) -> Tensor:
@@ -35,8 +41,9 @@ def rank_block(query: Tensor, item_emb: Tensor, target: Tensor) -> Tensor:
 
 @torch.no_grad()
 def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len: int,
-                 batch_size: int = 1024) -> Tensor:
-    """0-based rank ``[S]`` of every sample's target among all items, in sample order.
+                 batch_size: int = 1024, view: Optional[BatchView] = None) -> Tensor:
+    """0-based rank ``[S]`` of every sample's target among all items, in sample order; ``view``, if
+    given, maps every batch before the model sees it.
 
     NaN scores (a diverged model) raise :class:`TrainingError` instead of being ranked."""
     was_training = model.training
@@ -50,7 +57,9 @@ def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len:
     order = torch.argsort(samples.pos, stable=True)  # similar lengths per block: less padding work
     ranks = torch.zeros(len(samples), dtype=torch.long)
     for index in order.split(batch_size):
-        batch = sample_batch(data, samples.take(index), max_len).to(device)
+        block = samples.take(index)
+        batch = sample_batch(data, block, max_len)
+        batch = (batch if view is None else view(batch, block)).to(device)
         try:
             if default_score:
                 ranks[index] = rank_block(model.encode(batch), item_emb, batch.target).cpu()

@@ -23,9 +23,10 @@ from fusionbench.data.datasets import DatasetContext
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
 from fusionbench.options import PluginOptions, require
+from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
 from fusionbench.store import ResultStore, config_hash
-from fusionbench.train import TrainOptions, TrainResult, train
+from fusionbench.train import DataViews, TrainOptions, TrainResult, train
 
 DEFAULT_MAX_LEN = 50
 
@@ -64,6 +65,7 @@ class RunRequest:
     feature_options: dict[str, Any] = field(default_factory=dict)
     data_root: Optional[Path] = None
     device: str = "cpu"
+    perturbation: Optional[PerturbationRequest] = None
 
 
 @dataclass
@@ -104,6 +106,8 @@ def resolve(request: RunRequest) -> dict:
         "features": FeatureOptions.build(request.feature_options, where="features").as_dict()
         if strategy_cls.uses_modalities else {},
     }
+    if request.perturbation is not None:  # clean runs keep the hash they had before perturbations existed
+        config["perturbation"] = resolve_perturbation(request.perturbation, request.protocol)
     return config
 
 
@@ -179,7 +183,12 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
 
     split = make_split(data, config["protocol"])
     ctx = build_context(config, data, split)
-    model = STRATEGIES.create(config["strategy"], ctx, **config["strategy_options"]).to(resolve_device(request.device))
+    device = resolve_device(request.device)
+    make = lambda c: STRATEGIES.create(config["strategy"], c, **config["strategy_options"]).to(device)  # noqa: E731
+    if "perturbation" in config:
+        model, views = StressPlan.from_config(config, ctx, data.side.modality_names()).build(ctx, make)
+    else:
+        model, views = make(ctx), DataViews()
     run_id = store.start(config, checksum, versions(), git_revision()) if store is not None else None
     checkpoint = store.path.parent / "checkpoints" / f"{digest}.pt" if store is not None else None
     if checkpoint is not None:
@@ -188,7 +197,7 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
     label = f"{config['strategy']}/{config['dataset']}/{config['protocol']}/seed{config['seed']}"
     try:
         result = train(model, data, split, TrainOptions.build(config["train"]), config["seed"],
-                       config["max_len"], checkpoint=checkpoint, progress=progress, label=label)
+                       config["max_len"], checkpoint=checkpoint, progress=progress, label=label, views=views)
     except BaseException as err:
         if store is not None:
             # an interrupt keeps the checkpoint so the same command resumes; an error is recorded

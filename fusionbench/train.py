@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from fusionbench.atomic import atomic_write
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_batch
 from fusionbench.errors import TrainingError
-from fusionbench.evaluate import rank_samples
+from fusionbench.evaluate import BatchView, rank_samples
 from fusionbench.metrics import DEFAULT_KS, METRICS, summarize
 from fusionbench.options import PluginOptions, require
 from strategies.base import Strategy
@@ -86,6 +86,24 @@ class TrainResult:
         return float(np.mean(times)) if times else 0.0
 
 
+@dataclass(frozen=True)
+class DataViews:
+    """What training and test see when it is not the plain data (stress tests, :mod:`fusionbench.perturb`).
+
+    Attributes:
+        train: maps every training and validation batch (``view(batch, samples)``). With it, causal
+            strategies train on prefix samples (one target per row) instead of causal rows: a perturbed
+            prefix belongs to its one target, which one causal pass over a sequence cannot express.
+        test: maps every test batch.
+        test_model: turns the restored best model into the model that ranks the test samples (the same
+            weights on other modality tables).
+    """
+
+    train: Optional[BatchView] = None
+    test: Optional[BatchView] = None
+    test_model: Optional[Callable[[Strategy], Strategy]] = None
+
+
 def seed_everything(seed: int) -> None:
     """Fix Python, NumPy and torch RNGs."""
     random.seed(seed)
@@ -115,21 +133,26 @@ def bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Gene
 
 
 def _batches(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
-             generator: torch.Generator):
+             generator: torch.Generator, view: Optional[BatchView] = None):
     """Shuffled training batches of ``batch_size`` rows: causal rows (one per sequence, several
-    targets each) for causal strategies, prefix samples (one target each) otherwise."""
-    if model.causal_training:
+    targets each) for causal strategies without a ``view``, prefix samples (one target each)
+    otherwise, each mapped by ``view``."""
+    if model.causal_training and view is None:
         rows = causal_rows(split.train, max_len)
         for index in bucketed_order(rows.end, batch_size, generator):
             yield causal_batch(data, rows.take(index), max_len)
     else:
         for index in bucketed_order(split.train.pos, batch_size, generator):
-            yield sample_batch(data, split.train.take(index), max_len)
+            samples = split.train.take(index)
+            batch = sample_batch(data, samples, max_len)
+            yield batch if view is None else view(batch, samples)
 
 
 def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, seed: int, max_len: int,
-          checkpoint: Optional[Path] = None, progress: bool = True, label: str = "") -> TrainResult:
-    """Train ``model`` on ``split.train``, select on ``split.valid``, rank ``split.test`` once.
+          checkpoint: Optional[Path] = None, progress: bool = True, label: str = "",
+          views: DataViews = DataViews()) -> TrainResult:
+    """Train ``model`` on ``split.train``, select on ``split.valid``, rank ``split.test`` once
+    (``views``: what training/validation and test see, when not the plain data).
 
     Batches are assembled on the CPU and moved to the device the model's parameters live on."""
     seed_everything(seed)
@@ -158,7 +181,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             break
         model.train()
         started, total, count = time.perf_counter(), 0.0, 0
-        batches = _batches(model, data, split, max_len, opts.batch_size, generator)
+        batches = _batches(model, data, split, max_len, opts.batch_size, generator, views.train)
         for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
                                              disable=None if progress else True, mininterval=1.0)):
             loss = model.loss(batch.to(device))
@@ -175,7 +198,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             scheduler.step()
         seconds = time.perf_counter() - started
         try:
-            valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size))
+            valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train))
         except TrainingError as err:
             raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
         history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid})
@@ -196,9 +219,10 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
 
     model.load_state_dict(best_state)
     started = time.perf_counter()
-    test_ranks = rank_samples(model, data, split.test, max_len, opts.eval_batch_size)
+    test_model = model if views.test_model is None else views.test_model(model)
+    test_ranks = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test)
     eval_seconds = time.perf_counter() - started
-    valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size)
+    valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train)
     test = summarize(test_ranks)
     if split.leaky:  # reference behaviour: every metric is its own maximum of test scores over epochs
         test = {name: max(h["valid"][name] for h in history) for name in test}

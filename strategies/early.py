@@ -69,7 +69,8 @@ class Early(CausalStrategy):
 
     def channels(self, batch: SeqBatch) -> Tensor:
         """``[B, L, 1 + M, d]``: ID embedding, then every modality channel."""
-        return torch.cat([self.item(batch.items)[..., None, :], self.side.lookup(batch.items, batch.present)], -2)
+        side = self.side.lookup(batch.items, batch.present, batch.shown)
+        return torch.cat([self.item(batch.items)[..., None, :], side], -2)
 
     def inputs(self, batch: SeqBatch) -> Tensor:
         """``[B, L, d]``: the fused per-item inputs of the sequence encoder."""

@@ -90,7 +90,9 @@ class ModalityChannel(nn.Module):
             return emb.sum(-2) / valid.sum(-1, keepdim=True).clamp(min=1)
         return self.proj(self.features[items])
 
-    def lookup(self, items: Tensor, occurrence: Optional[Tensor] = None) -> Tensor:
+    def lookup(self, items: Tensor, occurrence: Optional[Tensor] = None, shown: Optional[Tensor] = None) -> Tensor:
+        """``shown`` (same shape as items): the items whose modality is shown instead (0 = missing)."""
+        items = items if shown is None else shown
         present = self.present[items]
         if occurrence is not None:
             present = present & occurrence
@@ -108,8 +110,9 @@ class ModalityInputs(nn.Module):
         dim: output size of every channel. dropout: on the projected features.
 
     Shapes:
-        lookup: items ``[B, L]``, present (``SeqBatch.present``: name -> ``[B, L]`` bool, optional)
-        -> ``[B, L, M, dim]``; table: ``[n_items + 1, M, dim]``; M = number of modalities (may be 0).
+        lookup: items ``[B, L]``, present (``SeqBatch.present``: name -> ``[B, L]`` bool, optional),
+        shown (``SeqBatch.shown``: name -> ``[B, L]`` long, optional) -> ``[B, L, M, dim]``;
+        table: ``[n_items + 1, M, dim]``; M = number of modalities (may be 0).
     """
 
     def __init__(self, ctx: StrategyContext, dim: int, dropout: float = 0.0):
@@ -122,11 +125,13 @@ class ModalityInputs(nn.Module):
     def __len__(self) -> int:
         return len(self.names)
 
-    def lookup(self, items: Tensor, present: Optional[Mapping[str, Tensor]] = None) -> Tensor:
-        present = present or {}
+    def lookup(self, items: Tensor, present: Optional[Mapping[str, Tensor]] = None,
+               shown: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        present, shown = present or {}, shown or {}
         if not self.names:
             return items.new_zeros(*items.shape, 0, self.dim, dtype=torch.float)
-        return torch.stack([ch.lookup(items, present.get(m)) for m, ch in zip(self.names, self.channels)], -2)
+        return torch.stack([ch.lookup(items, present.get(m), shown.get(m))
+                            for m, ch in zip(self.names, self.channels)], -2)
 
     def table(self) -> Tensor:
         items = torch.arange(self.n_items + 1, device=self.channels[0].present.device if self.names else None)
@@ -257,7 +262,7 @@ class AttentionLevelStrategy(CausalStrategy):
     def side_info(self, batch: SeqBatch) -> Tensor:
         """``[B, L, 1 + M, side_dim]``: position embedding, then every modality channel."""
         pos = self.pos(forward_positions(batch.mask, self.ctx.max_len))
-        return torch.cat([pos[..., None, :], self.side.lookup(batch.items, batch.present)], -2)
+        return torch.cat([pos[..., None, :], self.side.lookup(batch.items, batch.present, batch.shown)], -2)
 
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.encoder(self.item(batch.items) * self.scale, batch.mask, self.side_info(batch))

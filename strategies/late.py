@@ -83,16 +83,16 @@ class Late(CausalStrategy):
         super().reset_parameters()
         embedding_init_(self.item.weight)
 
-    def _channels(self, items: Tensor, present=None) -> Tensor:
+    def _channels(self, items: Tensor, present=None, shown=None) -> Tensor:
         """``[..., C, d]`` channel inputs of the given items."""
-        side = self.side.lookup(items, present)
+        side = self.side.lookup(items, present, shown)
         if self.merge is not None:
             side = self.merge(side.flatten(-2))[..., None, :]
         return torch.cat([self.item(items)[..., None, :], side], -2)
 
     def channel_states(self, batch: SeqBatch) -> Tensor:
         """``[B, L, C, d]``: each channel's own encoder states (channel 0 = IDs), before fusion."""
-        x = self._channels(batch.items, batch.present)
+        x = self._channels(batch.items, batch.present, batch.shown)
         mask = batch.mask
         states = [self.backbones[0 if self.opts.shared else c](x[:, :, c], mask) for c in range(self.n_channels)]
         return torch.stack(states, -2)

@@ -132,7 +132,8 @@ class MMSR(Strategy):
 
     def graph(self, batch: SeqBatch) -> MSGraph:
         codes = {m: getattr(self, f"codes_{m}") for m in self.n_codes}
-        return build_msgraph(batch.items, codes, self.ctx.n_items, self.n_codes, present=batch.present)
+        return build_msgraph(batch.items, codes, self.ctx.n_items, self.n_codes, present=batch.present,
+                             shown=batch.shown)
 
     def node_inputs(self, g: MSGraph) -> Tensor:
         """h^0 ``[B, N, d]`` = [e_x ; e^ty ; e^po] W_pt, zero at padded nodes."""

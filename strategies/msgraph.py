@@ -26,7 +26,8 @@ Relation channels (``aggregators.base``; R = 4 + 2M + M(M-1) for M modalities),
 
 Missing data: an item whose codes of a modality are all ``CODE_SENTINEL`` (or a position hidden by
 ``present``) contributes no code node and no edge of that modality at that position; the sequential
-code chain of that modality is broken there (edges join consecutive positions only).
+code chain of that modality is broken there (edges join consecutive positions only). With ``shown``,
+a position's codes of a modality are those of the item ``shown[m]`` names there (0 = none).
 
 Batched recipe (§3): every (position, slot) gets its global id or a sentinel, one sort per row,
 first-occurrence mask + cumsum give local node indices, scattered back through the sort permutation;
@@ -118,7 +119,7 @@ def _pair_channel(i: int, j: int, n_modalities: int) -> int:
 
 
 def _check_inputs(items: Tensor, codes: Mapping[str, Tensor], n_items: int, n_codes: Mapping[str, int],
-                  present: Optional[Mapping[str, Tensor]]) -> None:
+                  present: Optional[Mapping[str, Tensor]], shown: Optional[Mapping[str, Tensor]]) -> None:
     if items.dim() != 2 or items.dtype != torch.long:
         raise ValueError(f"build_msgraph: items must be a long [B, L] tensor, got {items.dtype} "
                          f"{tuple(items.shape)}")
@@ -142,6 +143,10 @@ def _check_inputs(items: Tensor, codes: Mapping[str, Tensor], n_items: int, n_co
         if mask.shape != items.shape or mask.dtype != torch.bool:
             raise ValueError(f"build_msgraph: present[{m!r}] must be bool {tuple(items.shape)}, "
                              f"got {mask.dtype} {tuple(mask.shape)}")
+    for m, who in (shown or {}).items():
+        if m not in codes or who.shape != items.shape or who.dtype != torch.long:
+            raise ValueError(f"build_msgraph: shown[{m!r}] must be a long {tuple(items.shape)} tensor of a "
+                             f"modality in {', '.join(sorted(codes))}, got {who.dtype} {tuple(who.shape)}")
 
 
 def _flat_pairs(rows: Tensor, dst: Tensor, src: Tensor, n_nodes: int, channel: int = 0,
@@ -169,6 +174,7 @@ def build_msgraph(
     n_items: int,
     n_codes: Mapping[str, int],
     present: Optional[Mapping[str, Tensor]] = None,
+    shown: Optional[Mapping[str, Tensor]] = None,
 ) -> MSGraph:
     """Build the MSGraphs of a batch of left-padded histories (module docstring: ids, order, channels).
 
@@ -181,12 +187,14 @@ def build_msgraph(
         n_codes: modality name -> code vocabulary size C_m (fixes the global id offsets).
         present: optional modality name -> bool ``[B, L]``; False hides that modality at that position
             (no code nodes, no edges of it there). Modalities not named are present everywhere.
+        shown: optional modality name -> long ``[B, L]``: the item whose codes of that modality a
+            position carries (0 = none); modalities not named show the position's own item.
 
     Returns:
         :class:`MSGraph` with N = max over rows of the number of distinct nodes (at least 1) and
         R = ``n_relations_for(len(codes))``.
     """
-    _check_inputs(items, codes, n_items, n_codes, present)
+    _check_inputs(items, codes, n_items, n_codes, present, shown)
     names = sorted(codes)
     n_mod = len(names)
     device = items.device
@@ -202,7 +210,7 @@ def build_msgraph(
     for m in names:
         table = codes[m].to(device)
         k = table.shape[1]
-        c = table[items]                                                   # [B, L, k]
+        c = table[items if shown is None or m not in shown else shown[m].to(device)]  # [B, L, k]
         ok = (c != CODE_SENTINEL) & real[..., None]
         if present is not None and m in present:
             ok &= present[m].to(device)[..., None]

@@ -147,13 +147,13 @@ class Trans2D(CausalStrategy):
         super().reset_parameters()
         embedding_init_(self.item.weight)
 
-    def _cells(self, items: Tensor, present=None) -> Tensor:
-        return torch.cat([self.item(items)[..., None, :], self.side.lookup(items, present)], -2)
+    def _cells(self, items: Tensor, present=None, shown=None) -> Tensor:
+        return torch.cat([self.item(items)[..., None, :], self.side.lookup(items, present, shown)], -2)
 
     def grid(self, batch: SeqBatch) -> Tensor:
         """``[B, L, C, d]``: final states of every (position, channel) cell, zeros at padding."""
         mask = batch.mask
-        x = self._cells(batch.items, batch.present) * self.scale
+        x = self._cells(batch.items, batch.present, batch.shown) * self.scale
         h = self.drop(x + self.pos(forward_positions(mask, self.ctx.max_len))[:, :, None])
         allowed = causal_allowed(mask)
         for block in self.blocks:

@@ -1,1 +1,0 @@
-"""Stress-test perturbations (specs/protocol.md §4); registered in PERTURBATIONS."""

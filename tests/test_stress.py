@@ -1,0 +1,148 @@
+"""Perturbed runs (config entry, apply_to phases) and the resumable `fusionbench stress` sweep."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import fusionbench.train
+from fusionbench.cli import main
+from fusionbench.data.splits import make_split
+from fusionbench.errors import UserInputError
+from fusionbench.perturb.plan import PerturbationRequest
+from fusionbench.registry import STRATEGIES
+from fusionbench.runner import RunRequest, resolve, run_experiment
+from fusionbench.store import ResultStore
+from fusionbench.train import DataViews, TrainOptions, train
+from strategy_fixtures import tiny_context
+from test_train_store import cyclic_data
+
+TINY_DATA = {"n_users": "80", "n_codes": "3", "per_cell": "2", "max_len": "10"}
+TINY_MODEL = {"dim": "16", "heads": "1"}
+SWEEP = ("stress", "--strategy", "sasrec", "--perturbation", "disorder", "--dataset", "synthetic",
+         *(a for k, v in TINY_DATA.items() for a in ("--set", f"data.{k}={v}")),
+         *(a for k, v in TINY_MODEL.items() for a in ("--set", f"{k}={v}")),
+         "--set", "train.lr=0.01", "--epochs", "2", "--quiet")
+
+
+def request(strategy="sasrec", perturbation=None, **overrides):
+    options = dict(strategy_options=dict(TINY_MODEL), dataset_options=dict(TINY_DATA),
+                   train_options={"epochs": 2, "lr": 0.01})
+    if STRATEGIES.get(strategy).uses_modalities:
+        options["feature_options"] = {"reduce": "pca", "n_clusters": 4, "k": 2}
+    return RunRequest(strategy=strategy, dataset="synthetic", perturbation=perturbation, **{**options, **overrides})
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def stored(path):
+    runs = ResultStore(path).runs(status=None)
+    return runs.assign(perturbation=[json.loads(c)["perturbation"] for c in runs.config])
+
+
+def test_clean_configs_have_no_perturbation_key_and_perturbed_ones_the_documented_entry():
+    assert "perturbation" not in resolve(request())   # so clean runs keep their stored hashes
+    config = resolve(request(perturbation=PerturbationRequest("mismatch", 1, "both", {"mode": "shift"})))
+    assert config["perturbation"] == {"name": "mismatch", "severity": 1.0, "apply_to": "both",
+                                      "options": {"modalities": [], "mode": "shift"}}
+    assert isinstance(config["perturbation"]["severity"], float)
+    with pytest.raises(UserInputError, match="ratio-paper.* use apply_to=both"):
+        resolve(request(perturbation=PerturbationRequest("disorder", 0.5, "test"), protocol="ratio-paper"))
+    with pytest.raises(UserInputError, match="apply_to must be one of train, test, both"):
+        resolve(request(perturbation=PerturbationRequest("disorder", 0.5, "valid")))
+
+
+@pytest.mark.parametrize("name, options", [("missing", {}), ("disorder", {})])
+def test_apply_to_test_trains_exactly_as_the_clean_run(name, options):
+    """Catalog level (the test model is rebuilt on perturbed tables) and sequence level (test batches
+    mapped): training and validation are bit for bit the clean run's, the test ranks are not."""
+    clean = run_experiment(request("early"), progress=False)
+    stressed = run_experiment(request("early", PerturbationRequest(name, 1.0, "test", options)), progress=False)
+    for epoch, other in zip(stressed.result.history, clean.result.history, strict=True):
+        assert (epoch["loss"], epoch["valid"]) == (other["loss"], other["valid"])
+    assert torch.equal(stressed.result.valid_ranks, clean.result.valid_ranks)
+    assert not torch.equal(stressed.result.test_ranks, clean.result.test_ranks)
+
+
+def test_a_training_view_gives_causal_strategies_prefix_samples():
+    data = cyclic_data(n_users=30)
+    seen = []
+
+    def view(batch, samples):
+        seen.append((batch.target is not None and batch.targets is None, len(samples) == batch.size))
+        return batch
+
+    model = STRATEGIES.create("sasrec", tiny_context(n_items=data.n_items).with_modalities({}), dim=8, heads=1)
+    split = make_split(data, "loo")
+    train(model, data, split, TrainOptions.build({"epochs": 1}), 0, 8, progress=False, views=DataViews(train=view))
+    n_batches = -(-len(split.train) // 128)
+    assert len(seen) == n_batches + 2          # training batches, validation in the epoch and at the end
+    assert all(one_target and keyed for one_target, keyed in seen)
+
+
+def test_sweep_stores_one_done_run_per_cell(tmp_path):
+    out = invoke(*SWEEP, "--severity", "0,1", "--seeds", "0,1", "--store", str(tmp_path / "r.db"))
+    assert out.exit_code == 0, out.output
+    runs = stored(tmp_path / "r.db")
+    assert len(runs) == 4 and set(runs.status) == {"done"}
+    cells = sorted((p["severity"], seed) for p, seed in zip(runs.perturbation, runs.seed))
+    assert cells == [(0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1)]
+    assert all(p["name"] == "disorder" and p["apply_to"] == "test" and p["options"] == {} for p in runs.perturbation)
+    assert "4 cells, 0 already in the store" in out.output
+    table = out.output.splitlines()[-2:]           # one summary row per severity: mean ± sd over 2 seeds
+    assert [row.split("|")[1].strip() for row in table] == ["0", "1"] and all("±" in row for row in table)
+
+
+def test_an_interrupted_sweep_resumes_without_duplicates_or_losses(tmp_path, monkeypatch):
+    args = (*SWEEP, "--severity", "0,1", "--seeds", "0", "--store", str(tmp_path / "r.db"))
+    save = fusionbench.train._atomic_save
+    calls = []
+
+    def killed_after_third_checkpoint(obj, path):  # cell 1 saves epochs 1-2, cell 2 dies after epoch 1
+        save(obj, path)
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fusionbench.train, "_atomic_save", killed_after_third_checkpoint)
+    assert invoke(*args).exit_code == 1                        # click: "Aborted!"
+    first = stored(tmp_path / "r.db")
+    assert sorted(first.status) == ["done", "running"]
+    saved = []
+    monkeypatch.setattr(fusionbench.train, "_atomic_save", lambda obj, path: (save(obj, path), saved.append(obj)))
+
+    out = invoke(*args)
+    assert out.exit_code == 0, out.output
+    assert [len(obj["history"]) for obj in saved] == [2]       # cell 1 skipped, cell 2 resumed at epoch 2
+    assert "2 cells, 1 already in the store" in out.output
+    runs = stored(tmp_path / "r.db")
+    assert len(runs) == 2 and set(runs.status) == {"done"}
+    done_before = first[first.status == "done"]
+    assert runs[runs.config_hash == done_before.config_hash.iloc[0]].id.iloc[0] == done_before.id.iloc[0]
+    assert [[h["epoch"] for h in json.loads(h)] for h in runs.history] == [[1, 2], [1, 2]]
+    assert not list((tmp_path / "checkpoints").iterdir())     # the resumed cell finished and cleaned up
+
+    assert invoke(*SWEEP, "--severity", "0,1", "--seeds", "0", "--store", str(tmp_path / "fresh.db")).exit_code == 0
+    resumed, fresh = ResultStore(tmp_path / "r.db"), ResultStore(tmp_path / "fresh.db")
+    for digest in runs.config_hash:                            # resuming changed no number
+        assert resumed.metrics(resumed.run_id(digest)) == fresh.metrics(fresh.run_id(digest))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--perturbation", "shuffle"),
+     "error: --perturbation: unknown perturbation 'shuffle'; known: disorder, mismatch, missing"),
+    (("--severity", "0,1.5"), "error: --severity: every severity must be a number in [0, 1], got 1.5"),
+    (("--severity", "0,low"), "error: --severity expects comma-separated numbers in [0, 1], got '0,low'"),
+    (("--seeds", "0,x"), "error: --seeds expects comma-separated integers"),
+    (("--perturbation", "mismatch", "--set-p", "mode=rotate"),
+     "error: --set-p: perturbation 'mismatch': option 'mode'"),
+    (("--set-p", "mode"), "error: --set-p expects key=value, got 'mode'"),
+    (("--apply-to", "valid"), "Invalid value for '--apply-to'"),
+])
+def test_bad_sweep_options_exit_2_naming_the_option(tmp_path, args, message):
+    out = invoke(*SWEEP, "--store", str(tmp_path / "r.db"), *args)
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+    assert not (tmp_path / "r.db").exists() or stored(tmp_path / "r.db").empty
