@@ -8,3 +8,4 @@ from strategies import difsr  # noqa: F401
 from strategies import gru4rec  # noqa: F401
 from strategies import srgnn  # noqa: F401
 from strategies import mmsr  # noqa: F401
+from strategies import mdsrec  # noqa: F401

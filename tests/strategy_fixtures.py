@@ -1,7 +1,9 @@
-"""A tiny multimodal context and batch for strategy tests (random tables, two named channels)."""
+"""A tiny multimodal context and batch for strategy tests (random tables, two named channels, and a
+random training history for strategies that build item graphs from it)."""
 import torch
 
 from fusionbench.context import CODE_SENTINEL, ModalityTable, SeqBatch, StrategyContext
+from fusionbench.data.core import SequenceData
 
 N_ITEMS, MAX_LEN = 30, 8
 
@@ -16,7 +18,16 @@ def tiny_context(seed: int = 0, n_items: int = N_ITEMS, max_len: int = MAX_LEN) 
         codes = torch.randint(0, n_codes, (n_items + 1, k), generator=g)
         codes[~present] = CODE_SENTINEL
         tables[name] = ModalityTable(features, present, codes, n_codes)
-    return StrategyContext(n_items=n_items, max_len=max_len).with_modalities(tables)
+    return StrategyContext(n_items=n_items, max_len=max_len, history=tiny_history(g, n_items)).with_modalities(tables)
+
+
+def tiny_history(g: torch.Generator, n_items: int, n_users: int = 12) -> SequenceData:
+    """Random training-visible sequences of lengths 2..9 over items 1..n_items (``StrategyContext.history``)."""
+    lengths = torch.randint(2, 10, (n_users,), generator=g)
+    offsets = torch.zeros(n_users + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    flat = torch.randint(1, n_items + 1, (int(offsets[-1]),), generator=g)
+    return SequenceData("tiny", n_items, flat, offsets)
 
 
 def tiny_batch(seed: int = 1, size: int = 6, n_items: int = N_ITEMS, max_len: int = MAX_LEN) -> SeqBatch:

@@ -1,0 +1,552 @@
+r"""MDSRec: Li, Guo, Li, Zou, "Multimodal Difference Learning for Sequential Recommendation", arXiv
+2412.08103 (2024). Fusion stage: late (one item graph and one sequence encoder per channel, user
+vectors fused at the end). Only the abstract is public: which parts are the paper's and which are
+ours is in docs/mdsrec.md (specs/mdsrec.md).
+
+**Item relation graphs** (one per channel m, built once from the frozen features and the split's
+training-visible history ``ctx.history``). Behaviour signal: :math:`B_{ij}` = number of history
+sequences in which i ≠ j occur within ``window`` positions of each other, row-normalised
+:math:`\bar B_{ij} = B_{ij} / \max_k B_{ik}`. Similarity :math:`S^m_{ij} = \cos(f^m_i, f^m_j)` (0 where
+either item lacks m), of which each item keeps its top ``k_sim`` (computed in row blocks). Candidate
+weights, of which each item keeps its top ``k_graph`` (weights <= 0 dropped):
+
+.. math::
+    \text{mix}:\ w_{ij} = \lambda_b \bar B_{ij} + (1 - \lambda_b) S^m_{ij}
+        \ \text{ on } \mathrm{top}_{k_{sim}}(S^m_{i\cdot}) \cup \{j: B_{ij} > 0\},\qquad
+    \text{intersect}:\ w_{ij} = S^m_{ij} \ \text{ on } \{j: B_{ij} > 0\},\qquad
+    \text{id}:\ w_{ij} = \bar B_{ij}
+
+then :math:`A = \max(W, W^\top) + I` and :math:`\hat A = D^{-1/2} A D^{-1/2}` (sparse COO).
+
+**Item enhancement** (LightGCN-style, ``graph_layers`` = L_g):
+:math:`\tilde e^m = \frac{1}{L_g + 1}\sum_{l=0}^{L_g} \hat A^{\,l} x^m`, with :math:`x^{id}` the ID
+embeddings and :math:`x^m` the projected features (the learned missing vector where the item lacks m,
+:class:`strategies.fusion.ModalityChannel`). A position whose modality is hidden by
+``SeqBatch.present`` sees the item's enhanced vector as if the item lacked m,
+:math:`\tilde e^m_v + \kappa_v(\mu_m - x^m_v)` with :math:`\kappa_v = \frac{1}{L_g+1}\sum_l (\hat A^l)_{vv}`;
+one where ``SeqBatch.shown`` shows item s's modality sees :math:`\tilde e^m_v + \kappa_v(x^m_s - x^m_v)`.
+
+**Interest-centralized attention** (one encoder per channel, no shared parameters). Inputs
+:math:`X = \sqrt d\,\tilde e^m_{v_{1..L}}`; interest centre :math:`c_t` (``center``: prefix mean of X,
+the last item X_t, or a learned vector); each causal layer adds a centrality term to the logits,
+
+.. math::
+    a_{tj} = \frac{(q_t + W_Q c_t)\cdot k_j}{\sqrt{d_h}},\qquad
+    u_t = \sum_{j \le t} \mathrm{softmax}_j\Big(\frac{W^r_Q c_t \cdot W^r_K h_j}{\sqrt{d_h}}\Big) W^r_V h_j
+
+(readout ``center``; ``last``: :math:`u_t = h_t`). Everything at position t depends on items up to t
+only, so one causal pass scores every prefix.
+
+**Fusion** of the channel users :math:`u^m` (``fusion``): ``sum_scores`` :math:`\hat y_v = \sum_m
+u^m\cdot\tilde e^m_v`; ``gate_user`` :math:`\hat y_v = \sum_m g_m\,u^m\cdot\tilde e^m_v`,
+:math:`g = \mathrm{softmax}(W_g[u^1;\dots;u^C])`; ``concat`` :math:`\hat y_v = W_u[u^1;\dots] \cdot
+W_e[\tilde e^1_v;\dots]`. Loss: full-softmax CE on the fused scores plus
+:math:`\beta\sum_m \mathrm{CE}(u^m\cdot\tilde e^m)`.
+
+Shapes:
+    items ``[B, L]`` -> channel inputs ``[B, L, C, d]`` -> channel users ``[B, L, C, d]`` -> encode
+    ``[B, C*d]`` (``concat``: ``[B, d]``); item_embeddings ``[n_items + 1, C*d]`` (``concat``: d);
+    C = number of channels (``id`` and the modalities).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fusionbench.context import ModalityTable, SeqBatch, StrategyContext
+from fusionbench.data.core import SequenceData
+from fusionbench.errors import UserInputError
+from fusionbench.options import require
+from fusionbench.registry import STRATEGIES
+from strategies.backbones import causal_allowed, embedding_init_, forward_positions, split_heads
+from strategies.base import CausalStrategy
+from strategies.fusion import ModalityChannel, SequenceOptions
+
+ID = "id"
+SIM_BLOCK = 1024      # rows of the [block, n + 1] similarity slab: never a dense [n + 1, n + 1] matrix
+PAIR_CHUNK = 65536    # item pairs per chunk when cosines are taken on given pairs
+
+
+# --------------------------------------------------------------------------------------- graphs
+
+
+def behaviour_counts(history: SequenceData, window: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Co-occurrence counts :math:`B_{ij}` of a history, as a symmetric sparse edge list.
+
+    :math:`B_{ij}` = number of sequences in which items i ≠ j occur at most ``window`` positions apart
+    (a sequence counts once however often the pair recurs in it).
+
+    Returns ``row [E]``, ``col [E]``, ``count [E]`` (long), sorted by (row, col); both directions.
+    """
+    flat = history.flat
+    n = flat.numel()
+    user = torch.repeat_interleave(torch.arange(history.n_users), history.lengths)
+    first = torch.arange(n)[:, None]                                             # [N, 1]
+    second = first + torch.arange(1, window + 1)[None, :]                        # [N, w]
+    ok = second < n
+    second = second.clamp(max=max(n - 1, 0))
+    ok &= user[second] == user[first]
+    i, j, u = flat[first.expand_as(second)][ok], flat[second][ok], user[first.expand_as(second)][ok]
+    distinct = i != j
+    i, j, u = i[distinct], j[distinct], u[distinct]
+    size = history.n_items + 1
+    key = torch.cat([i * size + j, j * size + i])
+    per_user = torch.unique(torch.stack([torch.cat([u, u]), key]), dim=1)      # distinct (user, pair)
+    pair, count = torch.unique(per_user[1], return_counts=True)
+    return pair // size, pair % size, count
+
+
+def similarity_features(table: ModalityTable) -> tuple[Tensor, Tensor]:
+    """Frozen vectors the similarity graph of a channel is computed from, and which items have them.
+
+    Dense features when the table has them (``d_m > 0``); otherwise the multi-hot vector of the item's
+    valid codes ``[n_items + 1, n_codes]`` (an item without any code counts as absent)."""
+    if table.dim > 0:
+        return table.features.float(), table.present
+    valid = table.codes >= 0
+    rows = torch.arange(table.codes.shape[0])[:, None].expand_as(table.codes)[valid]
+    multi_hot = torch.zeros(table.codes.shape[0], table.n_codes)
+    multi_hot[rows, table.codes[valid]] = 1.0
+    return multi_hot, table.present & valid.any(1)
+
+
+def cosine_topk(features: Tensor, present: Tensor, k: int, block: int = SIM_BLOCK) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Top-``k`` cosine neighbours of every present item among the other present items.
+
+    :math:`S_{ij} = f_i^\top f_j / (\lVert f_i\rVert \lVert f_j\rVert)`, computed ``block`` rows at a
+    time (a ``[block, n + 1]`` slab), never as a dense ``[n + 1, n + 1]`` matrix.
+
+    Args: features ``[n + 1, d_m]``, present ``[n + 1]`` bool, k, block (rows per slab).
+    Returns: ``row [E]``, ``col [E]`` (long) and ``sim [E]``, ``k`` neighbours per present item (fewer
+    when fewer other items are present), rows in increasing order, neighbours by decreasing similarity.
+    """
+    unit = F.normalize(features.float(), dim=1) * present[:, None]
+    rows = torch.nonzero(present).squeeze(1)
+    k = min(k, rows.numel() - 1)
+    if k < 1:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, torch.zeros(0)
+    out_col, out_sim = [], []
+    for r in rows.split(block):
+        sim = unit[r] @ unit.T                                                   # [b, n + 1]
+        sim.masked_fill_(~present[None, :], float("-inf"))
+        sim[torch.arange(r.numel()), r] = float("-inf")
+        value, index = sim.topk(k, dim=1)
+        out_sim.append(value)
+        out_col.append(index)
+    return rows.repeat_interleave(k), torch.cat(out_col).flatten(), torch.cat(out_sim).flatten()
+
+
+def pair_cosine(features: Tensor, present: Tensor, row: Tensor, col: Tensor) -> Tensor:
+    """Cosine similarity of the given item pairs ``[E]`` (0 where either item is absent), in chunks."""
+    unit = F.normalize(features.float(), dim=1) * present[:, None]
+    if row.numel() == 0:
+        return torch.zeros(0)
+    return torch.cat([(unit[r] * unit[c]).sum(1) for r, c in zip(row.split(PAIR_CHUNK), col.split(PAIR_CHUNK))])
+
+
+def topk_per_row(row: Tensor, weight: Tensor, k: int) -> Tensor:
+    """bool ``[E]``: the ``k`` largest-weight edges of every row (ties: earlier edge first)."""
+    order = torch.argsort(weight, descending=True, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]
+    sorted_row = row[order]
+    counts = torch.bincount(sorted_row)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel()) - starts[sorted_row]
+    keep = torch.zeros(row.numel(), dtype=torch.bool)
+    keep[order[rank < k]] = True
+    return keep
+
+
+def max_merge(row: Tensor, col: Tensor, weight: Tensor, n_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Duplicate (row, col) edges merged into one with the largest weight; sorted by (row, col)."""
+    key, inverse = torch.unique(row * n_nodes + col, return_inverse=True)
+    merged = torch.full((key.numel(),), float("-inf")).scatter_reduce_(0, inverse, weight.float(), "amax")
+    return key // n_nodes, key % n_nodes, merged
+
+
+def channel_edges(behaviour: tuple[Tensor, Tensor, Tensor], n_nodes: int, k_graph: int,
+                  similarity: Optional[tuple[Tensor, Tensor]] = None, k_sim: int = 10,
+                  mode: str = "mix", lambda_b: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Directed, weighted edges of one channel's relation graph before symmetrisation (module doc).
+
+    Args:
+        behaviour: ``(row, col, count)`` from :func:`behaviour_counts`.
+        n_nodes: n + 1. k_graph: edges kept per item (largest weights).
+        similarity: ``(features [n + 1, d_m], present [n + 1])`` of a modality; ``None`` = the id
+            channel (:math:`w = \bar B`).
+        k_sim: similarity neighbours per item (``mix``). mode: ``"mix"`` or ``"intersect"``.
+        lambda_b: :math:`\lambda_b` of ``mix``.
+
+    Returns: ``row [E]``, ``col [E]``, ``weight [E] > 0``.
+    """
+    b_row, b_col, count = behaviour
+    row_max = torch.zeros(n_nodes).scatter_reduce_(0, b_row, count.float(), "amax", include_self=False)
+    b_norm = count.float() / row_max[b_row] if b_row.numel() else torch.zeros(0)
+    if similarity is None:
+        row, col, weight = b_row, b_col, b_norm
+    else:
+        features, present = similarity
+        b_sim = pair_cosine(features, present, b_row, b_col)
+        if mode == "intersect":
+            row, col, weight = b_row, b_col, b_sim
+        else:
+            s_row, s_col, s_sim = cosine_topk(features, present, k_sim)
+            row, col, weight = max_merge(torch.cat([s_row, b_row]), torch.cat([s_col, b_col]),
+                                         torch.cat([(1 - lambda_b) * s_sim, lambda_b * b_norm + (1 - lambda_b) * b_sim]),
+                                         n_nodes)
+    positive = weight > 0
+    row, col, weight = row[positive], col[positive], weight[positive]
+    keep = topk_per_row(row, weight, k_graph)
+    return row[keep], col[keep], weight[keep]
+
+
+def normalised_adjacency(row: Tensor, col: Tensor, weight: Tensor, n_nodes: int) -> Tensor:
+    r""":math:`\hat A = D^{-1/2} (\max(W, W^\top) + I) D^{-1/2}` as a coalesced sparse COO ``[n, n]``
+    (W from the directed edges given, without self loops)."""
+    loops = torch.arange(n_nodes)
+    row, col, weight = max_merge(torch.cat([row, col]), torch.cat([col, row]), torch.cat([weight, weight]), n_nodes)
+    row, col = torch.cat([row, loops]), torch.cat([col, loops])
+    weight = torch.cat([weight, torch.ones(n_nodes)])
+    inv_sqrt = torch.zeros(n_nodes).index_add_(0, row, weight).rsqrt()
+    values = inv_sqrt[row] * weight * inv_sqrt[col]
+    return torch.sparse_coo_tensor(torch.stack([row, col]), values, (n_nodes, n_nodes), check_invariants=True).coalesce()
+
+
+class GraphPropagation(nn.Module):
+    r"""LightGCN-style mean over propagation depths on a fixed normalised graph:
+
+    .. math:: \tilde x = \frac{1}{L_g + 1}\sum_{l=0}^{L_g} \hat A^{\,l} x,\qquad
+              \kappa_v = \frac{1}{L_g + 1}\sum_{l=0}^{L_g} (\hat A^{\,l})_{vv}
+
+    κ (``self_weight``) is how much of :math:`x_v` itself is in :math:`\tilde x_v`, so that replacing
+    :math:`x_v` by δ changes :math:`\tilde x_v` by exactly :math:`\kappa_v (\delta - x_v)` (L_g ≤ 2;
+    :math:`\hat A` is symmetric, so :math:`(\hat A^2)_{vv} = \sum_j \hat A_{vj}^2`).
+
+    Shapes: adjacency sparse ``[N, N]``; x ``[N, d]`` -> ``[N, d]``; self_weight ``[N]``.
+    """
+
+    def __init__(self, adjacency: Tensor, layers: int):
+        super().__init__()
+        if layers not in (1, 2):
+            raise ValueError(f"GraphPropagation supports 1 or 2 layers, got {layers}")
+        self.layers = layers
+        self.register_buffer("adjacency", adjacency, persistent=False)
+        row, col = adjacency.indices()
+        values = adjacency.values()
+        n = adjacency.shape[0]
+        depth = [torch.ones(n), torch.zeros(n).index_add_(0, row[row == col], values[row == col])]
+        if layers == 2:
+            depth.append(torch.zeros(n).index_add_(0, row, values * values))
+        self.register_buffer("self_weight", torch.stack(depth).mean(0), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, total = x, x
+        for _ in range(self.layers):
+            out = torch.sparse.mm(self.adjacency, out)
+            total = total + out
+        return total / (self.layers + 1)
+
+    def extra_repr(self) -> str:
+        return f"nodes={self.adjacency.shape[0]}, entries={self.adjacency._nnz()}, layers={self.layers}"
+
+
+# --------------------------------------------------------------------------------------- encoder
+
+
+class CentredAttention(nn.Module):
+    r"""Multi-head attention with queries and keys/values from different inputs:
+    :math:`\mathrm{softmax}((Q_{in} W_Q + b_Q)(K_{in} W_K + b_K)^\top/\sqrt{d_h} + M) (K_{in} W_V + b_V) W_O`.
+
+    Shapes: queries ``[B, L, d]``, keys ``[B, L, d]``, allowed ``[B, L, L]`` bool -> ``[B, L, d]``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, queries: Tensor, keys: Tensor, allowed: Tensor) -> Tensor:
+        b, length, d = keys.shape
+        q = split_heads(self.query(queries), self.heads)
+        k, v = split_heads(self.key(keys), self.heads), split_heads(self.value(keys), self.heads)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, length, d))
+
+
+class CentredBlock(nn.Module):
+    r"""Pre-LayerNorm causal block whose queries carry the interest centre:
+
+    .. math::
+        X = \mathrm{LN}(H),\quad H \leftarrow H + \mathrm{Drop}(\mathrm{Attn}(X + \mathrm{LN}_c(c), X)),\quad
+        H \leftarrow H + \mathrm{Drop}(\mathrm{FFN}(\mathrm{LN}(H)))
+
+    so the logits are :math:`(q_t + W_Q \mathrm{LN}_c(c_t)) \cdot k_j / \sqrt{d_h}`.
+    Shapes: h ``[B, L, d]``, centre ``[B, L, d]``, allowed ``[B, L, L]`` -> ``[B, L, d]``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int):
+        super().__init__()
+        self.norm1, self.norm_centre, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CentredAttention(dim, heads, dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, centre: Tensor, allowed: Tensor) -> Tensor:
+        x = self.norm1(h)
+        h = h + self.drop(self.attn(x + self.norm_centre(centre), x, allowed))
+        return h + self.drop(self.ffn(self.norm2(h)))
+
+
+class InterestCentredEncoder(nn.Module):
+    r"""Interest-centralized attention encoder of one channel (module doc).
+
+    Args:
+        dim: d. layers: centred blocks. heads, dropout, ffn_dim: as the shared transformer.
+        max_len: L. center: ``"mean"`` (prefix mean of the inputs), ``"last"`` (the input at t) or
+        ``"learned"`` (one learned vector). readout: ``"center"`` (attention of the centre query over
+        positions <= t) or ``"last"`` (the block output at t).
+
+    Shapes: x ``[B, L, d]`` (scaled item vectors, no positions), mask ``[B, L]`` -> ``[B, L, d]``
+    (the user vector after every position; zeros at padding).
+    """
+
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int, ffn_dim: int,
+                 center: str, readout: str):
+        super().__init__()
+        self.max_len, self.center = max_len, center
+        self.pos = nn.Embedding(max_len, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(CentredBlock(dim, heads, dropout, ffn_dim) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.learned_centre = nn.Parameter(torch.empty(dim)) if center == "learned" else None
+        if readout == "center":
+            self.readout_norm = nn.LayerNorm(dim)
+            self.readout = CentredAttention(dim, heads, dropout)
+        else:
+            self.readout_norm = self.readout = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # submodules are re-initialised by their own reset_parameters
+        if self.learned_centre is not None:
+            nn.init.normal_(self.learned_centre, std=1.0 / math.sqrt(self.learned_centre.numel()))
+
+    def interest_centre(self, x: Tensor, mask: Tensor) -> Tensor:
+        r"""c ``[B, L, d]``: ``mean`` :math:`c_t = \sum_{j \le t} m_j x_j / \max(1, \sum_{j \le t} m_j)`,
+        ``last`` :math:`c_t = x_t`, ``learned`` :math:`c_t = c`."""
+        if self.center == "mean":
+            m = mask[..., None].to(x.dtype)
+            return (x * m).cumsum(1) / m.cumsum(1).clamp(min=1)
+        if self.center == "last":
+            return x
+        return self.learned_centre.expand_as(x)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        centre = self.interest_centre(x, mask)
+        h = self.drop(x + self.pos(forward_positions(mask, self.max_len)))
+        allowed = causal_allowed(mask)
+        for block in self.blocks:
+            h = block(h, centre, allowed)
+        h = self.norm(h)
+        if self.readout is not None:
+            h = self.readout(self.readout_norm(centre), h, allowed)
+        return h * mask[..., None]
+
+
+# --------------------------------------------------------------------------------------- strategy
+
+
+@dataclass(frozen=True)
+class MDSRecOptions(SequenceOptions):
+    """``channels``: channels to model, ``id`` and modality names (empty = ``id`` and every modality of
+    the data). ``k_sim``: similarity neighbours per item. ``k_graph``: graph edges kept per item.
+    ``window``: co-occurrence window w. ``graph``: ``mix`` or ``intersect`` of similarity and behaviour.
+    ``lambda_b``: behaviour weight of ``mix``. ``graph_layers``: propagation depth (1 or 2).
+    ``center``: interest centre. ``readout``: centre-query attention or last state. ``fusion``:
+    ``sum_scores``, ``gate_user`` or ``concat``. ``beta``: weight of the per-channel CE terms."""
+
+    layers: int = 1
+    dropout: float = 0.3
+    channels: tuple[str, ...] = ()
+    k_sim: int = 10
+    k_graph: int = 10
+    window: int = 1
+    graph: Literal["mix", "intersect"] = "mix"
+    lambda_b: float = 0.5
+    graph_layers: int = 1
+    center: Literal["mean", "last", "learned"] = "mean"
+    readout: Literal["center", "last"] = "center"
+    fusion: Literal["sum_scores", "gate_user", "concat"] = "sum_scores"
+    beta: float = 0.1
+
+    def check(self) -> None:
+        super().check()
+        for name in ("k_sim", "k_graph", "window"):
+            value = getattr(self, name)
+            require(value >= 1, f"option {name!r} must be >= 1, got {value}")
+        require(0.0 <= self.lambda_b <= 1.0, f"option 'lambda_b' must be in [0, 1], got {self.lambda_b}")
+        require(self.graph_layers in (1, 2), f"option 'graph_layers' must be 1 or 2, got {self.graph_layers}")
+        require(self.beta >= 0.0, f"option 'beta' must be >= 0, got {self.beta}")
+        require(len(set(self.channels)) == len(self.channels),
+                f"option 'channels' names a channel twice: {', '.join(self.channels)}")
+
+
+def channel_names(ctx: StrategyContext, channels: tuple[str, ...]) -> tuple[str, ...]:
+    """The modelled channels in order: ``id`` first (if chosen), then modalities in the context's order."""
+    if ID in ctx.modalities:
+        raise UserInputError(f"mdsrec: a modality may not be named {ID!r} (that is the ID channel's name)")
+    if not channels:
+        return (ID, *ctx.modalities)
+    unknown = [c for c in channels if c != ID and c not in ctx.modalities]
+    if unknown:
+        available = ", ".join([ID, *ctx.modalities])
+        raise UserInputError(f"mdsrec: option 'channels' names {unknown[0]!r}, which this data does not have; "
+                             f"available: {available}")
+    return tuple(c for c in (ID, *ctx.modalities) if c in channels)
+
+
+@STRATEGIES.register("mdsrec")
+class MDSRec(CausalStrategy):
+    """MDSRec (arXiv 2412.08103): per-modality item graphs with behaviour signal, interest-centralized
+    attention per modality, fused user vectors.
+
+    Attributes: ``names`` (the modelled channels, ``id`` first), ``graphs`` (one
+    :class:`GraphPropagation` per channel), ``encoders`` (one :class:`InterestCentredEncoder` per
+    channel), ``graph_seconds`` (wall time of building the graphs)."""
+
+    Options = MDSRecOptions
+    fusion_stage = "late"
+    train_defaults = {"lr": 1e-3, "batch_size": 256}
+    paper = "Li, Guo, Li, Zou, arXiv 2412.08103 (abstract only; our design marked [A] in docs/mdsrec.md)"
+
+    def __init__(self, ctx: StrategyContext, opts: MDSRecOptions):
+        super().__init__(ctx, opts)
+        if ctx.history is None:
+            raise UserInputError("mdsrec needs the split's history (StrategyContext.history: the training-visible "
+                                 "interactions its item graphs are built from), but it is None; build the context "
+                                 "with a split: runner.build_context(config, data, split)")
+        if ctx.history.n_items != ctx.n_items:
+            raise UserInputError(f"mdsrec: ctx.history has {ctx.history.n_items} items, the context {ctx.n_items}")
+        d, n_nodes = opts.dim, ctx.n_items + 1
+        self.names = channel_names(ctx, opts.channels)
+        self.item = nn.Embedding(n_nodes, d, padding_idx=0) if ID in self.names else None
+        self.modal = nn.ModuleDict({m: ModalityChannel(ctx.modalities[m], d, opts.feature_dropout)
+                                    for m in self.names if m != ID})
+
+        started = time.perf_counter()
+        behaviour = behaviour_counts(ctx.history, opts.window)
+        graphs = {}
+        for name in self.names:
+            similarity = None if name == ID else similarity_features(ctx.modalities[name])
+            edges = channel_edges(behaviour, n_nodes, opts.k_graph, similarity, opts.k_sim, opts.graph, opts.lambda_b)
+            graphs[name] = GraphPropagation(normalised_adjacency(*edges, n_nodes), opts.graph_layers)
+        self.graphs = nn.ModuleDict(graphs)
+        self.graph_seconds = time.perf_counter() - started
+
+        self.encoders = nn.ModuleDict({
+            name: InterestCentredEncoder(d, opts.layers, opts.heads, opts.dropout, ctx.max_len, opts.ffn_mult * d,
+                                         opts.center, opts.readout)
+            for name in self.names
+        })
+        n_channels = len(self.names)
+        self.gate = nn.Linear(n_channels * d, n_channels) if opts.fusion == "gate_user" else None
+        if opts.fusion == "concat":
+            self.user_proj, self.item_proj = nn.Linear(n_channels * d, d), nn.Linear(n_channels * d, d)
+        else:
+            self.user_proj = self.item_proj = None
+        self.scale = math.sqrt(d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.item is not None:
+            embedding_init_(self.item.weight)
+
+    def item_tables(self) -> tuple[Tensor, Tensor]:
+        """Per-channel item inputs x ``[n_items + 1, C, d]`` and their graph-enhanced versions (same shape)."""
+        raw = [self.item.weight if name == ID else self.modal[name].table() for name in self.names]
+        enhanced = [self.graphs[name](x) for name, x in zip(self.names, raw)]
+        return torch.stack(raw, 1), torch.stack(enhanced, 1)
+
+    def channel_inputs(self, batch: SeqBatch, raw: Tensor, enhanced: Tensor) -> Tensor:
+        r"""``[B, L, C, d]`` enhanced vectors of the batch's items. Where ``batch.shown`` shows item s's
+        modality at item v's position, or ``batch.present`` hides it (s = 0, whose row is the missing
+        vector), the position gets v's enhanced vector as if v's own input were s's:
+        :math:`\tilde e^m_v + \kappa_v (x^m_s - x^m_v)` (exact; zero change where s = v)."""
+        x = enhanced[batch.items]
+        present, shown = batch.present or {}, batch.shown or {}
+        columns = []
+        for c, name in enumerate(self.names):
+            column = x[:, :, c]
+            if name in present or name in shown:
+                source = shown.get(name, batch.items)
+                if name in present:
+                    source = torch.where(present[name], source, 0)
+                weight = self.graphs[name].self_weight[batch.items][..., None]
+                column = column + weight * (raw[source, c] - raw[batch.items, c])
+            columns.append(column)
+        return torch.stack(columns, 2)
+
+    def channel_users(self, batch: SeqBatch, raw: Tensor, enhanced: Tensor) -> Tensor:
+        """``[B, L, C, d]``: each channel's user vector after every position (own encoder per channel)."""
+        x = self.channel_inputs(batch, raw, enhanced) * self.scale
+        return torch.stack([self.encoders[name](x[:, :, c], batch.mask) for c, name in enumerate(self.names)], 2)
+
+    def channel_weights(self, users: Tensor) -> Tensor:
+        r"""``[..., C]``: the gate :math:`g = \mathrm{softmax}(W_g [u^1; \dots; u^C])` (``gate_user``), else ones."""
+        if self.gate is None:
+            return users.new_ones(users.shape[:-1])
+        return self.gate(users.flatten(-2)).softmax(-1)
+
+    def fuse_users(self, users: Tensor) -> Tensor:
+        """``[..., C, d]`` -> ``[..., C*d]`` (``sum_scores``; ``gate_user``: each block scaled by its gate)
+        or ``[..., d]`` (``concat``)."""
+        if self.user_proj is not None:
+            return self.user_proj(users.flatten(-2))
+        return (self.channel_weights(users)[..., None] * users).flatten(-2)
+
+    def fuse_items(self, enhanced: Tensor) -> Tensor:
+        """``[n_items + 1, C, d]`` -> ``[n_items + 1, C*d]`` or ``[n_items + 1, d]`` (``concat``)."""
+        flat = enhanced.flatten(-2)
+        return flat if self.item_proj is None else self.item_proj(flat)
+
+    def hidden(self, batch: SeqBatch) -> Tensor:
+        return self.fuse_users(self.channel_users(batch, *self.item_tables()))
+
+    def item_embeddings(self) -> Tensor:
+        return self.fuse_items(self.item_tables()[1])
+
+    def loss(self, batch: SeqBatch) -> Tensor:
+        r"""CE on the fused scores + :math:`\beta \sum_m` CE on each channel's own scores; at every
+        position with a target (``batch.targets``) or at the last one (``batch.target``). Except under
+        ``concat`` the fused scores are formed from the channel scores (the same numbers as
+        ``fuse_users(u) @ fuse_items(e).T``, without a second ``[S, C*d] x [C*d, n]`` product)."""
+        raw, enhanced = self.item_tables()
+        users = self.channel_users(batch, raw, enhanced)
+        if batch.targets is None:
+            users, targets = users[:, -1], batch.target
+        else:
+            where = batch.targets > 0
+            users, targets = users[where], batch.targets[where]
+        needed = self.user_proj is None or self.opts.beta > 0
+        per_channel = torch.bmm(users.transpose(0, 1), enhanced[1:].permute(1, 2, 0)) if needed else None  # [C, S, n]
+        if self.user_proj is not None:
+            fused = self.fuse_users(users) @ self.fuse_items(enhanced)[1:].T
+        elif self.gate is None:
+            fused = per_channel.sum(0)
+        else:
+            fused = torch.einsum("sc,csn->sn", self.channel_weights(users), per_channel)
+        loss = F.cross_entropy(fused, targets - 1)
+        if self.opts.beta > 0:
+            n_channels = per_channel.shape[0]
+            per_channel_ce = F.cross_entropy(per_channel.flatten(0, 1), (targets - 1).repeat(n_channels))
+            loss = loss + self.opts.beta * n_channels * per_channel_ce
+        return loss
