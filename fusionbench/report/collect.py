@@ -1,0 +1,255 @@
+"""Read finished runs from the results store and group them into report rows.
+
+A *row* of a report is a run configuration up to its seed: runs whose resolved configs differ only in
+``seed`` (and in the bookkeeping key ``dataset_checksum``) are the seeds of one row. Perturbed runs carry
+``config["perturbation"] = {"name", "severity", "apply_to", "options"}``; the row identity leaves the
+perturbation out too, so a perturbed row and the clean run of the same configuration share a key.
+
+Row labels are short: ``strategy`` (``+ aggregator`` for graph strategies), then in parentheses every
+option that differs from the defaults ``fusionbench run`` would resolve for that strategy (strategy
+options bare, ``agg.*``, ``train.*``, ``features.*``, ``max_len``; dataset options are left out, the
+table is per dataset and its data version is checked). A strategy the registry does not know (a plugin
+that is not installed) lists the options that vary between its rows instead.
+
+Per-sample values are recomputed from the stored test ranks with :mod:`fusionbench.metrics`.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from fusionbench.errors import UserInputError
+from fusionbench.metrics import METRICS, per_sample
+from fusionbench.registry import UnknownPluginError
+from fusionbench.store import ResultStore, canonical_json, config_hash
+
+LEAKY_PROTOCOL = "ratio-paper"
+LEAKY_LABEL = "test-selected (leaky)"
+NOT_IDENTITY = ("seed", "perturbation", "dataset_checksum")  # config keys that do not define a row
+_SECTIONS = {"strategy_options": "", "aggregator_options": "agg.", "train": "train.", "features": "features."}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metric at one cutoff, e.g. ``Column("NDCG", 20)`` -> ``"NDCG@20"``."""
+
+    metric: str
+    k: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}@{self.k}"
+
+
+def parse_columns(metrics: str, ks: str) -> list[Column]:
+    """``"HR,NDCG"`` x ``"5,20"`` -> columns HR@5, HR@20, NDCG@5, NDCG@20 (errors name the option)."""
+    names = [m.strip().upper() for m in metrics.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if not names or unknown:
+        raise UserInputError(f"--metrics must list some of {', '.join(METRICS)}, got {metrics!r}")
+    try:
+        cutoffs = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        cutoffs = []
+    if not cutoffs or min(cutoffs) < 1:
+        raise UserInputError(f"--k must be a comma-separated list of integers >= 1, got {ks!r}")
+    return [Column(m, k) for m in names for k in cutoffs]
+
+
+def parse_column(text: str, option: str) -> Column:
+    """``"NDCG@20"`` -> ``Column("NDCG", 20)``; ``option`` names the CLI option in errors."""
+    metric, sep, k = text.partition("@")
+    if not sep or metric.upper() not in METRICS or not k.isdigit() or int(k) < 1:
+        raise UserInputError(f"{option} must be METRIC@K with METRIC in {', '.join(METRICS)} and K >= 1, "
+                             f"got {text!r}")
+    return Column(metric.upper(), int(k))
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: int
+    config_hash: str
+    seed: int
+    config: dict
+
+
+@dataclass
+class RunGroup:
+    """The seeds of one report row: runs whose configs agree up to :data:`NOT_IDENTITY`."""
+
+    key: str
+    runs: list[Run] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def config(self) -> dict:
+        return self.runs[0].config
+
+    @property
+    def strategy(self) -> str:
+        return self.config["strategy"]
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(run.seed for run in self.runs)
+
+
+def row_key(config: dict) -> str:
+    """Canonical JSON of the config without seed, perturbation and dataset checksum."""
+    return canonical_json({k: v for k, v in config.items() if k not in NOT_IDENTITY})
+
+
+def open_store(path: Path) -> ResultStore:
+    """Open an existing store; a missing or non-SQLite file is an error naming ``--store``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"--store {path}: no such file")
+    try:
+        return ResultStore(path)
+    except sqlite3.DatabaseError as err:
+        raise UserInputError(f"--store {path}: not a fusionbench results store ({err})") from None
+
+
+def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str]) -> list[Run]:
+    """Every run with status ``done``, filtered by dataset and protocol (a value the store does not
+    hold is an error naming the option and listing what is there)."""
+    table = store.runs(status="done")
+    if table.empty:
+        raise UserInputError(f"--store {store.path}: no finished runs in it")
+    for option, column, value in (("--dataset", "dataset", dataset), ("--protocol", "protocol", protocol)):
+        if value is None:
+            continue
+        there = sorted(set(table[column]))
+        if value not in there:
+            scope = "" if column == "dataset" or dataset is None else f" of dataset {dataset!r}"
+            raise UserInputError(f"{option} {value!r}: no finished runs{scope} in {store.path}; "
+                                 f"{column}s there: {', '.join(there)}")
+        table = table[table[column] == value]
+    return [Run(int(r.id), r.config_hash, int(r.seed), json.loads(r.config)) for r in table.itertuples()]
+
+
+def perturbation_of(run: Run) -> Optional[dict]:
+    """The run's perturbation record (``None`` for a clean run), checked against the schema."""
+    record = run.config.get("perturbation")
+    if record is None:
+        return None
+    missing = [f for f in ("name", "severity", "apply_to") if not isinstance(record, dict) or f not in record]
+    if missing:
+        raise UserInputError(f"run {run.config_hash}: config 'perturbation' lacks field {missing[0]!r} "
+                             "(expected name, severity, apply_to, options)")
+    return {"name": record["name"], "severity": float(record["severity"]), "apply_to": record["apply_to"],
+            "options": record.get("options") or {}}
+
+
+def group_runs(runs: list[Run]) -> list[RunGroup]:
+    """Runs -> rows (seeds sorted), labelled with :func:`variant_labels`. Call
+    :func:`check_one_data_version` first: runs on two data versions would share a row."""
+    groups: dict[str, RunGroup] = {}
+    for run in sorted(runs, key=lambda r: r.seed):
+        groups.setdefault(row_key(run.config), RunGroup(row_key(run.config))).runs.append(run)
+    rows = list(groups.values())
+    for row, label in zip(rows, variant_labels([row.config for row in rows])):
+        row.label = label
+    return rows
+
+
+def check_one_data_version(runs: list[Run], where: str) -> None:
+    """Runs compared with each other must have been made on the same data (one dataset checksum)."""
+    versions = sorted({str(run.config.get("dataset_checksum")) for run in runs})
+    if len(versions) > 1:
+        raise UserInputError(f"{where}: runs were made on {len(versions)} versions of the data (dataset "
+                             f"checksums {', '.join(versions)}); they cannot be compared sample by sample. "
+                             "Keep one data version per store.")
+
+
+def _flat_options(config: dict) -> dict[str, Any]:
+    flat = {f"{prefix}{k}": v for section, prefix in _SECTIONS.items() for k, v in (config.get(section) or {}).items()}
+    flat["max_len"] = config.get("max_len")
+    return flat
+
+
+def _default_options(config: dict) -> Optional[dict[str, Any]]:
+    """Options ``fusionbench run`` resolves for this strategy/aggregator with nothing set; ``None`` if a
+    plugin is not registered here."""
+    from fusionbench.runner import RunRequest, resolve
+
+    request = RunRequest(strategy=config["strategy"], dataset=config["dataset"], protocol=config["protocol"],
+                         aggregator=config.get("aggregator"))
+    try:
+        return _flat_options(json.loads(canonical_json(resolve(request))))
+    except (UserInputError, UnknownPluginError):
+        return None
+
+
+def short_value(value: Any) -> str:
+    """Option value as label text: lists joined with '+'."""
+    if isinstance(value, list):
+        return "+".join(map(str, value)) or "[]"
+    return str(value)
+
+
+def variant_labels(configs: list[dict]) -> list[str]:
+    """A short, unique label per row config (rules in the module docstring). Rows that would still
+    share a label get their config hash appended."""
+    flats = [_flat_options(c) for c in configs]
+    labels = []
+    for config, flat in zip(configs, flats):
+        defaults = _default_options(config)
+        if defaults is None:  # unknown plugin: show what varies among its rows
+            same = [f for c, f in zip(configs, flats) if c["strategy"] == config["strategy"]]
+            shown = [k for k in flat if len({canonical_json(f.get(k)) for f in same}) > 1]
+        else:
+            shown = [k for k in flat if canonical_json(flat[k]) != canonical_json(defaults.get(k))]
+        head = config["strategy"] + (f" + {config['aggregator']}" if config.get("aggregator") else "")
+        labels.append(head + (f" ({', '.join(f'{k}={short_value(flat[k])}' for k in shown)})" if shown else ""))
+    clashing = {label for label in labels if labels.count(label) > 1}
+    return [f"{label} [{config_hash(json.loads(row_key(c)))[:8]}]" if label in clashing else label
+            for label, c in zip(labels, configs)]
+
+
+def load_ranks(store: ResultStore, groups: list[RunGroup], where: str) -> dict[str, np.ndarray]:
+    """Stored test ranks of every group's runs, ``{group.key: [n_seeds, S]}`` (int64). All runs of one
+    table must rank the same S samples (same split, same sample order), else an error says which."""
+    ranks: dict[str, np.ndarray] = {}
+    lengths: dict[int, str] = {}
+    for group in groups:
+        stacked = []
+        for run in group.runs:
+            try:
+                stacked.append(store.ranks(run.run_id, "test"))
+            except KeyError:
+                raise UserInputError(f"run {run.config_hash} is done but has no test ranks in {store.path}") from None
+            lengths.setdefault(len(stacked[-1]), f"{group.label} seed {run.seed}")
+        if len(lengths) > 1:
+            listed = "; ".join(f"{who}: {n}" for n, who in lengths.items())
+            raise UserInputError(f"{where}: stored test ranks have different lengths ({listed}); runs of one dataset "
+                                 "and protocol must rank the same samples in the same order")
+        ranks[group.key] = np.stack(stacked)
+    return ranks
+
+
+def per_sample_values(ranks: np.ndarray, column: Column) -> np.ndarray:
+    """``[..., S]`` ranks -> ``[..., S]`` float64 per-sample ``column`` values (fractions)."""
+    return per_sample(torch.from_numpy(ranks), column.metric, column.k).double().numpy()
+
+
+def seed_values(store: ResultStore, runs: list[Run], ranks: np.ndarray, column: Column) -> np.ndarray:
+    """One value per run ``[n_runs]`` (fractions): the mean over samples of the per-sample values, or,
+    under ``ratio-paper``, the stored test metric, which that protocol defines as the metric's own
+    maximum over epochs (the reference code's test selection)."""
+    if runs and runs[0].config["protocol"] == LEAKY_PROTOCOL:
+        values = []
+        for run in runs:
+            stored = store.metrics(run.run_id, "test")
+            if column.name not in stored:
+                raise UserInputError(f"run {run.config_hash} ({LEAKY_PROTOCOL}) has no stored {column.name}; its "
+                                     f"per-epoch maxima exist only for {', '.join(sorted(stored))} (check --k)")
+            values.append(stored[column.name])
+        return np.asarray(values, dtype=np.float64)
+    return per_sample_values(ranks, column).mean(axis=-1)

@@ -1,0 +1,193 @@
+"""Leaderboards: one table per dataset x protocol, rows = strategy variants, cells = mean ± std over seeds.
+
+Only finished runs without a perturbation enter. A cell is the mean and the sample standard deviation
+(ddof = 1; none with one seed) over the row's seeds of the metric in %, from the stored test ranks (under
+``ratio-paper``, from the stored per-epoch maxima; see :func:`collect.seed_values`). Per column the
+highest mean is bold and the highest mean among baselines (rows whose strategy is not in ``proposed``,
+default :data:`PROPOSED`) is underlined. The best row (the first in table order among equal means) is
+tested against every other row with the paired per-sample tests of :mod:`fusionbench.report.significance`;
+Holm–Bonferroni runs over all comparisons of one table (columns x other rows), one family per test kind;
+a cell gets the mark † when every test applicable to its metric (t-test, Wilcoxon, and McNemar for HR)
+rejects at α after adjustment.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from fusionbench.errors import UserInputError
+from fusionbench.report.collect import (
+    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, check_one_data_version, done_runs, group_runs, load_ranks,
+    per_sample_values, perturbation_of, seed_values,
+)
+from fusionbench.report.significance import (
+    ALPHA, SAMPLE_TESTS, SEED_TEST, Comparison, adjust, sample_tests, seed_means_test,
+)
+from fusionbench.store import ResultStore
+
+PROPOSED = ("mmsr", "mdsrec")  # the strategies the paper proposes; every other strategy is a baseline
+MARK = "†"
+
+
+@dataclass
+class Cell:
+    mean: float          # %
+    std: float           # %, NaN with one seed
+    best: bool = False
+    best_baseline: bool = False
+    below_best: bool = False  # significantly below the column's best row
+
+
+@dataclass
+class Row:
+    group: RunGroup
+    proposed: bool
+    values: dict[str, np.ndarray]  # column -> per-seed values [n_seeds] (fractions)
+    cells: dict[str, Cell]
+
+
+@dataclass
+class Leaderboard:
+    dataset: str
+    protocol: str
+    columns: list[Column]
+    rows: list[Row]
+    comparisons: list[Comparison]
+
+    @property
+    def leaky(self) -> bool:
+        return self.protocol == LEAKY_PROTOCOL
+
+
+def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | None, columns: list[Column],
+                       proposed: tuple[str, ...] = PROPOSED) -> list[Leaderboard]:
+    """One :class:`Leaderboard` per (dataset, protocol) in the store, optionally filtered to one of each."""
+    runs = [run for run in done_runs(store, dataset, protocol) if perturbation_of(run) is None]
+    if not runs:
+        raise UserInputError(f"{store.path}: every matching finished run is perturbed; "
+                             "use --robustness for those")
+    tables: dict[tuple[str, str], list] = {}
+    for run in runs:
+        tables.setdefault((run.config["dataset"], run.config["protocol"]), []).append(run)
+    return [_build(store, ds, pr, rs, columns, proposed) for (ds, pr), rs in sorted(tables.items())]
+
+
+def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns: list[Column],
+           proposed: tuple[str, ...]) -> Leaderboard:
+    where = f"dataset {dataset!r}, protocol {protocol!r}"
+    check_one_data_version(runs, where)
+    groups = sorted(group_runs(runs), key=lambda g: (g.strategy in proposed, g.label))
+    ranks = load_ranks(store, groups, where)
+    rows = []
+    for g in groups:
+        values = {c.name: seed_values(store, g.runs, ranks[g.key], c) for c in columns}
+        cells = {name: Cell(100 * v.mean(), 100 * v.std(ddof=1) if len(v) > 1 else math.nan)
+                 for name, v in values.items()}
+        rows.append(Row(g, g.strategy in proposed, values, cells))
+    comparisons = []
+    for column in columns:
+        means = np.array([row.cells[column.name].mean for row in rows])
+        for row in rows:
+            row.cells[column.name].best = row.cells[column.name].mean == means.max()
+        baselines = [row for row in rows if not row.proposed]
+        if baselines:
+            top = max(row.cells[column.name].mean for row in baselines)
+            for row in baselines:
+                row.cells[column.name].best_baseline = row.cells[column.name].mean == top
+        best = rows[int(means.argmax())]
+        comparisons += [c for other in rows if other is not best
+                        for c in _compare(best, other, column, ranks)]
+    adjust(comparisons)
+    for column in columns:
+        needed = set(SAMPLE_TESTS if column.metric == "HR" else SAMPLE_TESTS[:2])
+        for row in rows:
+            passed = {c.test for c in comparisons
+                      if c.column == column.name and c.other == row.group.label and c.significant}
+            row.cells[column.name].below_best = needed <= passed
+    return Leaderboard(dataset, protocol, columns, rows, comparisons)
+
+
+def _compare(best: Row, other: Row, column: Column, ranks: dict[str, np.ndarray]) -> list[Comparison]:
+    """The tests of ``best`` against ``other`` on ``column``, over the seeds both rows have."""
+    shared = tuple(sorted(set(best.group.seeds) & set(other.group.seeds)))
+    b = [best.group.seeds.index(s) for s in shared]
+    o = [other.group.seeds.index(s) for s in shared]
+    base = dict(column=column.name, best=best.group.label, other=other.group.label, seeds=shared)
+    if not shared:
+        tests = SAMPLE_TESTS if column.metric == "HR" else SAMPLE_TESTS[:2]
+        return [Comparison(test=t, n=0, statistic=math.nan, p=math.nan, **base) for t in (*tests, SEED_TEST)]
+    x_best = per_sample_values(ranks[best.group.key][b], column).mean(axis=0)
+    x_other = per_sample_values(ranks[other.group.key][o], column).mean(axis=0)
+    out = [Comparison(test=t, n=len(x_best), statistic=s, p=p, **base)
+           for t, (s, p) in sample_tests(x_best, x_other, binary=column.metric == "HR").items()]
+    s, p = seed_means_test(best.values[column.name][b], other.values[column.name][o])
+    out.append(Comparison(test=SEED_TEST, n=len(shared), statistic=s, p=p, **base))
+    return out
+
+
+def _label(board: Leaderboard, row: Row) -> str:
+    return f"{row.group.label} — {LEAKY_LABEL}" if board.leaky else row.group.label
+
+
+def _cell_text(cell: Cell) -> str:
+    text = f"{cell.mean:.2f}" + ("" if math.isnan(cell.std) else f" ± {cell.std:.2f}")
+    if cell.best_baseline:
+        text = f"<u>{text}</u>"
+    if cell.best:
+        text = f"**{text}**"
+    return text + (f" {MARK}" if cell.below_best else "")
+
+
+def render_markdown(boards: list[Leaderboard], proposed: tuple[str, ...] = PROPOSED) -> str:
+    """Markdown: per table a caption line, the table, and a key."""
+    parts = []
+    for board in boards:
+        names = [c.name for c in board.columns]
+        body = [[_label(board, row), *(_cell_text(row.cells[n]) for n in names), len(row.group.seeds)]
+                for row in board.rows]
+        n_tests = sum(1 for c in board.comparisons if c.test == "ttest" and not math.isnan(c.p))
+        selection = (f"{LEAKY_LABEL}: each metric is its own maximum over epochs on the test set; the tests use "
+                     "the ranks of the checkpoint selected on test" if board.leaky
+                     else "model selection on validation only")
+        caption = (f"Table: {board.dataset}, protocol {board.protocol} ({selection}). Test metrics in %, mean ± "
+                   "std over the seeds counted in the last column.")
+        key = (f"Bold: best per column; underlined: best baseline (strategies other than {', '.join(proposed)}); "
+               f"{MARK}: significantly below the column's best row (two-sided α = {ALPHA}: paired t-test, Wilcoxon "
+               "signed-rank with zsplit and, for HR, exact McNemar all reject after Holm–Bonferroni over the "
+               f"{n_tests} comparisons of this table; per-sample metrics averaged over the seeds both rows share).")
+        table = tabulate(body, headers=["strategy", *names, "seeds"], tablefmt="github", disable_numparse=True)
+        parts.append(f"{caption}\n\n{table}\n\n{key}\n")
+    return "\n".join(parts)
+
+
+def to_frame(boards: list[Leaderboard]) -> pd.DataFrame:
+    """One line per row: identity, seeds, then per column mean/std (%) and the best/best_baseline/
+    below_best flags."""
+    lines = []
+    for board in boards:
+        for row in board.rows:
+            line = {"dataset": board.dataset, "protocol": board.protocol,
+                    "selection": LEAKY_LABEL if board.leaky else "validation",
+                    "label": row.group.label, "strategy": row.group.strategy,
+                    "aggregator": row.group.config.get("aggregator") or "", "proposed": row.proposed,
+                    "seeds": len(row.group.seeds), "seed_list": " ".join(map(str, row.group.seeds))}
+            for column in board.columns:
+                cell = row.cells[column.name]
+                line.update({f"{column.name}_mean": cell.mean, f"{column.name}_std": cell.std,
+                             f"{column.name}_best": cell.best, f"{column.name}_best_baseline": cell.best_baseline,
+                             f"{column.name}_below_best": cell.below_best})
+            lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def comparisons_frame(boards: list[Leaderboard]) -> pd.DataFrame:
+    """Every test of every table: the long form behind the † marks."""
+    fields = ["dataset", "protocol", "column", "best", "other", "test", "n", "seeds", "statistic", "p", "p_holm",
+              "significant"]
+    return pd.DataFrame([[b.dataset, b.protocol, c.column, c.best, c.other, c.test, c.n, " ".join(map(str, c.seeds)),
+                          c.statistic, c.p, c.p_holm, c.significant] for b in boards for c in b.comparisons],
+                        columns=fields)

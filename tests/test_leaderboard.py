@@ -1,0 +1,306 @@
+"""Leaderboards and robustness reports from hand-made stores: numbers, marks, tests, files, CLI errors."""
+import io
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from scipy import stats
+
+from fusionbench.cli import main
+from fusionbench.errors import UserInputError
+from fusionbench.metrics import summarize
+from fusionbench.report import leaderboard_report
+from fusionbench.report.collect import Column, open_store, parse_columns
+from fusionbench.report.leaderboard import build_leaderboards, render_markdown, to_frame
+from fusionbench.report.robustness import build_robustness
+from fusionbench.report.significance import holm
+from fusionbench.runner import RunRequest, resolve
+from fusionbench.store import ResultStore
+
+# test ranks per strategy and seed: 10 hand-made users, repeated 6 times (60 samples, the same order in
+# every run; repeating keeps every mean and lets scipy's Wilcoxon use its fast normal approximation, n > 50)
+HAND = {
+    "sasrec": {0: [0, 1, 2, 3, 4, 5, 6, 7, 8, 30], 1: [0, 0, 2, 9, 4, 25, 6, 1, 8, 3],
+               2: [1, 1, 2, 3, 40, 5, 6, 7, 0, 2]},
+    "gru4rec": {0: [10, 11, 12, 13, 14, 5, 16, 17, 18, 30], 1: [20, 11, 2, 13, 14, 15, 16, 17, 18, 19]},
+    "mmsr": {0: [0, 0, 0, 1, 1, 2, 3, 0, 4, 2], 1: [0, 1, 0, 0, 2, 2, 3, 0, 4, 9], 2: [0, 0, 1, 1, 1, 2, 0, 0, 4, 2]},
+}
+RANKS = {strategy: {seed: np.tile(r, 6) for seed, r in seeds.items()} for strategy, seeds in HAND.items()}
+COLUMNS = parse_columns("HR,NDCG,MRR", "5,20")
+MISSING = {"name": "missing", "apply_to": "test", "options": {"mode": "item", "modalities": ["image", "text"]}}
+
+
+def hand(ranks, column: Column) -> np.ndarray:
+    """Per-sample metric, written out independently of fusionbench.metrics."""
+    r = np.asarray(ranks, dtype=np.float64)
+    hit = r < column.k
+    gain = {"HR": np.ones_like(r), "NDCG": 1 / np.log2(r + 2), "MRR": 1 / (r + 1)}[column.metric]
+    return np.where(hit, gain, 0.0)
+
+
+def add_run(store, strategy, seed, ranks, protocol="loo", perturbation=None, checksum="c0", test_metrics=None,
+            aggregator=None, **options):
+    config = resolve(RunRequest(strategy=strategy, dataset="beauty", protocol=protocol, seed=seed,
+                                aggregator=aggregator, strategy_options=options))
+    config["dataset_checksum"] = checksum
+    if perturbation is not None:
+        config["perturbation"] = perturbation
+    run = store.start(config, checksum, {}, "rev")
+    ranks = np.asarray(ranks)
+    store.finish(run, {"test": test_metrics or summarize(torch.from_numpy(ranks))}, {"test": ranks}, {})
+    return run
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = ResultStore(tmp_path / "r.db")
+    for strategy, seeds in RANKS.items():
+        for seed, ranks in seeds.items():
+            add_run(s, strategy, seed, ranks)
+    # neither a running nor a failed run enters the leaderboard
+    unfinished = resolve(RunRequest(strategy="sasrec", dataset="beauty", seed=7))
+    unfinished["dataset_checksum"] = "c0"
+    s.start(unfinished, "c0", {}, "rev")
+    unfinished["seed"] = 8
+    s.fail(s.start(unfinished, "c0", {}, "rev"), "boom")
+    yield s
+    s.close()
+
+
+def board(store, **kw):
+    boards = build_leaderboards(store, "beauty", kw.pop("protocol", "loo"), kw.pop("columns", COLUMNS), **kw)
+    assert len(boards) == 1
+    return boards[0]
+
+
+def test_cells_are_mean_and_std_over_seeds_in_percent(store):
+    b = board(store)
+    assert [row.group.label for row in b.rows] == ["gru4rec", "sasrec", "mmsr + han"]  # baselines first
+    for row in b.rows:
+        seeds = RANKS[row.group.strategy]
+        assert row.group.seeds == tuple(seeds)  # configs differing only by seed share one row
+        for column in COLUMNS:
+            per_seed = 100 * np.array([hand(seeds[s], column).mean() for s in seeds])
+            cell = row.cells[column.name]
+            assert cell.mean == pytest.approx(per_seed.mean(), rel=1e-6)
+            assert cell.std == pytest.approx(per_seed.std(ddof=1), rel=1e-6)
+    text = render_markdown([b])
+    # HR@5 per seed: sasrec 50, 60, 60 -> 56.67 ± 5.77, the best baseline; mmsr 100, 90, 100 -> 96.67 ± 5.77
+    cells = {c[0]: c[1:] for c in ([x.strip() for x in line.split("|")[1:-1]] for line in text.splitlines()
+                                    if line.startswith("| "))}
+    assert cells["sasrec"][0] == "<u>56.67 ± 5.77</u> †" and cells["sasrec"][-1] == "3"
+    assert cells["mmsr + han"][0] == "**96.67 ± 5.77**"
+    assert "Table: beauty, protocol loo" in text and "seeds" in text
+
+
+def test_bold_is_best_and_underline_best_baseline(store):
+    b = board(store)
+    for column in COLUMNS:
+        means = {row.group.strategy: row.cells[column.name].mean for row in b.rows}
+        best_baseline = max(means["sasrec"], means["gru4rec"])
+        for row in b.rows:
+            cell = row.cells[column.name]
+            assert cell.best == (means[row.group.strategy] == max(means.values()))
+            assert cell.best_baseline == (row.group.strategy != "mmsr" and means[row.group.strategy] == best_baseline)
+    # with mmsr declared a baseline too, it is the underlined best baseline of HR@5
+    b = board(store, proposed=())
+    assert [r.group.strategy for r in b.rows if r.cells["HR@5"].best_baseline] == ["mmsr"]
+
+
+def test_significance_matches_scipy_with_holm(store):
+    close = RANKS["mmsr"][0].copy()
+    close[:3] = 10  # mmsr's seed 0 with three misses: HR@5 95 %, below mmsr's 96.67 %, not significantly
+    add_run(store, "sasrec", 0, close, dim=32)
+    ranks = {**RANKS, "sasrec (dim=32)": {0: close}}
+    b = board(store)
+    best = next(r for r in b.rows if r.cells["HR@5"].best)
+    assert best.group.strategy == "mmsr"
+    by = {(c.column, c.other, c.test): c for c in b.comparisons}
+    for other in ("sasrec", "gru4rec", "sasrec (dim=32)"):
+        shared = sorted(set(ranks["mmsr"]) & set(ranks[other]))
+        for column in (Column("HR", 5), Column("NDCG", 20)):
+            x = np.mean([hand(ranks["mmsr"][s], column) for s in shared], axis=0)
+            y = np.mean([hand(ranks[other][s], column) for s in shared], axis=0)
+            # (NDCG per sample comes from fusionbench.metrics in float32, hence rel=1e-5)
+            assert by[(column.name, other, "ttest")].p == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-5)
+            wilcoxon = stats.wilcoxon(x, y, zero_method="zsplit").pvalue
+            assert by[(column.name, other, "wilcoxon")].p == pytest.approx(wilcoxon, rel=1e-5)
+            assert by[(column.name, other, "ttest-seeds")].n == len(shared)
+        d = np.mean([hand(ranks["mmsr"][s], Column("HR", 5)) for s in shared], 0) - \
+            np.mean([hand(ranks[other][s], Column("HR", 5)) for s in shared], 0)
+        b_, c_ = int((d > 0).sum()), int((d < 0).sum())
+        assert by[("HR@5", other, "mcnemar")].p == pytest.approx(stats.binomtest(b_, b_ + c_, 0.5).pvalue)
+    assert ("NDCG@20", "sasrec", "mcnemar") not in by  # McNemar only for the binary HR
+    for test in ("ttest", "wilcoxon", "mcnemar"):
+        family = [c for c in b.comparisons if c.test == test]
+        assert len(family) == (2 if test == "mcnemar" else 6) * 3  # columns x other rows
+        np.testing.assert_allclose([c.p_holm for c in family], holm(np.array([c.p for c in family])))
+    for row in b.rows:
+        for column in COLUMNS:
+            tests = ("ttest", "wilcoxon", "mcnemar") if column.metric == "HR" else ("ttest", "wilcoxon")
+            expected = all(by[(column.name, row.group.label, t)].p_holm < 0.05 for t in tests) \
+                if (column.name, row.group.label, "ttest") in by else False
+            assert row.cells[column.name].below_best == expected
+    gru, close = (next(r for r in b.rows if r.group.label == s) for s in ("gru4rec", "sasrec (dim=32)"))
+    assert gru.cells["HR@5"].below_best and not close.cells["HR@5"].below_best  # both outcomes occur
+    assert "† " not in render_markdown([b]).split("| mmsr")[1].split("\n")[0]  # never on the best row
+
+
+@pytest.mark.parametrize("wilcoxon_p, marked", [(1e-6, True), (0.5, False)])
+def test_a_mark_needs_every_test_to_reject(store, monkeypatch, wilcoxon_p, marked):
+    import fusionbench.report.leaderboard as lb
+
+    def fake(x, y, binary):
+        out = {"ttest": (1.0, 1e-6), "wilcoxon": (1.0, wilcoxon_p)}
+        return {**out, "mcnemar": (1.0, 1e-6)} if binary else out
+
+    monkeypatch.setattr(lb, "sample_tests", fake)
+    b = board(store)
+    assert [row.cells["HR@5"].below_best for row in b.rows] == [marked, marked, False]
+
+
+def test_holm_on_a_hand_case():
+    np.testing.assert_allclose(holm(np.array([0.01, 0.04, 0.03, 0.005])), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm(np.array([0.02, np.nan, 0.04, 0.9])), [0.06, np.nan, 0.08, 0.9])
+
+
+def test_csv_has_one_line_per_row_and_the_documented_columns(store):
+    frame = to_frame([board(store)])
+    flags = [f"{c.name}_{s}" for c in COLUMNS for s in ("mean", "std", "best", "best_baseline", "below_best")]
+    assert list(frame.columns) == ["dataset", "protocol", "selection", "label", "strategy", "aggregator", "proposed",
+                                   "seeds", "seed_list", *flags]
+    assert frame["label"].tolist() == ["gru4rec", "sasrec", "mmsr + han"]
+    assert frame["seed_list"].tolist() == ["0 1", "0 1 2", "0 1 2"]
+    assert frame.loc[1, "HR@5_mean"] == pytest.approx(170 / 3)
+
+
+def test_variant_labels_show_aggregator_and_non_default_options(tmp_path):
+    s = ResultStore(tmp_path / "v.db")
+    add_run(s, "sasrec", 0, RANKS["sasrec"][0])
+    add_run(s, "sasrec", 0, RANKS["sasrec"][1], dim=32)
+    add_run(s, "mmsr", 0, RANKS["mmsr"][0], aggregator="gcn")
+    labels = [row.group.label for row in board(s).rows]
+    assert labels == ["sasrec", "sasrec (dim=32)", "mmsr + gcn"]
+
+
+def test_ratio_paper_is_labelled_leaky_and_uses_the_stored_maxima(store):
+    for seed, hr5 in ((0, 0.9), (1, 0.7)):
+        stored = summarize(torch.tensor(RANKS["sasrec"][seed]))
+        add_run(store, "sasrec", seed, RANKS["sasrec"][seed], protocol="ratio-paper",
+                test_metrics={**stored, "HR@5": hr5})
+    b = board(store, protocol="ratio-paper", columns=[Column("HR", 5)])
+    assert b.rows[0].cells["HR@5"].mean == pytest.approx(80.0)
+    assert b.rows[0].cells["HR@5"].std == pytest.approx(np.std([90, 70], ddof=1))
+    text = render_markdown([b])
+    assert "| sasrec — test-selected (leaky)" in text and "protocol ratio-paper (test-selected (leaky)" in text
+    assert to_frame([b])["selection"].tolist() == ["test-selected (leaky)"]
+    with pytest.raises(UserInputError, match="no stored HR@50.*--k"):
+        board(store, protocol="ratio-paper", columns=[Column("HR", 50)])
+
+
+def test_runs_that_cannot_be_paired_are_an_error(store):
+    add_run(store, "sasrec", 5, RANKS["sasrec"][0][:59])
+    with pytest.raises(UserInputError, match="different lengths.*sasrec seed 5: 59"):
+        board(store)
+
+
+def test_two_data_versions_are_an_error(store):
+    add_run(store, "sasrec", 5, RANKS["sasrec"][0], checksum="c1")
+    with pytest.raises(UserInputError, match="2 versions of the data"):
+        board(store)
+
+
+def test_robustness_tables_drops_and_plots(store, tmp_path):
+    rng = np.random.default_rng(0)
+    perturbed = {}
+    for seed in (0, 1):
+        for strategy, severities in (("sasrec", (0.0, 0.5)), ("gru4rec", (0.5,)), ("mmsr", (0.5,))):
+            for severity in severities:
+                ranks = rng.integers(0, 30, 60)
+                perturbed[strategy, severity, seed] = ranks
+                add_run(store, strategy, seed, ranks, perturbation={**MISSING, "severity": severity})
+        add_run(store, "sasrec", seed, rng.integers(0, 30, 60), perturbation={**MISSING, "severity": 0.5,
+                                                                             "apply_to": "both"})
+    column = Column("NDCG", 20)
+    tables = build_robustness(store, "beauty", "loo", column)
+    assert [(t.name, t.apply_to) for t in tables] == [("missing", "both"), ("missing", "test")]
+    rows = {row.strategy: row for row in tables[1].rows}
+    mean = {k: 100 * hand(v, column).mean() for k, v in perturbed.items()}
+
+    sas = rows["sasrec"]
+    assert sas.reference == "severity 0"
+    at0, at5 = (np.mean([mean["sasrec", p, s] for s in (0, 1)]) for p in (0.0, 0.5))
+    assert [p.severity for p in sas.points] == [0.0, 0.5]
+    assert sas.points[1].mean == pytest.approx(at5, rel=1e-6)
+    assert sas.points[1].std == pytest.approx(np.std([mean["sasrec", 0.5, s] for s in (0, 1)], ddof=1), rel=1e-6)
+    assert sas.points[1].drop == pytest.approx(100 * (at0 - at5) / at0, rel=1e-6)
+
+    gru = rows["gru4rec"]  # no severity 0: relative to the clean runs of the same config (seeds 0, 1)
+    clean = 100 * np.mean([hand(RANKS["gru4rec"][s], column).mean() for s in (0, 1)])
+    assert gru.reference == "clean run" and gru.reference_mean == pytest.approx(clean, rel=1e-6)
+    assert gru.points[0].drop == pytest.approx(100 * (clean - gru.points[0].mean) / clean, rel=1e-6)
+
+    text, written = leaderboard_report(store.path, robust=True, robustness_metric="NDCG@20",
+                                       plot_dir=tmp_path / "plots")
+    assert "perturbation missing (apply_to=test, modalities=image+text, mode=item)" in text
+    assert "| p=0 " in text and "| p=0.5 " in text and "clean run" in text
+    assert len(written) == 2
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(path).ndim == 3
+    frame = pd.read_csv(io.StringIO(leaderboard_report(store.path, robust=True, fmt="csv")[0]))
+    assert set(frame["perturbation"]) == {"missing"} and "drop_pct" in frame.columns
+    # the leaderboard itself ignores perturbed runs
+    assert [r.group.seeds for r in board(store).rows] == [(0, 1), (0, 1, 2), (0, 1, 2)]
+
+
+def test_robustness_without_clean_reference_has_no_drop(tmp_path):
+    s = ResultStore(tmp_path / "p.db")
+    add_run(s, "mmsr", 0, RANKS["mmsr"][0], perturbation={**MISSING, "severity": 0.5})
+    (row,) = build_robustness(s, None, None, Column("HR", 5))[0].rows
+    assert row.reference == "none" and np.isnan(row.points[0].drop)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["leaderboard", *map(str, args)])
+
+
+def test_cli_writes_outputs_atomically(store, tmp_path):
+    out, sig = tmp_path / "out" / "board.md", tmp_path / "sig.csv"
+    result = invoke("--store", store.path, "--output", out, "--significance", sig)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert out.read_text().startswith("Table: beauty, protocol loo")
+    assert {"p", "p_holm", "test"} <= set(pd.read_csv(sig).columns)
+    csv = invoke("--store", store.path, "--format", "csv", "--metrics", "hr", "--k", "10")
+    assert csv.exit_code == 0 and "HR@10_mean" in csv.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--store", "{tmp}/none.db"), "--store {tmp}/none.db: no such file"),
+    (("--store", "{db}", "--dataset", "toys"), "--dataset 'toys': no finished runs"),
+    (("--store", "{db}", "--protocol", "ratio"), "--protocol 'ratio': no finished runs in {db}; protocols there: loo"),
+    (("--store", "{db}", "--dataset", "beauty", "--protocol", "ratio"), "runs of dataset 'beauty' in"),
+    (("--store", "{db}", "--metrics", "AUC"), "--metrics must list some of HR, NDCG, MRR"),
+    (("--store", "{db}", "--k", "0"), "--k must be"),
+    (("--store", "{db}", "--plot-dir", "{tmp}"), "--plot-dir needs --robustness"),
+    (("--store", "{db}", "--robustness"), "no finished perturbed runs"),
+    (("--store", "{db}", "--robustness", "--robustness-metric", "NDCG"), "--robustness-metric must be METRIC@K"),
+    (("--store", "{junk}"), "not a fusionbench results store"),
+])
+def test_cli_errors_name_the_option(store, tmp_path, args, message):
+    (tmp_path / "junk.db").write_bytes(b"not sqlite at all, just some bytes" * 4)
+    fill = dict(tmp=tmp_path, db=store.path, junk=tmp_path / "junk.db")
+    result = invoke(*(a.format(**fill) for a in args))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and message.format(**fill) in result.output
+    assert "beauty" in result.output or "--dataset" not in message
+
+
+def test_open_store_does_not_create_a_missing_file(tmp_path):
+    with pytest.raises(UserInputError):
+        open_store(tmp_path / "absent.db")
+    assert not (tmp_path / "absent.db").exists()
