@@ -229,19 +229,23 @@ class GraphPropagation(nn.Module):
     :math:`x_v` by δ changes :math:`\tilde x_v` by exactly :math:`\kappa_v (\delta - x_v)` (L_g ≤ 2;
     :math:`\hat A` is symmetric, so :math:`(\hat A^2)_{vv} = \sum_j \hat A_{vj}^2`).
 
+    L_g = 0 is the "graphs off" ablation: :math:`\tilde x = x`.
+
     Shapes: adjacency sparse ``[N, N]``; x ``[N, d]`` -> ``[N, d]``; self_weight ``[N]``.
     """
 
     def __init__(self, adjacency: Tensor, layers: int):
         super().__init__()
-        if layers not in (1, 2):
-            raise ValueError(f"GraphPropagation supports 1 or 2 layers, got {layers}")
+        if layers not in (0, 1, 2):
+            raise ValueError(f"GraphPropagation supports 0, 1 or 2 layers, got {layers}")
         self.layers = layers
         self.register_buffer("adjacency", adjacency, persistent=False)
         row, col = adjacency.indices()
         values = adjacency.values()
         n = adjacency.shape[0]
-        depth = [torch.ones(n), torch.zeros(n).index_add_(0, row[row == col], values[row == col])]
+        depth = [torch.ones(n)]
+        if layers >= 1:
+            depth.append(torch.zeros(n).index_add_(0, row[row == col], values[row == col]))
         if layers == 2:
             depth.append(torch.zeros(n).index_add_(0, row, values * values))
         self.register_buffer("self_weight", torch.stack(depth).mean(0), persistent=False)
@@ -369,7 +373,7 @@ class MDSRecOptions(SequenceOptions):
     """``channels``: channels to model, ``id`` and modality names (empty = ``id`` and every modality of
     the data). ``k_sim``: similarity neighbours per item. ``k_graph``: graph edges kept per item.
     ``window``: co-occurrence window w. ``graph``: ``mix`` or ``intersect`` of similarity and behaviour.
-    ``lambda_b``: behaviour weight of ``mix``. ``graph_layers``: propagation depth (1 or 2).
+    ``lambda_b``: behaviour weight of ``mix``. ``graph_layers``: propagation depth (1 or 2; 0 = graphs off, the ablation).
     ``center``: interest centre. ``readout``: centre-query attention or last state. ``fusion``:
     ``sum_scores``, ``gate_user`` or ``concat``. ``beta``: weight of the per-channel CE terms."""
 
@@ -393,7 +397,8 @@ class MDSRecOptions(SequenceOptions):
             value = getattr(self, name)
             require(value >= 1, f"option {name!r} must be >= 1, got {value}")
         require(0.0 <= self.lambda_b <= 1.0, f"option 'lambda_b' must be in [0, 1], got {self.lambda_b}")
-        require(self.graph_layers in (1, 2), f"option 'graph_layers' must be 1 or 2, got {self.graph_layers}")
+        require(self.graph_layers in (0, 1, 2),
+                f"option 'graph_layers' must be 0 (graphs off), 1 or 2, got {self.graph_layers}")
         require(self.beta >= 0.0, f"option 'beta' must be >= 0, got {self.beta}")
         require(len(set(self.channels)) == len(self.channels),
                 f"option 'channels' names a channel twice: {', '.join(self.channels)}")
@@ -445,6 +450,11 @@ class MDSRec(CausalStrategy):
         behaviour = behaviour_counts(ctx.history, opts.window)
         graphs = {}
         for name in self.names:
+            if opts.graph_layers == 0:  # graphs off: nothing to build
+                empty = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n_nodes, n_nodes),
+                                                check_invariants=True)
+                graphs[name] = GraphPropagation(empty.coalesce(), 0)
+                continue
             similarity = None if name == ID else similarity_features(ctx.modalities[name])
             edges = channel_edges(behaviour, n_nodes, opts.k_graph, similarity, opts.k_sim, opts.graph, opts.lambda_b)
             graphs[name] = GraphPropagation(normalised_adjacency(*edges, n_nodes), opts.graph_layers)

@@ -231,7 +231,7 @@ def test_channels_option():
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("graph_layers", 3, "'graph_layers' must be 1 or 2"),
+    ("graph_layers", 3, "'graph_layers' must be 0 \\(graphs off\\), 1 or 2"),
     ("lambda_b", 1.5, "'lambda_b' must be in"),
     ("k_graph", 0, "'k_graph' must be >= 1"),
     ("beta", -0.1, "'beta' must be >= 0"),
@@ -251,7 +251,18 @@ def test_defaults_follow_the_spec():
     assert cls.train_defaults == {"lr": 1e-3, "batch_size": 256}
 
 
-@pytest.mark.parametrize("graph_layers", [1, 2])
+def test_graphs_off_uses_the_raw_item_inputs():
+    """graph_layers=0 (the ablation): no edges are built and every enhanced table equals its input."""
+    model = mdsrec(graph_layers=0)
+    model.eval()
+    assert all(g.adjacency._nnz() == 0 for g in model.graphs.values())
+    with torch.no_grad():
+        raw, enhanced = model.item_tables()
+    assert torch.equal(raw, enhanced)
+    assert torch.isfinite(model.score(tiny_batch())).all()
+
+
+@pytest.mark.parametrize("graph_layers", [0, 1, 2])
 @pytest.mark.parametrize("mode", ["present", "shown"])
 def test_masked_occurrence_sees_the_item_with_the_shown_modality(graph_layers, mode):
     """Hiding (``present``) or swapping (``shown``) the text of the most recent position gives that
