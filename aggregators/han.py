@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aggregators.attention import glorot_, masked_adjacency, masked_softmax, typed_linear, zero_padded
+from aggregators.attention import glorot_, masked_softmax, pair_mask, typed_linear, zero_padded
 from aggregators.base import heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
@@ -114,20 +114,27 @@ class HAN(nn.Module):
 
     # -- the two attentions ------------------------------------------------------------------
     def homogeneous_logits(self, v: Tensor, adj_ho: Tensor) -> Tensor:
-        """:math:`e^{ho}_{ij} = a_r^\\top (v_i \\odot v_j)` on homogeneous edges (0 elsewhere).
+        r""":math:`e^{ho}_{ij} = \sum_r A_r[i, j]\, a_r^\top (v_i \odot v_j)` (0 off the homogeneous edges).
+
+        The R_ho products :math:`(V \odot a_r) V^\top` run as one ``[B, R_ho N, d] @ [B, d, N]`` matmul.
 
         Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool -> [B, N, N].
         """
-        per_relation = (v[:, None] * self.att_ho[None, :, None, :]) @ v[:, None].transpose(-1, -2)
+        batch, n, d = v.shape
+        relations = adj_ho.shape[1]
+        left = (v[:, None] * self.att_ho[None, :, None, :]).reshape(batch, relations * n, d)
+        per_relation = (left @ v.transpose(1, 2)).view(batch, relations, n, n)
         return (per_relation * adj_ho.to(v.dtype)).sum(1)
 
-    def heterogeneous_logits(self, h: Tensor, node_type: Tensor) -> Tensor:
-        """:math:`e^{he}_{ij} = (W_{Q,t_j} h_j) \\cdot (W_{K,t_i} h_i)\\,[/\\sqrt d]`.
+    def query_key(self, h: Tensor, node_type: Tensor) -> tuple[Tensor, Tensor]:
+        """Typed queries and keys ``[B, N, d]`` each, from one grouped matmul."""
+        return typed_linear(h, node_type, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)
 
-        Shapes: h [B, N, d], node_type [B, N] -> [B, N, N].
+    def heterogeneous_logits(self, q: Tensor, k: Tensor) -> Tensor:
+        r""":math:`e^{he}_{ij} = (W_{Q,t_j} h_j) \cdot (W_{K,t_i} h_i)\,[/\sqrt d]`.
+
+        Shapes: q, k [B, N, d] (typed queries and keys of the scoring states) -> [B, N, N].
         """
-        q = typed_linear(h, node_type, self.w_q)
-        k = typed_linear(h, node_type, self.w_k)
         e = k @ q.transpose(-1, -2)
         return e / math.sqrt(self.ctx.dim) if self.opts.scale else e
 
@@ -138,17 +145,19 @@ class HAN(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor) -> Tensor:
         h = zero_padded(x, node_mask)
-        adj_ho = masked_adjacency(adj, node_mask, self.homo)                 # [B, R_ho, N, N]
+        pairs = pair_mask(node_mask)[:, None]
+        adj_ho = adj[:, self.homo] & pairs                                    # [B, R_ho, N, N]
         mask_ho = adj_ho.any(1)
-        mask_he = masked_adjacency(adj, node_mask, self.hetero).any(1)      # [B, N, N]
+        mask_he = adj[:, self.hetero].any(1) & pairs[:, 0]                    # [B, N, N]
         value = lambda s: typed_linear(s, node_type, self.w_v)              # noqa: E731
-        v = value(h)
+        q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
 
         def homo(score_v: Tensor, values: Tensor) -> Tensor:
             return self._attend(self.homogeneous_logits(score_v, adj_ho), mask_ho, values)
 
         def hetero(score_h: Tensor, values: Tensor) -> Tensor:
-            return self._attend(self.heterogeneous_logits(score_h, node_type), mask_he, values)
+            qk = (q, k) if score_h is h else self.query_key(score_h, node_type)
+            return self._attend(self.heterogeneous_logits(*qk), mask_he, values)
 
         update = self.opts.update
         if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):

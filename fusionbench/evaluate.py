@@ -54,7 +54,7 @@ def rank_samples(model: Strategy, data: SequenceData, samples: Samples, max_len:
         model.train(was_training)
         raise TrainingError("the model produced non-finite item embeddings (diverged); try a lower lr")
     device = next(model.parameters()).device
-    order = torch.argsort(samples.pos, stable=True)  # similar lengths per block: less padding work
+    order = torch.argsort(model.bucket_key(data, samples), stable=True)  # similar sizes per block: less padding
     ranks = torch.zeros(len(samples), dtype=torch.long)
     for index in order.split(batch_size):
         block = samples.take(index)

@@ -7,13 +7,17 @@ full-softmax cross-entropy over the n real items.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions
+
+if TYPE_CHECKING:
+    from fusionbench.data.core import SequenceData
+    from fusionbench.data.splits import Samples
 
 
 class Strategy(nn.Module):
@@ -59,6 +63,11 @@ class Strategy(nn.Module):
     def loss(self, batch: SeqBatch) -> Tensor:
         """Full-softmax cross-entropy over the real items (padding column excluded); scalar."""
         return F.cross_entropy(self.score(batch)[:, 1:], batch.target - 1)
+
+    def bucket_key(self, data: "SequenceData", samples: "Samples") -> Tensor:
+        """Per-sample work estimate ``[S]`` by which the trainer and evaluator group similar samples
+        into batches (less padding work); the default is the prefix length (target position)."""
+        return samples.pos
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter (each submodule's own ``reset_parameters``)."""

@@ -32,11 +32,13 @@ from torch import Tensor, nn
 
 from aggregators.base import FIRST_MODALITY_NODE_TYPE, n_relations_for
 from fusionbench.context import AggregatorContext, SeqBatch, StrategyContext
+from fusionbench.data.core import SequenceData
+from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.options import OptionError, PluginOptions, require
 from fusionbench.registry import AGGREGATORS, STRATEGIES
 from strategies.backbones import embedding_init_
 from strategies.base import Strategy
-from strategies.msgraph import MSGraph, build_msgraph
+from strategies.msgraph import MSGraph, build_msgraph, count_nodes
 
 UPDATES = ("gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he")
 
@@ -129,6 +131,15 @@ class MMSR(Strategy):
             first_code = self.ctx.n_items + 1
             if self.opts.code_init == "centroid" and self.code_init.numel():
                 self.node.weight[first_code:] = self.code_init
+
+    @torch.no_grad()
+    def bucket_key(self, data: SequenceData, samples: Samples) -> Tensor:
+        """Node count N of each sample's MSGraph (``msgraph.count_nodes``, no edges built): the cost of
+        a graph batch grows with N and N^2, so batching by it leaves little padding."""
+        codes = {m: getattr(self, f"codes_{m}").cpu() for m in self.n_codes}
+        counts = [count_nodes(sample_batch(data, chunk, self.ctx.max_len).items, codes, self.ctx.n_items, self.n_codes)
+                  for chunk in (samples.take(i) for i in torch.arange(len(samples)).split(4096))]
+        return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
 
     def graph(self, batch: SeqBatch) -> MSGraph:
         codes = {m: getattr(self, f"codes_{m}") for m in self.n_codes}

@@ -62,7 +62,7 @@ from aggregators.base import (
 )
 from fusionbench.context import CODE_SENTINEL
 
-__all__ = ["MSGraph", "build_msgraph", "msgraph_relations"]
+__all__ = ["MSGraph", "build_msgraph", "count_nodes", "msgraph_relations"]
 
 
 @dataclass
@@ -168,6 +168,62 @@ def _set_pairs(target: Tensor, pieces: list[tuple[Tensor, Tensor]]) -> None:
         target.view(-1).index_fill_(0, flat[ok], True)
 
 
+def _slots(items: Tensor, codes: Mapping[str, Tensor], n_items: int, n_codes: Mapping[str, int],
+           present: Optional[Mapping[str, Tensor]], shown: Optional[Mapping[str, Tensor]]):
+    """Step 1: one global node id per slot (L item slots, then L * k_m code slots per modality,
+    position-major), ``sentinel`` where a slot holds nothing.
+
+    Returns slot_ids ``[B, T]``, slot_pos ``[B, T]`` (the slot's position), code_slices (start, k_m)
+    per modality in sorted order, and the sentinel id (larger than every real id)."""
+    names = sorted(codes)
+    device = items.device
+    batch, length = items.shape
+    real = items > 0                                                       # [B, L]
+    sentinel = n_items + 1 + sum(n_codes[m] for m in names)
+    positions = torch.arange(length, device=device)
+    slot_ids = [torch.where(real, items, sentinel)]
+    slot_pos = [positions.expand(batch, length)]
+    code_slices, start, offset = [], length, n_items + 1
+    for m in names:
+        table = codes[m].to(device)
+        k = table.shape[1]
+        c = table[items if shown is None or m not in shown else shown[m].to(device)]  # [B, L, k]
+        ok = (c != CODE_SENTINEL) & real[..., None]
+        if present is not None and m in present:
+            ok &= present[m].to(device)[..., None]
+        slot_ids.append(torch.where(ok, c + offset, sentinel).flatten(1))
+        slot_pos.append(positions.repeat_interleave(k).expand(batch, length * k))
+        code_slices.append((start, k))
+        start += length * k
+        offset += n_codes[m]
+    return torch.cat(slot_ids, 1), torch.cat(slot_pos, 1), code_slices, sentinel
+
+
+def _first_occurrences(slot_ids: Tensor, sentinel: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 2a: per-row sort of the slot ids; returns sorted ids, the sort permutation and a mask of
+    the first occurrence of every real id (all ``[B, T]``)."""
+    sorted_ids, perm = slot_ids.sort(dim=1)
+    first = torch.ones_like(sorted_ids, dtype=torch.bool)
+    first[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    first &= sorted_ids != sentinel
+    return sorted_ids, perm, first
+
+
+def count_nodes(
+    items: Tensor,
+    codes: Mapping[str, Tensor],
+    n_items: int,
+    n_codes: Mapping[str, int],
+    present: Optional[Mapping[str, Tensor]] = None,
+    shown: Optional[Mapping[str, Tensor]] = None,
+) -> Tensor:
+    """Number of nodes ``[B]`` of each row's MSGraph (what :func:`build_msgraph` would give), without
+    building edges: cheap enough to sort a whole epoch's samples by graph size."""
+    _check_inputs(items, codes, n_items, n_codes, present, shown)
+    slot_ids, _, _, sentinel = _slots(items, codes, n_items, n_codes, present, shown)
+    return _first_occurrences(slot_ids, sentinel)[2].sum(1)
+
+
 def build_msgraph(
     items: Tensor,
     codes: Mapping[str, Tensor],
@@ -200,34 +256,13 @@ def build_msgraph(
     device = items.device
     batch, length = items.shape
     real = items > 0                                                       # [B, L]
-    sentinel = n_items + 1 + sum(n_codes[m] for m in names)               # sorts after every real id
-    positions = torch.arange(length, device=device)
 
-    # 1. one global id per slot: L item slots, then L * k_m code slots per modality (position-major)
-    slot_ids = [torch.where(real, items, sentinel)]
-    slot_pos = [positions.expand(batch, length)]
-    code_slices, start, offset = [], length, n_items + 1
-    for m in names:
-        table = codes[m].to(device)
-        k = table.shape[1]
-        c = table[items if shown is None or m not in shown else shown[m].to(device)]  # [B, L, k]
-        ok = (c != CODE_SENTINEL) & real[..., None]
-        if present is not None and m in present:
-            ok &= present[m].to(device)[..., None]
-        slot_ids.append(torch.where(ok, c + offset, sentinel).flatten(1))
-        slot_pos.append(positions.repeat_interleave(k).expand(batch, length * k))
-        code_slices.append((start, k))
-        start += length * k
-        offset += n_codes[m]
-    slot_ids = torch.cat(slot_ids, 1)                                      # [B, T]
-    slot_pos = torch.cat(slot_pos, 1)                                      # [B, T]
+    # 1. one global id per slot
+    slot_ids, slot_pos, code_slices, sentinel = _slots(items, codes, n_items, n_codes, present, shown)
     valid = slot_ids != sentinel
 
     # 2. per-row unique: sort, first occurrence, cumsum, scatter back through the permutation
-    sorted_ids, perm = slot_ids.sort(dim=1)
-    first = torch.ones_like(valid)
-    first[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
-    first &= sorted_ids != sentinel
+    sorted_ids, perm, first = _first_occurrences(slot_ids, sentinel)
     rank_sorted = first.long().cumsum(1) - 1                               # local index of each sorted slot
     counts = first.sum(1)                                                  # [B] distinct nodes per row
     n_nodes = max(1, int(counts.max())) if batch else 1

@@ -378,3 +378,18 @@ def test_han_isolated_and_padded_nodes():
         assert (out[0, 6] == 0).all()                          # padded
         if update != "sync":                                   # sync adds its Linear bias
             assert (out[0, 5] == 0).all()                      # isolated: no neighbour in either group
+
+
+def test_typed_linear_maps_each_node_with_its_type_and_zeroes_padding():
+    from aggregators.attention import typed_linear
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 4, generator=g)
+    node_type = torch.tensor([[1, 2, 3, 0, 0], [3, 3, 1, 2, 0], [2, 1, 1, 1, 7]])  # 7 is clamped to 3
+    weight = torch.randn(4, 4, 6, generator=g)
+    out = typed_linear(x, node_type, weight)
+    for b in range(3):
+        for i in range(5):
+            t = min(int(node_type[b, i]), 3)
+            expected = torch.zeros(6) if t == 0 else x[b, i] @ weight[t]
+            torch.testing.assert_close(out[b, i], expected)

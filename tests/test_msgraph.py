@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from aggregators.base import SEQ_BOTH, SEQ_IN, SEQ_OUT, SELF, n_relations_for
 from fusionbench.context import CODE_SENTINEL
 from msgraph_reference import reference_msgraph
-from strategies.msgraph import MSGraph, build_msgraph, msgraph_relations
+from strategies.msgraph import MSGraph, build_msgraph, count_nodes, msgraph_relations
 
 FIELDS = ("node_ids", "node_type", "node_mask", "adj", "pos_mask", "last_node")
 NAMES = ("attr", "image", "text")  # already in sorted order
@@ -92,6 +92,7 @@ def test_batched_builder_equals_reference(case):
     assert_same_graph(got, want)
     assert_invariants(got, items)
     assert got.adj.shape[1] == n_relations_for(len(codes))
+    assert torch.equal(count_nodes(items, codes, case["n_items"], n_codes, present=present), got.node_mask.sum(1))
 
 
 def test_random_batch_of_realistic_size_equals_reference():
