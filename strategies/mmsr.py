@@ -23,6 +23,7 @@ Shapes: items ``[B, W]`` -> graph of N nodes -> encode ``[B, d]``; item_embeddin
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,7 @@ from aggregators.base import FIRST_MODALITY_NODE_TYPE, n_relations_for
 from fusionbench.context import AggregatorContext, SeqBatch, StrategyContext
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Samples, sample_batch
+from fusionbench.errors import UserInputError
 from fusionbench.options import OptionError, PluginOptions, require
 from fusionbench.registry import AGGREGATORS, STRATEGIES
 from strategies.backbones import embedding_init_
@@ -48,7 +50,9 @@ class MMSROptions(PluginOptions):
     """``update``: HAN-GNN update rule (Table 4 rows; han aggregator only). ``position``: count node
     positions from the most "recent" item (default, invariant to padding) or from the "oldest" (the
     reference code). ``code_init``: code embeddings start from the mean feature of the items holding
-    the code ("centroid") or at random."""
+    the code ("centroid") or at random. ``backend``: "dense" runs the aggregator on ``adj [B, R, N, N]``;
+    "dgl" runs the same aggregator modules through DGL's sparse message passing over the real nodes
+    (CPU only; for large graphs, see docs/dgl.md)."""
 
     dim: int = 128
     layers: int = 1
@@ -58,8 +62,12 @@ class MMSROptions(PluginOptions):
     dropout: float = 0.4
     position: Literal["recent", "oldest"] = "recent"
     code_init: Literal["centroid", "random"] = "centroid"
+    backend: Literal["dense", "dgl"] = "dense"
 
     def check(self) -> None:
+        if self.backend == "dgl" and importlib.util.find_spec("dgl") is None:
+            raise OptionError("option 'backend=dgl' needs the dgl package, which lives in its own "
+                              "environment (torch 2.2.1): run it there, e.g. `tox -e dgl`, or use backend=dense")
         require(self.dim >= 1, f"option 'dim' must be >= 1, got {self.dim}")
         require(self.layers >= 1, f"option 'layers' must be >= 1, got {self.layers}")
         require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
@@ -167,8 +175,25 @@ class MMSR(Strategy):
     def encode(self, batch: SeqBatch) -> Tensor:
         g = self.graph(batch)
         h = self.node_inputs(g)
+        if self.opts.backend == "dgl":
+            return self._encode_sparse(g, h)
         for layer in self.layers:
             h = self.drop(layer(h, g.adj, g.node_type, g.node_mask)) * g.node_mask[..., None]
+        return h[torch.arange(h.shape[0], device=h.device), g.last_node]
+
+    def _encode_sparse(self, g: MSGraph, h: Tensor) -> Tensor:
+        """``encode`` through ``aggregators.dgl_backend``: the layers work on the ``[V, d]`` rows of the
+        V real nodes of the batch (padded nodes never exist there)."""
+        from aggregators.dgl_backend import forward_nodes, to_sparse
+
+        if h.device.type != "cpu":
+            raise UserInputError("strategy 'mmsr': backend=dgl runs on the CPU only (PyPI's DGL build has no "
+                                 "CUDA); use --device cpu or backend=dense")
+        sparse = to_sparse(g.adj, g.node_type, g.node_mask)
+        rows = sparse.gather(h)
+        for layer in self.layers:
+            rows = self.drop(forward_nodes(layer, rows, sparse))
+        h = sparse.scatter(rows)
         return h[torch.arange(h.shape[0], device=h.device), g.last_node]
 
     def item_embeddings(self) -> Tensor:

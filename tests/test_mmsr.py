@@ -88,3 +88,12 @@ def test_position_conventions_differ():
     recent.eval(), oldest.eval()
     batch = tiny_batch()
     assert not torch.allclose(recent.encode(batch), oldest.encode(batch))
+
+
+def test_dgl_backend_without_dgl_names_the_environment():
+    import importlib.util
+
+    if importlib.util.find_spec("dgl") is not None:
+        pytest.skip("dgl is installed here; tests/with_dgl covers backend=dgl")
+    with pytest.raises(OptionError, match="tox -e dgl"):
+        STRATEGIES.options("mmsr", backend="dgl")
