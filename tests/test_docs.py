@@ -1,0 +1,20 @@
+"""The docs stay true to the registries."""
+from pathlib import Path
+
+import pytest
+
+from fusionbench.registry import AGGREGATORS, STRATEGIES
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_strategy_table_names_every_strategy_with_its_stage(name):
+    rows = [line for line in (DOCS / "strategies.md").read_text().splitlines() if line.startswith(f"| `{name}` |")]
+    assert len(rows) == 1, f"docs/strategies.md has no row for {name!r}"
+    assert f"| {STRATEGIES.get(name).fusion_stage} |" in rows[0]
+
+
+def test_strategy_table_names_every_aggregator():
+    text = (DOCS / "strategies.md").read_text()
+    assert all(f"`{a}`" in text for a in AGGREGATORS.names())
