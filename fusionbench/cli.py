@@ -161,6 +161,34 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
         raise TrainingError(failed)
 
 
+@main.command()
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="SQLite results store to read.")
+@click.option("--dataset", default=None, help="Only this dataset (default: one table per dataset in the store).")
+@click.option("--protocol", default=None, help="Only this protocol (default: one table per protocol).")
+@click.option("--metrics", default="HR,NDCG,MRR", show_default=True, help="Comma-separated metrics.")
+@click.option("--k", "ks", default="5,20", show_default=True, help="Comma-separated cutoffs K.")
+@click.option("--proposed", default="mmsr,mdsrec", show_default=True,
+              help="Strategies that are not baselines (the best baseline is underlined).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Write here (atomic) instead of stdout.")
+@click.option("--significance", type=click.Path(path_type=Path), default=None,
+              help="Also write every paired test (p, Holm-adjusted p) as CSV here.")
+@click.option("--robustness", "robust", is_flag=True, help="Perturbed runs: metric vs severity tables instead.")
+@click.option("--robustness-metric", default="NDCG@20", show_default=True, help="Metric of --robustness tables/plots.")
+@click.option("--plot-dir", type=click.Path(path_type=Path), default=None,
+              help="With --robustness: write one PNG per perturbation setting here.")
+@handle_errors
+def leaderboard(**options: Any) -> None:
+    """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only."""
+    from fusionbench.report import leaderboard_report
+
+    text, written = leaderboard_report(**options)
+    if options["output"] is None:
+        click.echo(text, nl=False)
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
 @main.command("list")
 @click.argument("kind", type=click.Choice(sorted(REGISTRIES)), required=False)
 @handle_errors
@@ -240,6 +268,10 @@ def features_image(images_dir: Path, out: Path, n_items: Optional[int]) -> None:
     save_image_channel(out, feats, present)
     click.echo(f"wrote {out}: {feats.shape[0] - 1} items x {feats.shape[1]} features, {int(present.sum())} with an image")
 
+
+from fusionbench.bench import bench  # noqa: E402  (speed regression check, its own module)
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

@@ -1,17 +1,14 @@
-"""Full-ranking evaluation speed, as ratios to a plain fp32 matmul measured in the same run.
+"""Full-ranking evaluation speed: the scoring step on one block, and all Beauty users end to end.
 
-Opt-in: ``tox -e bench`` or ``pytest tests/benchmarks -m benchmark --benchmark-only``. Each case records
-its GFLOP/s in ``extra_info``; compare cases within one run, never across machines.
+``scoring-step`` compares the evaluator's ``rank_block`` (chunked matmul + pessimistic rank count) with
+the bare matmul of the same shape; ``full-evaluation`` ranks the test sample of every Beauty user with
+an untrained, default SASRec (``rank_samples``: batch assembly, encoding, scoring, ranking).
 """
 import pytest
 import torch
 
-from fusionbench.context import StrategyContext
-from fusionbench.data.datasets import load_dataset
-from fusionbench.data.splits import make_split
 from fusionbench.evaluate import rank_block, rank_samples
 from fusionbench.metrics import target_rank
-from fusionbench.registry import STRATEGIES
 
 pytestmark = pytest.mark.benchmark
 
@@ -28,36 +25,31 @@ def block():
     return query, item_emb, target
 
 
-def record(benchmark, flops):
-    benchmark.extra_info["gflops_per_s"] = flops / benchmark.stats.stats.min / 1e9
-
-
+@pytest.mark.reference
 @pytest.mark.benchmark(group="scoring-step")
-def test_calibration_matmul(benchmark, block):
-    """The yardstick: the same [B, d] x [d, n] fp32 matmul the scoring step does, and nothing else."""
+def test_scoring_matmul(benchmark, measure, block):
+    """The [B, d] x [d, n] fp32 matmul of the scoring step, and nothing else."""
     query, item_emb, _ = block
     weights = item_emb[1:].T.contiguous()
-    out = benchmark.pedantic(torch.matmul, args=(query, weights), rounds=20, warmup_rounds=2)
+    out = measure(torch.matmul, args=(query, weights), rounds=20)
     assert out.shape == (BLOCK, N_ITEMS)
-    record(benchmark, FLOPS)
+    benchmark.extra_info["gflops_per_s"] = FLOPS / benchmark.stats.stats.min / 1e9
 
 
 @pytest.mark.benchmark(group="scoring-step")
-def test_scoring_step(benchmark, block):
+def test_scoring_rank_block(benchmark, measure, block):
     """Matmul plus the pessimistic rank of every target: what evaluation does per block."""
     query, item_emb, target = block
-    ranks = benchmark.pedantic(rank_block, args=(query, item_emb, target), rounds=20, warmup_rounds=2)
+    ranks = measure(rank_block, args=(query, item_emb, target), rounds=20)
     assert torch.equal(ranks, target_rank(query @ item_emb[1:].T, target - 1))
-    record(benchmark, FLOPS)
+    benchmark.extra_info["gflops_per_s"] = FLOPS / benchmark.stats.stats.min / 1e9
 
 
 @pytest.mark.benchmark(group="full-evaluation")
-def test_full_ranking_of_all_beauty_users(benchmark):
-    """Encode and rank the test sample of all 22,363 Beauty users with an (untrained) SASRec."""
-    data = load_dataset("beauty")
-    split = make_split(data, "loo")
-    torch.manual_seed(0)
-    model = STRATEGIES.create("sasrec", StrategyContext(data.n_items, 50))
-    ranks = benchmark.pedantic(rank_samples, args=(model, data, split.test, 50), rounds=3, warmup_rounds=1)
-    assert ranks.shape == (len(split.test),) and (ranks >= 0).all()
-    benchmark.extra_info["users"] = len(split.test)
+def test_full_ranking_all_beauty_users(benchmark, measure, beauty, make_model):
+    """Encode and rank the test sample of all 22,363 Beauty users with an untrained default SASRec."""
+    data, split = beauty
+    model, config = make_model("sasrec")
+    ranks = measure(rank_samples, args=(model, data, split.test, config["max_len"]), rounds=3)
+    assert ranks.shape == (len(split.test),) and (ranks >= 0).all() and (ranks < data.n_items).all()
+    benchmark.extra_info.update(users=len(split.test), items=data.n_items)

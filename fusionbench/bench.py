@@ -1,0 +1,312 @@
+"""``fusionbench bench``: the speed regression check against a committed baseline (docs/performance.md).
+
+Shared CI machines are noisy and differ in speed, so no absolute time is ever compared. Every case of
+the benchmark suite (``tests/benchmarks``, pytest-benchmark) is divided by the ``calibration`` case (a
+fixed fp32 matmul) measured in the same run; with :math:`t_c` the best (minimum) time of case c over
+its rounds,
+
+.. math::  r_c = t_c / t_{\\mathrm{calibration}}, \\qquad
+           \\mathrm{change}_c = r_c^{\\mathrm{now}} / r_c^{\\mathrm{baseline}} - 1,
+
+and ``check`` fails (exit 1) when any case's change exceeds :data:`TOLERANCE` (+25 %). A case that
+fails is measured once more (a whole second run of the short suite) and keeps the better of its two
+ratios, so one burst of load on a shared machine does not fail the check. Faster is never a failure.
+The baseline is the per-case median of several runs (``refresh --runs``, default 3), so that one lucky
+or unlucky refresh run does not become the yardstick of every later check.
+
+``check`` and ``refresh`` run a short version of the suite in a subprocess: rounds capped at
+:data:`QUICK_ROUNDS` (the suite reads :data:`QUICK_ENV`), one thread (``OMP_NUM_THREADS=1``), and the
+CPU time of the process as the clock (:data:`TIMER`): on a shared machine, time spent waiting for a core
+stretches wall-clock times of long cases more than the short calibration, CPU time it does not.
+``refresh`` is the one way to rewrite the baseline (atomically).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+import click
+from tabulate import tabulate
+
+from fusionbench.atomic import atomic_write
+from fusionbench.errors import UserInputError
+
+TOLERANCE = 0.25
+"""A case fails when its calibrated ratio is more than this fraction above the baseline's."""
+
+QUICK_ENV = "FUSIONBENCH_BENCH_QUICK"
+"""Set to ``1`` by ``check`` / ``refresh``: the suite caps every case at :data:`QUICK_ROUNDS` rounds."""
+
+QUICK_ROUNDS = 5
+
+THREADS = 1
+TIMER = "time.process_time"
+"""The clock of the short suite: CPU seconds of the (one-threaded) process, not wall-clock seconds."""
+
+REFERENCE_MARK = "reference"
+"""pytest marker of cases that time reference code for comparison within one run (a bare torch matmul,
+the per-sample Python builder of the tests); the short suite leaves them out, so they are not guarded."""
+
+CALIBRATION_GROUP = "calibration"
+"""The pytest-benchmark group holding exactly one case, the yardstick every other case is divided by."""
+
+DEFAULT_SUITE = Path("tests/benchmarks")  # relative to the repository root, where CI and tox run
+DEFAULT_BASELINE = DEFAULT_SUITE / "baseline.json"
+REFRESH_COMMAND = "fusionbench bench refresh"
+
+
+class SuiteError(RuntimeError):
+    """The benchmark suite could not be run or measured (a failing case, no calibration case, ...)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run of the suite: ``ratios`` case -> calibrated ratio (calibration excluded), the
+    calibration case's best time in seconds, and what pytest-benchmark says about the machine."""
+
+    ratios: dict[str, float]
+    calibration_seconds: float
+    machine: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One case of a comparison; ``baseline`` / ``now`` are ``None`` where the case is absent."""
+
+    case: str
+    baseline: Optional[float]
+    now: Optional[float]
+    verdict: str  # "ok", "faster", "SLOWER", "new", "MISSING"
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in ("SLOWER", "MISSING")
+
+    @property
+    def change(self) -> Optional[float]:
+        if self.baseline is None or self.now is None:
+            return None
+        return self.now / self.baseline - 1.0
+
+
+def case_name(entry: Mapping) -> str:
+    """A pytest-benchmark entry's case name: the test name without ``test_``, e.g. ``train_step[mmsr]``."""
+    name = entry["name"]
+    return name[len("test_"):] if name.startswith("test_") else name
+
+
+def calibrated_ratios(report: Mapping) -> Measurement:
+    """pytest-benchmark JSON (``--benchmark-json``) -> :class:`Measurement`, using each case's minimum.
+
+    Raises :class:`SuiteError` unless the group :data:`CALIBRATION_GROUP` holds exactly one case, or
+    when two cases share a name."""
+    entries = report.get("benchmarks", [])
+    calibration = [e for e in entries if e.get("group") == CALIBRATION_GROUP]
+    if len(calibration) != 1:
+        raise SuiteError(f"the suite must have exactly one case in group {CALIBRATION_GROUP!r}, "
+                         f"found {len(calibration)}")
+    reference = calibration[0]["stats"]["min"]
+    ratios: dict[str, float] = {}
+    for entry in entries:
+        if entry is calibration[0]:
+            continue
+        name = case_name(entry)
+        if name in ratios:
+            raise SuiteError(f"two benchmark cases are both named {name!r}; rename one")
+        ratios[name] = entry["stats"]["min"] / reference
+    info = report.get("machine_info", {})
+    machine = {"cpu": info.get("cpu", {}).get("brand_raw"), "cpus": info.get("cpu", {}).get("count"),
+               "python": info.get("python_version"), "torch": info.get("torch")}
+    return Measurement(ratios, reference, machine)
+
+
+def median_of(runs: list[Measurement]) -> Measurement:
+    """Per-case median of the ratios of several runs (pure); a case counts in the runs that measured it.
+    The calibration time and machine are the median run's / the first run's."""
+    if not runs:
+        raise ValueError("median_of: no runs")
+    cases = dict.fromkeys(case for run in runs for case in run.ratios)
+    ratios = {c: statistics.median(run.ratios[c] for run in runs if c in run.ratios) for c in cases}
+    return Measurement(ratios, statistics.median(run.calibration_seconds for run in runs), runs[0].machine)
+
+
+def compare(baseline: Mapping[str, float], measured: Mapping[str, float],
+            tolerance: float = TOLERANCE) -> list[Row]:
+    """Compare calibrated ratios case by case (pure). Rows come in baseline order, then new cases.
+
+    ``SLOWER``: now > baseline * (1 + tolerance); ``faster``: now < baseline / (1 + tolerance);
+    ``MISSING``: in the baseline but not measured (removed or renamed; refresh the baseline);
+    ``new``: measured but not in the baseline (never a failure)."""
+    rows = []
+    for case, base in baseline.items():
+        now = measured.get(case)
+        if now is None:
+            verdict = "MISSING"
+        elif now > base * (1.0 + tolerance):
+            verdict = "SLOWER"
+        elif now < base / (1.0 + tolerance):
+            verdict = "faster"
+        else:
+            verdict = "ok"
+        rows.append(Row(case, base, now, verdict))
+    rows += [Row(case, None, now, "new") for case, now in measured.items() if case not in baseline]
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    """The comparison as a table: case | baseline | now | change | verdict."""
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    body = [[r.case, fmt(r.baseline), fmt(r.now), "-" if r.change is None else f"{100 * r.change:+.1f} %",
+             r.verdict] for r in rows]
+    return tabulate(body, headers=["case", "baseline", "now", "change", "verdict"], tablefmt="github")
+
+
+def ratio_table(ratios: Mapping[str, float]) -> str:
+    """Calibrated ratios as a table: case | ratio."""
+    return tabulate([[c, f"{r:.4g}"] for c, r in sorted(ratios.items())], headers=["case", "ratio"],
+                    tablefmt="github")
+
+
+def run_suite(suite: Path) -> dict:
+    """Run the short suite in a subprocess; return its pytest-benchmark JSON report.
+
+    The subprocess runs the ``benchmark`` cases not marked :data:`REFERENCE_MARK`, with
+    ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` = :data:`THREADS`, :data:`QUICK_ENV` = 1, the clock
+    :data:`TIMER` and no plugin but pytest-benchmark. Raises :class:`SuiteError` (with
+    pytest's output tail) when pytest does not pass."""
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        raise UserInputError("fusionbench bench needs pytest-benchmark: pip install -e '.[test]'")
+    if not suite.exists():
+        raise UserInputError(f"--suite: benchmark suite {suite} not found (run from the repository root, "
+                             "or pass --suite and --baseline)")
+    # only pytest-benchmark is loaded: other installed plugins cost seconds of start-up per run
+    env = {**os.environ, QUICK_ENV: "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
+           "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    with tempfile.TemporaryDirectory(prefix="fusionbench-bench-") as tmp:
+        out = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pytest", str(suite), "-p", "pytest_benchmark.plugin", "-p", "no:cacheprovider",
+               "-m", f"benchmark and not {REFERENCE_MARK}", "--benchmark-only", f"--benchmark-json={out}",
+               f"--benchmark-timer={TIMER}", "--benchmark-disable-gc", "-q"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-40:])
+            raise SuiteError(f"the benchmark suite failed (pytest exit {done.returncode}):\n{tail}")
+        return json.loads(out.read_text())
+
+
+def measure(suite: Path) -> Measurement:
+    """Run the short suite once and compute every case's calibrated ratio."""
+    return calibrated_ratios(run_suite(suite))
+
+
+def read_baseline(path: Path) -> dict:
+    """The baseline file: ``{"ratios": {case: ratio}, ...}``; errors name the file and the field."""
+    try:
+        baseline = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"--baseline: {path} not found (run from the repository root, or create it "
+                             f"with `{REFRESH_COMMAND}`)") from None
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"--baseline: {path} is not valid JSON ({err}); rewrite it with "
+                             f"`{REFRESH_COMMAND}`") from None
+    ratios = baseline.get("ratios")
+    if not isinstance(ratios, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in ratios.values()):
+        raise UserInputError(f"--baseline: {path}: field 'ratios' must map case names to positive numbers")
+    return baseline
+
+
+def write_baseline(path: Path, result: Measurement, runs: int) -> None:
+    """Write the baseline atomically (readers see the old file or the complete new one)."""
+    content = {
+        "command": REFRESH_COMMAND,
+        "statistic": f"per run: min over the rounds of each case (at most {QUICK_ROUNDS}) / min of the "
+                     f"calibration case; the baseline is the median over {runs} run(s)",
+        "timer": TIMER,
+        "threads": THREADS,
+        "calibration_seconds": result.calibration_seconds,
+        "machine": result.machine,
+        "ratios": dict(sorted(result.ratios.items())),
+    }
+    text = json.dumps(content, indent=2) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def _suite_errors(fn):
+    """Report a failing suite as one ``error:`` message and exit 1 (input errors stay exit 2)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SuiteError as err:
+            click.echo(f"error: {err}", err=True)
+            raise SystemExit(1)
+        except UserInputError as err:
+            click.echo(f"error: {err}", err=True)
+            raise SystemExit(2)
+
+    return wrapper
+
+
+suite_option = click.option("--suite", type=click.Path(path_type=Path), default=DEFAULT_SUITE,
+                            show_default=True, help="pytest-benchmark suite (file or folder).")
+baseline_option = click.option("--baseline", type=click.Path(path_type=Path), default=DEFAULT_BASELINE,
+                               show_default=True, help="Baseline of calibrated ratios (JSON).")
+
+
+@click.group()
+def bench() -> None:
+    """Speed regression check: calibrated ratios against a committed baseline (docs/performance.md)."""
+
+
+@bench.command()
+@suite_option
+@baseline_option
+@_suite_errors
+def check(suite: Path, baseline: Path) -> None:
+    """Run the short suite; exit 1 if any case is more than 25 % slower than its baseline ratio."""
+    base = read_baseline(baseline)
+    first = measure(suite)
+    rows = compare(base["ratios"], first.ratios)
+    slow = [r.case for r in rows if r.verdict == "SLOWER"]
+    if slow:
+        click.echo(f"slower than allowed in the first run: {', '.join(slow)}; measuring again to confirm")
+        second = measure(suite)
+        best = {c: min(v, second.ratios.get(c, math.inf)) for c, v in first.ratios.items()}
+        rows = compare(base["ratios"], best)
+    click.echo(f"calibration: {1e3 * first.calibration_seconds:.2f} ms CPU; ratios are case time / calibration "
+               f"time, baseline {baseline}")
+    click.echo(render(rows))
+    failed = [r for r in rows if r.failed]
+    if failed:
+        click.echo(f"FAILED: {len(failed)} case(s) more than {TOLERANCE:.0%} slower than the baseline or missing "
+                   f"({', '.join(r.case for r in failed)}). If this is intended, run `{REFRESH_COMMAND}`.")
+        raise SystemExit(1)
+    click.echo(f"ok: no case more than {TOLERANCE:.0%} slower than the baseline")
+
+
+@bench.command()
+@suite_option
+@baseline_option
+@click.option("--runs", type=int, default=3, show_default=True,
+              help="Runs of the short suite; the baseline keeps each case's median ratio.")
+@_suite_errors
+def refresh(suite: Path, baseline: Path, runs: int) -> None:
+    """Measure the short suite (median of --runs runs) and rewrite the baseline (atomically)."""
+    if runs < 1:
+        raise UserInputError(f"--runs must be >= 1, got {runs}")
+    result = median_of([measure(suite) for _ in range(runs)])
+    write_baseline(baseline, result, runs)
+    click.echo(ratio_table(result.ratios))
+    click.echo(f"wrote {baseline}: {len(result.ratios)} cases, median of {runs} run(s), calibration "
+               f"{1e3 * result.calibration_seconds:.2f} ms CPU")

@@ -1,0 +1,35 @@
+"""One optimiser step (loss, backward, Adam) of each strategy on a typical Beauty training batch.
+
+Each model is configured as ``fusionbench run --strategy NAME`` would (default options, default
+modality channels ``attr`` + ``text`` for the fusion strategies); the batch is the first-epoch batch of
+mean width (``conftest.typical_batch``). MMSR's step includes building its MSGraphs.
+"""
+import pytest
+import torch
+
+pytestmark = pytest.mark.benchmark
+
+STRATEGIES = ["sasrec", "early", "late", "trans2d", "mmsr"]
+
+
+@pytest.mark.benchmark(group="train-step")
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_train_step(benchmark, measure, name, make_model, typical_batch):
+    model, config = make_model(name)
+    batch = typical_batch(model, config)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["train"]["lr"], fused=True)  # as train() has it
+
+    def step():
+        loss = model.loss(batch)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    loss = measure(step, setup=lambda: optimizer.zero_grad(set_to_none=True), rounds=10)
+    assert torch.isfinite(loss)
+    benchmark.extra_info.update(
+        rows=batch.size, width=batch.items.shape[1], causal=model.causal_training,
+        parameters=sum(p.numel() for p in model.parameters()), dim=config["strategy_options"]["dim"],
+        modalities=",".join(model.ctx.modalities),
+    )
