@@ -6,6 +6,7 @@ with ``error:`` and exit with status 2; a training failure (e.g. a NaN loss) exi
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -182,7 +183,7 @@ def leaderboard(**options: Any) -> None:
     """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only."""
     from fusionbench.report import leaderboard_report
 
-    text, written = leaderboard_report(**options)
+    text, written = leaderboard_report(**options, command=shlex.join(["fusionbench", *sys.argv[1:]]))
     if options["output"] is None:
         click.echo(text, nl=False)
     for path in written:

@@ -187,6 +187,20 @@ def _default_options(config: dict) -> Optional[dict[str, Any]]:
         return None
 
 
+def data_name(config: dict) -> str:
+    """The dataset with its non-default options, e.g. ``synthetic (per_cell=64, preset=modal)``: runs on
+    different data (other dataset options) never share a table."""
+    from fusionbench.registry import DATASETS
+
+    options = config.get("dataset_options") or {}
+    try:
+        defaults = DATASETS.options(config["dataset"]).as_dict()
+    except (UserInputError, UnknownPluginError):
+        defaults = {}
+    changed = [f"{k}={short_value(v)}" for k, v in sorted(options.items()) if defaults.get(k) != v]
+    return config["dataset"] + (f" ({', '.join(changed)})" if changed else "")
+
+
 def short_value(value: Any) -> str:
     """Option value as label text: lists joined with '+'."""
     if isinstance(value, list):

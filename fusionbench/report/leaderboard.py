@@ -21,8 +21,8 @@ from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
-    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, check_one_data_version, done_runs, group_runs, load_ranks,
-    per_sample_values, perturbation_of, seed_values,
+    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, check_one_data_version, data_name, done_runs, group_runs,
+    load_ranks, per_sample_values, perturbation_of, seed_values,
 )
 from fusionbench.report.significance import (
     ALPHA, SAMPLE_TESTS, SEED_TEST, Comparison, adjust, sample_tests, seed_means_test,
@@ -65,14 +65,15 @@ class Leaderboard:
 
 def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | None, columns: list[Column],
                        proposed: tuple[str, ...] = PROPOSED) -> list[Leaderboard]:
-    """One :class:`Leaderboard` per (dataset, protocol) in the store, optionally filtered to one of each."""
+    """One :class:`Leaderboard` per (dataset with its options, protocol) in the store, optionally filtered
+    to one dataset name and one protocol."""
     runs = [run for run in done_runs(store, dataset, protocol) if perturbation_of(run) is None]
     if not runs:
         raise UserInputError(f"{store.path}: every matching finished run is perturbed; "
                              "use --robustness for those")
     tables: dict[tuple[str, str], list] = {}
     for run in runs:
-        tables.setdefault((run.config["dataset"], run.config["protocol"]), []).append(run)
+        tables.setdefault((data_name(run.config), run.config["protocol"]), []).append(run)
     return [_build(store, ds, pr, rs, columns, proposed) for (ds, pr), rs in sorted(tables.items())]
 
 

@@ -28,7 +28,7 @@ from tabulate import tabulate
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
-    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, check_one_data_version, done_runs, group_runs, load_ranks,
+    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, check_one_data_version, data_name, done_runs, group_runs, load_ranks,
     perturbation_of, row_key, seed_values, short_value, variant_labels,
 )
 from fusionbench.store import ResultStore, canonical_json
@@ -89,7 +89,7 @@ def build_robustness(store: ResultStore, dataset: str | None, protocol: str | No
     settings: dict[tuple, list] = {}
     for run in runs:
         p = perturbation_of(run)
-        where = (run.config["dataset"], run.config["protocol"])
+        where = (data_name(run.config), run.config["protocol"])
         if p is None:
             clean.setdefault(where, []).append(run)
         else:
