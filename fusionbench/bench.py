@@ -22,7 +22,6 @@ stretches wall-clock times of long cases more than the short calibration, CPU ti
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import math
@@ -39,7 +38,7 @@ import click
 from tabulate import tabulate
 
 from fusionbench.atomic import atomic_write
-from fusionbench.errors import UserInputError
+from fusionbench.errors import RunFailure, UserInputError, report_errors
 
 TOLERANCE = 0.25
 """A case fails when its calibrated ratio is more than this fraction above the baseline's."""
@@ -65,7 +64,7 @@ DEFAULT_BASELINE = DEFAULT_SUITE / "baseline.json"
 REFRESH_COMMAND = "fusionbench bench refresh"
 
 
-class SuiteError(RuntimeError):
+class SuiteError(RunFailure):
     """The benchmark suite could not be run or measured (a failing case, no calibration case, ...)."""
 
 
@@ -241,23 +240,6 @@ def write_baseline(path: Path, result: Measurement, runs: int) -> None:
     atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
-def _suite_errors(fn):
-    """Report a failing suite as one ``error:`` message and exit 1 (input errors stay exit 2)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SuiteError as err:
-            click.echo(f"error: {err}", err=True)
-            raise SystemExit(1)
-        except UserInputError as err:
-            click.echo(f"error: {err}", err=True)
-            raise SystemExit(2)
-
-    return wrapper
-
-
 suite_option = click.option("--suite", type=click.Path(path_type=Path), default=DEFAULT_SUITE,
                             show_default=True, help="pytest-benchmark suite (file or folder).")
 baseline_option = click.option("--baseline", type=click.Path(path_type=Path), default=DEFAULT_BASELINE,
@@ -272,7 +254,7 @@ def bench() -> None:
 @bench.command()
 @suite_option
 @baseline_option
-@_suite_errors
+@report_errors
 def check(suite: Path, baseline: Path) -> None:
     """Run the short suite; exit 1 if any case is more than 25 % slower than its baseline ratio."""
     base = read_baseline(baseline)
@@ -300,7 +282,7 @@ def check(suite: Path, baseline: Path) -> None:
 @baseline_option
 @click.option("--runs", type=int, default=3, show_default=True,
               help="Runs of the short suite; the baseline keeps each case's median ratio.")
-@_suite_errors
+@report_errors
 def refresh(suite: Path, baseline: Path, runs: int) -> None:
     """Measure the short suite (median of --runs runs) and rewrite the baseline (atomically)."""
     if runs < 1:

@@ -5,7 +5,6 @@ with ``error:`` and exit with status 2; a training failure (e.g. a NaN loss) exi
 """
 from __future__ import annotations
 
-import functools
 import shlex
 import sys
 from pathlib import Path
@@ -14,29 +13,12 @@ from typing import Any, Optional
 import click
 from tabulate import tabulate
 
-from fusionbench.errors import TrainingError, UserInputError
+from fusionbench.errors import TrainingError, UserInputError, report_errors
 from fusionbench.metrics import DEFAULT_KS, METRICS
-from fusionbench.registry import REGISTRIES, UnknownPluginError
+from fusionbench.registry import REGISTRIES
 
 OPTION_GROUPS = {"train": "train_options", "agg": "aggregator_options", "data": "dataset_options",
                  "features": "feature_options"}
-
-
-def handle_errors(fn):
-    """Turn user-input and training errors into a one-line message and a non-zero exit."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (UserInputError, UnknownPluginError) as err:
-            click.echo(f"error: {err}", err=True)
-            raise SystemExit(2)
-        except TrainingError as err:
-            click.echo(f"error: training failed: {err}", err=True)
-            raise SystemExit(1)
-
-    return wrapper
 
 
 def parse_sets(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -90,7 +72,7 @@ data_root_option = click.option("--data-root", type=click.Path(path_type=Path), 
 @data_root_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-@handle_errors
+@report_errors
 def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int], seed: int,
         max_len: int, store: Optional[Path], sets: tuple[str, ...], data_root: Optional[Path], device: str,
         quiet: bool) -> None:
@@ -136,7 +118,7 @@ def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, e
 @data_root_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-@handle_errors
+@report_errors
 def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: tuple[str, ...], severity: str,
            apply_to: str, seeds: str, dataset: str, protocol: str, epochs: Optional[int], max_len: int, store: Path,
            sets: tuple[str, ...], data_root: Optional[Path], device: str, quiet: bool) -> None:
@@ -178,7 +160,7 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 @click.option("--robustness-metric", default="NDCG@20", show_default=True, help="Metric of --robustness tables/plots.")
 @click.option("--plot-dir", type=click.Path(path_type=Path), default=None,
               help="With --robustness: write one PNG per perturbation setting here.")
-@handle_errors
+@report_errors
 def leaderboard(**options: Any) -> None:
     """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only."""
     from fusionbench.report import leaderboard_report
@@ -192,7 +174,7 @@ def leaderboard(**options: Any) -> None:
 
 @main.command("list")
 @click.argument("kind", type=click.Choice(sorted(REGISTRIES)), required=False)
-@handle_errors
+@report_errors
 def list_plugins(kind: Optional[str]) -> None:
     """List registered plugins with their options and defaults."""
     for name in [kind] if kind else sorted(REGISTRIES):
@@ -216,7 +198,7 @@ def data() -> None:
 @click.argument("name")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Dataset option (e.g. path=DIR).")
 @data_root_option
-@handle_errors
+@report_errors
 def data_info(name: str, sets: tuple[str, ...], data_root: Optional[Path]) -> None:
     """Counts and modality coverage of dataset NAME."""
     from fusionbench.data.datasets import load_dataset
@@ -260,7 +242,7 @@ def features() -> None:
               help="Folder of <item_id>.jpg|png images.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output .npy file.")
 @click.option("--n-items", type=int, default=None, help="Number of items n (default: largest id found).")
-@handle_errors
+@report_errors
 def features_image(images_dir: Path, out: Path, n_items: Optional[int]) -> None:
     """EfficientNet-Lite0 (ImageNet) features for a folder of item images -> [n+1, D] .npy (NaN = absent)."""
     from fusionbench.features.image import image_channel_from_folder, save_image_channel

@@ -140,10 +140,12 @@ class Perturbation:
         return self.perturb_batch(batch, samples)
 
     def perturb_tables(self, tables: Mapping[str, ModalityTable]) -> dict[str, ModalityTable]:
-        raise NotImplementedError
+        """The catalog-level transform at p > 0 (catalog-level subclasses define it)."""
+        raise NotImplementedError(f"{type(self).__name__} acts at level {self.level!r}, not on tables")
 
     def perturb_batch(self, batch: SeqBatch, samples: Samples) -> SeqBatch:
-        raise NotImplementedError
+        """The sequence-level transform at p > 0 (sequence-level subclasses define it)."""
+        raise NotImplementedError(f"{type(self).__name__} acts at level {self.level!r}, not on batches")
 
 
 @dataclass(frozen=True)

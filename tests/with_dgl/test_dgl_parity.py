@@ -21,30 +21,14 @@ from dgl.nn import GATConv, GraphConv, RelGraphConv, SAGEConv  # noqa: E402
 
 from aggregators.base import heterogeneous_relations, homogeneous_relations  # noqa: E402
 from aggregators.graphormer import shortest_path_distances  # noqa: E402
-from fusionbench.registry import AGGREGATORS  # noqa: E402
 from msgraph_batches import beauty_like_msgraph  # noqa: E402
-
-TOL = dict(rtol=1e-5, atol=1e-5)
+from test_aggregators_parity import compare, dense  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def batch():
     """(ctx, x, adj, node_type, node_mask): 6 Beauty-like histories of at most 12 items, d = 16."""
     return beauty_like_msgraph(batch=6, length=12, dim=16, seed=7)
-
-
-def dense(name, ctx, **opts):
-    torch.manual_seed(0)
-    model = AGGREGATORS.create(name, ctx, **opts).eval()
-    with torch.no_grad():                        # non-zero biases so that they are compared too
-        for pname, p in model.named_parameters():
-            if pname.endswith("bias"):
-                p.normal_()
-    return model
-
-
-def compare(ours, theirs, node_mask):
-    torch.testing.assert_close(ours[node_mask], theirs.reshape(ours.shape)[node_mask], **TOL)
 
 
 def real_pairs(adj, node_mask):
