@@ -2,6 +2,12 @@
 
 The resolved configuration (every default filled in, every option validated) is a plain dict; its
 hash identifies the run in the results store, so a run that is already done is skipped.
+
+With a store, the selected weights of every finished run are kept beside it in
+``models/<hash of the training config>.pt`` (``training_config``: the config without a test-only
+perturbation). A run whose training config was trained before evaluates those weights instead of
+training again: a test-only stress curve trains once per seed, and its p = 0 cell reuses the clean
+run. The store records which run's weights were evaluated (``trained_from``).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from fusionbench.options import PluginOptions, require
 from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
 from fusionbench.store import ResultStore, config_hash
-from fusionbench.train import DataViews, TrainOptions, TrainResult, train
+from fusionbench.train import DataViews, TrainOptions, TrainResult, evaluate_trained, save_atomically, train
 
 DEFAULT_MAX_LEN = 50
 
@@ -169,6 +175,16 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def training_config(config: dict) -> dict:
+    """The part of a resolved config that decides the trained weights. A test-only perturbation is left
+    out: training and validation then see the clean data, so the run trains exactly as its clean run
+    (``tests/test_stress.py`` checks this bit for bit)."""
+    spec = config.get("perturbation")
+    if spec is not None and spec["apply_to"] == "test":
+        return {key: value for key, value in config.items() if key != "perturbation"}
+    return config
+
+
 def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, progress: bool = True) -> RunOutcome:
     """Run one configuration (skipped if the store already has it done) and record it."""
     config = resolve(request)
@@ -190,14 +206,25 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
     else:
         model, views = make(ctx), DataViews()
     run_id = store.start(config, checksum, versions(), git_revision()) if store is not None else None
-    checkpoint = store.path.parent / "checkpoints" / f"{digest}.pt" if store is not None else None
-    if checkpoint is not None:
+    trained_digest = config_hash(training_config(config))
+    checkpoint = trained_model = None
+    if store is not None:
+        checkpoint = store.path.parent / "checkpoints" / f"{digest}.pt"
+        trained_model = store.path.parent / "models" / f"{trained_digest}.pt"
         checkpoint.parent.mkdir(exist_ok=True)
+    reuse = trained_model is not None and trained_model.exists()
     started = time.perf_counter()
     label = f"{config['strategy']}/{config['dataset']}/{config['protocol']}/seed{config['seed']}"
+    train_options = TrainOptions.build(config["train"])
     try:
-        result = train(model, data, split, TrainOptions.build(config["train"]), config["seed"],
-                       config["max_len"], checkpoint=checkpoint, progress=progress, label=label, views=views)
+        if reuse:
+            saved = torch.load(trained_model, weights_only=False, map_location=device)
+            model.load_state_dict(saved["model"])
+            result = evaluate_trained(model, data, split, train_options, config["max_len"], saved["history"],
+                                      saved["best_epoch"], views)
+        else:
+            result = train(model, data, split, train_options, config["seed"], config["max_len"],
+                           checkpoint=checkpoint, progress=progress, label=label, views=views)
     except BaseException as err:
         if store is not None:
             # an interrupt keeps the checkpoint so the same command resumes; an error is recorded
@@ -206,11 +233,16 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
         raise
     valid = {name: result.history[result.best_epoch - 1]["valid"][name] for name in result.test}
     if store is not None:
+        if not reuse:
+            trained_model.parent.mkdir(exist_ok=True)
+            save_atomically({"model": model.state_dict(), "history": result.history,
+                             "best_epoch": result.best_epoch}, trained_model)
         summary = {"wall_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
                    "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
-                   "eval_seconds": result.eval_seconds, "history": result.history}
+                   "eval_seconds": result.eval_seconds, "history": result.history,
+                   "trained_from": trained_digest if reuse else None}
         store.finish(run_id, {"test": result.test, "valid": valid},
                      {"test": result.test_ranks.numpy(), "valid": result.valid_ranks.numpy()}, summary)
-        if checkpoint is not None and checkpoint.exists():
+        if checkpoint.exists():
             os.remove(checkpoint)
     return RunOutcome(config, digest, result.test, valid, result=result, run_id=run_id)

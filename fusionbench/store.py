@@ -4,7 +4,8 @@ Tables:
     runs(id, config_hash UNIQUE, config JSON, dataset, protocol, strategy, aggregator, seed,
          status 'running'|'done'|'failed', dataset_checksum, versions JSON, git_rev, started_at,
          finished_at, wall_seconds, peak_memory_mb, best_epoch, epoch_seconds, eval_seconds,
-         history JSON, error)
+         history JSON, error, trained_from)   trained_from: config hash of the run whose trained
+                                               weights this run evaluated (NULL: it trained them)
     metrics(run_id, split 'valid'|'test', metric, k, value)     values are fractions, not %
     ranks(run_id, split, ranks BLOB int32 little-endian)        per-sample ranks, sample order
 
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     epoch_seconds REAL,
     eval_seconds REAL,
     history TEXT,
-    error TEXT
+    error TEXT,
+    trained_from TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -88,6 +90,13 @@ class ResultStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store written by an earlier version up to the schema (columns are only ever added)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "trained_from" not in have:
+            self._db.execute("ALTER TABLE runs ADD COLUMN trained_from TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -137,10 +146,10 @@ class ResultStore:
                            [(run_id, split, np.asarray(r, dtype="<i4").tobytes()) for split, r in ranks.items()])
             db.execute(
                 "UPDATE runs SET status='done', finished_at=?, wall_seconds=?, peak_memory_mb=?, best_epoch=?,"
-                " epoch_seconds=?, eval_seconds=?, history=? WHERE id=?",
+                " epoch_seconds=?, eval_seconds=?, history=?, trained_from=? WHERE id=?",
                 (_now(), summary.get("wall_seconds"), summary.get("peak_memory_mb"), summary.get("best_epoch"),
                  summary.get("epoch_seconds"), summary.get("eval_seconds"), json.dumps(summary.get("history", [])),
-                 run_id),
+                 summary.get("trained_from"), run_id),
             )
 
     def fail(self, run_id: int, error: str) -> None:

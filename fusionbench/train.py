@@ -111,7 +111,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def save_atomically(obj: dict, path: Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file: a reader never sees half a file."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -215,13 +216,22 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             tqdm.write(f"{label} epoch {epoch}: loss {history[-1]['loss']:.4f}  valid {opts.select} "
                        f"{valid[opts.select]:.4f}  ({seconds:.1f}s)")
         if checkpoint is not None:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler else None,
                           "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                           "history": history, "best_value": best_value, "best_epoch": best_epoch,
                           "best_state": best_state, "bad_epochs": bad_epochs}, checkpoint)
 
     model.load_state_dict(best_state)
+    return evaluate_trained(model, data, split, opts, max_len, history, best_epoch, views)
+
+
+def evaluate_trained(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, max_len: int,
+                     history: list[dict], best_epoch: int, views: DataViews = DataViews()) -> TrainResult:
+    """The end of a run: rank the test samples (through ``views.test`` / ``views.test_model``) and the
+    validation samples with ``model``, which already holds the selected state. ``train`` ends here, and
+    so does a run that reuses weights trained earlier (``runner``: a test-only perturbation trains
+    exactly as its clean run, so its trained model is evaluated instead of trained again)."""
     started = time.perf_counter()
     test_model = model if views.test_model is None else views.test_model(model)
     test_ranks = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test)

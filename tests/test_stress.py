@@ -1,10 +1,12 @@
 """Perturbed runs (config entry, apply_to phases) and the resumable `fusionbench stress` sweep."""
 import json
 
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
 
+import fusionbench.runner
 import fusionbench.train
 from fusionbench.cli import main
 from fusionbench.data.splits import make_split
@@ -96,8 +98,9 @@ def test_sweep_stores_one_done_run_per_cell(tmp_path):
 
 
 def test_an_interrupted_sweep_resumes_without_duplicates_or_losses(tmp_path, monkeypatch):
-    args = (*SWEEP, "--severity", "0,1", "--seeds", "0", "--store", str(tmp_path / "r.db"))
-    save = fusionbench.train._atomic_save
+    # apply_to=both: every cell trains (a test-only sweep trains once per seed, see the next test)
+    args = (*SWEEP, "--apply-to", "both", "--severity", "0,1", "--seeds", "0", "--store", str(tmp_path / "r.db"))
+    save = fusionbench.train.save_atomically
     calls = []
 
     def killed_after_third_checkpoint(obj, path):  # cell 1 saves epochs 1-2, cell 2 dies after epoch 1
@@ -106,12 +109,12 @@ def test_an_interrupted_sweep_resumes_without_duplicates_or_losses(tmp_path, mon
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fusionbench.train, "_atomic_save", killed_after_third_checkpoint)
+    monkeypatch.setattr(fusionbench.train, "save_atomically", killed_after_third_checkpoint)
     assert invoke(*args).exit_code == 1                        # click: "Aborted!"
     first = stored(tmp_path / "r.db")
     assert sorted(first.status) == ["done", "running"]
     saved = []
-    monkeypatch.setattr(fusionbench.train, "_atomic_save", lambda obj, path: (save(obj, path), saved.append(obj)))
+    monkeypatch.setattr(fusionbench.train, "save_atomically", lambda obj, path: (save(obj, path), saved.append(obj)))
 
     out = invoke(*args)
     assert out.exit_code == 0, out.output
@@ -124,10 +127,36 @@ def test_an_interrupted_sweep_resumes_without_duplicates_or_losses(tmp_path, mon
     assert [[h["epoch"] for h in json.loads(h)] for h in runs.history] == [[1, 2], [1, 2]]
     assert not list((tmp_path / "checkpoints").iterdir())     # the resumed cell finished and cleaned up
 
-    assert invoke(*SWEEP, "--severity", "0,1", "--seeds", "0", "--store", str(tmp_path / "fresh.db")).exit_code == 0
+    assert invoke(*args[:-1], str(tmp_path / "fresh.db")).exit_code == 0
     resumed, fresh = ResultStore(tmp_path / "r.db"), ResultStore(tmp_path / "fresh.db")
     for digest in runs.config_hash:                            # resuming changed no number
         assert resumed.metrics(resumed.run_id(digest)) == fresh.metrics(fresh.run_id(digest))
+
+
+def test_a_test_only_sweep_trains_once_per_seed_and_matches_training_every_cell(tmp_path, monkeypatch):
+    """The clean run's weights are kept beside the store; every test-only cell of the same seed evaluates
+    them (``trained_from``) and gives exactly what training that cell from scratch gives."""
+    trained = []
+    real_train = fusionbench.runner.train
+    monkeypatch.setattr(fusionbench.runner, "train", lambda *a, **k: (trained.append(1), real_train(*a, **k))[1])
+    clean = run_experiment(request("early"), ResultStore(tmp_path / "r.db"), progress=False)
+    cells = [request("early", PerturbationRequest(name, p, "test", {"mode": mode}))
+             for name, mode in (("missing", "item"), ("mismatch", "shift")) for p in (0.0, 1.0)]
+    reused = [run_experiment(cell, ResultStore(tmp_path / "r.db"), progress=False) for cell in cells]
+    assert len(trained) == 1
+    runs = ResultStore(tmp_path / "r.db").runs().set_index("config_hash")
+    assert pd.isna(runs.trained_from[clean.config_hash])
+    assert all(runs.trained_from[cell.config_hash] == clean.config_hash for cell in reused)
+    assert (tmp_path / "models" / f"{clean.config_hash}.pt").exists()
+    assert reused[0].test == clean.test                          # p = 0 is the clean run
+    for number, (cell, outcome) in enumerate(zip(cells, reused)):  # each the same as trained on its own
+        alone = run_experiment(cell, ResultStore(tmp_path / f"alone{number}" / "r.db"), progress=False)
+        assert (alone.test, alone.valid) == (outcome.test, outcome.valid)
+    assert len(trained) == 1 + len(cells)
+    trained_too = run_experiment(request("early", PerturbationRequest("disorder", 1.0, "both")),
+                                 ResultStore(tmp_path / "r.db"), progress=False)
+    assert runs.shape[0] == 5 and len(trained) == 2 + len(cells)  # apply_to=both trains its own weights
+    assert pd.isna(ResultStore(tmp_path / "r.db").runs().set_index("config_hash").trained_from[trained_too.config_hash])
 
 
 @pytest.mark.parametrize("args, message", [
