@@ -12,11 +12,13 @@ operators: ``sum`` and ``gate``. Item side (``target="fused"``, the default):
 
 .. math:: \hat y_v = \langle P,\ \sigma(W_f [e_v; c_1(v); \dots; c_M(v)] + b_f) \rangle
 
-or the ID embeddings only (``target="id"``, SASRec^F's choice). Trained with one causal pass per
+or the ID embeddings only (``target="id"``, SASRec^F's choice). ``ids=False`` drops the ID channel
+:math:`e_v` from both sides (modality channels only: the fusion stage is then the only way to combine
+information about an item, which the synthetic testbed's early-vs-late comparison needs). Trained with one causal pass per
 sequence and full-softmax cross-entropy at every position that has a target.
 
 Shapes:
-    items ``[B, L]`` -> channels ``[B, L, 1 + M, d]`` -> inputs ``[B, L, d]`` -> encode ``[B, d]``;
+    items ``[B, L]`` -> channels ``[B, L, 1 + M, d]`` (``[B, L, M, d]`` with ``ids=False``) -> inputs ``[B, L, d]`` -> encode ``[B, d]``;
     item_embeddings ``[n_items + 1, d]``.
 """
 from __future__ import annotations
@@ -31,18 +33,25 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
 from strategies.base import CausalStrategy
-from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions
+from fusionbench.options import require
+from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions, require_channels, with_ids
 
 
 @dataclass(frozen=True)
 class EarlyOptions(SequenceOptions):
     """``backbone``: sequence encoder M. ``fusion``: channel operator. ``activation``: σ.
-    ``target``: score against fused item embeddings or ID embeddings only."""
+    ``target``: score against fused item embeddings or ID embeddings only. ``ids``: include the item-ID
+    channel (False: modality channels only; needs a modality and ``target="fused"``)."""
 
     backbone: Literal["sasrec", "gru4rec"] = "sasrec"
     fusion: Literal["concat", "sum", "gate"] = "concat"
     activation: Literal["identity", "gelu"] = "identity"
     target: Literal["fused", "id"] = "fused"
+    ids: bool = True
+
+    def check(self) -> None:
+        super().check()
+        require(self.ids or self.target == "fused", "option 'ids=false' needs target='fused' (no ID embeddings to score)")
 
 
 @STRATEGIES.register("early")
@@ -56,21 +65,23 @@ class Early(CausalStrategy):
     def __init__(self, ctx: StrategyContext, opts: EarlyOptions):
         super().__init__(ctx, opts)
         d = opts.dim
-        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0)
+        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0) if opts.ids else None
         self.side = ModalityInputs(ctx, d, opts.feature_dropout)
-        self.fuse = ChannelFusion(1 + len(self.side), d, opts.fusion, opts.activation)
+        require_channels(self.item, self.side)
+        self.fuse = ChannelFusion(opts.ids + len(self.side), d, opts.fusion, opts.activation)
         self.backbone = SequenceBackbone(opts.backbone, d, opts.layers, opts.heads, opts.dropout, ctx.max_len,
                                          opts.ffn_mult * d)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        embedding_init_(self.item.weight)
+        if self.item is not None:
+            embedding_init_(self.item.weight)
 
     def channels(self, batch: SeqBatch) -> Tensor:
-        """``[B, L, 1 + M, d]``: ID embedding, then every modality channel."""
-        side = self.side.lookup(batch.items, batch.present, batch.shown)
-        return torch.cat([self.item(batch.items)[..., None, :], side], -2)
+        """``[B, L, 1 + M, d]``: ID embedding (unless ``ids=False``), then every modality channel."""
+        ids = self.item(batch.items) if self.item is not None else None
+        return with_ids(ids, self.side.lookup(batch.items, batch.present, batch.shown))
 
     def inputs(self, batch: SeqBatch) -> Tensor:
         """``[B, L, d]``: the fused per-item inputs of the sequence encoder."""
@@ -83,7 +94,7 @@ class Early(CausalStrategy):
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
             return self.item.weight
-        return self.fuse(torch.cat([self.item.weight[:, None], self.side.table()], -2))
+        return self.fuse(with_ids(self.item.weight if self.item is not None else None, self.side.table()))
 
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import ModalityTable, SeqBatch, StrategyContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import OptionError, PluginOptions, require
 from strategies.backbones import CausalGRU, CausalTransformer, embedding_init_, forward_positions
 from strategies.base import CausalStrategy
 
@@ -136,6 +136,19 @@ class ModalityInputs(nn.Module):
     def table(self) -> Tensor:
         items = torch.arange(self.n_items + 1, device=self.channels[0].present.device if self.names else None)
         return self.lookup(items)
+
+
+def with_ids(ids: Optional[Tensor], side: Tensor) -> Tensor:
+    """The channel stack ``[..., C, d]``: ID embeddings ``ids [..., d]`` first (when the strategy has an
+    ID channel, else ``None``), then the modality channels ``side [..., M, d]``."""
+    return side if ids is None else torch.cat([ids[..., None, :], side], -2)
+
+
+def require_channels(item: Optional[nn.Module], side: "ModalityInputs") -> None:
+    """Refuse a strategy built without its ID channel and without any modality channel."""
+    if item is None and not len(side):
+        raise OptionError("option 'ids=false' leaves no channel: the context has no modality "
+                          "(use ids=true, or a dataset with modality features)")
 
 
 class ChannelFusion(nn.Module):

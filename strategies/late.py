@@ -18,11 +18,13 @@ to one feature channel, :math:`x_{t,f} = W_m [c_1(v_t); \dots; c_M(v_t)] + b_m`,
 .. math:: \hat y_v = \langle P,\ \sigma(W_f [e_v; c_1(v); \dots; c_M(v)] + b_f) \rangle
 
 or ID embeddings (``target="id"``). The ID channel's states never see modality features before
-the final fusion. One causal pass per sequence, CE at every position with a target.
+the final fusion. ``ids=False`` drops the ID channel from both sides (modality channels only, as in
+:mod:`strategies.early`). One causal pass per sequence, CE at every position with a target.
 
 Shapes:
     items ``[B, L]`` -> channel states ``[B, L, C, d]`` -> fused ``[B, L, d]`` -> encode ``[B, d]``;
-    item_embeddings ``[n_items + 1, d]``; C = 1 + M (separate), 2 (merged, M > 0) or 1 (M = 0).
+    item_embeddings ``[n_items + 1, d]``; C = 1 + M (separate), 2 (merged, M > 0) or 1 (M = 0);
+    one fewer with ``ids=False``.
 """
 from __future__ import annotations
 
@@ -36,14 +38,16 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
 from strategies.base import CausalStrategy
-from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions
+from fusionbench.options import require
+from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions, require_channels, with_ids
 
 
 @dataclass(frozen=True)
 class LateOptions(SequenceOptions):
     """``backbone``: per-channel encoder M_c. ``shared``: one encoder for all channels. ``features``:
     one channel per modality ("separate") or all modalities merged into one ("merged").
-    ``fusion``/``activation``: the final fusion. ``target``: fused item embeddings or ID only."""
+    ``fusion``/``activation``: the final fusion. ``target``: fused item embeddings or ID only.
+    ``ids``: include the item-ID channel (False: modality channels only; needs ``target="fused"``)."""
 
     backbone: Literal["sasrec", "gru4rec"] = "sasrec"
     shared: bool = False
@@ -51,6 +55,11 @@ class LateOptions(SequenceOptions):
     fusion: Literal["concat", "sum", "gate"] = "concat"
     activation: Literal["identity", "gelu"] = "identity"
     target: Literal["fused", "id"] = "fused"
+    ids: bool = True
+
+    def check(self) -> None:
+        super().check()
+        require(self.ids or self.target == "fused", "option 'ids=false' needs target='fused' (no ID embeddings to score)")
 
 
 @STRATEGIES.register("late")
@@ -64,14 +73,15 @@ class Late(CausalStrategy):
     def __init__(self, ctx: StrategyContext, opts: LateOptions):
         super().__init__(ctx, opts)
         d = opts.dim
-        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0)
+        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0) if opts.ids else None
         self.side = ModalityInputs(ctx, d, opts.feature_dropout)
+        require_channels(self.item, self.side)
         n_side = len(self.side)
         self.merge: Optional[nn.Linear] = None
         if opts.features == "merged" and n_side:
             self.merge = nn.Linear(n_side * d, d)
             n_side = 1
-        self.n_channels = 1 + n_side
+        self.n_channels = opts.ids + n_side
         self.backbones = nn.ModuleList(
             SequenceBackbone(opts.backbone, d, opts.layers, opts.heads, opts.dropout, ctx.max_len, opts.ffn_mult * d)
             for _ in range(1 if opts.shared else self.n_channels)
@@ -81,17 +91,18 @@ class Late(CausalStrategy):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        embedding_init_(self.item.weight)
+        if self.item is not None:
+            embedding_init_(self.item.weight)
 
     def _channels(self, items: Tensor, present=None, shown=None) -> Tensor:
         """``[..., C, d]`` channel inputs of the given items."""
         side = self.side.lookup(items, present, shown)
         if self.merge is not None:
             side = self.merge(side.flatten(-2))[..., None, :]
-        return torch.cat([self.item(items)[..., None, :], side], -2)
+        return with_ids(self.item(items) if self.item is not None else None, side)
 
     def channel_states(self, batch: SeqBatch) -> Tensor:
-        """``[B, L, C, d]``: each channel's own encoder states (channel 0 = IDs), before fusion."""
+        """``[B, L, C, d]``: each channel's own encoder states (channel 0 = IDs unless ``ids=False``), before fusion."""
         x = self._channels(batch.items, batch.present, batch.shown)
         mask = batch.mask
         states = [self.backbones[0 if self.opts.shared else c](x[:, :, c], mask) for c in range(self.n_channels)]
@@ -104,7 +115,7 @@ class Late(CausalStrategy):
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
             return self.item.weight
-        return self.fuse(self._channels(torch.arange(self.ctx.n_items + 1, device=self.item.weight.device)))
+        return self.fuse(self._channels(torch.arange(self.ctx.n_items + 1, device=next(self.parameters()).device)))
 
 
 

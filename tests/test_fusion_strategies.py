@@ -64,6 +64,28 @@ def test_early_fuses_features_into_the_encoder_input():
         torch.testing.assert_close(a.channels(batch)[..., 0, :], b.channels(batch)[..., 0, :])
 
 
+@pytest.mark.parametrize("name", ["early", "late"])
+def test_without_ids_an_item_is_only_its_modalities(name):
+    """``ids=False``: two items with the same features, presence and codes are the same item to the
+    model, in the history and as candidates; with the ID channel (the default) they are not."""
+    ctx = all_present(tiny_context())
+    twin = ctx.with_modalities({m: t.replace(features=t.features.clone().index_copy_(0, torch.tensor([4]), t.features[[3]]),
+                                             codes=t.codes.clone().index_copy_(0, torch.tensor([4]), t.codes[[3]]))
+                                for m, t in ctx.modalities.items()})
+    batch = tiny_batch()
+    swapped = SeqBatch(items=torch.where(batch.items == 3, 4, batch.items), target=batch.target)
+    assert not torch.equal(swapped.items, batch.items)
+    with torch.no_grad():
+        blind = build(name, twin, ids=False)
+        assert not [n for n, _ in blind.named_parameters() if n.startswith("item.")]
+        emb = blind.item_embeddings()
+        torch.testing.assert_close(emb[3], emb[4], rtol=0, atol=0)
+        torch.testing.assert_close(blind.encode(swapped), blind.encode(batch), rtol=0, atol=0)
+        seeing = build(name, twin)
+        assert not torch.allclose(seeing.encode(swapped), seeing.encode(batch))
+        assert not torch.allclose(seeing.item_embeddings()[3], seeing.item_embeddings()[4])
+
+
 def test_presets_are_option_defaults_of_the_generic_strategies():
     early, late = STRATEGIES.get("early"), STRATEGIES.get("late")
     assert issubclass(STRATEGIES.get("sasrecf"), early) and issubclass(STRATEGIES.get("gru4recf"), late)
@@ -316,6 +338,8 @@ def test_channel_fusion_operators():
 
 @pytest.mark.parametrize("name,options,message", [
     ("early", {"dim": 10, "heads": 3}, "'dim' \\(10\\) must be divisible by 'heads' \\(3\\)"),
+    ("early", {"ids": "false", "target": "id"}, "'ids=false' needs target='fused'"),
+    ("late", {"ids": "false", "target": "id"}, "'ids=false' needs target='fused'"),
     ("late", {"feature_dropout": 1.0}, "'feature_dropout' must be in"),
     ("difsr", {"attribute_dim": 10, "heads": 4, "dim": 16}, "'attribute_dim' \\(10\\)"),
     ("nova", {"fusion": "mean"}, "'fusion' must be one of"),
@@ -325,6 +349,12 @@ def test_channel_fusion_operators():
 def test_options_explain_their_errors(name, options, message):
     with pytest.raises(OptionError, match=message):
         STRATEGIES.options(name, **options)
+
+
+@pytest.mark.parametrize("name", ["early", "late"])
+def test_without_ids_a_context_without_modalities_is_refused(name):
+    with pytest.raises(OptionError, match="'ids=false' leaves no channel"):
+        STRATEGIES.create(name, tiny_context().with_modalities({}), ids=False)
 
 
 def test_fusion_stage_labels():
