@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aggregators.attention import glorot_, masked_softmax, pair_mask, typed_linear, zero_padded
-from aggregators.base import heterogeneous_relations, homogeneous_relations
+from aggregators.base import SELF, heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
@@ -91,6 +91,7 @@ class HAN(nn.Module):
         self.ctx, self.opts = ctx, opts
         d, t = ctx.dim, ctx.n_node_types
         self.homo = homogeneous_relations(ctx)
+        assert self.homo[0] == SELF, "homogeneous_logits reads channel SELF first"
         self.hetero = heterogeneous_relations(ctx)
         self.w_q = nn.Parameter(torch.empty(t, d, d))
         self.w_k = nn.Parameter(torch.empty(t, d, d))
@@ -116,15 +117,22 @@ class HAN(nn.Module):
     def homogeneous_logits(self, v: Tensor, adj_ho: Tensor) -> Tensor:
         r""":math:`e^{ho}_{ij} = \sum_r A_r[i, j]\, a_r^\top (v_i \odot v_j)` (0 off the homogeneous edges).
 
-        The R_ho products :math:`(V \odot a_r) V^\top` run as one ``[B, R_ho N, d] @ [B, d, N]`` matmul.
+        Channel ``SELF`` is a self loop, so only its diagonal is read: its term is
+        :math:`a_{self}^\top (v_i \odot v_i)` at (i, i), O(N d). The other R_ho - 1 products
+        :math:`(V \odot a_r) V^\top` run as one ``[B, (R_ho - 1) N, d] @ [B, d, N]`` matmul.
 
-        Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool -> [B, N, N].
+        Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool (channel 0 = SELF)
+        -> [B, N, N].
         """
         batch, n, d = v.shape
-        relations = adj_ho.shape[1]
-        left = (v[:, None] * self.att_ho[None, :, None, :]).reshape(batch, relations * n, d)
+        between = adj_ho[:, 1:]
+        relations = between.shape[1]
+        left = (v[:, None] * self.att_ho[None, 1:, None, :]).reshape(batch, relations * n, d)
         per_relation = (left @ v.transpose(1, 2)).view(batch, relations, n, n)
-        return (per_relation * adj_ho.to(v.dtype)).sum(1)
+        logits = (per_relation * between.to(v.dtype)).sum(1)
+        self_loops = adj_ho[:, 0].diagonal(dim1=-2, dim2=-1).to(v.dtype)                  # [B, N]
+        logits.diagonal(dim1=-2, dim2=-1).add_(((v * v) @ self.att_ho[0]) * self_loops)
+        return logits
 
     def query_key(self, h: Tensor, node_type: Tensor) -> tuple[Tensor, Tensor]:
         """Typed queries and keys ``[B, N, d]`` each, from one grouped matmul."""

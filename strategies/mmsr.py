@@ -155,10 +155,15 @@ class MMSR(Strategy):
                              shown=batch.shown)
 
     def node_inputs(self, g: MSGraph) -> Tensor:
-        """h^0 ``[B, N, d]`` = [e_x ; e^ty ; e^po] W_pt, zero at padded nodes."""
-        parts = [self.node(g.node_ids)]
+        """h^0 ``[B, N, d]`` = [e_x ; e^ty ; e^po] W_pt, zero at padded nodes.
+
+        W_pt (``project.weight``, ``[d, d * parts]``) is applied block by block: e_x W_x per node, while
+        the type and position tables are mapped once and then gathered / averaged, which is the same sum
+        without a ``[B, N, 3d]`` concatenation."""
+        blocks = iter(self.project.weight.split(self.opts.dim, dim=1))
+        h = F.linear(self.node(g.node_ids), next(blocks))
         if self.node_type is not None:
-            parts.append(self.node_type(g.node_type))
+            h = h + F.linear(self.node_type.weight, next(blocks))[g.node_type]
         if self.position is not None:
             width = g.pos_mask.shape[-1]
             col = torch.arange(width, device=g.pos_mask.device)
@@ -167,10 +172,10 @@ class MMSR(Strategy):
             else:
                 n_real = g.pos_mask.any(1).sum(-1, keepdim=True)              # [B, 1]
                 index = col - (width - n_real)                                # [B, W]
-            table = self.position(index.clamp(min=0, max=self.ctx.max_len - 1))  # [W, d] or [B, W, d]
-            occurs = g.pos_mask.float()
-            parts.append((occurs @ table) / occurs.sum(-1, keepdim=True).clamp(min=1))
-        return self.project(torch.cat(parts, -1)) * g.node_mask[..., None]
+            table = F.linear(self.position(index.clamp(min=0, max=self.ctx.max_len - 1)), next(blocks))
+            occurs = g.pos_mask.float()                                       # [B, N, W]
+            h = h + (occurs @ table) / occurs.sum(-1, keepdim=True).clamp(min=1)
+        return h * g.node_mask[..., None]
 
     def encode(self, batch: SeqBatch) -> Tensor:
         g = self.graph(batch)

@@ -43,6 +43,27 @@ def test_pos_and_type_ablations_drop_their_part():
     assert no_pos.position is None and no_type.node_type is None
 
 
+@pytest.mark.parametrize("options", [{}, {"position": "oldest"}, {"use_pos": False}, {"use_type": False}])
+def test_node_inputs_are_the_projected_concatenation(options):
+    """h^0 = [e_x ; e^ty ; e^po] W_pt (mmsr.md §4), written out here with the concatenation."""
+    model = mmsr(**options)
+    batch = with_left_padding(tiny_batch(), 3)
+    g = model.graph(batch)
+    parts = [model.node(g.node_ids)]
+    if model.node_type is not None:
+        parts.append(model.node_type(g.node_type))
+    if model.position is not None:
+        width = batch.items.shape[1]
+        n_real = (batch.items > 0).sum(1, keepdim=True)
+        from_recent = torch.arange(width - 1, -1, -1).expand(len(batch.items), width)
+        index = from_recent if model.opts.position == "recent" else torch.arange(width) - (width - n_real)
+        table = model.position(index.clamp(0, model.ctx.max_len - 1))                 # [B, W, d]
+        occurs = g.pos_mask.float()
+        parts.append(occurs @ table / occurs.sum(-1, keepdim=True).clamp(min=1))
+    expected = model.project(torch.cat(parts, -1)) * g.node_mask[..., None]
+    torch.testing.assert_close(model.node_inputs(g), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_code_centroids_by_hand():
     feats = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     present = torch.tensor([False, True, True, True])
