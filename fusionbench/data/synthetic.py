@@ -37,24 +37,19 @@ mechanism :math:`m_t`, drawn independently per step with probabilities
   :math:`\pi_a, \pi_b` are random cyclic permutations of :math:`0..C-1` (one C-cycle each, so no code
   maps to itself). The image codes alone follow :math:`a_{t+1} = \pi_a(a_t)`, the text codes
   :math:`b_{t+1} = \pi_b(b_t)`.
-- ``cross`` (only the pair predicts; favours early fusion):
-  :math:`i_{t+1} \sim \mathrm{Uniform}(\mathrm{cell}(f(a, b), g(a, b)))`, where :math:`(f, g)` is a
-  pair of orthogonal Latin squares of order C. For odd C
+- ``cross`` (only the pair predicts; favours early fusion): the next image code is the sum of the
+  current pair and the next text code is fresh,
 
-  .. math::  f(a, b) = (a + b) \bmod C, \qquad g(a, b) = (a + 2b) \bmod C.
+  .. math::  i_{t+1} \sim \mathrm{Uniform}\big(\mathrm{cell}(f(a, b),\ \beta_{t+1})\big), \qquad
+             f(a, b) = (a + b) \bmod C, \qquad \beta_{t+1} \sim \mathrm{Uniform}(0..C-1).
 
-  For :math:`C = 2^k` (k >= 2) codes are read as bit vectors and
-  :math:`f(a, b) = a \oplus b`, :math:`g(a, b) = a \oplus T b`, where T is multiplication by x in
-  :math:`\mathrm{GF}(2)[x] / (x^k + x + 1)` (shift left one bit; an overflowing top bit is replaced by
-  XOR with ``0b11``). A general :math:`C = 2^k m` (m odd) applies both rules to the residues
-  :math:`c \bmod 2^k` and :math:`c \bmod m` and recombines them (Chinese remainder theorem).
-  Properties: for either fixed argument, :math:`f` and :math:`g` are bijections in the other
-  (Latin squares), so with the current cell uniform, each of :math:`a_{t+1}, b_{t+1}` is uniform and
-  independent of :math:`a_t` alone and of :math:`b_t` alone; and :math:`(a, b) \mapsto (f, g)` is a
-  bijection of cells (orthogonality), so the uniform cell distribution is kept and chains never
-  collapse into a few cells. No such pair exists for C = 2 or 6 and there is no simple rule for
-  C ≡ 2 (mod 4), so ``n_codes`` ≡ 2 (mod 4) is rejected whenever ``w_cross`` > 0. (The common
-  (a + b, a − b) rule is not a bijection for even C and collapses chains.)
+  f is a Latin square (a bijection in either argument), so with :math:`b_t` uniform and independent
+  of the image history, :math:`a_{t+1}` is uniform given all earlier image codes, and given all
+  earlier text codes (which are i.i.d. along a cross chain); only the pair :math:`(a_t, b_t)` of one
+  item predicts it. A rule that also fixed the next text code by the pair (an orthogonal Latin-square
+  pair (f, g), as an earlier version did) leaks: along a chain, two consecutive codes of one channel
+  recover the other channel's code, so each channel's own sequence predicts the next cell and late
+  fusion needs no cross-channel interplay. Best possible HR@K on a pure cross chain: K / (C P).
 - ``noise``: :math:`i_{t+1} \sim \mathrm{Uniform}(1..n)`.
 
 Both channels share the code count C (the cross rule needs :math:`C_a = C_b`). The mixture weights
@@ -169,11 +164,6 @@ class SyntheticOptions(PluginOptions):
         require(0.0 <= self.missing_rate <= 1.0,
                 f"option 'missing_rate' must be in [0, 1], got {self.missing_rate}")
         require(self.seed >= 0, f"option 'seed' must be >= 0, got {self.seed}")
-        if self.mixture()[2] > 0:
-            require(self.n_codes % 4 != 2,
-                    f"option 'n_codes' must not be 2 mod 4 when the cross mechanism is used "
-                    f"(no orthogonal Latin square rule), got {self.n_codes}; try {self.n_codes + 1} or "
-                    f"{self.n_codes + 2}")
 
 
 @dataclass(frozen=True)
@@ -186,8 +176,8 @@ class GroundTruth:
         cell_items: long ``[C, C, P]``, the item ids of cell (a, b).
         perm_image: long ``[C]``, pi_a.
         perm_text: long ``[C]``, pi_b.
-        cross_image: long ``[C, C]``, f(a, b): next image code of the cross mechanism.
-        cross_text: long ``[C, C]``, g(a, b): next text code of the cross mechanism.
+        cross_image: long ``[C, C]``, f(a, b): next image code of the cross mechanism (the next
+            text code is uniform).
         successors: long ``[n + 1, S]``, S(i) of the ID mechanism; row 0 is 0.
         image_centroids: float ``[C, d_img]``; text_centroids: float ``[C, d_txt]``.
         weights: effective ``(w_id, w_modal, w_cross, w_noise)``.
@@ -199,7 +189,6 @@ class GroundTruth:
     perm_image: np.ndarray
     perm_text: np.ndarray
     cross_image: np.ndarray
-    cross_text: np.ndarray
     successors: np.ndarray
     image_centroids: np.ndarray
     text_centroids: np.ndarray
@@ -217,7 +206,7 @@ class GroundTruth:
         return {
             "id": (self.successors[prev] == nxt[:, None]).any(1),
             "modal": (a2 == self.perm_image[a]) & (b2 == self.perm_text[b]),
-            "cross": (a2 == self.cross_image[a, b]) & (b2 == self.cross_text[a, b]),
+            "cross": a2 == self.cross_image[a, b],
         }
 
 
@@ -231,32 +220,10 @@ class Generated:
     truth: GroundTruth
 
 
-def cross_tables(n_codes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The orthogonal Latin squares ``(f, g)``, each long ``[C, C]`` (module docstring, ``cross``).
-
-    Raises ValueError for C ≡ 2 (mod 4).
-    """
-    if n_codes % 4 == 2:
-        raise ValueError(f"no cross rule for n_codes = {n_codes} (2 mod 4)")
-    k = (n_codes & -n_codes).bit_length() - 1  # C = 2^k m, m odd
-    two, odd = 1 << k, n_codes >> k
+def cross_table(n_codes: int) -> np.ndarray:
+    """f(a, b) = (a + b) mod C as long ``[C, C]`` (module docstring, ``cross``)."""
     code = np.arange(n_codes)
-    a, b = code[:, None], code[None, :]
-    # odd part: (a + b, a + 2b) mod m
-    ao, bo = a % odd, b % odd
-    fo, go = (ao + bo) % odd, (ao + 2 * bo) % odd
-    # 2-part: (a xor b, a xor T b), T = multiplication by x modulo x^k + x + 1
-    ae, be = a % two, b % two
-    if k:
-        top = (be >> (k - 1)) & 1
-        tb = ((be << 1) & (two - 1)) ^ (top * 0b11)
-    else:
-        tb = be
-    fe, ge = ae ^ be, ae ^ tb
-    # Chinese remainder recombination: (c mod m, c mod 2^k) -> c
-    crt = np.empty((odd, two), dtype=np.int64)
-    crt[code % odd, code % two] = code
-    return crt[fo, fe], crt[go, ge]
+    return (code[:, None] + code[None, :]) % n_codes
 
 
 def _cycle(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -287,15 +254,11 @@ def ground_truth(opts: SyntheticOptions) -> GroundTruth:
     draws = np.sort(structure.integers(0, n - S, size=(n, S)), axis=1) + np.arange(S)
     successors = np.zeros((n + 1, S), dtype=np.int64)
     successors[1:] = (np.arange(n)[:, None] + 1 + draws) % n + 1
-    if C % 4 != 2:
-        cross_image, cross_text = cross_tables(C)
-    else:  # undefined for this C; check() keeps w_cross at 0 then
-        cross_image = cross_text = np.full((C, C), -1, dtype=np.int64)
     image_centroids = centroids.normal(0.0, 1.0 / math.sqrt(opts.image_dim), size=(C, opts.image_dim))
     text_centroids = centroids.normal(0.0, 1.0 / math.sqrt(opts.text_dim), size=(C, opts.text_dim))
     return GroundTruth(
         image_code=image_code, text_code=text_code, cell_items=cell_items.reshape(C, C, P),
-        perm_image=perm_image, perm_text=perm_text, cross_image=cross_image, cross_text=cross_text,
+        perm_image=perm_image, perm_text=perm_text, cross_image=cross_table(C),
         successors=successors, image_centroids=image_centroids, text_centroids=text_centroids,
         weights=opts.mixture(),
     )
@@ -339,6 +302,7 @@ def generate(opts: SyntheticOptions) -> Generated:
     pick = seq_rng.integers(0, opts.n_successors, size=(U, T - 1))
     member = seq_rng.integers(0, opts.per_cell, size=(U, T - 1))
     uniform = seq_rng.integers(1, n + 1, size=(U, T - 1))
+    fresh_text = seq_rng.integers(0, opts.n_codes, size=(U, T - 1))
     w_id, w_modal, w_cross, _ = opts.mixture()
     bounds = np.array([w_id, w_id + w_modal, w_id + w_modal + w_cross])
     mech = (u[..., None] >= bounds).sum(-1).astype(np.int8)  # [U, T-1] in 0..3
@@ -347,7 +311,7 @@ def generate(opts: SyntheticOptions) -> Generated:
         a, b = truth.image_code[cur], truth.text_code[cur]
         by_id = truth.successors[cur, pick[:, s]]
         modal = truth.cell_items[truth.perm_image[a], truth.perm_text[b], member[:, s]]
-        cross = truth.cell_items[truth.cross_image[a, b], truth.cross_text[a, b], member[:, s]]
+        cross = truth.cell_items[truth.cross_image[a, b], fresh_text[:, s], member[:, s]]
         items[:, t] = np.choose(mech[:, s], [by_id, modal, cross, uniform[:, s]])
 
     keep = np.arange(T)[None, :] < lengths[:, None]
