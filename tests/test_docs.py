@@ -13,6 +13,8 @@ def test_strategy_table_names_every_strategy_with_its_stage(name):
     rows = [line for line in (DOCS / "strategies.md").read_text().splitlines() if line.startswith(f"| `{name}` |")]
     assert len(rows) == 1, f"docs/strategies.md has no row for {name!r}"
     assert f"| {STRATEGIES.get(name).fusion_stage} |" in rows[0]
+    options = ", ".join(f"`{field}={default}`" for field, _, default in STRATEGIES.get(name).Options.fields())
+    assert f"| {options} |" in rows[0], f"docs/strategies.md: the options of {name!r} should read: {options}"
 
 
 def test_strategy_table_names_every_aggregator():
