@@ -252,6 +252,33 @@ def features_image(images_dir: Path, out: Path, n_items: Optional[int]) -> None:
     click.echo(f"wrote {out}: {feats.shape[0] - 1} items x {feats.shape[1]} features, {int(present.sum())} with an image")
 
 
+@main.group()
+def store() -> None:
+    """Maintain a results store."""
+
+
+@store.command("upgrade")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@report_errors
+def store_upgrade(store_path: Path, dry_run: bool) -> None:
+    """Re-identify stored runs after options were added (new keys at their defaults; see fusionbench/upgrade.py).
+    Run it while no run of the store is in progress."""
+    from fusionbench.store import ResultStore
+    from fusionbench.upgrade import upgrade_store
+
+    if not store_path.exists():
+        raise UserInputError(f"--store: no results file at {store_path}")
+    results = upgrade_store(ResultStore(store_path), dry_run=dry_run)
+    rows = [[u.run_id, u.old_hash, u.new_hash or "", u.status, ", ".join(u.added) or u.reason]
+            for u in results if u.status != "current"]
+    if rows:
+        click.echo(tabulate(rows, headers=["run", "hash", "new hash", "status", "added keys / reason"]))
+    counts = {s: sum(u.status == s for u in results) for s in ("upgraded", "current", "kept")}
+    verb = "would be upgraded" if dry_run else "upgraded"
+    click.echo(f"{counts['upgraded']} {verb}, {counts['current']} already current, {counts['kept']} kept as they are")
+
+
 from fusionbench.bench import bench  # noqa: E402  (speed regression check, its own module)
 
 main.add_command(bench)

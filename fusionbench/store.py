@@ -152,6 +152,14 @@ class ResultStore:
                  summary.get("trained_from"), run_id),
             )
 
+    def rekey(self, renames: dict[str, tuple[int, str, str]]) -> None:
+        """Give runs new identities in one transaction: ``{old hash: (run id, new hash, new config
+        JSON)}``; ``trained_from`` references follow (``fusionbench.upgrade``)."""
+        with self._transaction() as db:
+            for old, (run_id, new, config) in renames.items():
+                db.execute("UPDATE runs SET config_hash=?, config=? WHERE id=?", (new, config, run_id))
+                db.execute("UPDATE runs SET trained_from=? WHERE trained_from=?", (new, old))
+
     def fail(self, run_id: int, error: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=?", (_now(), error, run_id))

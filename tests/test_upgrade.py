@@ -1,0 +1,85 @@
+"""`fusionbench store upgrade`: stored runs keep their identity when options are added."""
+import json
+import sqlite3
+
+import pandas as pd
+from click.testing import CliRunner
+
+from fusionbench.cli import main
+from fusionbench.perturb.plan import PerturbationRequest
+from fusionbench.runner import run_experiment
+from fusionbench.store import ResultStore, canonical_json, config_hash
+from fusionbench.upgrade import added_keys, upgrade_store
+from test_stress import request
+
+
+def as_if_written_before(path, run_id, edit):
+    """Rewrite one stored run as an older version would have stored it (``edit`` changes its config in
+    place); its checkpoint / kept weights are renamed to the old hash. Returns the old hash."""
+    db = sqlite3.connect(path)
+    old_hash, text = db.execute("SELECT config_hash, config FROM runs WHERE id=?", (run_id,)).fetchone()
+    config = json.loads(text)
+    edit(config)
+    new_old = config_hash(config)
+    with db:
+        db.execute("UPDATE runs SET config_hash=?, config=? WHERE id=?", (new_old, canonical_json(config), run_id))
+        db.execute("UPDATE runs SET trained_from=? WHERE trained_from=?", (new_old, old_hash))
+    db.close()
+    for folder in ("checkpoints", "models"):
+        file = path.parent / folder / f"{old_hash}.pt"
+        if file.exists():
+            file.rename(file.with_name(f"{new_old}.pt"))
+    return new_old
+
+
+def test_added_keys_separates_additions_from_changes():
+    old = {"a": 1, "o": {"x": [1, 2], "y": 0.5}, "gone": 1}
+    new = {"a": 1, "o": {"x": (1, 2), "y": 0.25, "z": True}, "b": 2}
+    assert added_keys(old, new) == (["b", "o.z"], ["gone", "o.y"])
+
+
+def test_upgrade_gives_old_runs_the_identity_the_current_code_gives_them(tmp_path):
+    path = tmp_path / "r.db"
+    clean = run_experiment(request("early"), ResultStore(path), progress=False)
+    stressed = run_experiment(request("early", PerturbationRequest("missing", 1.0, "test")), ResultStore(path),
+                              progress=False)
+    # as stored before the options 'ids' (strategy) and 'grad_clip' (train) existed
+    drop = lambda config: (config["strategy_options"].pop("ids"), config["train"].pop("grad_clip"))  # noqa: E731
+    old_clean = as_if_written_before(path, clean.run_id, drop)
+    old_stressed = as_if_written_before(path, stressed.run_id, drop)
+    assert not (tmp_path / "models" / f"{clean.config_hash}.pt").exists()
+    assert not run_experiment(request("early"), ResultStore(tmp_path / "probe" / "r.db"), progress=False).skipped
+
+    out = CliRunner().invoke(main, ["store", "upgrade", "--store", str(path), "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "2 would be upgraded, 0 already current, 0 kept" in out.output and "strategy_options.ids, train.grad_clip" in out.output
+    assert set(ResultStore(path).runs().config_hash) == {old_clean, old_stressed}        # dry run wrote nothing
+
+    results = {u.run_id: u for u in upgrade_store(ResultStore(path))}
+    assert (results[clean.run_id].old_hash, results[clean.run_id].new_hash) == (old_clean, clean.config_hash)
+    assert results[clean.run_id].added == ("strategy_options.ids", "train.grad_clip")
+    runs = ResultStore(path).runs().set_index("id")
+    assert runs.config_hash[clean.run_id] == clean.config_hash and runs.config_hash[stressed.run_id] == stressed.config_hash
+    assert runs.trained_from[stressed.run_id] == clean.config_hash                       # references follow
+    assert json.loads(runs.config[clean.run_id]) == {**clean.config, "dataset_checksum": clean.config["dataset_checksum"]}
+    assert (tmp_path / "models" / f"{clean.config_hash}.pt").exists()
+    again = run_experiment(request("early"), ResultStore(path), progress=False)
+    assert again.skipped and again.run_id == clean.run_id                                # found, not rerun
+    assert {u.status for u in upgrade_store(ResultStore(path))} == {"current"}           # idempotent
+
+
+def test_runs_whose_values_no_longer_resolve_are_kept_and_reported(tmp_path):
+    path = tmp_path / "r.db"
+    run = run_experiment(request("sasrec"), ResultStore(path), progress=False)
+    old = as_if_written_before(path, run.run_id, lambda c: c["strategy_options"].update(retired_option=3))
+    out = CliRunner().invoke(main, ["store", "upgrade", "--store", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "0 upgraded, 0 already current, 1 kept" in out.output and "does not resolve" in out.output
+    assert "retired_option" in out.output
+    assert ResultStore(path).runs().config_hash.tolist() == [old]
+    assert not pd.isna(ResultStore(path).runs().config.iloc[0])
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    out = CliRunner().invoke(main, ["store", "upgrade", "--store", str(tmp_path / "none.db")])
+    assert out.exit_code == 2 and "error: --store: no results file at" in out.output
