@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from fusionbench.errors import UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.runner import RunRequest, resolve
 from fusionbench.store import ResultStore, canonical_json, config_hash
@@ -81,7 +82,7 @@ def upgrade_store(store: ResultStore, dry_run: bool = False) -> list[Upgrade]:
         old = json.loads(row.config)
         try:
             new = resolve(request_of(old))
-        except Exception as err:  # an option that no longer exists, a value no longer valid, ...
+        except (UserInputError, KeyError) as err:  # an option or field that no longer exists, a value no longer valid
             results.append(Upgrade(row.id, row.config_hash, None, "kept", reason=f"does not resolve: {err}"))
             continue
         new["dataset_checksum"] = old["dataset_checksum"]

@@ -26,19 +26,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
 from strategies.base import CausalStrategy
-from fusionbench.options import require
-from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions, require_channels, with_ids
+from strategies.fusion import (ChannelFusion, IdChannelOptions, SequenceBackbone, SequenceOptions,
+                               id_and_modality_channels, with_ids)
 
 
 @dataclass(frozen=True)
-class EarlyOptions(SequenceOptions):
+class EarlyOptions(IdChannelOptions, SequenceOptions):
     """``backbone``: sequence encoder M. ``fusion``: channel operator. ``activation``: σ.
     ``target``: score against fused item embeddings or ID embeddings only. ``ids``: include the item-ID
     channel (False: modality channels only; needs a modality and ``target="fused"``)."""
@@ -48,10 +47,6 @@ class EarlyOptions(SequenceOptions):
     activation: Literal["identity", "gelu"] = "identity"
     target: Literal["fused", "id"] = "fused"
     ids: bool = True
-
-    def check(self) -> None:
-        super().check()
-        require(self.ids or self.target == "fused", "option 'ids=false' needs target='fused' (no ID embeddings to score)")
 
 
 @STRATEGIES.register("early")
@@ -65,9 +60,7 @@ class Early(CausalStrategy):
     def __init__(self, ctx: StrategyContext, opts: EarlyOptions):
         super().__init__(ctx, opts)
         d = opts.dim
-        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0) if opts.ids else None
-        self.side = ModalityInputs(ctx, d, opts.feature_dropout)
-        require_channels(self.item, self.side)
+        self.item, self.side = id_and_modality_channels(ctx, d, opts.ids, opts.feature_dropout)
         self.fuse = ChannelFusion(opts.ids + len(self.side), d, opts.fusion, opts.activation)
         self.backbone = SequenceBackbone(opts.backbone, d, opts.layers, opts.heads, opts.dropout, ctx.max_len,
                                          opts.ffn_mult * d)

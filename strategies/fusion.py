@@ -144,11 +144,25 @@ def with_ids(ids: Optional[Tensor], side: Tensor) -> Tensor:
     return side if ids is None else torch.cat([ids[..., None, :], side], -2)
 
 
-def require_channels(item: Optional[nn.Module], side: "ModalityInputs") -> None:
-    """Refuse a strategy built without its ID channel and without any modality channel."""
+class IdChannelOptions:
+    """Mixin of option classes with an ``ids`` and a ``target`` field (early, late): without the
+    ID channel there are no ID embeddings to score against, so ``ids=False`` needs ``target="fused"``."""
+
+    def check(self) -> None:
+        super().check()
+        require(self.ids or self.target == "fused", "option 'ids=false' needs target='fused' (no ID embeddings to score)")
+
+
+def id_and_modality_channels(ctx: StrategyContext, dim: int, ids: bool,
+                             feature_dropout: float) -> tuple[Optional[nn.Embedding], "ModalityInputs"]:
+    """The item-ID embedding table (``None`` when ``ids`` is False) and the modality channels of a
+    strategy; refuses a strategy that would have neither."""
+    item = nn.Embedding(ctx.n_items + 1, dim, padding_idx=0) if ids else None
+    side = ModalityInputs(ctx, dim, feature_dropout)
     if item is None and not len(side):
         raise OptionError("option 'ids=false' leaves no channel: the context has no modality "
                           "(use ids=true, or a dataset with modality features)")
+    return item, side
 
 
 class ChannelFusion(nn.Module):

@@ -38,12 +38,12 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
 from strategies.base import CausalStrategy
-from fusionbench.options import require
-from strategies.fusion import ChannelFusion, ModalityInputs, SequenceBackbone, SequenceOptions, require_channels, with_ids
+from strategies.fusion import (ChannelFusion, IdChannelOptions, SequenceBackbone, SequenceOptions,
+                               id_and_modality_channels, with_ids)
 
 
 @dataclass(frozen=True)
-class LateOptions(SequenceOptions):
+class LateOptions(IdChannelOptions, SequenceOptions):
     """``backbone``: per-channel encoder M_c. ``shared``: one encoder for all channels. ``features``:
     one channel per modality ("separate") or all modalities merged into one ("merged").
     ``fusion``/``activation``: the final fusion. ``target``: fused item embeddings or ID only.
@@ -57,10 +57,6 @@ class LateOptions(SequenceOptions):
     target: Literal["fused", "id"] = "fused"
     ids: bool = True
 
-    def check(self) -> None:
-        super().check()
-        require(self.ids or self.target == "fused", "option 'ids=false' needs target='fused' (no ID embeddings to score)")
-
 
 @STRATEGIES.register("late")
 class Late(CausalStrategy):
@@ -73,9 +69,7 @@ class Late(CausalStrategy):
     def __init__(self, ctx: StrategyContext, opts: LateOptions):
         super().__init__(ctx, opts)
         d = opts.dim
-        self.item = nn.Embedding(ctx.n_items + 1, d, padding_idx=0) if opts.ids else None
-        self.side = ModalityInputs(ctx, d, opts.feature_dropout)
-        require_channels(self.item, self.side)
+        self.item, self.side = id_and_modality_channels(ctx, d, opts.ids, opts.feature_dropout)
         n_side = len(self.side)
         self.merge: Optional[nn.Linear] = None
         if opts.features == "merged" and n_side:
