@@ -31,6 +31,9 @@ from fusionbench.options import PluginOptions, require
 from strategies.base import Strategy
 
 SELECTABLE = tuple(f"{m}@{k}" for m in METRICS for k in DEFAULT_KS)
+# "bf16": training forward passes run under bfloat16 autocast (matmuls in bf16, reductions and the
+# softmax loss in fp32). Parameters, optimizer state and every evaluation stay fp32.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class TrainOptions(PluginOptions):
     lr_step: int = 0
     lr_gamma: float = 0.1
     grad_clip: float = 0.0
+    precision: str = "fp32"
 
     def check(self) -> None:
         require(self.lr > 0, f"option 'lr' must be > 0, got {self.lr}")
@@ -59,6 +63,8 @@ class TrainOptions(PluginOptions):
         require(self.lr_step >= 0, f"option 'lr_step' must be >= 0 (0 = constant lr), got {self.lr_step}")
         require(0 < self.lr_gamma <= 1, f"option 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
         require(self.grad_clip >= 0, f"option 'grad_clip' must be >= 0 (0 = off), got {self.grad_clip}")
+        require(self.precision in PRECISIONS, f"option 'precision' must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.precision!r}")
 
 
 @dataclass
@@ -165,6 +171,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opts.lr_step, opts.lr_gamma) if opts.lr_step else None
     generator = torch.Generator().manual_seed(seed)
+    bf16 = opts.precision == "bf16"
     prefix_keys = None if model.causal_training and views.train is None else model.bucket_key(data, split.train)
     history: list[dict] = []
     best_value, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
@@ -189,7 +196,8 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         batches = _batches(model, data, split, max_len, opts.batch_size, generator, views.train, prefix_keys)
         for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
                                              disable=None if progress else True, mininterval=1.0)):
-            loss = model.loss(batch.to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model.loss(batch.to(device))
             if not torch.isfinite(loss):
                 raise TrainingError(f"{label}: non-finite loss {loss.item()} at epoch {epoch}, batch {number}; "
                                     "try a lower lr (--set train.lr=...)")

@@ -59,6 +59,19 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert torch.equal(resumed.test_ranks, full.test_ranks)
 
 
+def test_bf16_training_learns_deterministically_and_differs_from_fp32():
+    data = cyclic_data()
+    a, b = fit(data, epochs=8, precision="bf16"), fit(data, epochs=8, precision="bf16")
+    assert a.test == b.test and torch.equal(a.test_ranks, b.test_ranks)
+    assert a.test["HR@5"] > 0.5  # learns the cycle like fp32 does
+    assert a.history[0]["loss"] != fit(data, epochs=1).history[0]["loss"]  # the forward really ran in bf16
+
+
+def test_unknown_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"option 'precision' must be one of fp32, bf16, got 'fp16'"):
+        TrainOptions.build({"precision": "fp16"})
+
+
 def test_nan_loss_is_a_clear_error():
     with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 1, batch \d+"):
         fit(cyclic_data(), epochs=2, lr=1e30)
