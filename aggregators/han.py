@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -114,24 +114,34 @@ class HAN(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     # -- the two attentions ------------------------------------------------------------------
-    def homogeneous_logits(self, v: Tensor, adj_ho: Tensor) -> Tensor:
-        r""":math:`e^{ho}_{ij} = \sum_r A_r[i, j]\, a_r^\top (v_i \odot v_j)` (0 off the homogeneous edges).
+    def homogeneous_logits(self, v: Tensor, adj_ho: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        r""":math:`e^{ho}_{ij} = \sum_r A_r[i, j]\, a_r^\top (v_i \odot v_j)` (0 off the homogeneous edges),
+        for every receiving node i, or only for i = ``rows[b]`` in graph b.
 
         Channel ``SELF`` is a self loop, so only its diagonal is read: its term is
         :math:`a_{self}^\top (v_i \odot v_i)` at (i, i), O(N d). The other R_ho - 1 products
-        :math:`(V \odot a_r) V^\top` run as one ``[B, (R_ho - 1) N, d] @ [B, d, N]`` matmul.
+        :math:`(V_Q \odot a_r) V^\top` run as one ``[B, (R_ho - 1) Q, d] @ [B, d, N]`` matmul.
 
-        Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool (channel 0 = SELF)
-        -> [B, N, N].
+        Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool (channel 0 = SELF),
+        rows None or [B] long -> [B, Q, N] with Q = N, or Q = 1 with ``rows``.
         """
         batch, n, d = v.shape
-        between = adj_ho[:, 1:]
-        relations = between.shape[1]
-        left = (v[:, None] * self.att_ho[None, 1:, None, :]).reshape(batch, relations * n, d)
-        per_relation = (left @ v.transpose(1, 2)).view(batch, relations, n, n)
-        logits = (per_relation * between.to(v.dtype)).sum(1)
         self_loops = adj_ho[:, 0].diagonal(dim1=-2, dim2=-1).to(v.dtype)                  # [B, N]
-        logits.diagonal(dim1=-2, dim2=-1).add_(((v * v) @ self.att_ho[0]) * self_loops)
+        if rows is not None:
+            at = torch.arange(batch, device=v.device)
+            v_q, adj_q, self_loops = v[at, rows][:, None], adj_ho[at, :, rows][:, :, None], self_loops[at, rows][:, None]
+        else:
+            v_q, adj_q = v, adj_ho
+        between = adj_q[:, 1:]
+        relations, queries = between.shape[1], v_q.shape[1]
+        left = (v_q[:, None] * self.att_ho[None, 1:, None, :]).reshape(batch, relations * queries, d)
+        per_relation = (left @ v.transpose(1, 2)).view(batch, relations, queries, n)
+        logits = (per_relation * between.to(v.dtype)).sum(1)
+        self_term = ((v_q * v_q) @ self.att_ho[0]) * self_loops                          # [B, Q]
+        if rows is None:
+            logits.diagonal(dim1=-2, dim2=-1).add_(self_term)
+        else:
+            logits = logits.scatter_add(2, rows.view(batch, 1, 1), self_term[:, :, None])
         return logits
 
     def query_key(self, h: Tensor, node_type: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,7 +151,8 @@ class HAN(nn.Module):
     def heterogeneous_logits(self, q: Tensor, k: Tensor) -> Tensor:
         r""":math:`e^{he}_{ij} = (W_{Q,t_j} h_j) \cdot (W_{K,t_i} h_i)\,[/\sqrt d]`.
 
-        Shapes: q, k [B, N, d] (typed queries and keys of the scoring states) -> [B, N, N].
+        Shapes: q [B, N, d], k [B, Q, d] (typed queries of every node, keys of the Q receiving nodes,
+        from the scoring states) -> [B, Q, N].
         """
         e = k @ q.transpose(-1, -2)
         return e / math.sqrt(self.ctx.dim) if self.opts.scale else e
@@ -152,6 +163,21 @@ class HAN(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor) -> Tensor:
+        return zero_padded(self._update(x, adj, node_type, node_mask), node_mask)
+
+    def forward_rows(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor, rows: Tensor) -> Tensor:
+        """``forward(x, adj, node_type, node_mask)[b, rows[b]]`` without the other rows' outputs (a
+        readout that reads one node per graph). Phase-1 attention still covers every node (phase-2
+        scores read every neighbour's phase-1 state); the last phase and the gate run for ``rows`` only,
+        which halves the attention work of the two-phase updates. ``rows`` must be real nodes.
+
+        Shapes: as ``forward``, rows [B] long -> [B, d].
+        """
+        return self._update(x, adj, node_type, node_mask, rows)[:, 0]
+
+    def _update(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor,
+                rows: Optional[Tensor] = None) -> Tensor:
+        """The update rule, for every node (``rows`` None: [B, N, d]) or for ``rows`` ([B, 1, d])."""
         h = zero_padded(x, node_mask)
         pairs = pair_mask(node_mask)[:, None]
         adj_ho = adj[:, self.homo] & pairs                                    # [B, R_ho, N, N]
@@ -159,39 +185,41 @@ class HAN(nn.Module):
         mask_he = adj[:, self.hetero].any(1) & pairs[:, 0]                    # [B, N, N]
         value = lambda s: typed_linear(s, node_type, self.w_v)              # noqa: E731
         q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
+        at = None if rows is None else torch.arange(x.shape[0], device=x.device)
 
-        def homo(score_v: Tensor, values: Tensor) -> Tensor:
-            return self._attend(self.homogeneous_logits(score_v, adj_ho), mask_ho, values)
+        def homo(score_v: Tensor, values: Tensor, rows: Optional[Tensor]) -> Tensor:
+            mask = mask_ho if rows is None else mask_ho[at, rows][:, None]
+            return self._attend(self.homogeneous_logits(score_v, adj_ho, rows), mask, values)
 
-        def hetero(score_h: Tensor, values: Tensor) -> Tensor:
-            qk = (q, k) if score_h is h else self.query_key(score_h, node_type)
-            return self._attend(self.heterogeneous_logits(*qk), mask_he, values)
+        def hetero(score_h: Tensor, values: Tensor, rows: Optional[Tensor]) -> Tensor:
+            q_, k_ = (q, k) if score_h is h else self.query_key(score_h, node_type)
+            mask = mask_he if rows is None else mask_he[at, rows][:, None]
+            keys = k_ if rows is None else k_[at, rows][:, None]
+            return self._attend(self.heterogeneous_logits(q_, keys), mask, values)
 
         update = self.opts.update
+        first = rows if update in ("ho", "he", "sync") else None  # phase 1 is the last phase there
         if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
-            u_ho = homo(v, v)
+            u_ho = homo(v, v, first)
         if update in ("he", "sync", "ni_heho", "heho", "gate"):
-            u_he = hetero(h, v)
+            u_he = hetero(h, v, first)
 
         if update == "ho":
-            out = u_ho
-        elif update == "he":
-            out = u_he
-        elif update == "sync":
-            out = self.sync(torch.cat([u_ho, u_he], -1))
-        elif update == "ni_hohe":
-            out = hetero(u_ho, v)
-        elif update == "ni_heho":
-            out = homo(value(u_he), v)
-        elif update == "hohe":
-            out = hetero(u_ho, value(u_ho))
-        elif update == "heho":
+            return u_ho
+        if update == "he":
+            return u_he
+        if update == "sync":
+            return self.sync(torch.cat([u_ho, u_he], -1))
+        if update == "ni_hohe":
+            return hetero(u_ho, v, rows)
+        if update == "ni_heho":
+            return homo(value(u_he), v, rows)
+        if update == "hohe":
+            return hetero(u_ho, value(u_ho), rows)
+        if update == "heho":
             w = value(u_he)
-            out = homo(w, w)
-        else:
-            hohe, heho = hetero(u_ho, v), homo(value(u_he), v)
-            out = self.mix(hohe, heho)
-        return zero_padded(out, node_mask)
+            return homo(w, w, rows)
+        return self.mix(hetero(u_ho, v, rows), homo(value(u_he), v, rows))
 
     def gate_weights(self, hohe: Tensor, heho: Tensor) -> Tensor:
         """β ``[B, N, 2]`` of the update gate (Eq. 16), from the two candidates ``[B, N, d]``."""

@@ -12,7 +12,8 @@ inputs (mmsr.md §4):
 with P_x the positions where node x occurs (counted from the most recent item by default). The
 chosen aggregator propagates (``han`` = the paper's dual attention with the asynchronous update gate);
 after each layer dropout is applied and padded nodes are zeroed. The sequence representation is the
-final state of the last item's node, and items are scored against the input item embeddings:
+final state of the last item's node (an aggregator with ``forward_rows`` computes the last layer for that
+node only), and items are scored against the input item embeddings:
 
 .. math:: \hat y_v = \langle h^{L}_{\mathrm{last}},\ e_v \rangle
 
@@ -182,8 +183,12 @@ class MMSR(Strategy):
         h = self.node_inputs(g)
         if self.opts.backend == "dgl":
             return self._encode_sparse(g, h)
-        for layer in self.layers:
+        *inner, last = self.layers
+        for layer in inner:
             h = self.drop(layer(h, g.adj, g.node_type, g.node_mask)) * g.node_mask[..., None]
+        if hasattr(last, "forward_rows"):  # the readout needs the last item's row only
+            return self.drop(last.forward_rows(h, g.adj, g.node_type, g.node_mask, g.last_node))
+        h = self.drop(last(h, g.adj, g.node_type, g.node_mask))
         return h[torch.arange(h.shape[0], device=h.device), g.last_node]
 
     def _encode_sparse(self, g: MSGraph, h: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from aggregators.graphormer import shortest_path_distances
 from aggregators.han import UPDATES
 from fusionbench.context import AggregatorContext
 from fusionbench.registry import AGGREGATORS
+from test_aggregators_contract import typed_graph
 
 # relation channels for two modalities (R = 10): 0 self, 1 seq-out, 2 seq-in, 3 seq-both,
 # 4 item<-image, 5 image<-item, 6 item<-text, 7 text<-item, 8 image<-text, 9 text<-image
@@ -241,6 +242,24 @@ def test_han_update_modes_match_explicit_formulas(update):
     with torch.no_grad():
         torch.testing.assert_close(out[0], naive_han(model, x, adj, node_type, node_mask, update))
     assert torch.isfinite(out).all() and (out[0, 6] == 0).all()
+
+
+@pytest.mark.parametrize("update", UPDATES)
+def test_han_forward_rows_is_forward_at_those_rows_with_the_same_gradients(update):
+    ctx, x, adj, node_type, node_mask = typed_graph(batch=4, nodes=9, dim=6, seed=5)
+    model = AGGREGATORS.create("han", ctx, update=update).double().eval()
+    x = x.double().requires_grad_()
+    rows = torch.tensor([8, 0, 3, 5])
+    rows = torch.where(node_mask[torch.arange(4), rows], rows, 0)          # real nodes only
+    full = model(x, adj, node_type, node_mask)[torch.arange(4), rows]
+    full_grads = torch.autograd.grad(full.sum(), [x, *model.parameters()], allow_unused=True)
+    picked = model.forward_rows(x, adj, node_type, node_mask, rows)
+    row_grads = torch.autograd.grad(picked.sum(), [x, *model.parameters()], allow_unused=True)
+    torch.testing.assert_close(picked, full)
+    for a, b in zip(full_grads, row_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a)
 
 
 @pytest.mark.parametrize("gate", ["concat", "per_candidate"])

@@ -32,6 +32,19 @@ def test_every_table3_aggregator_runs_on_the_msgraph(aggregator):
     assert model.score(tiny_batch()).shape == (6, N_ITEMS + 1)
 
 
+@pytest.mark.parametrize("aggregator", ["han", "gat"])
+def test_readout_of_the_last_node_equals_the_full_last_layer(aggregator):
+    """MMSR computes its last layer for the last item's node only when the aggregator can
+    (``forward_rows``); the encoding must equal the full layer read at that node."""
+    model = mmsr(aggregator=aggregator, layers=2).eval()
+    batch = tiny_batch()
+    g = model.graph(batch)
+    h = model.node_inputs(g)
+    for layer in model.layers:
+        h = layer(h, g.adj, g.node_type, g.node_mask) * g.node_mask[..., None]
+    torch.testing.assert_close(model.encode(batch), h[torch.arange(h.shape[0]), g.last_node])
+
+
 def test_update_is_only_for_han():
     with pytest.raises(OptionError, match="'update' applies to the han aggregator only"):
         mmsr(aggregator="gcn", update="sync")

@@ -2,7 +2,8 @@
 
 Each model is configured as ``fusionbench run --strategy NAME`` would (default options, default
 modality channels ``attr`` + ``text`` for the fusion strategies); the batch is the first-epoch batch of
-mean width (``conftest.typical_batch``). MMSR's step includes building its MSGraphs.
+mean width (``conftest.typical_batch``). MMSR's step includes building its MSGraphs; ``mmsr-bf16`` is
+the same step as ``--set train.precision=bf16`` runs it (forward under bfloat16 autocast).
 """
 import pytest
 import torch
@@ -10,18 +11,20 @@ import torch
 pytestmark = pytest.mark.benchmark
 
 STRATEGIES = ["sasrec", "early", "late", "trans2d", "mmsr"]
+CASES = [pytest.param(name, "fp32", id=name) for name in STRATEGIES] + [pytest.param("mmsr", "bf16", id="mmsr-bf16")]
 
 
 @pytest.mark.benchmark(group="train-step")
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_train_step(benchmark, measure, name, make_model, typical_batch):
+@pytest.mark.parametrize("name, precision", CASES)
+def test_train_step(benchmark, measure, name, precision, make_model, typical_batch):
     model, config = make_model(name)
     batch = typical_batch(model, config)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config["train"]["lr"], fused=True)  # as train() has it
 
     def step():
-        loss = model.loss(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model.loss(batch)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -31,5 +34,5 @@ def test_train_step(benchmark, measure, name, make_model, typical_batch):
     benchmark.extra_info.update(
         rows=batch.size, width=batch.items.shape[1], causal=model.causal_training,
         parameters=sum(p.numel() for p in model.parameters()), dim=config["strategy_options"]["dim"],
-        modalities=",".join(model.ctx.modalities),
+        modalities=",".join(model.ctx.modalities), precision=precision,
     )
