@@ -116,20 +116,21 @@ class HAN(nn.Module):
     # -- the two attentions ------------------------------------------------------------------
     def homogeneous_logits(self, v: Tensor, adj_ho: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         r""":math:`e^{ho}_{ij} = \sum_r A_r[i, j]\, a_r^\top (v_i \odot v_j)` (0 off the homogeneous edges),
-        for every receiving node i, or only for i = ``rows[b]`` in graph b.
+        for every receiving node i, or only for the Q nodes i = ``rows[b, q]`` of graph b.
 
         Channel ``SELF`` is a self loop, so only its diagonal is read: its term is
         :math:`a_{self}^\top (v_i \odot v_i)` at (i, i), O(N d). The other R_ho - 1 products
         :math:`(V_Q \odot a_r) V^\top` run as one ``[B, (R_ho - 1) Q, d] @ [B, d, N]`` matmul.
 
         Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool (channel 0 = SELF),
-        rows None or [B] long -> [B, Q, N] with Q = N, or Q = 1 with ``rows``.
+        rows None or [B, Q] long -> [B, Q, N] (Q = N without ``rows``).
         """
         batch, n, d = v.shape
         self_loops = adj_ho[:, 0].diagonal(dim1=-2, dim2=-1).to(v.dtype)                  # [B, N]
         if rows is not None:
-            at = torch.arange(batch, device=v.device)
-            v_q, adj_q, self_loops = v[at, rows][:, None], adj_ho[at, :, rows][:, :, None], self_loops[at, rows][:, None]
+            at = torch.arange(batch, device=v.device)[:, None]
+            v_q, self_loops = v[at, rows], self_loops[at, rows]                           # [B, Q, d], [B, Q]
+            adj_q = adj_ho.transpose(1, 2)[at, rows].transpose(1, 2)                       # [B, R_ho, Q, N]
         else:
             v_q, adj_q = v, adj_ho
         between = adj_q[:, 1:]
@@ -141,7 +142,7 @@ class HAN(nn.Module):
         if rows is None:
             logits.diagonal(dim1=-2, dim2=-1).add_(self_term)
         else:
-            logits = logits.scatter_add(2, rows.view(batch, 1, 1), self_term[:, :, None])
+            logits = logits.scatter_add(2, rows[..., None], self_term[..., None])
         return logits
 
     def query_key(self, h: Tensor, node_type: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,17 +168,41 @@ class HAN(nn.Module):
 
     def forward_rows(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor, rows: Tensor) -> Tensor:
         """``forward(x, adj, node_type, node_mask)[b, rows[b]]`` without the other rows' outputs (a
-        readout that reads one node per graph). Phase-1 attention still covers every node (phase-2
-        scores read every neighbour's phase-1 state); the last phase and the gate run for ``rows`` only,
-        which halves the attention work of the two-phase updates. ``rows`` must be real nodes.
+        readout that reads one node per graph). The last phase and the gate run for ``rows`` only; a
+        two-phase update runs phase 1 for the rows' neighbourhoods only (:meth:`neighbourhoods`), as
+        phase 2 at a node reads phase-1 states of that node and its neighbours and nothing else.
+        ``rows`` must be real nodes.
 
         Shapes: as ``forward``, rows [B] long -> [B, d].
         """
-        return self._update(x, adj, node_type, node_mask, rows)[:, 0]
+        return self._update(x, adj, node_type, node_mask, rows[:, None])[:, 0]
+
+    @staticmethod
+    def neighbourhoods(adj: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Each row node with its in-neighbours over all relations, as a padded index set.
+
+        Returns ``members [B, K]`` (K = the largest neighbourhood of the batch; the row node itself
+        pads shorter sets, so every entry is a real node) and ``slot [B, N]``: the position of node j
+        in ``members[b]``, or K for nodes outside the neighbourhood.
+
+        Shapes: adj [B, R, N, N] bool, rows [B, 1] long -> [B, K], [B, N].
+        """
+        batch, n = adj.shape[0], adj.shape[-1]
+        at = torch.arange(batch, device=adj.device)[:, None]
+        inside = adj.transpose(1, 2)[at, rows].any(2)[:, 0]                          # [B, N]
+        inside[at, rows] = True
+        count = inside.sum(1, keepdim=True)
+        k = int(count.max())
+        order = torch.argsort((~inside).to(torch.int8), dim=1, stable=True)[:, :k]   # members first
+        real = torch.arange(k, device=adj.device)[None] < count
+        slot = torch.full((batch, n), k, dtype=torch.long, device=adj.device)
+        slot[at, order] = torch.where(real, torch.arange(k, device=adj.device)[None], k)
+        return torch.where(real, order, rows), slot
 
     def _update(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor,
                 rows: Optional[Tensor] = None) -> Tensor:
-        """The update rule, for every node (``rows`` None: [B, N, d]) or for ``rows`` ([B, 1, d])."""
+        """The update rule for every node (``rows`` None: [B, N, d]) or for the query nodes ``rows``
+        ([B, Q] -> [B, Q, d])."""
         h = zero_padded(x, node_mask)
         pairs = pair_mask(node_mask)[:, None]
         adj_ho = adj[:, self.homo] & pairs                                    # [B, R_ho, N, N]
@@ -185,24 +210,29 @@ class HAN(nn.Module):
         mask_he = adj[:, self.hetero].any(1) & pairs[:, 0]                    # [B, N, N]
         value = lambda s: typed_linear(s, node_type, self.w_v)              # noqa: E731
         q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
-        at = None if rows is None else torch.arange(x.shape[0], device=x.device)
+        at = torch.arange(x.shape[0], device=x.device)[:, None]
+        take = lambda t, idx: t if idx is None else t[at, idx]             # noqa: E731  [B, N, ...] -> [B, Q, ...]
 
-        def homo(score_v: Tensor, values: Tensor, rows: Optional[Tensor]) -> Tensor:
-            mask = mask_ho if rows is None else mask_ho[at, rows][:, None]
-            return self._attend(self.homogeneous_logits(score_v, adj_ho, rows), mask, values)
+        def homo(score_v: Tensor, values: Tensor, idx: Optional[Tensor]) -> Tensor:
+            return self._attend(self.homogeneous_logits(score_v, adj_ho, idx), take(mask_ho, idx), values)
 
-        def hetero(score_h: Tensor, values: Tensor, rows: Optional[Tensor]) -> Tensor:
+        def hetero(score_h: Tensor, values: Tensor, idx: Optional[Tensor]) -> Tensor:
             q_, k_ = (q, k) if score_h is h else self.query_key(score_h, node_type)
-            mask = mask_he if rows is None else mask_he[at, rows][:, None]
-            keys = k_ if rows is None else k_[at, rows][:, None]
-            return self._attend(self.heterogeneous_logits(q_, keys), mask, values)
+            return self._attend(self.heterogeneous_logits(q_, take(k_, idx)), take(mask_he, idx), values)
 
         update = self.opts.update
-        first = rows if update in ("ho", "he", "sync") else None  # phase 1 is the last phase there
+        if update in ("ho", "he", "sync"):  # one phase: it is the last
+            first, spread = rows, (lambda u: u)
+        elif rows is None:
+            first, spread = None, (lambda u: u)
+        else:  # phase 1 on the rows' neighbourhoods, scattered back to [B, N, d] (zeros elsewhere, never read)
+            first, slot = self.neighbourhoods(adj, rows)
+            spread = lambda u: torch.cat([u, u.new_zeros(u.shape[0], 1, u.shape[2])], 1).gather(  # noqa: E731
+                1, slot[..., None].expand(-1, -1, u.shape[2]))
         if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
-            u_ho = homo(v, v, first)
+            u_ho = spread(homo(v, v, first))
         if update in ("he", "sync", "ni_heho", "heho", "gate"):
-            u_he = hetero(h, v, first)
+            u_he = spread(hetero(h, v, first))
 
         if update == "ho":
             return u_ho
