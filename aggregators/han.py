@@ -199,10 +199,17 @@ class HAN(nn.Module):
         slot[at, order] = torch.where(real, torch.arange(k, device=adj.device)[None], k)
         return torch.where(real, order, rows), slot
 
+    @staticmethod
+    def spread(states: Tensor, slot: Tensor) -> Tensor:
+        """The neighbourhood states ``[B, K, d]`` placed at their nodes by ``slot`` ``[B, N]`` (from
+        :meth:`neighbourhoods`), zeros at the nodes outside -> ``[B, N, d]``."""
+        padded = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], 1)
+        return padded.gather(1, slot[..., None].expand(-1, -1, states.shape[2]))
+
     def _update(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor,
                 rows: Optional[Tensor] = None) -> Tensor:
-        """The update rule for every node (``rows`` None: [B, N, d]) or for the query nodes ``rows``
-        ([B, Q] -> [B, Q, d])."""
+        """The update rule for every node (``rows`` None: [B, N, d]) or for one query node per graph
+        (``rows`` [B, 1] -> [B, 1, d])."""
         h = zero_padded(x, node_mask)
         pairs = pair_mask(node_mask)[:, None]
         adj_ho = adj[:, self.homo] & pairs                                    # [B, R_ho, N, N]
@@ -212,6 +219,7 @@ class HAN(nn.Module):
         q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
         at = torch.arange(x.shape[0], device=x.device)[:, None]
         take = lambda t, idx: t if idx is None else t[at, idx]             # noqa: E731  [B, N, ...] -> [B, Q, ...]
+        keep = lambda u: u                                                  # noqa: E731
 
         def homo(score_v: Tensor, values: Tensor, idx: Optional[Tensor]) -> Tensor:
             return self._attend(self.homogeneous_logits(score_v, adj_ho, idx), take(mask_ho, idx), values)
@@ -222,13 +230,12 @@ class HAN(nn.Module):
 
         update = self.opts.update
         if update in ("ho", "he", "sync"):  # one phase: it is the last
-            first, spread = rows, (lambda u: u)
+            first, spread = rows, keep
         elif rows is None:
-            first, spread = None, (lambda u: u)
-        else:  # phase 1 on the rows' neighbourhoods, scattered back to [B, N, d] (zeros elsewhere, never read)
+            first, spread = None, keep
+        else:  # phase 1 on the rows' neighbourhoods, placed back at their nodes (zeros elsewhere, never read)
             first, slot = self.neighbourhoods(adj, rows)
-            spread = lambda u: torch.cat([u, u.new_zeros(u.shape[0], 1, u.shape[2])], 1).gather(  # noqa: E731
-                1, slot[..., None].expand(-1, -1, u.shape[2]))
+            spread = lambda u: self.spread(u, slot)                       # noqa: E731
         if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
             u_ho = spread(homo(v, v, first))
         if update in ("he", "sync", "ni_heho", "heho", "gate"):
