@@ -38,6 +38,15 @@ def masked_adjacency(adj: Tensor, node_mask: Tensor, channels: Optional[Sequence
     return adj & pair_mask(node_mask)[:, None]
 
 
+def adjacency_rows(adj: Tensor, rows: Tensor) -> Tensor:
+    """The in-edges of the query nodes ``rows[b, q]`` only: ``adj[b, :, rows[b, q], :]``.
+
+    Shapes: adj [B, R, N, N], rows [B, Q] long -> [B, R, Q, N].
+    """
+    at = torch.arange(adj.shape[0], device=adj.device)[:, None]
+    return adj.transpose(1, 2)[at, rows].transpose(1, 2)
+
+
 def relation_union(adj: Tensor, node_mask: Tensor, channels: Optional[Sequence[int]] = None,
                    self_loops: Optional[bool] = None) -> Tensor:
     """Union over relations of the edges between real nodes.

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aggregators.attention import glorot_, masked_softmax, pair_mask, typed_linear, zero_padded
+from aggregators.attention import adjacency_rows, glorot_, masked_softmax, pair_mask, typed_linear, zero_padded
 from aggregators.base import SELF, heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
@@ -130,7 +130,7 @@ class HAN(nn.Module):
         if rows is not None:
             at = torch.arange(batch, device=v.device)[:, None]
             v_q, self_loops = v[at, rows], self_loops[at, rows]                           # [B, Q, d], [B, Q]
-            adj_q = adj_ho.transpose(1, 2)[at, rows].transpose(1, 2)                       # [B, R_ho, Q, N]
+            adj_q = adjacency_rows(adj_ho, rows)                                           # [B, R_ho, Q, N]
         else:
             v_q, adj_q = v, adj_ho
         between = adj_q[:, 1:]
@@ -189,7 +189,7 @@ class HAN(nn.Module):
         """
         batch, n = adj.shape[0], adj.shape[-1]
         at = torch.arange(batch, device=adj.device)[:, None]
-        inside = adj.transpose(1, 2)[at, rows].any(2)[:, 0]                          # [B, N]
+        inside = adjacency_rows(adj, rows).any(1)[:, 0]                              # [B, N]
         inside[at, rows] = True
         count = inside.sum(1, keepdim=True)
         k = int(count.max())

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
-from aggregators.attention import glorot_, masked_adjacency, typed_linear, zero_padded
+from aggregators.attention import adjacency_rows, glorot_, masked_adjacency, typed_linear, zero_padded
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
@@ -70,17 +70,30 @@ class HGNN(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor) -> Tensor:
+        return zero_padded(self._convolve(x, adj, node_type, node_mask), node_mask)
+
+    def forward_rows(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor, rows: Tensor) -> Tensor:
+        """``forward(...)[b, rows[b]]``, aggregating for the query nodes only; rows [B] long -> [B, d]."""
+        return self._convolve(x, adj, node_type, node_mask, rows[:, None])[:, 0]
+
+    def _convolve(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor,
+                  rows: Optional[Tensor] = None) -> Tensor:
+        """Outputs of every node ``[B, N, d]``, or of the query nodes ``rows`` [B, Q] (``[B, Q, d]``)."""
         x = zero_padded(x, node_mask)
         a = masked_adjacency(adj, node_mask).to(x.dtype)                      # [B, R, N, N]
-        agg = a @ x[:, None]                                                   # [B, R, N, d]
+        centre, centre_type = x, node_type
+        if rows is not None:                                                   # receivers: the queries only
+            at = torch.arange(x.shape[0], device=x.device)[:, None]
+            a, centre, centre_type = adjacency_rows(a, rows), x[at, rows], node_type[at, rows]
+        agg = a @ x[:, None]                                                   # [B, R, Q, d]
         if self.opts.aggr == "mean":
             agg = agg / a.sum(-1, keepdim=True).clamp_min(1.0)
         out = torch.einsum("brnd,rde->bne", agg, self.weight)
         if self.root is not None:
-            out = out + (typed_linear(x, node_type, self.root) if self.opts.typed_root else x @ self.root)
+            out = out + (typed_linear(centre, centre_type, self.root) if self.opts.typed_root else centre @ self.root)
         if self.bias is not None:
             out = out + self.bias
-        return zero_padded(out, node_mask)
+        return out
 
     def extra_repr(self) -> str:
         return (f"{self.ctx.dim}, {self.ctx.dim}, relations={self.ctx.n_relations}, aggr={self.opts.aggr}, "

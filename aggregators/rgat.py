@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aggregators.attention import check_divisible, glorot_, masked_adjacency, masked_softmax, zero_padded
+from aggregators.attention import (adjacency_rows, check_divisible, glorot_, masked_adjacency, masked_softmax,
+                                  zero_padded)
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
@@ -87,23 +88,34 @@ class RGAT(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor) -> Tensor:
+        return zero_padded(self._propagate(x, adj, node_mask), node_mask)
+
+    def forward_rows(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor, rows: Tensor) -> Tensor:
+        """``forward(...)[b, rows[b]]``, attending for the query nodes only; rows [B] long -> [B, d]."""
+        return self._propagate(x, adj, node_mask, rows[:, None])[:, 0]
+
+    def _propagate(self, x: Tensor, adj: Tensor, node_mask: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """Outputs of every node ``[B, N, d]``, or of the query nodes ``rows`` [B, Q] (``[B, Q, d]``)."""
         a = masked_adjacency(adj, node_mask)                                  # [B, R, N, N]
         g = torch.einsum("bnd,rde->brne", zero_padded(x, node_mask), self.weight)   # [B, R, N, H*C]
         q = (g @ self.q).transpose(-1, -2)                                     # [B, R, H, N]
         k = (g @ self.k).transpose(-1, -2)
+        if rows is not None:                                                   # receivers: the queries only
+            a = adjacency_rows(a, rows)                                        # [B, R, Q, N]
+            q = q.gather(-1, rows[:, None, None, :].expand(*q.shape[:3], -1))  # [B, R, H, Q]
         if self.opts.mode == "additive":
             scores = F.leaky_relu(q[..., :, None] + k[..., None, :], self.opts.negative_slope)
         else:
-            scores = q[..., :, None] * k[..., None, :]                         # [B, R, H, N, N]
+            scores = q[..., :, None] * k[..., None, :]                         # [B, R, H, Q, N]
         dims = (1, -1) if self.opts.mechanism == "across-relation" else -1
         alpha = masked_softmax(scores, a[:, :, None], dim=dims)
         alpha = F.dropout(alpha, self.opts.attn_dropout, self.training)
         g = g.unflatten(-1, (self.heads, self.head_dim))                       # [B, R, N, H, C]
-        out = torch.einsum("brhij,brjhc->bihc", alpha, g)                      # [B, N, H, C]
+        out = torch.einsum("brhij,brjhc->bihc", alpha, g)                      # [B, Q, H, C]
         out = out.flatten(-2) if self.opts.concat else out.mean(-2)
         if self.bias is not None:
             out = out + self.bias
-        return zero_padded(out, node_mask)
+        return out
 
     def extra_repr(self) -> str:
         return (f"{self.ctx.dim}, {self.ctx.dim}, relations={self.ctx.n_relations}, heads={self.heads}, "

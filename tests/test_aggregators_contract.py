@@ -134,6 +134,41 @@ def test_gradients_reach_every_parameter(name):
         assert p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
 
 
+ROW_READERS = [n for n in NAMES if hasattr(AGGREGATORS.get(n), "forward_rows")]
+
+
+def test_the_heavy_aggregators_read_rows():
+    """The optional ``forward_rows`` is what makes MMSR's last layer cheap; keep the ones that have it."""
+    assert {"han", "rgat", "hgnn"} <= set(ROW_READERS)
+
+
+ROW_CASES = [(n, {}) for n in ROW_READERS] + [
+    ("rgat", {"mechanism": "within-relation", "mode": "multiplicative", "heads": 2}),
+    ("rgat", {"heads": 2, "concat": False}),
+    ("hgnn", {"aggr": "sum", "typed_root": True}),
+]
+
+
+@pytest.mark.parametrize("name, opts", ROW_CASES)
+def test_forward_rows_is_forward_at_those_rows(name, opts):
+    """Optional ``forward_rows(x, adj, node_type, node_mask, rows [B]) -> [B, d]``: equal to ``forward`` read
+    at ``rows`` (real nodes), gradients included."""
+    ctx, x, adj, node_type, node_mask = typed_graph(batch=4, nodes=9, seed=8)
+    model = build(name, ctx, **opts).double().eval()
+    x = x.double().requires_grad_()
+    rows = torch.tensor([8, 0, 3, 5])
+    rows = torch.where(node_mask[torch.arange(4), rows], rows, 0)
+    params = [x, *model.parameters()]
+    full = model(x, adj, node_type, node_mask)[torch.arange(4), rows]
+    picked = model.forward_rows(x, adj, node_type, node_mask, rows)
+    torch.testing.assert_close(picked, full)
+    for a, b in zip(torch.autograd.grad(full.square().sum(), params, allow_unused=True),
+                    torch.autograd.grad(picked.square().sum(), params, allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_output(name):
     ctx, x, adj, node_type, node_mask = typed_graph(seed=5)
