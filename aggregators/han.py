@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aggregators.attention import adjacency_rows, glorot_, masked_softmax, pair_mask, typed_linear, zero_padded
+from aggregators.attention import adjacency_rows, glorot_, masked_softmax, typed_linear, zero_padded
 from aggregators.base import SELF, heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
@@ -122,32 +122,27 @@ class HAN(nn.Module):
         :math:`a_{self}^\top (v_i \odot v_i)` at (i, i), O(N d). The other R_ho - 1 products
         :math:`(V_Q \odot a_r) V^\top` run as one ``[B, (R_ho - 1) Q, d] @ [B, d, N]`` matmul.
 
-        Shapes: v [B, N, d] (already through W_V), adj_ho [B, R_ho, N, N] bool (channel 0 = SELF),
-        rows None or [B, Q] long -> [B, Q, N] (Q = N without ``rows``).
+        Shapes: v [B, N, d] (already through W_V); adj_ho [B, R_ho, N, N] bool (channel 0 = SELF), or with
+        rows [B, Q] long only the rows' in-edges [B, R_ho, Q, N] (``attention.adjacency_rows``)
+        -> [B, Q, N] (Q = N without ``rows``).
         """
         batch, n, d = v.shape
-        self_loops = adj_ho[:, 0].diagonal(dim1=-2, dim2=-1).to(v.dtype)                  # [B, N]
-        if rows is not None:
-            at = torch.arange(batch, device=v.device)[:, None]
-            v_q, self_loops = v[at, rows], self_loops[at, rows]                           # [B, Q, d], [B, Q]
-            adj_q = adjacency_rows(adj_ho, rows)                                           # [B, R_ho, Q, N]
+        if rows is None:
+            v_q, self_loops = v, adj_ho[:, 0].diagonal(dim1=-2, dim2=-1)                   # [B, N]
         else:
-            v_q, adj_q = v, adj_ho
-        between = adj_q[:, 1:]
+            v_q = v[torch.arange(batch, device=v.device)[:, None], rows]                   # [B, Q, d]
+            self_loops = adj_ho[:, 0].gather(-1, rows[..., None])[..., 0]                  # [B, Q]
+        between = adj_ho[:, 1:]
         relations, queries = between.shape[1], v_q.shape[1]
         left = (v_q[:, None] * self.att_ho[None, 1:, None, :]).reshape(batch, relations * queries, d)
         per_relation = (left @ v.transpose(1, 2)).view(batch, relations, queries, n)
         logits = (per_relation * between.to(v.dtype)).sum(1)
-        self_term = ((v_q * v_q) @ self.att_ho[0]) * self_loops                          # [B, Q]
+        self_term = ((v_q * v_q) @ self.att_ho[0]) * self_loops.to(v.dtype)              # [B, Q]
         if rows is None:
             logits.diagonal(dim1=-2, dim2=-1).add_(self_term)
         else:
             logits = logits.scatter_add(2, rows[..., None], self_term[..., None])
         return logits
-
-    def query_key(self, h: Tensor, node_type: Tensor) -> tuple[Tensor, Tensor]:
-        """Typed queries and keys ``[B, N, d]`` each, from one grouped matmul."""
-        return typed_linear(h, node_type, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)
 
     def heterogeneous_logits(self, q: Tensor, k: Tensor) -> Tensor:
         r""":math:`e^{he}_{ij} = (W_{Q,t_j} h_j) \cdot (W_{K,t_i} h_i)\,[/\sqrt d]`.
@@ -206,57 +201,76 @@ class HAN(nn.Module):
         padded = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], 1)
         return padded.gather(1, slot[..., None].expand(-1, -1, states.shape[2]))
 
+    def edges(self, adj: Tensor, node_mask: Tensor, rows: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """In-edges between real nodes of every node, or of the query nodes ``rows`` only: the homogeneous
+        channels ``[B, R_ho, Q, N]`` and the masks of homogeneous / heterogeneous neighbours ``[B, Q, N]``.
+
+        Shapes: adj [B, R, N, N] bool, node_mask [B, N], rows None or [B, Q] long (Q = N without rows).
+        """
+        if rows is None:
+            real = node_mask[:, :, None]
+        else:
+            adj = adjacency_rows(adj, rows)
+            real = node_mask[torch.arange(adj.shape[0], device=adj.device)[:, None], rows][..., None]
+        pairs = real & node_mask[:, None, :]                                  # [B, Q, N]
+        adj_ho = adj[:, self.homo] & pairs[:, None]
+        return adj_ho, adj_ho.any(1), adj[:, self.hetero].any(1) & pairs
+
     def _update(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor,
                 rows: Optional[Tensor] = None) -> Tensor:
         """The update rule for every node (``rows`` None: [B, N, d]) or for one query node per graph
-        (``rows`` [B, 1] -> [B, 1, d])."""
+        (``rows`` [B, 1] -> [B, 1, d]).
+
+        With ``rows``, phase 1 runs for the query nodes ``first`` (the rows themselves when phase 1 is the
+        last phase, else their neighbourhoods) and its outputs stay in that ``[B, K, d]`` space; phase 2
+        reads them through ``mapped`` (typed map of the K states, placed at their nodes)."""
         h = zero_padded(x, node_mask)
-        pairs = pair_mask(node_mask)[:, None]
-        adj_ho = adj[:, self.homo] & pairs                                    # [B, R_ho, N, N]
-        mask_ho = adj_ho.any(1)
-        mask_he = adj[:, self.hetero].any(1) & pairs[:, 0]                    # [B, N, N]
-        value = lambda s: typed_linear(s, node_type, self.w_v)              # noqa: E731
         q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
         at = torch.arange(x.shape[0], device=x.device)[:, None]
-        take = lambda t, idx: t if idx is None else t[at, idx]             # noqa: E731  [B, N, ...] -> [B, Q, ...]
-        keep = lambda u: u                                                  # noqa: E731
-
-        def homo(score_v: Tensor, values: Tensor, idx: Optional[Tensor]) -> Tensor:
-            return self._attend(self.homogeneous_logits(score_v, adj_ho, idx), take(mask_ho, idx), values)
-
-        def hetero(score_h: Tensor, values: Tensor, idx: Optional[Tensor]) -> Tensor:
-            q_, k_ = (q, k) if score_h is h else self.query_key(score_h, node_type)
-            return self._attend(self.heterogeneous_logits(q_, take(k_, idx)), take(mask_he, idx), values)
-
         update = self.opts.update
-        if update in ("ho", "he", "sync"):  # one phase: it is the last
-            first, spread = rows, keep
-        elif rows is None:
-            first, spread = None, keep
-        else:  # phase 1 on the rows' neighbourhoods, placed back at their nodes (zeros elsewhere, never read)
+        one_phase = update in ("ho", "he", "sync")
+        if rows is None or one_phase:
+            first, place = rows, (lambda u: u)
+        else:
             first, slot = self.neighbourhoods(adj, rows)
-            spread = lambda u: self.spread(u, slot)                       # noqa: E731
-        if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
-            u_ho = spread(homo(v, v, first))
-        if update in ("he", "sync", "ni_heho", "heho", "gate"):
-            u_he = spread(hetero(h, v, first))
+            place = lambda u: self.spread(u, slot)                          # noqa: E731
+        first_type = node_type if first is None else node_type[at, first]
 
+        def mapped(u: Tensor, weight: Tensor) -> Tensor:  # phase-1 states -> typed map at every node [B, N, *]
+            return place(typed_linear(u, first_type, weight))
+
+        def homo(score_v: Tensor, values: Tensor, idx: Optional[Tensor], edges) -> Tensor:
+            adj_ho, mask_ho, _ = edges
+            return self._attend(self.homogeneous_logits(score_v, adj_ho, idx), mask_ho, values)
+
+        def hetero(queries: Tensor, keys: Tensor, values: Tensor, idx: Optional[Tensor], edges) -> Tensor:
+            keys = keys if idx is None else keys[at, idx]
+            return self._attend(self.heterogeneous_logits(queries, keys), edges[2], values)
+
+        edges_1 = self.edges(adj, node_mask, first)
+        if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
+            u_ho = homo(v, v, first, edges_1)
+        if update in ("he", "sync", "ni_heho", "heho", "gate"):
+            u_he = hetero(q, k, v, first, edges_1)
         if update == "ho":
             return u_ho
         if update == "he":
             return u_he
         if update == "sync":
             return self.sync(torch.cat([u_ho, u_he], -1))
+
+        edges_2 = edges_1 if rows is None else self.edges(adj, node_mask, rows)
+        query_key = lambda u: mapped(u, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)  # noqa: E731
         if update == "ni_hohe":
-            return hetero(u_ho, v, rows)
+            return hetero(*query_key(u_ho), v, rows, edges_2)
         if update == "ni_heho":
-            return homo(value(u_he), v, rows)
+            return homo(mapped(u_he, self.w_v), v, rows, edges_2)
         if update == "hohe":
-            return hetero(u_ho, value(u_ho), rows)
+            return hetero(*query_key(u_ho), mapped(u_ho, self.w_v), rows, edges_2)
         if update == "heho":
-            w = value(u_he)
-            return homo(w, w, rows)
-        return self.mix(hetero(u_ho, v, rows), homo(value(u_he), v, rows))
+            w = mapped(u_he, self.w_v)
+            return homo(w, w, rows, edges_2)
+        return self.mix(hetero(*query_key(u_ho), v, rows, edges_2), homo(mapped(u_he, self.w_v), v, rows, edges_2))
 
     def gate_weights(self, hohe: Tensor, heho: Tensor) -> Tensor:
         """β ``[B, N, 2]`` of the update gate (Eq. 16), from the two candidates ``[B, N, d]``."""
