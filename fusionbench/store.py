@@ -152,12 +152,14 @@ class ResultStore:
                  summary.get("trained_from"), run_id),
             )
 
-    def rekey(self, renames: dict[str, tuple[int, str, str]]) -> None:
-        """Give runs new identities in one transaction: ``{old hash: (run id, new hash, new config
-        JSON)}``; ``trained_from`` references follow (``fusionbench.upgrade``)."""
+    def rekey(self, renames: dict[str, tuple[int, str, str]], trained: dict[str, str]) -> None:
+        """Give runs new identities in one transaction: ``renames`` = ``{old hash: (run id, new hash, new
+        config JSON)}``; ``trained`` = ``{old: new}`` hashes of training configs, which ``trained_from``
+        references follow (``fusionbench.upgrade``)."""
         with self._transaction() as db:
-            for old, (run_id, new, config) in renames.items():
+            for run_id, new, config in renames.values():
                 db.execute("UPDATE runs SET config_hash=?, config=? WHERE id=?", (new, config, run_id))
+            for old, new in trained.items():
                 db.execute("UPDATE runs SET trained_from=? WHERE trained_from=?", (new, old))
 
     def fail(self, run_id: int, error: str) -> None:

@@ -9,8 +9,9 @@ The rule that makes this safe: **a new option's default reproduces the behaviour
 option existed**. Then an old config is the new config with the new keys at their defaults, and
 ``upgrade_store`` re-resolves every stored config with the current code (``runner.resolve`` on the
 stored values), checks that only keys were added (every stored key keeps its value), and rewrites the
-run's config and hash; the run's checkpoint, kept weights and ``trained_from`` references move with
-it. A run whose stored values no longer resolve to themselves (an option removed, renamed, or a
+run's config and hash; the run's checkpoint (named by the run's hash) and its kept weights and
+``trained_from`` references (named by the hash of its training config, ``runner.training_config``) move
+with it. A run whose stored values no longer resolve to themselves (an option removed, renamed, or a
 default changed that the stored value depends on) is left untouched and reported. Run it while no
 run of the store is in progress (a running process keeps writing its checkpoint under the old hash).
 """
@@ -23,7 +24,7 @@ from typing import Optional
 
 from fusionbench.errors import UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
-from fusionbench.runner import RunRequest, resolve
+from fusionbench.runner import RunRequest, resolve, training_config
 from fusionbench.store import ResultStore, canonical_json, config_hash
 
 
@@ -77,7 +78,7 @@ def upgrade_store(store: ResultStore, dry_run: bool = False) -> list[Upgrade]:
     """Re-resolve every run's config with the current code and rewrite the ones that only gained keys."""
     runs = store.runs(status=None)
     known = set(runs.config_hash)
-    results, renames = [], {}
+    results, renames, trained = [], {}, {}
     for row in runs.itertuples():
         old = json.loads(row.config)
         try:
@@ -99,13 +100,15 @@ def upgrade_store(store: ResultStore, dry_run: bool = False) -> list[Upgrade]:
         else:
             results.append(Upgrade(row.id, row.config_hash, digest, "upgraded", tuple(added)))
             renames[row.config_hash] = (row.id, digest, canonical_json(new))
+            trained[config_hash(training_config(old))] = config_hash(training_config(new))
     if renames and not dry_run:
         # files first: after a crash the database still holds the old hashes and a second upgrade
         # renames what is left (a file already moved is simply not found again)
-        for old_hash, (_, new_hash, _) in renames.items():
-            for folder in ("checkpoints", "models"):
-                path = store.path.parent / folder / f"{old_hash}.pt"
-                if path.exists():
-                    os.replace(path, path.with_name(f"{new_hash}.pt"))
-        store.rekey({old: (run_id, new, config) for old, (run_id, new, config) in renames.items()})
+        moves = [("checkpoints", old, new) for old, (_, new, _) in renames.items()]
+        moves += [("models", old, new) for old, new in trained.items()]
+        for folder, old_hash, new_hash in moves:
+            path = store.path.parent / folder / f"{old_hash}.pt"
+            if path.exists():
+                os.replace(path, path.with_name(f"{new_hash}.pt"))
+        store.rekey(renames, trained)
     return results

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from fusionbench.cli import main
 from fusionbench.perturb.plan import PerturbationRequest
-from fusionbench.runner import run_experiment
+from fusionbench.runner import run_experiment, training_config
 from fusionbench.store import ResultStore, canonical_json, config_hash
 from fusionbench.upgrade import added_keys, upgrade_store
 from test_stress import request
@@ -15,20 +15,22 @@ from test_stress import request
 
 def as_if_written_before(path, run_id, edit):
     """Rewrite one stored run as an older version would have stored it (``edit`` changes its config in
-    place); its checkpoint / kept weights are renamed to the old hash. Returns the old hash."""
+    place); its checkpoint (run hash) and kept weights and ``trained_from`` references (training-config
+    hash) are renamed to the old hashes. Returns the old run hash."""
     db = sqlite3.connect(path)
     old_hash, text = db.execute("SELECT config_hash, config FROM runs WHERE id=?", (run_id,)).fetchone()
     config = json.loads(text)
+    old_trained = config_hash(training_config(config))
     edit(config)
-    new_old = config_hash(config)
+    new_old, new_old_trained = config_hash(config), config_hash(training_config(config))
     with db:
         db.execute("UPDATE runs SET config_hash=?, config=? WHERE id=?", (new_old, canonical_json(config), run_id))
-        db.execute("UPDATE runs SET trained_from=? WHERE trained_from=?", (new_old, old_hash))
+        db.execute("UPDATE runs SET trained_from=? WHERE trained_from=?", (new_old_trained, old_trained))
     db.close()
-    for folder in ("checkpoints", "models"):
-        file = path.parent / folder / f"{old_hash}.pt"
+    for folder, before, after in (("checkpoints", old_hash, new_old), ("models", old_trained, new_old_trained)):
+        file = path.parent / folder / f"{before}.pt"
         if file.exists():
-            file.rename(file.with_name(f"{new_old}.pt"))
+            file.rename(file.with_name(f"{after}.pt"))
     return new_old
 
 
@@ -66,6 +68,23 @@ def test_upgrade_gives_old_runs_the_identity_the_current_code_gives_them(tmp_pat
     again = run_experiment(request("early"), ResultStore(path), progress=False)
     assert again.skipped and again.run_id == clean.run_id                                # found, not rerun
     assert {u.status for u in upgrade_store(ResultStore(path))} == {"current"}           # idempotent
+
+
+def test_kept_weights_of_a_stress_cell_without_a_clean_run_follow_its_training_config(tmp_path):
+    """A test-only cell that trained keeps its weights under the hash of its training config (the clean
+    config), which is no stored run's hash: the upgrade must move them all the same."""
+    path = tmp_path / "r.db"
+    cell = run_experiment(request("early", PerturbationRequest("missing", 1.0, "test")), ResultStore(path),
+                          progress=False)
+    trained = config_hash(training_config(cell.config))
+    assert trained != cell.config_hash and (tmp_path / "models" / f"{trained}.pt").exists()
+    as_if_written_before(path, cell.run_id, lambda config: config["train"].pop("grad_clip"))
+    assert not (tmp_path / "models" / f"{trained}.pt").exists()
+    upgrade_store(ResultStore(path))
+    assert (tmp_path / "models" / f"{trained}.pt").exists()
+    other = run_experiment(request("early", PerturbationRequest("missing", 0.5, "test")), ResultStore(path),
+                           progress=False)
+    assert ResultStore(path).runs().set_index("id").trained_from[other.run_id] == trained   # reused, not retrained
 
 
 def test_runs_whose_values_no_longer_resolve_are_kept_and_reported(tmp_path):
