@@ -73,8 +73,7 @@ class Early(CausalStrategy):
 
     def channels(self, batch: SeqBatch) -> Tensor:
         """``[B, L, 1 + M, d]``: ID embedding (unless ``ids=False``), then every modality channel."""
-        ids = self.item(batch.items) if self.item is not None else None
-        return with_ids(ids, self.side.lookup(batch.items, batch.present, batch.shown))
+        return with_ids(self.item, self.side.lookup(batch.items, batch.present, batch.shown), batch.items)
 
     def inputs(self, batch: SeqBatch) -> Tensor:
         """``[B, L, d]``: the fused per-item inputs of the sequence encoder."""
@@ -83,11 +82,10 @@ class Early(CausalStrategy):
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.backbone(self.inputs(batch), batch.mask)
 
-
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
             return self.item.weight
-        return self.fuse(with_ids(self.item.weight if self.item is not None else None, self.side.table()))
+        return self.fuse(with_ids(self.item, self.side.table()))
 
 
 

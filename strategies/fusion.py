@@ -138,10 +138,14 @@ class ModalityInputs(nn.Module):
         return self.lookup(items)
 
 
-def with_ids(ids: Optional[Tensor], side: Tensor) -> Tensor:
-    """The channel stack ``[..., C, d]``: ID embeddings ``ids [..., d]`` first (when the strategy has an
-    ID channel, else ``None``), then the modality channels ``side [..., M, d]``."""
-    return side if ids is None else torch.cat([ids[..., None, :], side], -2)
+def with_ids(item: Optional[nn.Embedding], side: Tensor, items: Optional[Tensor] = None) -> Tensor:
+    """The channel stack ``[..., C, d]``: the ID embeddings of ``items [...]`` first (of the whole table
+    ``[N + 1, d]`` when ``items`` is None; no ID channel when the strategy has none, ``item`` None), then
+    the modality channels ``side [..., M, d]``."""
+    if item is None:
+        return side
+    ids = item.weight if items is None else item(items)
+    return torch.cat([ids[..., None, :], side], -2)
 
 
 class IdChannelOptions:

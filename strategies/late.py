@@ -93,7 +93,7 @@ class Late(CausalStrategy):
         side = self.side.lookup(items, present, shown)
         if self.merge is not None:
             side = self.merge(side.flatten(-2))[..., None, :]
-        return with_ids(self.item(items) if self.item is not None else None, side)
+        return with_ids(self.item, side, items)
 
     def channel_states(self, batch: SeqBatch) -> Tensor:
         """``[B, L, C, d]``: each channel's own encoder states (channel 0 = IDs unless ``ids=False``), before fusion."""
@@ -104,7 +104,6 @@ class Late(CausalStrategy):
 
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.fuse(self.channel_states(batch))
-
 
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
