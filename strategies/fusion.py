@@ -121,6 +121,8 @@ class ModalityInputs(nn.Module):
         self.dim = dim
         self.n_items = ctx.n_items
         self.channels = nn.ModuleList(ModalityChannel(ctx.modalities[m], dim, dropout) for m in self.names)
+        # follows .to(device) even without channels, so table() is made where the model lives
+        self.register_buffer("anchor", torch.empty(0), persistent=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -134,8 +136,7 @@ class ModalityInputs(nn.Module):
                             for m, ch in zip(self.names, self.channels)], -2)
 
     def table(self) -> Tensor:
-        items = torch.arange(self.n_items + 1, device=self.channels[0].present.device if self.names else None)
-        return self.lookup(items)
+        return self.lookup(torch.arange(self.n_items + 1, device=self.anchor.device))
 
 
 def with_ids(item: Optional[nn.Embedding], side: Tensor, items: Optional[Tensor] = None) -> Tensor:

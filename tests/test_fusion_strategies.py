@@ -267,6 +267,15 @@ def test_missing_modality_uses_the_learned_vector_not_zeros():
     torch.testing.assert_close(hidden[0, 1, k], out[0, 1, k])
 
 
+@pytest.mark.parametrize("n_modalities", [0, 2])
+def test_the_channel_table_lives_on_the_module_device(n_modalities):
+    ctx = tiny_context()
+    ctx = ctx.with_modalities(dict(list(ctx.modalities.items())[:n_modalities]))
+    inputs = ModalityInputs(ctx, 4).to("meta")     # any device but the CPU; without channels too
+    table = inputs.table()
+    assert table.device.type == "meta" and table.shape == (N_ITEMS + 1, n_modalities, 4)
+
+
 @pytest.mark.parametrize("name", FEATURE_AWARE)
 def test_occurrence_masks_change_the_output(name):
     model = build(name)
