@@ -279,6 +279,40 @@ def store_upgrade(store_path: Path, dry_run: bool) -> None:
     click.echo(f"{counts['upgraded']} {verb}, {counts['current']} already current, {counts['kept']} kept as they are")
 
 
+@store.command("show")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
+@click.option("--status", type=click.Choice(["running", "done", "failed"]), default=None,
+              help="Only runs with this status (default: all).")
+@click.option("--dataset", default=None, help="Only runs on this dataset.")
+@report_errors
+def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) -> None:
+    """One line per stored run: id, status, data, run, perturbation, seed, best / run epochs, seconds per
+    epoch, wall minutes. A run whose process died stays 'running': its command resumes it from its
+    checkpoint ('resumable'), `fusionbench store remove` forgets it."""
+    from fusionbench.store_admin import describe_runs
+
+    rows = describe_runs(store_path, status, dataset)
+    if not rows:
+        click.echo("no runs" + (f" with status {status!r}" if status else "") + (f" on {dataset!r}" if dataset else ""))
+        return
+    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+
+
+@store.command("remove")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
+@click.option("--id", "run_ids", type=int, multiple=True, required=True,
+              help="Run id (as `fusionbench store show` lists it); repeat for several.")
+@click.option("--force", is_flag=True, help="Also remove runs marked 'running' (stop their process first).")
+@report_errors
+def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> None:
+    """Forget runs: their metrics, ranks and resume checkpoint go, and kept trained weights that no remaining
+    run refers to, so the same command trains the run afresh."""
+    from fusionbench.store_admin import remove_runs
+
+    removed = remove_runs(store_path, list(run_ids), force)
+    click.echo(f"removed {len(removed)} run{'s' if len(removed) != 1 else ''}: {', '.join(removed)}")
+
+
 from fusionbench.bench import bench  # noqa: E402  (speed regression check, its own module)
 
 main.add_command(bench)

@@ -162,6 +162,19 @@ class ResultStore:
             for old, new in trained.items():
                 db.execute("UPDATE runs SET trained_from=? WHERE trained_from=?", (new, old))
 
+    def remove(self, run_ids: list[int]) -> list[str]:
+        """Delete runs with their metrics and ranks in one transaction; returns their config hashes.
+        An id not in the store is an error and nothing is deleted."""
+        with self._transaction() as db:
+            hashes = []
+            for run_id in run_ids:
+                row = db.execute("SELECT config_hash FROM runs WHERE id=?", (run_id,)).fetchone()
+                if row is None:
+                    raise KeyError(run_id)
+                hashes.append(row[0])
+            db.executemany("DELETE FROM runs WHERE id=?", [(run_id,) for run_id in run_ids])
+        return hashes
+
     def fail(self, run_id: int, error: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=?", (_now(), error, run_id))

@@ -1,0 +1,81 @@
+"""Looking after a results store from the command line (``fusionbench store show | remove``).
+
+A run's files beside the store (``runner.run_experiment``): ``checkpoints/<run hash>.pt`` (resume state of
+an unfinished run) and ``models/<training hash>.pt`` (trained weights, kept for the runs that evaluate
+them: the run that trained them and test-only stress cells, whose ``trained_from`` names them).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from fusionbench.errors import UserInputError
+from fusionbench.report.collect import data_name, open_store, row_key, variant_labels
+from fusionbench.runner import training_config
+from fusionbench.store import config_hash
+
+
+def _perturbation_text(config: dict) -> str:
+    spec = config.get("perturbation")
+    if spec is None:
+        return ""
+    options = "".join(f", {k}={v}" for k, v in sorted((spec.get("options") or {}).items()))
+    return f"{spec['name']} p={spec['severity']:g} ({spec['apply_to']}{options})"
+
+
+def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optional[str] = None) -> list[dict]:
+    """The runs of a store as table rows (dicts, in id order), labelled as the leaderboard labels them."""
+    store = open_store(store_path)
+    table = store.runs(status=status, **({"dataset": dataset} if dataset else {}))
+    configs = [json.loads(text) for text in table.config]
+    groups: dict[tuple, dict[str, dict]] = {}       # (data, protocol) -> variants, labelled per table
+    for c in configs:
+        groups.setdefault((data_name(c), c["protocol"]), {})[row_key(c)] = c
+    label = {(where, key): text for where, variants in groups.items()
+             for key, text in zip(variants, variant_labels(list(variants.values())))}
+    checkpoints = store.path.parent / "checkpoints"
+    rows = []
+    for run, config in zip(table.itertuples(), configs):
+        if run.status == "done":
+            epochs = f"{int(run.best_epoch)} / {len(json.loads(run.history or '[]'))}"
+        elif run.status == "running":
+            epochs = "resumable" if (checkpoints / f"{run.config_hash}.pt").exists() else "no checkpoint"
+        else:
+            epochs = (run.error or "").splitlines()[-1][:60] if run.error else ""
+        where = (data_name(config), config["protocol"])
+        rows.append({"id": run.id, "status": run.status, "data": f"{where[0]} / {where[1]}",
+                     "run": label[where, row_key(config)], "perturbation": _perturbation_text(config), "seed": run.seed,
+                     "epochs (best / run)": epochs,
+                     "s / epoch": "" if run.epoch_seconds != run.epoch_seconds or run.epoch_seconds is None
+                     else f"{run.epoch_seconds:.1f}",
+                     "wall min": "" if run.wall_seconds != run.wall_seconds or run.wall_seconds is None
+                     else f"{run.wall_seconds / 60:.1f}"})
+    return rows
+
+
+def remove_runs(store_path: Path, run_ids: list[int], force: bool = False) -> list[str]:
+    """Delete runs (one transaction), their resume checkpoints, and the kept weights they trained or
+    evaluated that no remaining run refers to. A 'running' run needs ``force`` (its process may still be
+    going). Returns the removed runs' config hashes."""
+    store = open_store(store_path)
+    table = store.runs(status=None)
+    known = dict(zip(table.id, table.status))
+    unknown = [str(i) for i in run_ids if i not in known]
+    if unknown:
+        raise UserInputError(f"--id {', '.join(unknown)}: no such run in {store.path} "
+                             "(`fusionbench store show` lists the ids)")
+    running = [str(i) for i in run_ids if known[i] == "running"]
+    if running and not force:
+        raise UserInputError(f"--id {', '.join(running)}: marked 'running'; its process may still be going. "
+                             "Stop it, then add --force")
+    gone = table[table.id.isin(run_ids)]
+    trained = {config_hash(training_config(json.loads(text))) for text in gone.config}
+    hashes = store.remove(list(dict.fromkeys(run_ids)))
+    left = store.runs(status=None)
+    referred = set(left.config_hash) | set(left.trained_from.dropna())
+    folder = store.path.parent
+    for path in [folder / "checkpoints" / f"{h}.pt" for h in hashes] + \
+                [folder / "models" / f"{t}.pt" for t in trained - referred]:
+        path.unlink(missing_ok=True)
+    return hashes

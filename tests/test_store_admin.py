@@ -1,0 +1,87 @@
+"""`fusionbench store show | remove`: what a store holds, and forgetting runs with their files."""
+import sqlite3
+
+from click.testing import CliRunner
+
+from fusionbench.cli import main
+from fusionbench.perturb.plan import PerturbationRequest
+from fusionbench.runner import resolve, run_experiment
+from fusionbench.store import ResultStore, config_hash
+from test_stress import request
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def a_store(tmp_path):
+    """A clean early run, a test-only stress cell evaluating its weights, and an abandoned 'running' cell
+    with a resume checkpoint. Returns (path, clean outcome, stressed outcome, running id, running hash)."""
+    path = tmp_path / "r.db"
+    clean = run_experiment(request("early"), ResultStore(path), progress=False)
+    stressed = run_experiment(request("early", PerturbationRequest("missing", 1.0, "test")), ResultStore(path),
+                              progress=False)
+    config = resolve(request("sasrec"))
+    config["dataset_checksum"] = "abc"
+    running = ResultStore(path).start(config, "abc", {}, "rev")
+    digest = config_hash(config)
+    (tmp_path / "checkpoints" / f"{digest}.pt").write_bytes(b"resume state")
+    return path, clean, stressed, running, digest
+
+
+def count(path, table, run_id):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(f"SELECT COUNT(*) FROM {table} WHERE run_id=?", (run_id,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_show_lists_runs_with_label_perturbation_and_state(tmp_path):
+    path, clean, stressed, running, _ = a_store(tmp_path)
+    out = invoke("store", "show", "--store", path)
+    assert out.exit_code == 0, out.output
+    lines = {int(line.split("|")[1]): line for line in out.output.splitlines()[2:]}
+    assert set(lines) == {clean.run_id, stressed.run_id, running}
+    assert "| done " in lines[clean.run_id] and "| early (" in lines[clean.run_id]
+    assert "| synthetic (max_len=10, n_codes=3, n_users=80, per_cell=2) / loo |" in lines[clean.run_id]
+    history = clean.result.history
+    assert f"{clean.result.best_epoch} / {len(history)}" in lines[clean.run_id]
+    assert "missing p=1 (test" in lines[stressed.run_id]
+    assert "running" in lines[running] and "resumable" in lines[running] and "| sasrec (" in lines[running]
+    only = invoke("store", "show", "--store", path, "--status", "running")
+    assert only.exit_code == 0 and len(only.output.splitlines()) == 3 and "resumable" in only.output
+    assert "no runs with status 'failed'" in invoke("store", "show", "--store", path, "--status", "failed").output
+
+
+def test_remove_forgets_runs_and_the_weights_nothing_refers_to(tmp_path):
+    path, clean, stressed, running, digest = a_store(tmp_path)
+    weights = tmp_path / "models" / f"{clean.config_hash}.pt"
+    assert ResultStore(path).runs().set_index("id").trained_from[stressed.run_id] == clean.config_hash
+
+    out = invoke("store", "remove", "--store", path, "--id", stressed.run_id)
+    assert out.exit_code == 0 and f"removed 1 run: {stressed.config_hash}" in out.output
+    assert count(path, "metrics", stressed.run_id) == 0 and count(path, "ranks", stressed.run_id) == 0
+    assert count(path, "metrics", clean.run_id) > 0 and weights.exists()      # the clean run still uses them
+
+    assert invoke("store", "remove", "--store", path, "--id", clean.run_id).exit_code == 0
+    assert not weights.exists()
+    again = run_experiment(request("early"), ResultStore(path), progress=False)
+    assert not again.skipped and again.result is not None and again.config_hash == clean.config_hash
+    assert again.test == clean.test                                         # trained afresh, deterministically
+
+
+def test_remove_refuses_running_runs_without_force_and_unknown_ids(tmp_path):
+    path, clean, _, running, digest = a_store(tmp_path)
+    checkpoint = tmp_path / "checkpoints" / f"{digest}.pt"
+    refused = invoke("store", "remove", "--store", path, "--id", clean.run_id, "--id", running)
+    assert refused.exit_code == 2 and f"--id {running}: marked 'running'" in refused.output and "--force" in refused.output
+    unknown = invoke("store", "remove", "--store", path, "--id", 999, "--id", clean.run_id)
+    assert unknown.exit_code == 2 and "--id 999: no such run" in unknown.output
+    assert len(ResultStore(path).runs(status=None)) == 3 and checkpoint.exists()    # nothing half-done
+
+    forced = invoke("store", "remove", "--store", path, "--id", running, "--force")
+    assert forced.exit_code == 0 and not checkpoint.exists()
+    assert ResultStore(path).status(digest) is None
+    missing = invoke("store", "remove", "--store", tmp_path / "none.db", "--id", 1)
+    assert missing.exit_code == 2 and "--store" in missing.output
