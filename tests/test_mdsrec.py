@@ -13,7 +13,7 @@ from fusionbench.errors import UserInputError
 from fusionbench.options import OptionError
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import build_context
-from strategies.mdsrec import (
+from strategies.item_graphs import (
     GraphPropagation, behaviour_counts, channel_edges, cosine_topk, normalised_adjacency, similarity_features,
 )
 from strategy_fixtures import N_ITEMS, tiny_batch, tiny_context
