@@ -156,6 +156,10 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write here (atomic) instead of stdout.")
 @click.option("--significance", type=click.Path(path_type=Path), default=None,
               help="Also write every paired test (p, Holm-adjusted p) as CSV here.")
+@click.option("--strategy", "strategies", default=None, help="Only these strategies (comma-separated).")
+@click.option("--where", multiple=True, metavar="KEY=VALUE",
+              help="Only runs with (KEY!=VALUE: without) this option value, keys as in --set "
+                   "(e.g. train.epochs=5, update=ho, aggregator=han).")
 @click.option("--robustness", "robust", is_flag=True, help="Perturbed runs: metric vs severity tables instead.")
 @click.option("--robustness-metric", default="NDCG@20", show_default=True, help="Metric of --robustness tables/plots.")
 @click.option("--plot-dir", type=click.Path(path_type=Path), default=None,

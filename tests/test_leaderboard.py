@@ -13,7 +13,7 @@ from fusionbench.cli import main
 from fusionbench.errors import UserInputError
 from fusionbench.metrics import summarize
 from fusionbench.report import leaderboard_report
-from fusionbench.report.collect import Column, open_store, parse_columns
+from fusionbench.report.collect import Column, Selection, open_store, parse_columns
 from fusionbench.report.leaderboard import build_leaderboards, render_markdown, to_frame
 from fusionbench.report.robustness import build_robustness
 from fusionbench.report.significance import holm
@@ -186,6 +186,27 @@ def test_variant_labels_show_aggregator_and_non_default_options(tmp_path):
     assert labels == ["sasrec", "sasrec (dim=32)", "mmsr + gcn"]
 
 
+def test_selection_keeps_strategies_and_option_values(tmp_path):
+    s = ResultStore(tmp_path / "v.db")
+    add_run(s, "sasrec", 0, RANKS["sasrec"][0])
+    add_run(s, "sasrec", 0, RANKS["sasrec"][1], dim=32)
+    add_run(s, "mmsr", 0, RANKS["mmsr"][0], aggregator="gcn")
+    add_run(s, "mmsr", 0, RANKS["mmsr"][1], aggregator="han", use_pos=False)
+    labels = lambda strategies=None, *where: [  # noqa: E731
+        row.group.label for row in board(s, selection=Selection.parse(strategies, where)).rows]
+    assert labels("mmsr") == ["mmsr + gcn", "mmsr + han (use_pos=False)"]
+    assert labels(None, "dim=32") == ["sasrec (dim=32)"]
+    assert labels(None, "dim!=32") == ["sasrec", "mmsr + gcn", "mmsr + han (use_pos=False)"]  # no dim: kept
+    assert labels("mmsr", "use_pos=false") == labels("mmsr", "use_pos=False") == ["mmsr + han (use_pos=False)"]
+    assert labels("sasrec,mmsr", "aggregator=gcn") == ["mmsr + gcn"]
+    for strategies, where, message in (("gru4rec", (), "--strategy 'gru4rec': no finished runs of it"),
+                                       (None, ("dims=32",), "--where dims=32: no run in"),
+                                       (None, ("dim=7",), "no finished run matches --strategy / --where"),
+                                       (None, ("dim",), "--where expects key=value or key!=value")):
+        with pytest.raises(UserInputError, match=message):
+            labels(strategies, *where)
+
+
 def test_ratio_paper_is_labelled_leaky_and_uses_the_stored_maxima(store):
     for seed, hr5 in ((0, 0.9), (1, 0.7)):
         stored = summarize(torch.tensor(RANKS["sasrec"][seed]))
@@ -305,6 +326,8 @@ def test_cli_writes_outputs_atomically(store, tmp_path, monkeypatch):
     (("--store", "{db}", "--robustness"), "no finished perturbed runs"),
     (("--store", "{db}", "--robustness", "--robustness-metric", "NDCG"), "--robustness-metric must be METRIC@K"),
     (("--store", "{junk}"), "not a fusionbench results store"),
+    (("--store", "{db}", "--strategy", "nova"), "--strategy 'nova': no finished runs of it in {db}"),
+    (("--store", "{db}", "--where", "dim=7"), "no finished run matches --strategy / --where"),
 ])
 def test_cli_errors_name_the_option(store, tmp_path, args, message):
     (tmp_path / "junk.db").write_bytes(b"not sqlite at all, just some bytes" * 4)

@@ -11,7 +11,7 @@ from typing import Optional
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report import leaderboard, robustness
-from fusionbench.report.collect import open_store, parse_column, parse_columns
+from fusionbench.report.collect import Selection, open_store, parse_column, parse_columns
 
 
 def write_text(path: Path, text: str) -> None:
@@ -23,7 +23,8 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        metrics: str = "HR,NDCG,MRR", ks: str = "5,20", proposed: str = ",".join(leaderboard.PROPOSED),
                        fmt: str = "md", output: Optional[Path] = None, significance: Optional[Path] = None,
                        robust: bool = False, robustness_metric: str = "NDCG@20",
-                       plot_dir: Optional[Path] = None, command: Optional[str] = None) -> tuple[str, list[Path]]:
+                       plot_dir: Optional[Path] = None, strategies: Optional[str] = None, where: tuple[str, ...] = (),
+                       command: Optional[str] = None) -> tuple[str, list[Path]]:
     """Build the leaderboards (or, with ``robust``, the robustness tables and plots) of ``store``.
 
     Returns the report text (also written to ``output`` when given) and the files written. A markdown
@@ -36,11 +37,12 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
     if not robust and plot_dir is not None:
         raise UserInputError("--plot-dir needs --robustness (plots are robustness curves)")
     written: list[Path] = []
+    selection = Selection.parse(strategies, where)
     results = open_store(store)
     try:
         if robust:
             tables = robustness.build_robustness(results, dataset, protocol,
-                                                 parse_column(robustness_metric, "--robustness-metric"))
+                                                 parse_column(robustness_metric, "--robustness-metric"), selection)
             text = (robustness.render_markdown(tables) if fmt == "md"
                     else robustness.to_frame(tables).to_csv(index=False))
             for table in tables if plot_dir is not None else []:
@@ -49,7 +51,8 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                 written.append(path)
         else:
             chosen = tuple(s.strip() for s in proposed.split(",") if s.strip())
-            boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen)
+            boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
+                                                    selection)
             text = (leaderboard.render_markdown(boards, chosen) if fmt == "md"
                     else leaderboard.to_frame(boards).to_csv(index=False))
             if significance is not None:

@@ -19,7 +19,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -116,9 +116,67 @@ def open_store(path: Path) -> ResultStore:
         raise UserInputError(f"--store {path}: not a fusionbench results store ({err})") from None
 
 
-def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str]) -> list[Run]:
+@dataclass(frozen=True)
+class Selection:
+    """Which finished runs a report reads, besides its dataset and protocol: runs of ``strategies``
+    (empty: all) whose options equal every ``where`` pair. Keys are option keys as row labels and
+    ``--set`` name them (``update``, ``agg.relations``, ``train.epochs``, ``max_len``) or ``aggregator``;
+    values are compared as JSON where they parse as JSON (``5`` = 5, ``true`` = True), else as text."""
+
+    strategies: tuple[str, ...] = ()
+    where: tuple[tuple[str, str, bool], ...] = ()    # (key, value, equal): equal False for key!=value
+
+    @classmethod
+    def parse(cls, strategies: Optional[str], where: Sequence[str] = ()) -> "Selection":
+        """From ``--strategy a,b`` and ``--where key=value`` or ``key!=value`` (repeatable)."""
+        pairs = []
+        for pair in where:
+            key, sep, value = pair.partition("=")
+            equal = not key.endswith("!")
+            key = key.rstrip("!")
+            if not sep or not key:
+                raise UserInputError(f"--where expects key=value or key!=value, got {pair!r}")
+            pairs.append((key, value, equal))
+        names = tuple(s.strip() for s in (strategies or "").split(",") if s.strip())
+        return cls(names, tuple(pairs))
+
+    def apply(self, runs: list["Run"], where: str) -> list["Run"]:
+        """The runs this selection keeps; a strategy or option key no run has is an error."""
+        if self.strategies:
+            there = {run.config["strategy"] for run in runs}
+            unknown = [s for s in self.strategies if s not in there]
+            if unknown:
+                raise UserInputError(f"--strategy {unknown[0]!r}: no finished runs of it in {where}; "
+                                     f"strategies there: {', '.join(sorted(there))}")
+            runs = [run for run in runs if run.config["strategy"] in self.strategies]
+        options = [{**_flat_options(run.config), "aggregator": run.config.get("aggregator")} for run in runs]
+        for key, value, equal in self.where:
+            if not any(key in flat for flat in options):
+                known = sorted({k for flat in options for k in flat})
+                raise UserInputError(f"--where {key}{'=' if equal else '!='}{value}: no run in {where} has an "
+                                     f"option {key!r}; options there: {', '.join(known)}")
+            wanted = canonical_json(_comparable(value))
+            kept = [(run, flat) for run, flat in zip(runs, options)
+                    if (key in flat and canonical_json(flat[key]) == wanted) == equal]
+            runs, options = [run for run, _ in kept], [flat for _, flat in kept]
+        if not runs:
+            raise UserInputError(f"{where}: no finished run matches --strategy / --where")
+        return runs
+
+
+def _comparable(text: str) -> Any:
+    """An option value given as text, as the resolved config would hold it."""
+    lowered = text.lower() if text.lower() in ("true", "false", "null") else text
+    try:
+        return json.loads(lowered)
+    except json.JSONDecodeError:
+        return text
+
+
+def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str],
+              selection: Selection = Selection()) -> list[Run]:
     """Every run with status ``done``, filtered by dataset and protocol (a value the store does not
-    hold is an error naming the option and listing what is there)."""
+    hold is an error naming the option and listing what is there) and by ``selection``."""
     table = store.runs(status="done")
     if table.empty:
         raise UserInputError(f"--store {store.path}: no finished runs in it")
@@ -131,7 +189,8 @@ def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str
             raise UserInputError(f"{option} {value!r}: no finished runs{scope} in {store.path}; "
                                  f"{column}s there: {', '.join(there)}")
         table = table[table[column] == value]
-    return [Run(int(r.id), r.config_hash, int(r.seed), json.loads(r.config)) for r in table.itertuples()]
+    runs = [Run(int(r.id), r.config_hash, int(r.seed), json.loads(r.config)) for r in table.itertuples()]
+    return selection.apply(runs, str(store.path)) if selection != Selection() else runs
 
 
 def perturbation_of(run: Run) -> Optional[dict]:

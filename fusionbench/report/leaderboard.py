@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
-    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, check_one_data_version, data_name, done_runs, group_runs,
+    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, Selection, check_one_data_version, data_name, done_runs, group_runs,
     load_ranks, per_sample_values, perturbation_of, seed_values,
 )
 from fusionbench.report.significance import (
@@ -64,10 +64,10 @@ class Leaderboard:
 
 
 def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | None, columns: list[Column],
-                       proposed: tuple[str, ...] = PROPOSED) -> list[Leaderboard]:
+                       proposed: tuple[str, ...] = PROPOSED, selection: Selection = Selection()) -> list[Leaderboard]:
     """One :class:`Leaderboard` per (dataset with its options, protocol) in the store, optionally filtered
-    to one dataset name and one protocol."""
-    runs = [run for run in done_runs(store, dataset, protocol) if perturbation_of(run) is None]
+    to one dataset name and one protocol, and to the runs ``selection`` keeps."""
+    runs = [run for run in done_runs(store, dataset, protocol, selection) if perturbation_of(run) is None]
     if not runs:
         raise UserInputError(f"{store.path}: every matching finished run is perturbed; "
                              "use --robustness for those")

@@ -28,7 +28,7 @@ from tabulate import tabulate
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
-    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, check_one_data_version, data_name, done_runs, group_runs, load_ranks,
+    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, Selection, check_one_data_version, data_name, done_runs, group_runs, load_ranks,
     perturbation_of, row_key, seed_values, short_value, variant_labels,
 )
 from fusionbench.store import ResultStore, canonical_json
@@ -82,9 +82,10 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def build_robustness(store: ResultStore, dataset: str | None, protocol: str | None,
-                     column: Column) -> list[RobustnessTable]:
-    """One :class:`RobustnessTable` per perturbation setting found among the finished runs."""
-    runs = done_runs(store, dataset, protocol)
+                     column: Column, selection: Selection = Selection()) -> list[RobustnessTable]:
+    """One :class:`RobustnessTable` per perturbation setting found among the finished runs that
+    ``selection`` keeps."""
+    runs = done_runs(store, dataset, protocol, selection)
     clean: dict[tuple[str, str], list] = {}
     settings: dict[tuple, list] = {}
     for run in runs:
