@@ -287,6 +287,10 @@ def test_robustness_tables_drops_and_plots(store, tmp_path):
     assert set(frame["perturbation"]) == {"missing"} and "drop_pct" in frame.columns
     # the leaderboard itself ignores perturbed runs
     assert [r.group.seeds for r in board(store).rows] == [(0, 1), (0, 1, 2), (0, 1, 2)]
+    # a selection narrows the robustness rows too (their clean references included)
+    chosen = build_robustness(store, "beauty", "loo", column, Selection.parse("gru4rec,mmsr"))
+    assert [t.apply_to for t in chosen] == ["test"] and {r.strategy for r in chosen[0].rows} == {"gru4rec", "mmsr"}
+    assert {r.strategy: r.reference for r in chosen[0].rows}["gru4rec"] == "clean run"
 
 
 def test_robustness_without_clean_reference_has_no_drop(tmp_path):
