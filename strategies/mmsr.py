@@ -123,7 +123,7 @@ class MMSR(Strategy):
         agg_name = ctx.aggregator or self.default_aggregator
         agg_options = dict(ctx.aggregator_options)
         if agg_name == "han":
-            agg_options.setdefault("update", opts.update)
+            agg_options["update"] = self.han_update(opts.update, agg_options.get("update", "gate"))
         elif opts.update != "gate":
             raise OptionError(f"strategy 'mmsr': option 'update' applies to the han aggregator only "
                               f"(aggregator is {agg_name!r})")
@@ -132,6 +132,18 @@ class MMSR(Strategy):
         for m in names:  # table data, not parameters: never saved in or loaded from a state dict
             self.register_buffer(f"codes_{m}", ctx.modalities[m].codes, persistent=False)
         self.reset_parameters()
+
+    @staticmethod
+    def han_update(strategy_update: str, aggregator_update: str) -> str:
+        """The han update rule from the strategy option ``update`` and the aggregator option
+        ``agg.update``. A resolved config always holds both (each at its default ``gate`` unless set),
+        so the one that is not ``gate`` wins; two different non-default values are an error."""
+        if strategy_update == "gate":
+            return aggregator_update
+        if aggregator_update not in ("gate", strategy_update):
+            raise OptionError(f"strategy 'mmsr': option 'update={strategy_update}' and 'agg.update={aggregator_update}' "
+                              "disagree; set one of them")
+        return strategy_update
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -9,10 +9,13 @@ from strategies.mmsr import UPDATES, code_centroids
 from strategy_fixtures import N_ITEMS, tiny_batch, tiny_context, with_left_padding
 
 
-def mmsr(ctx=None, aggregator=None, **options):
+def mmsr(ctx=None, aggregator=None, agg_options=None, **options):
+    """An MMSR model whose context carries every aggregator option at its default, as a resolved run
+    config does (``fusionbench.runner.build_context``), with ``agg_options`` on top."""
     ctx = ctx or tiny_context()
-    if aggregator is not None:
-        ctx = type(ctx)(ctx.n_items, ctx.max_len, ctx.modalities, aggregator, {})
+    name = aggregator or "han"
+    resolved = AGGREGATORS.options(name, **(agg_options or {})).as_dict()
+    ctx = type(ctx)(ctx.n_items, ctx.max_len, ctx.modalities, name, resolved)
     torch.manual_seed(0)
     return STRATEGIES.create("mmsr", ctx, dim=16, **options)
 
@@ -43,6 +46,27 @@ def test_readout_of_the_last_node_equals_the_full_last_layer(aggregator):
     for layer in model.layers:
         h = layer(h, g.adj, g.node_type, g.node_mask) * g.node_mask[..., None]
     torch.testing.assert_close(model.encode(batch), h[torch.arange(h.shape[0]), g.last_node])
+
+
+def test_update_from_the_strategy_or_the_aggregator_option():
+    assert mmsr(agg_options={"update": "ho"}).layers[0].opts.update == "ho"
+    assert mmsr(update="he", agg_options={"update": "he"}).layers[0].opts.update == "he"
+    with pytest.raises(OptionError, match="'update=he' and 'agg.update=ho' disagree"):
+        mmsr(update="he", agg_options={"update": "ho"})
+
+
+def test_update_reaches_han_through_a_resolved_run_config():
+    """`fusionbench run --strategy mmsr --set update=sync`: the resolved config also holds agg.update=gate."""
+    from fusionbench.runner import RunRequest, build_context, load_data, resolve
+    from fusionbench.data.splits import make_split
+
+    config = resolve(RunRequest(strategy="mmsr", dataset="synthetic", strategy_options={"update": "sync", "dim": "16"},
+                                dataset_options={"n_users": "80", "n_codes": "3", "per_cell": "2", "max_len": "10"},
+                                feature_options={"reduce": "pca", "n_clusters": 4, "k": 2}))
+    assert config["aggregator_options"]["update"] == "gate" and config["strategy_options"]["update"] == "sync"
+    data = load_data(config, None)
+    model = STRATEGIES.create("mmsr", build_context(config, data, make_split(data, "loo")), **config["strategy_options"])
+    assert model.layers[0].opts.update == "sync" and model.layers[0].sync is not None
 
 
 def test_update_is_only_for_han():
