@@ -191,6 +191,8 @@ def list_plugins(kind: Optional[str]) -> None:
             click.echo(f"  {plugin}: {summary}")
             for opt, tp, default in obj.Options.describe():
                 click.echo(f"      {opt} ({tp}) = {default}")
+            for opt, default in getattr(obj, "train_defaults", {}).items():
+                click.echo(f"      train.{opt} = {default}  (this model's training default)")
 
 
 @main.group()

@@ -61,8 +61,9 @@ class Strategy(nn.Module):
         return self.encode(batch) @ self.item_embeddings().T
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        """Full-softmax cross-entropy over the real items (padding column excluded); scalar."""
-        return F.cross_entropy(self.score(batch)[:, 1:], batch.target - 1)
+        """Full-softmax cross-entropy over the real items; scalar. The padding row is dropped from the
+        item table before the product (a row slice, no copy), not from the ``[B, n_items + 1]`` scores."""
+        return F.cross_entropy(self.encode(batch) @ self.item_embeddings()[1:].T, batch.target - 1)
 
     def bucket_key(self, data: "SequenceData", samples: "Samples") -> Tensor:
         """Per-sample work estimate ``[S]`` by which the trainer and evaluator group similar samples

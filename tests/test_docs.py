@@ -14,7 +14,9 @@ def test_strategy_table_names_every_strategy_with_its_stage(name):
     assert len(rows) == 1, f"docs/strategies.md has no row for {name!r}"
     assert f"| {STRATEGIES.get(name).fusion_stage} |" in rows[0]
     options = ", ".join(f"`{field}={default}`" for field, _, default in STRATEGIES.get(name).Options.fields())
-    assert f"| {options} |" in rows[0], f"docs/strategies.md: the options of {name!r} should read: {options}"
+    training = ", ".join(f"`{key}={value}`" for key, value in STRATEGIES.get(name).train_defaults.items()) or "harness"
+    assert f"| {options} | {training} |" in rows[0], \
+        f"docs/strategies.md: the options and training defaults of {name!r} should read: {options} | {training}"
 
 
 def test_strategy_table_names_every_aggregator():

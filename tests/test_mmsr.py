@@ -69,6 +69,16 @@ def test_update_reaches_han_through_a_resolved_run_config():
     assert model.layers[0].opts.update == "sync" and model.layers[0].sync is not None
 
 
+def test_training_defaults_follow_the_reference_configuration():
+    """specs/mmsr.md §7: lr 2e-3, ≤ 100 epochs, patience 8, StepLR every 40 epochs (γ 0.1, not the reference's
+    1e-4); a --set train.* still overrides them."""
+    from fusionbench.runner import RunRequest, resolve
+
+    train = resolve(RunRequest(strategy="mmsr", dataset="synthetic"))["train"]
+    assert (train["lr"], train["epochs"], train["patience"], train["lr_step"], train["lr_gamma"]) == (0.002, 100, 8, 40, 0.1)
+    assert resolve(RunRequest(strategy="mmsr", dataset="synthetic", train_options={"lr_step": "0"}))["train"]["lr_step"] == 0
+
+
 def test_update_is_only_for_han():
     with pytest.raises(OptionError, match="'update' applies to the han aggregator only"):
         mmsr(aggregator="gcn", update="sync")
