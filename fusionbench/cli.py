@@ -319,6 +319,34 @@ def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> Non
     click.echo(f"removed {len(removed)} run{'s' if len(removed) != 1 else ''}: {', '.join(removed)}")
 
 
+@store.command("export")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Archive to write (.jsonl.gz).")
+@click.option("--dataset", default=None, help="Only runs on this dataset.")
+@report_errors
+def store_export(store_path: Path, out: Path, dataset: Optional[str]) -> None:
+    """Write the store's finished runs (config, run facts, metrics, per-sample ranks; not the kept weights) to a
+    portable archive that `fusionbench store import` adds to another store."""
+    from fusionbench.store_archive import export_runs
+
+    n = export_runs(store_path, out, dataset)
+    click.echo(f"wrote {out}: {n} finished run{'s' if n != 1 else ''}")
+
+
+@store.command("import")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path),
+              help="SQLite results file (created if missing).")
+@report_errors
+def store_import(archive: Path, store_path: Path) -> None:
+    """Add the runs of ARCHIVE (from `fusionbench store export`) to a store, in one transaction; runs already
+    done there are kept as they are."""
+    from fusionbench.store_archive import import_runs
+
+    added, present = import_runs(archive, store_path)
+    click.echo(f"added {added} run{'s' if added != 1 else ''} to {store_path}, {present} already there")
+
+
 from fusionbench.bench import bench  # noqa: E402  (speed regression check, its own module)
 
 main.add_command(bench)

@@ -175,6 +175,45 @@ class ResultStore:
             db.executemany("DELETE FROM runs WHERE id=?", [(run_id,) for run_id in run_ids])
         return hashes
 
+    def records(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        """Finished runs as plain records, in ``run_ids`` order: every ``runs`` column but the id,
+        ``metrics`` = ``{split: {"HR@5": value}}`` and ``ranks`` = ``{split: int64 array}``."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(runs)") if row[1] != "id"]
+        records = []
+        for run_id in run_ids:
+            row = self._db.execute(f"SELECT {', '.join(columns)} FROM runs WHERE id=?", (run_id,)).fetchone()
+            record = dict(zip(columns, row))
+            splits = [r[0] for r in self._db.execute("SELECT DISTINCT split FROM metrics WHERE run_id=?", (run_id,))]
+            record["metrics"] = {split: self.metrics(run_id, split) for split in splits}
+            record["ranks"] = {split: np.frombuffer(blob, dtype="<i4").astype(np.int64) for split, blob in
+                               self._db.execute("SELECT split, ranks FROM ranks WHERE run_id=?", (run_id,))}
+            records.append(record)
+        return records
+
+    def add_records(self, records: list[dict[str, Any]]) -> list[str]:
+        """Insert finished runs given as :meth:`records` gives them, in one transaction. A run whose
+        config hash is already done here is left as it is; an unfinished or failed attempt of it is
+        replaced. Returns the hashes added."""
+        added = []
+        with self._transaction() as db:
+            for record in records:
+                digest = record["config_hash"]
+                if self.status(digest) == "done":
+                    continue
+                db.execute("DELETE FROM runs WHERE config_hash = ?", (digest,))
+                columns = [c for c in record if c not in ("metrics", "ranks")]
+                cursor = db.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                                    [record[c] for c in columns])
+                run_id = cursor.lastrowid
+                db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)",
+                               [(run_id, split, name.split("@")[0], int(name.split("@")[1]), float(value))
+                                for split, values in record["metrics"].items() for name, value in values.items()])
+                db.executemany("INSERT INTO ranks VALUES (?,?,?)",
+                               [(run_id, split, np.asarray(r, dtype="<i4").tobytes())
+                                for split, r in record["ranks"].items()])
+                added.append(digest)
+        return added
+
     def fail(self, run_id: int, error: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=?", (_now(), error, run_id))

@@ -1,0 +1,111 @@
+"""`fusionbench store export | import`: finished runs carried to another store, checked and atomic."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from fusionbench.report import leaderboard_report
+from fusionbench.store import ResultStore
+from test_store_admin import a_store, invoke
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A store with a clean run, a test-only stress cell and an abandoned 'running' run, and its archive."""
+    folder = tmp_path_factory.mktemp("source")
+    path, clean, stressed, running, running_hash = a_store(folder)
+    archive = folder / "runs.jsonl.gz"
+    result = invoke("store", "export", "--store", path, "--out", archive)
+    assert result.exit_code == 0, result.output
+    return path, archive, clean, stressed, running_hash
+
+
+def test_export_holds_the_finished_runs_only(exported):
+    path, archive, clean, stressed, running_hash = exported
+    lines = gzip.decompress(archive.read_bytes()).decode().splitlines()
+    assert json.loads(lines[0]) == {"fusionbench_archive": 1, "runs": 2}
+    hashes = [json.loads(line)["config_hash"] for line in lines[1:]]
+    assert hashes == [clean.config_hash, stressed.config_hash] and running_hash not in hashes
+
+
+def test_imported_runs_match_and_give_the_same_leaderboard(exported, tmp_path):
+    path, archive, clean, stressed, _ = exported
+    target = tmp_path / "copy.db"
+    result = invoke("store", "import", archive, "--store", target)
+    assert result.exit_code == 0, result.output
+    assert "added 2 runs" in result.output and "0 already there" in result.output
+    source, copy = ResultStore(path), ResultStore(target)
+    for outcome in (clean, stressed):
+        a, b = source.run_id(outcome.config_hash), copy.run_id(outcome.config_hash)
+        assert copy.status(outcome.config_hash) == "done"
+        for split in ("valid", "test"):
+            assert copy.metrics(b, split) == source.metrics(a, split)
+            np.testing.assert_array_equal(copy.ranks(b, split), source.ranks(a, split))
+        kept = ["config", "seed", "best_epoch", "epoch_seconds", "history", "trained_from", "git_rev", "versions"]
+        assert copy.runs(config_hash=outcome.config_hash)[kept].equals(source.runs(config_hash=outcome.config_hash)[kept])
+    assert leaderboard_report(target, command="x")[0] == leaderboard_report(path, command="x")[0]
+    assert (leaderboard_report(target, robust=True, command="x")[0]
+            == leaderboard_report(path, robust=True, command="x")[0])
+
+    again = invoke("store", "import", archive, "--store", target)
+    assert again.exit_code == 0 and "added 0 runs" in again.output and "2 already there" in again.output
+    assert len(ResultStore(target).runs(status=None)) == 2
+
+
+def test_import_replaces_an_unfinished_attempt_of_the_same_run(exported, tmp_path):
+    path, archive, clean, _, _ = exported
+    target = tmp_path / "t.db"
+    config = json.loads(ResultStore(path).runs(config_hash=clean.config_hash).config[0])
+    ResultStore(target).start(config, "abc", {}, "rev")
+    assert ResultStore(target).status(clean.config_hash) == "running"
+    assert invoke("store", "import", archive, "--store", target).exit_code == 0
+    assert ResultStore(target).status(clean.config_hash) == "done"
+    assert len(ResultStore(target).runs(status=None)) == 2
+
+
+def rewrite(archive, out, edit):
+    """Copy of ``archive`` with ``edit(lines)`` applied to its text lines."""
+    lines = gzip.decompress(archive.read_bytes()).decode().splitlines()
+    out.write_bytes(gzip.compress(("\n".join(edit(lines)) + "\n").encode()))
+    return out
+
+
+def set_field(index, field, value):
+    def edit(lines):
+        record = json.loads(lines[index])
+        record[field] = value
+        return lines[:index] + [json.dumps(record)] + lines[index + 1:]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines[:-1], "the header announces 2 runs, the file holds 1"),
+    (lambda lines: ['{"something": 1}'] + lines[1:], "line 1: expected the header"),
+    (lambda lines: lines[:2] + ["{not json"], "line 3: not valid JSON"),
+    (set_field(2, "config_hash", "0123456789abcdef"), "line 3: field 'config_hash' '0123456789abcdef' does not match"),
+    (set_field(1, "seed", "zero"), "line 2: field 'seed' must be a int"),
+    (set_field(1, "status", "running"), "line 2: field 'status' must be 'done'"),
+    (set_field(1, "ranks", {"test": "***"}), "line 2: field 'ranks' split 'test' is not base64"),
+    (set_field(1, "metrics", {"test": {"HR5": 0.1}}), "line 2: field 'metrics' split 'test' must map"),
+    (set_field(1, "colour", "red"), "line 2: unknown field 'colour'"),
+])
+def test_a_wrong_archive_is_an_error_naming_line_and_field_and_writes_nothing(exported, tmp_path, edit, message):
+    _, archive, clean, _, _ = exported
+    target = tmp_path / "t.db"
+    ResultStore(target)  # an existing, empty store
+    bad = rewrite(archive, tmp_path / "bad.jsonl.gz", edit)
+    result = invoke("store", "import", bad, "--store", target)
+    assert result.exit_code == 2 and message in result.output and str(bad) in result.output, result.output
+    assert len(ResultStore(target).runs(status=None)) == 0
+
+
+def test_not_an_archive_and_missing_files_are_errors(tmp_path):
+    plain = tmp_path / "plain.jsonl.gz"
+    plain.write_text("not gzip")
+    result = invoke("store", "import", plain, "--store", tmp_path / "t.db")
+    assert result.exit_code == 2 and "not a gzip-compressed fusionbench archive" in result.output
+    result = invoke("store", "import", tmp_path / "none.jsonl.gz", "--store", tmp_path / "t.db")
+    assert result.exit_code == 2 and "ARCHIVE" in result.output and "no such file" in result.output
+    result = invoke("store", "export", "--store", tmp_path / "none.db", "--out", tmp_path / "x.jsonl.gz")
+    assert result.exit_code == 2 and "--store" in result.output and not (tmp_path / "x.jsonl.gz").exists()
