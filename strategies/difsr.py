@@ -128,7 +128,9 @@ class DIFSR(AttentionLevelStrategy):
 
     Options = DIFSROptions
     fusion_stage = "attention"
-    train_defaults = {"lr": 1e-4}
+    # no training defaults of its own: the reference's lr 1e-4 goes with its batch of 2,048 sequences; at the
+    # harness's batch of 128 it lagged far behind lr 1e-3 on validation (Beauty, loo, seed 0, NDCG@20:
+    # 2.48 % after 20 epochs at 1e-4, 3.36 % after 5 at 1e-3 with bf16)
     paper = "Xie, Zhou, Kim, SIGIR 2022"
 
     def __init__(self, ctx: StrategyContext, opts: DIFSROptions):
