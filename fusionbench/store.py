@@ -80,6 +80,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _write_results(db: sqlite3.Connection, run_id: int, metrics: dict[str, dict[str, float]],
+                   ranks: dict[str, np.ndarray]) -> None:
+    """Write a run's metrics (``{split: {"HR@5": v}}``) and per-sample ranks (int32 little-endian blobs)."""
+    db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
+                   [(run_id, split, name.split("@")[0], int(name.split("@")[1]), float(value))
+                    for split, values in metrics.items() for name, value in values.items()])
+    db.executemany("INSERT OR REPLACE INTO ranks VALUES (?,?,?)",
+                   [(run_id, split, np.asarray(r, dtype="<i4").tobytes()) for split, r in ranks.items()])
+
+
+def _decode_ranks(blob: bytes) -> np.ndarray:
+    """A stored ranks blob (int32 little-endian) as an int64 array."""
+    return np.frombuffer(blob, dtype="<i4").astype(np.int64)
+
+
 class ResultStore:
     """Results of runs in one SQLite file (created on first use)."""
 
@@ -94,8 +109,7 @@ class ResultStore:
 
     def _add_missing_columns(self) -> None:
         """Bring a store written by an earlier version up to the schema (columns are only ever added)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        if "trained_from" not in have:
+        if "trained_from" not in self.run_columns():
             self._db.execute("ALTER TABLE runs ADD COLUMN trained_from TEXT")
 
     def close(self) -> None:
@@ -138,12 +152,8 @@ class ResultStore:
     def finish(self, run_id: int, metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndarray],
                summary: dict[str, Any]) -> None:
         """Write metrics (``{split: {"HR@5": v}}``), per-sample ranks and run facts; mark done."""
-        rows = [(run_id, split, name.split("@")[0], int(name.split("@")[1]), float(value))
-                for split, values in metrics.items() for name, value in values.items()]
         with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)", rows)
-            db.executemany("INSERT OR REPLACE INTO ranks VALUES (?,?,?)",
-                           [(run_id, split, np.asarray(r, dtype="<i4").tobytes()) for split, r in ranks.items()])
+            _write_results(db, run_id, metrics, ranks)
             db.execute(
                 "UPDATE runs SET status='done', finished_at=?, wall_seconds=?, peak_memory_mb=?, best_epoch=?,"
                 " epoch_seconds=?, eval_seconds=?, history=?, trained_from=? WHERE id=?",
@@ -175,17 +185,21 @@ class ResultStore:
             db.executemany("DELETE FROM runs WHERE id=?", [(run_id,) for run_id in run_ids])
         return hashes
 
+    def run_columns(self) -> list[str]:
+        """The columns of the ``runs`` table, in schema order."""
+        return [row[1] for row in self._db.execute("PRAGMA table_info(runs)")]
+
     def records(self, run_ids: list[int]) -> list[dict[str, Any]]:
         """Finished runs as plain records, in ``run_ids`` order: every ``runs`` column but the id,
         ``metrics`` = ``{split: {"HR@5": value}}`` and ``ranks`` = ``{split: int64 array}``."""
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(runs)") if row[1] != "id"]
+        columns = [c for c in self.run_columns() if c != "id"]
         records = []
         for run_id in run_ids:
             row = self._db.execute(f"SELECT {', '.join(columns)} FROM runs WHERE id=?", (run_id,)).fetchone()
             record = dict(zip(columns, row))
             splits = [r[0] for r in self._db.execute("SELECT DISTINCT split FROM metrics WHERE run_id=?", (run_id,))]
             record["metrics"] = {split: self.metrics(run_id, split) for split in splits}
-            record["ranks"] = {split: np.frombuffer(blob, dtype="<i4").astype(np.int64) for split, blob in
+            record["ranks"] = {split: _decode_ranks(blob) for split, blob in
                                self._db.execute("SELECT split, ranks FROM ranks WHERE run_id=?", (run_id,))}
             records.append(record)
         return records
@@ -204,13 +218,7 @@ class ResultStore:
                 columns = [c for c in record if c not in ("metrics", "ranks")]
                 cursor = db.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                                     [record[c] for c in columns])
-                run_id = cursor.lastrowid
-                db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)",
-                               [(run_id, split, name.split("@")[0], int(name.split("@")[1]), float(value))
-                                for split, values in record["metrics"].items() for name, value in values.items()])
-                db.executemany("INSERT INTO ranks VALUES (?,?,?)",
-                               [(run_id, split, np.asarray(r, dtype="<i4").tobytes())
-                                for split, r in record["ranks"].items()])
+                _write_results(db, cursor.lastrowid, record["metrics"], record["ranks"])
                 added.append(digest)
         return added
 
@@ -238,4 +246,4 @@ class ResultStore:
         row = self._db.execute("SELECT ranks FROM ranks WHERE run_id=? AND split=?", (run_id, split)).fetchone()
         if row is None:
             raise KeyError(f"no {split} ranks stored for run {run_id}")
-        return np.frombuffer(row[0], dtype="<i4").astype(np.int64)
+        return _decode_ranks(row[0])

@@ -109,8 +109,7 @@ def import_runs(archive: Path, store_path: Path) -> tuple[int, int]:
     if store_path.exists() and not store_path.is_file():
         raise UserInputError(f"--store {store_path}: not a file")
     store = open_store(store_path) if store_path.exists() else ResultStore(store_path)
-    columns = set(store.runs(status=None).columns) - {"id"}
+    columns = set(store.run_columns()) - {"id"}
     records = [_decode(line, f"{archive}, line {n}", columns) for n, line in enumerate(body, start=2)]
     added = store.add_records(records)
     return len(added), len(records) - len(added)
-
