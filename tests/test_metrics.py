@@ -98,3 +98,18 @@ def test_matches_a_sort_based_implementation_with_ties():
         order = sorted(range(len(row)), key=lambda j: (-row[j], j == t))
         expected.append(order.index(t))
     assert target_rank(scores, target).tolist() == expected
+
+
+@pytest.mark.parametrize("n_rows", [1, 31, 32, 33, 100])
+def test_chunked_scoring_step_ranks_like_one_full_score_matrix(n_rows):
+    """rank_block (chunks of RANK_CHUNK rows written into one reused buffer) = target_rank over the whole
+    [B, n] product, for B below, at and across chunk boundaries, with ties from duplicated items."""
+    from fusionbench.evaluate import RANK_CHUNK, rank_block
+    g = torch.Generator().manual_seed(n_rows)
+    item_emb = torch.randn(41, 8, generator=g)
+    item_emb[7] = item_emb[3]  # a tie: items 3 and 7 score alike for every query
+    query = torch.randn(n_rows, 8, generator=g, requires_grad=True)
+    target = torch.randint(1, 41, (n_rows,), generator=g)
+    target[0] = 3
+    expected = target_rank(query.detach() @ item_emb[1:].T, target - 1)
+    assert RANK_CHUNK < 100 and torch.equal(rank_block(query, item_emb, target), expected)
