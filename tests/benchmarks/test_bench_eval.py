@@ -50,6 +50,6 @@ def test_full_ranking_all_beauty_users(benchmark, measure, beauty, make_model):
     """Encode and rank the test sample of all 22,363 Beauty users with an untrained default SASRec."""
     data, split = beauty
     model, config = make_model("sasrec")
-    ranks = measure(rank_samples, args=(model, data, split.test, config["max_len"]), rounds=3)
+    ranks = measure(rank_samples, args=(model, data, split.test, config["max_len"]), rounds=5)
     assert ranks.shape == (len(split.test),) and (ranks >= 0).all() and (ranks < data.n_items).all()
     benchmark.extra_info.update(users=len(split.test), items=data.n_items)
