@@ -4,10 +4,11 @@ The resolved configuration (every default filled in, every option validated) is 
 hash identifies the run in the results store, so a run that is already done is skipped.
 
 With a store, the selected weights of every finished run are kept beside it in
-``models/<hash of the training config>.pt`` (``training_config``: the config without a test-only
-perturbation). A run whose training config was trained before evaluates those weights instead of
-training again: a test-only stress curve trains once per seed, and its p = 0 cell reuses the clean
-run. The store records which run's weights were evaluated (``trained_from``).
+``models/<hash of the training config>.pt`` (``training_config``: the config without what does not
+change training, such as a test-only perturbation). A run whose training config was trained before
+evaluates those weights instead of training again: a test-only stress curve trains once per seed, and
+the p = 0 cells of all perturbations of a seed share one training. The store records which run's
+weights were evaluated (``trained_from``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from fusionbench.data.datasets import DatasetContext
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
 from fusionbench.options import PluginOptions, require
-from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation
+from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation, training_view_of
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
 from fusionbench.store import ResultStore, config_hash
 from fusionbench.train import DataViews, TrainOptions, TrainResult, evaluate_trained, save_atomically, train
@@ -176,13 +177,18 @@ def peak_memory_mb() -> float:
 
 
 def training_config(config: dict) -> dict:
-    """The part of a resolved config that decides the trained weights. A test-only perturbation is left
-    out: training and validation then see the clean data, so the run trains exactly as its clean run
-    (``tests/test_stress.py`` checks this bit for bit)."""
+    """The part of a resolved config that decides the trained weights: the perturbation entry is
+    replaced by :func:`~fusionbench.perturb.plan.training_view_of` it, or left out where training sees
+    the clean data (a test-only perturbation, or p = 0 at catalog level). So a test-only perturbation
+    trains exactly as its clean run, and every p = 0 cell of a seed shares one training: the clean run's,
+    or for sequence-level perturbations on the training phase one run on prefix samples
+    (``tests/test_stress.py`` checks both bit for bit against training each cell on its own)."""
     spec = config.get("perturbation")
-    if spec is not None and spec["apply_to"] == "test":
-        return {key: value for key, value in config.items() if key != "perturbation"}
-    return config
+    if spec is None:
+        return config
+    clean = {key: value for key, value in config.items() if key != "perturbation"}
+    training = training_view_of(spec)
+    return clean if training is None else {**clean, "perturbation": training}
 
 
 def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, progress: bool = True) -> RunOutcome:

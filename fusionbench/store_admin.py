@@ -1,8 +1,9 @@
 """Looking after a results store from the command line (``fusionbench store show | remove``).
 
 A run's files beside the store (``runner.run_experiment``): ``checkpoints/<run hash>.pt`` (resume state of
-an unfinished run) and ``models/<training hash>.pt`` (trained weights, kept for the runs that evaluate
-them: the run that trained them and test-only stress cells, whose ``trained_from`` names them).
+an unfinished run) and ``models/<training hash>.pt`` (trained weights, kept while a run with that
+training config (``runner.training_config``) remains: the run that trained them and the stress cells
+that evaluated them, whose ``trained_from`` names them).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def remove_runs(store_path: Path, run_ids: list[int], force: bool = False) -> li
     trained = {config_hash(training_config(json.loads(text))) for text in gone.config}
     hashes = store.remove(list(dict.fromkeys(run_ids)))
     left = store.runs(status=None)
-    referred = set(left.config_hash) | set(left.trained_from.dropna())
+    referred = {config_hash(training_config(json.loads(text))) for text in left.config}
     folder = store.path.parent
     for path in [folder / "checkpoints" / f"{h}.pt" for h in hashes] + \
                 [folder / "models" / f"{t}.pt" for t in trained - referred]:

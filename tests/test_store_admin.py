@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from fusionbench.cli import main
 from fusionbench.perturb.plan import PerturbationRequest
-from fusionbench.runner import resolve, run_experiment
+from fusionbench.runner import resolve, run_experiment, training_config
 from fusionbench.store import ResultStore, config_hash
 from test_stress import request
 
@@ -85,3 +85,18 @@ def test_remove_refuses_running_runs_without_force_and_unknown_ids(tmp_path):
     assert ResultStore(path).status(digest) is None
     missing = invoke("store", "remove", "--store", tmp_path / "none.db", "--id", 1)
     assert missing.exit_code == 2 and "--store" in missing.output
+
+
+def test_remove_keeps_shared_weights_while_a_run_of_their_training_config_remains(tmp_path):
+    """p = 0 sequence-level cells share one training, kept under its training hash (no run's own hash):
+    removing the cell that evaluated them leaves them for the cell that trained them, and back."""
+    path = tmp_path / "r.db"
+    trained, evaluated = (run_experiment(request("early", PerturbationRequest(name, 0.0, "both", options)),
+                                         ResultStore(path), progress=False)
+                          for name, options in (("disorder", {}), ("mismatch", {"mode": "shift"})))
+    weights = tmp_path / "models" / f"{config_hash(training_config(trained.config))}.pt"
+    assert weights.exists() and weights.stem not in (trained.config_hash, evaluated.config_hash)
+    assert invoke("store", "remove", "--store", path, "--id", evaluated.run_id).exit_code == 0
+    assert weights.exists()
+    assert invoke("store", "remove", "--store", path, "--id", trained.run_id).exit_code == 0
+    assert not weights.exists()

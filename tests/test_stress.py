@@ -13,8 +13,8 @@ from fusionbench.data.splits import make_split
 from fusionbench.errors import UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.registry import STRATEGIES
-from fusionbench.runner import RunRequest, resolve, run_experiment
-from fusionbench.store import ResultStore
+from fusionbench.runner import RunRequest, resolve, run_experiment, training_config
+from fusionbench.store import ResultStore, config_hash
 from fusionbench.train import DataViews, TrainOptions, train
 from strategy_fixtures import tiny_context
 from test_train_store import cyclic_data
@@ -157,6 +157,36 @@ def test_a_test_only_sweep_trains_once_per_seed_and_matches_training_every_cell(
                                  ResultStore(tmp_path / "r.db"), progress=False)
     assert runs.shape[0] == 5 and len(trained) == 2 + len(cells)  # apply_to=both trains its own weights
     assert pd.isna(ResultStore(tmp_path / "r.db").runs().set_index("config_hash").trained_from[trained_too.config_hash])
+
+
+def test_p0_cells_on_the_training_phase_share_one_training_per_seed(tmp_path, monkeypatch):
+    """At p = 0 training sees the clean data. Catalog-level cells (the same tables) evaluate the clean
+    run's weights; sequence-level cells of every perturbation share one training on prefix samples (the
+    clean run trains causally, so not its weights). Each gives exactly what training it alone gives."""
+    trained = []
+    real_train = fusionbench.runner.train
+    monkeypatch.setattr(fusionbench.runner, "train", lambda *a, **k: (trained.append(1), real_train(*a, **k))[1])
+    store = tmp_path / "r.db"
+    clean = run_experiment(request("early"), ResultStore(store), progress=False)
+    catalog = [request("early", PerturbationRequest(name, 0.0, apply_to, {"mode": mode}))
+               for name, mode, apply_to in (("mismatch", "swap", "train"), ("missing", "item", "both"))]
+    sequence = [request("early", PerturbationRequest(name, 0.0, apply_to, options))
+                for name, options, apply_to in (("disorder", {}, "both"), ("mismatch", {"mode": "shift"}, "train"),
+                                                ("missing", {"mode": "occurrence", "modalities": "text"}, "both"))]
+    outcomes = [run_experiment(cell, ResultStore(store), progress=False) for cell in catalog + sequence]
+    assert len(trained) == 2                        # the clean run, one prefix-sample run
+    runs = ResultStore(store).runs().set_index("config_hash")
+    on_catalog, on_sequence = outcomes[:len(catalog)], outcomes[len(catalog):]
+    assert all(runs.trained_from[o.config_hash] == clean.config_hash and o.test == clean.test for o in on_catalog)
+    assert pd.isna(runs.trained_from[on_sequence[0].config_hash]) and on_sequence[0].valid != clean.valid
+    prefix_training = config_hash(training_config(on_sequence[0].config))
+    assert all(runs.trained_from[o.config_hash] == prefix_training for o in on_sequence[1:])
+    assert (tmp_path / "models" / f"{prefix_training}.pt").exists()
+    for number, index in enumerate((0, 3, 4)):      # each the same as trained on its own
+        alone = run_experiment((catalog + sequence)[index], ResultStore(tmp_path / f"alone{number}" / "r.db"),
+                               progress=False)
+        assert (alone.test, alone.valid) == (outcomes[index].test, outcomes[index].valid)
+    assert len(trained) == 5
 
 
 @pytest.mark.parametrize("args, message", [

@@ -116,9 +116,14 @@ class Perturbation:
         self.seed = int(ctx.seed)
         self.ctx, self.opts = ctx, opts
 
+    @classmethod
+    def level_for(cls, opts: PluginOptions) -> Level:
+        """The level this perturbation acts at with options ``opts`` (it never depends on p or data)."""
+        raise NotImplementedError(f"{cls.__name__} must define level_for")
+
     @property
     def level(self) -> Level:
-        raise NotImplementedError(f"{type(self).__name__} must define level")
+        return self.level_for(self.opts)
 
     def tables(self, tables: Mapping[str, ModalityTable]) -> dict[str, ModalityTable]:
         """Catalog level: perturbed tables (sorted by name); other levels return them as given."""

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from fusionbench.context import SeqBatch
 from fusionbench.data.splits import Samples
+from fusionbench.options import PluginOptions
 from fusionbench.perturb.base import Perturbation, batch_offsets, keyed_uniform, round_count
 from fusionbench.registry import PERTURBATIONS
 
@@ -44,8 +45,8 @@ def disorder_moves(items: Tensor, user: Tensor, pos: Tensor, p: float, seed: int
 class Disorder(Perturbation):
     """Shuffle round(p·m) of each history's m positions (whole items, targets fixed); sequence level."""
 
-    @property
-    def level(self) -> str:
+    @classmethod
+    def level_for(cls, opts: PluginOptions) -> str:
         return "sequence"
 
     def perturb_batch(self, batch: SeqBatch, samples: Samples) -> SeqBatch:

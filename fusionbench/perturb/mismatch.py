@@ -75,9 +75,9 @@ class Mismatch(ChannelPerturbation):
 
     Options = MismatchOptions
 
-    @property
-    def level(self) -> str:
-        return "catalog" if self.opts.mode == "swap" else "sequence"
+    @classmethod
+    def level_for(cls, opts: MismatchOptions) -> str:
+        return "catalog" if opts.mode == "swap" else "sequence"
 
     def perturb_tables(self, tables: Mapping[str, ModalityTable]) -> dict[str, ModalityTable]:
         chosen = self.selected(tables)

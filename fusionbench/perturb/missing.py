@@ -65,9 +65,9 @@ class Missing(ChannelPerturbation):
 
     Options = MissingOptions
 
-    @property
-    def level(self) -> str:
-        return "catalog" if self.opts.mode == "item" else "sequence"
+    @classmethod
+    def level_for(cls, opts: MissingOptions) -> str:
+        return "catalog" if opts.mode == "item" else "sequence"
 
     def perturb_tables(self, tables: Mapping[str, ModalityTable]) -> dict[str, ModalityTable]:
         chosen = self.selected(tables)

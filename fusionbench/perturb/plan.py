@@ -13,7 +13,9 @@ of the phases they apply to; with one on the training phase, causal strategies t
 (one target per row) instead of one causal pass per sequence, because a perturbed prefix belongs to one
 target: a shuffled causal row would show earlier positions later items, and per-target masks or shifts
 cannot share one pass. The set of (prefix, target) pairs is the clean one; this holds at every
-severity, p = 0 included, so a stress curve is trained one way throughout. Cost: SASRec on Beauty, one
+severity, p = 0 included, so a stress curve is trained one way throughout; at p = 0 every
+sequence-level perturbation trains alike, so their p = 0 cells share one training
+(:func:`training_view_of`, ``runner.training_config``). Cost: SASRec on Beauty, one
 CPU thread, about 1.3x the epoch time (1027 steps of ~57 ms instead of 202 causal steps of ~221 ms).
 
 ``ratio-paper`` selects on per-epoch test scores, so it only allows ``apply_to = both``.
@@ -55,6 +57,22 @@ def resolve_perturbation(request: PerturbationRequest, protocol: str) -> dict:
                              f"cannot see different data: use apply_to=both, not {request.apply_to!r}")
     options = PERTURBATIONS.options(request.name, **request.options).as_dict()
     return {"name": request.name, "severity": severity, "apply_to": request.apply_to, "options": options}
+
+
+def training_view_of(spec: Mapping[str, Any]) -> dict | None:
+    """What a resolved perturbation entry changes about training: ``None`` when training sees the clean
+    data exactly as the clean run (apply_to = test, or p = 0 at catalog level: the same tables), the
+    entry itself when training sees perturbed data (p > 0), and ``{"severity": 0.0, "training": "prefix
+    samples"}`` for p = 0 at sequence level (identity batches, but causal strategies train on prefix
+    samples, the same for every such perturbation and option)."""
+    if spec["apply_to"] == "test":
+        return None
+    if spec["severity"] > 0.0:
+        return dict(spec)
+    options = PERTURBATIONS.options(spec["name"], **spec["options"])
+    if PERTURBATIONS.get(spec["name"]).level_for(options) == "catalog":
+        return None
+    return {"severity": 0.0, "training": "prefix samples"}
 
 
 @dataclass(frozen=True)
