@@ -120,7 +120,7 @@ TINY_SUITE = """
 
     pytestmark = pytest.mark.benchmark
     UNIT = 200_000  # loop steps, about 10 ms of CPU time (the check's clock, so sleeping would not count)
-    ROUNDS = 15  # the best of many short rounds: a burst of load on a shared (hyper-threaded) core slows a few
+    ROUNDS = 30  # the best of many short rounds: a burst of load on a shared (hyper-threaded) core slows a few
 
 
     def spin(steps):
