@@ -179,15 +179,16 @@ def peak_memory_mb() -> float:
 def training_config(config: dict) -> dict:
     """The part of a resolved config that decides the trained weights: the perturbation entry is
     replaced by :func:`~fusionbench.perturb.plan.training_view_of` it, or left out where training sees
-    the clean data (a test-only perturbation, or p = 0 at catalog level). So a test-only perturbation
-    trains exactly as its clean run, and every p = 0 cell of a seed shares one training: the clean run's,
-    or for sequence-level perturbations on the training phase one run on prefix samples
+    the clean data (a test-only perturbation; p = 0 at catalog level, or at sequence level for strategies
+    that train on prefix samples anyway). So a test-only perturbation trains exactly as its clean run, and
+    every p = 0 cell of a seed shares one training: the clean run's, or for sequence-level perturbations
+    of a causal strategy on the training phase one run on prefix samples
     (``tests/test_stress.py`` checks both bit for bit against training each cell on its own)."""
     spec = config.get("perturbation")
     if spec is None:
         return config
     clean = {key: value for key, value in config.items() if key != "perturbation"}
-    training = training_view_of(spec)
+    training = training_view_of(spec, STRATEGIES.get(config["strategy"]).causal_training)
     return clean if training is None else {**clean, "perturbation": training}
 
 

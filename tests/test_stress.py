@@ -189,6 +189,23 @@ def test_p0_cells_on_the_training_phase_share_one_training_per_seed(tmp_path, mo
     assert len(trained) == 5
 
 
+def test_p0_sequence_cells_of_a_prefix_sample_strategy_evaluate_its_clean_run(tmp_path, monkeypatch):
+    """SR-GNN trains on prefix samples anyway, so an identity training view changes nothing: its p = 0
+    sequence-level cell evaluates the clean run's weights and equals that cell trained alone."""
+    trained = []
+    real_train = fusionbench.runner.train
+    monkeypatch.setattr(fusionbench.runner, "train", lambda *a, **k: (trained.append(1), real_train(*a, **k))[1])
+    tiny = {"strategy_options": {"dim": "16"}}
+    clean = run_experiment(request("srgnn", **tiny), ResultStore(tmp_path / "r.db"), progress=False)
+    cell = request("srgnn", PerturbationRequest("disorder", 0.0, "both"), **tiny)
+    shared = run_experiment(cell, ResultStore(tmp_path / "r.db"), progress=False)
+    assert len(trained) == 1 and shared.test == clean.test
+    assert ResultStore(tmp_path / "r.db").runs().set_index("config_hash").trained_from[shared.config_hash] == \
+        clean.config_hash
+    alone = run_experiment(cell, ResultStore(tmp_path / "alone" / "r.db"), progress=False)
+    assert (alone.test, alone.valid) == (shared.test, shared.valid)
+
+
 @pytest.mark.parametrize("args, message", [
     (("--perturbation", "shuffle"),
      "error: --perturbation: unknown perturbation 'shuffle'; known: disorder, mismatch, missing"),

@@ -59,18 +59,20 @@ def resolve_perturbation(request: PerturbationRequest, protocol: str) -> dict:
     return {"name": request.name, "severity": severity, "apply_to": request.apply_to, "options": options}
 
 
-def training_view_of(spec: Mapping[str, Any]) -> dict | None:
-    """What a resolved perturbation entry changes about training: ``None`` when training sees the clean
-    data exactly as the clean run (apply_to = test, or p = 0 at catalog level: the same tables), the
-    entry itself when training sees perturbed data (p > 0), and ``{"severity": 0.0, "training": "prefix
-    samples"}`` for p = 0 at sequence level (identity batches, but causal strategies train on prefix
-    samples, the same for every such perturbation and option)."""
+def training_view_of(spec: Mapping[str, Any], causal_training: bool) -> dict | None:
+    """What a resolved perturbation entry changes about training a strategy (``causal_training``: its
+    class attribute): ``None`` when training sees the clean data exactly as the clean run (apply_to =
+    test; p = 0 at catalog level: the same tables; p = 0 at sequence level for a strategy that trains on
+    prefix samples anyway), the entry itself when training sees perturbed data (p > 0), and
+    ``{"severity": 0.0, "training": "prefix samples"}`` for p = 0 at sequence level of a causal strategy
+    (identity batches, but prefix samples instead of causal rows, the same for every such perturbation
+    and option)."""
     if spec["apply_to"] == "test":
         return None
     if spec["severity"] > 0.0:
         return dict(spec)
     options = PERTURBATIONS.options(spec["name"], **spec["options"])
-    if PERTURBATIONS.get(spec["name"]).level_for(options) == "catalog":
+    if PERTURBATIONS.get(spec["name"]).level_for(options) == "catalog" or not causal_training:
         return None
     return {"severity": 0.0, "training": "prefix samples"}
 
