@@ -133,12 +133,19 @@ def test_an_interrupted_sweep_resumes_without_duplicates_or_losses(tmp_path, mon
         assert resumed.metrics(resumed.run_id(digest)) == fresh.metrics(fresh.run_id(digest))
 
 
-def test_a_test_only_sweep_trains_once_per_seed_and_matches_training_every_cell(tmp_path, monkeypatch):
+@pytest.fixture
+def trained(monkeypatch):
+    """A list that grows by one each time ``run_experiment`` trains a model (rather than evaluating kept
+    weights)."""
+    calls = []
+    real_train = fusionbench.runner.train
+    monkeypatch.setattr(fusionbench.runner, "train", lambda *a, **k: (calls.append(1), real_train(*a, **k))[1])
+    return calls
+
+
+def test_a_test_only_sweep_trains_once_per_seed_and_matches_training_every_cell(tmp_path, trained):
     """The clean run's weights are kept beside the store; every test-only cell of the same seed evaluates
     them (``trained_from``) and gives exactly what training that cell from scratch gives."""
-    trained = []
-    real_train = fusionbench.runner.train
-    monkeypatch.setattr(fusionbench.runner, "train", lambda *a, **k: (trained.append(1), real_train(*a, **k))[1])
     clean = run_experiment(request("early"), ResultStore(tmp_path / "r.db"), progress=False)
     cells = [request("early", PerturbationRequest(name, p, "test", {"mode": mode}))
              for name, mode in (("missing", "item"), ("mismatch", "shift")) for p in (0.0, 1.0)]
@@ -159,13 +166,10 @@ def test_a_test_only_sweep_trains_once_per_seed_and_matches_training_every_cell(
     assert pd.isna(ResultStore(tmp_path / "r.db").runs().set_index("config_hash").trained_from[trained_too.config_hash])
 
 
-def test_p0_cells_on_the_training_phase_share_one_training_per_seed(tmp_path, monkeypatch):
+def test_p0_cells_on_the_training_phase_share_one_training_per_seed(tmp_path, trained):
     """At p = 0 training sees the clean data. Catalog-level cells (the same tables) evaluate the clean
     run's weights; sequence-level cells of every perturbation share one training on prefix samples (the
     clean run trains causally, so not its weights). Each gives exactly what training it alone gives."""
-    trained = []
-    real_train = fusionbench.runner.train
-    monkeypatch.setattr(fusionbench.runner, "train", lambda *a, **k: (trained.append(1), real_train(*a, **k))[1])
     store = tmp_path / "r.db"
     clean = run_experiment(request("early"), ResultStore(store), progress=False)
     catalog = [request("early", PerturbationRequest(name, 0.0, apply_to, {"mode": mode}))
@@ -189,12 +193,9 @@ def test_p0_cells_on_the_training_phase_share_one_training_per_seed(tmp_path, mo
     assert len(trained) == 5
 
 
-def test_p0_sequence_cells_of_a_prefix_sample_strategy_evaluate_its_clean_run(tmp_path, monkeypatch):
+def test_p0_sequence_cells_of_a_prefix_sample_strategy_evaluate_its_clean_run(tmp_path, trained):
     """SR-GNN trains on prefix samples anyway, so an identity training view changes nothing: its p = 0
     sequence-level cell evaluates the clean run's weights and equals that cell trained alone."""
-    trained = []
-    real_train = fusionbench.runner.train
-    monkeypatch.setattr(fusionbench.runner, "train", lambda *a, **k: (trained.append(1), real_train(*a, **k))[1])
     tiny = {"strategy_options": {"dim": "16"}}
     clean = run_experiment(request("srgnn", **tiny), ResultStore(tmp_path / "r.db"), progress=False)
     cell = request("srgnn", PerturbationRequest("disorder", 0.0, "both"), **tiny)
