@@ -293,8 +293,9 @@ def store_upgrade(store_path: Path, dry_run: bool) -> None:
 @report_errors
 def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) -> None:
     """One line per stored run: id, status, data, run, perturbation, seed, best / run epochs, seconds per
-    epoch, wall minutes. A run whose process died stays 'running': its command resumes it from its
-    checkpoint ('resumable'), `fusionbench store remove` forgets it."""
+    epoch, wall minutes (of a resumed run: with its earlier processes' epochs). A run whose process died
+    stays 'running': its command resumes it from its checkpoint ('resumable'), `fusionbench store remove`
+    forgets it."""
     from fusionbench.store_admin import describe_runs
 
     rows = describe_runs(store_path, status, dataset)

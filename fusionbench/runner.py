@@ -244,7 +244,8 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
             trained_model.parent.mkdir(exist_ok=True)
             save_atomically({"model": model.state_dict(), "history": result.history,
                              "best_epoch": result.best_epoch}, trained_model)
-        summary = {"wall_seconds": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
+        # a resumed run's wall time includes what its earlier processes spent on the epochs it restored
+        summary = {"wall_seconds": time.perf_counter() - started + result.earlier_seconds, "peak_memory_mb": peak_memory_mb(),
                    "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
                    "eval_seconds": result.eval_seconds, "history": result.history,
                    "trained_from": trained_digest if reuse else None}

@@ -4,7 +4,9 @@ Tables:
     runs(id, config_hash UNIQUE, config JSON, dataset, protocol, strategy, aggregator, seed,
          status 'running'|'done'|'failed', dataset_checksum, versions JSON, git_rev, started_at,
          finished_at, wall_seconds, peak_memory_mb, best_epoch, epoch_seconds, eval_seconds,
-         history JSON, error, trained_from)   trained_from: hash of the training config whose kept
+         history JSON, error, trained_from)   wall_seconds: of a resumed run, with the wall time its
+                                               earlier processes spent on the epochs it restored;
+                                               trained_from: hash of the training config whose kept
                                                weights this run evaluated (runner.training_config; the
                                                clean run's hash for a test-only cell; NULL: it trained)
     metrics(run_id, split 'valid'|'test', metric, k, value)     values are fractions, not %

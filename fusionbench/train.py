@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -77,6 +77,8 @@ class TrainResult:
         valid_ranks, test_ranks: per-sample 0-based ranks of the restored state ``[S]``.
         test: test metrics reported (per-metric maxima over epochs under ``ratio-paper``).
         eval_seconds: wall time of the final test evaluation.
+        earlier_seconds: wall time that earlier processes of a resumed run spent on the epochs it
+            restored (training and validation, up to their last checkpoint); 0 for a fresh run.
     """
 
     best_epoch: int
@@ -85,6 +87,7 @@ class TrainResult:
     test_ranks: Optional[torch.Tensor] = None
     test: dict[str, float] = field(default_factory=dict)
     eval_seconds: float = 0.0
+    earlier_seconds: float = 0.0
 
     @property
     def epoch_seconds(self) -> float:
@@ -175,7 +178,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
     prefix_keys = None if model.causal_training and views.train is None else model.bucket_key(data, split.train)
     history: list[dict] = []
     best_value, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
-    first_epoch = 1
+    first_epoch, earlier_seconds, run_started = 1, 0.0, time.perf_counter()
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
@@ -187,6 +190,8 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
         best_state, bad_epochs = state["best_state"], state["bad_epochs"]
         first_epoch = len(history) + 1
+        # checkpoints written before "elapsed" was kept: their epochs' training time, a lower bound
+        earlier_seconds = state.get("elapsed", sum(h["seconds"] for h in history))
 
     for epoch in range(first_epoch, opts.epochs + 1):
         if bad_epochs >= opts.patience:
@@ -228,10 +233,12 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
                           "scheduler": scheduler.state_dict() if scheduler else None,
                           "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                           "history": history, "best_value": best_value, "best_epoch": best_epoch,
-                          "best_state": best_state, "bad_epochs": bad_epochs}, checkpoint)
+                          "best_state": best_state, "bad_epochs": bad_epochs,
+                          "elapsed": earlier_seconds + time.perf_counter() - run_started}, checkpoint)
 
     model.load_state_dict(best_state)
-    return evaluate_trained(model, data, split, opts, max_len, history, best_epoch, views)
+    result = evaluate_trained(model, data, split, opts, max_len, history, best_epoch, views)
+    return replace(result, earlier_seconds=earlier_seconds)
 
 
 def evaluate_trained(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, max_len: int,

@@ -59,6 +59,22 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert torch.equal(resumed.test_ranks, full.test_ranks)
 
 
+def test_a_resumed_run_counts_the_wall_time_of_the_epochs_it_restored(tmp_path):
+    data = cyclic_data()
+    ckpt = tmp_path / "run.pt"
+    first = fit(data, epochs=2, checkpoint=ckpt)
+    assert first.earlier_seconds == 0.0
+    elapsed = torch.load(ckpt, weights_only=False)["elapsed"]
+    assert elapsed >= sum(h["seconds"] for h in first.history)  # training and validation of both epochs
+    assert fit(data, epochs=3, checkpoint=ckpt).earlier_seconds == elapsed
+    # a checkpoint from before "elapsed" was kept: its epochs' training time, a lower bound
+    state = torch.load(ckpt, weights_only=False)
+    restored = state.pop("history")
+    del state["elapsed"]
+    torch.save({**state, "history": restored[:2]}, ckpt)
+    assert fit(data, epochs=3, checkpoint=ckpt).earlier_seconds == sum(h["seconds"] for h in restored[:2])
+
+
 def test_bf16_training_learns_deterministically_and_differs_from_fp32():
     data = cyclic_data()
     a, b = fit(data, epochs=8, precision="bf16"), fit(data, epochs=8, precision="bf16")
