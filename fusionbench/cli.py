@@ -324,13 +324,16 @@ def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> Non
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Archive to write (.jsonl.gz).")
 @click.option("--dataset", default=None, help="Only runs on this dataset.")
+@click.option("--ranks", type=click.Choice(["all", "test"]), default="all", show_default=True,
+              help="Per-sample ranks of every split, or of the test split only (all that leaderboards and "
+                   "robustness tables read; about half the archive).")
 @report_errors
-def store_export(store_path: Path, out: Path, dataset: Optional[str]) -> None:
+def store_export(store_path: Path, out: Path, dataset: Optional[str], ranks: str) -> None:
     """Write the store's finished runs (config, run facts, metrics, per-sample ranks; not the kept weights) to a
     portable archive that `fusionbench store import` adds to another store."""
     from fusionbench.store_archive import export_runs
 
-    n = export_runs(store_path, out, dataset)
+    n = export_runs(store_path, out, dataset, ranks)
     click.echo(f"wrote {out}: {n} finished run{'s' if n != 1 else ''}")
 
 

@@ -5,7 +5,8 @@ store (another machine, a fresh checkout, a colleague) without retraining, so a 
 regenerated from it and later seeds added to it. Format: gzip-compressed JSON lines, the first line
 ``{"fusionbench_archive": 1, "runs": N}``, then one line per finished run with every column of the store's
 ``runs`` table but the id, ``metrics`` (``{split: {"HR@5": fraction}}``) and ``ranks`` (``{split: base64
-of the per-sample ranks as little-endian int32}``). Kept trained weights (``models/``) are not part of it:
+of the per-sample ranks as little-endian int32}``; every split, or the test split only: the reports read
+no other). Kept trained weights (``models/``) are not part of it:
 an imported clean run ranks on leaderboards, but a new test-only stress cell of it trains its weights again.
 
 Importing is one transaction: every line is checked first (a wrong line is an error naming the file, the
@@ -32,15 +33,21 @@ REQUIRED = {"config_hash": str, "config": str, "dataset": str, "protocol": str, 
             "status": str, "metrics": dict, "ranks": dict}
 
 
-def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None) -> int:
+RANK_SPLITS = {"all": None, "test": ("test",)}
+
+
+def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None, ranks: str = "all") -> int:
     """Write the finished runs of ``store_path`` (of ``dataset`` only, if given) to the archive ``out``
-    (atomically); returns how many."""
+    (atomically); returns how many. ``ranks``: the per-sample ranks of every split ("all") or of the
+    test split only ("test": leaderboards and robustness tables read no other, and the archive is about
+    half the size; the validation metrics are kept either way)."""
+    splits = RANK_SPLITS[ranks]
     store = open_store(store_path)
     table = store.runs(status="done", **({"dataset": dataset} if dataset else {}))
     lines = [json.dumps({"fusionbench_archive": FORMAT, "runs": len(table)})]
     for record in store.records([int(i) for i in table.id]):
         record["ranks"] = {split: base64.b64encode(r.astype("<i4").tobytes()).decode("ascii")
-                           for split, r in record["ranks"].items()}
+                           for split, r in record["ranks"].items() if splits is None or split in splits}
         lines.append(json.dumps(record, sort_keys=True))
     payload = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
     atomic_write(Path(out), lambda f: f.write(payload))

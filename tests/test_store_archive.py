@@ -53,6 +53,23 @@ def test_imported_runs_match_and_give_the_same_leaderboard(exported, tmp_path):
     assert len(ResultStore(target).runs(status=None)) == 2
 
 
+def test_an_archive_of_test_ranks_only_gives_the_same_reports(exported, tmp_path):
+    path, archive, clean, _, _ = exported
+    small = tmp_path / "test_ranks.jsonl.gz"
+    assert invoke("store", "export", "--store", path, "--out", small, "--ranks", "test").exit_code == 0
+    records = [json.loads(line) for line in gzip.decompress(small.read_bytes()).decode().splitlines()[1:]]
+    assert all(set(r["ranks"]) == {"test"} and set(r["metrics"]) == {"valid", "test"} for r in records)
+    target = tmp_path / "copy.db"
+    assert invoke("store", "import", small, "--store", target).exit_code == 0
+    source, copy = ResultStore(path), ResultStore(target)
+    a, b = source.run_id(clean.config_hash), copy.run_id(clean.config_hash)
+    np.testing.assert_array_equal(copy.ranks(b, "test"), source.ranks(a, "test"))
+    assert copy.metrics(b, "valid") == source.metrics(a, "valid")
+    assert leaderboard_report(target, command="x")[0] == leaderboard_report(path, command="x")[0]
+    assert (leaderboard_report(target, robust=True, command="x")[0]
+            == leaderboard_report(path, robust=True, command="x")[0])
+
+
 def test_import_replaces_an_unfinished_attempt_of_the_same_run(exported, tmp_path):
     path, archive, clean, _, _ = exported
     target = tmp_path / "t.db"
