@@ -15,7 +15,7 @@ from fusionbench.metrics import summarize
 from fusionbench.report import leaderboard_report
 from fusionbench.report.collect import Column, Selection, open_store, parse_columns
 from fusionbench.report.leaderboard import build_leaderboards, render_markdown, to_frame
-from fusionbench.report.robustness import build_robustness
+from fusionbench.report.robustness import Point, RobustRow, _point_text, build_robustness
 from fusionbench.report.significance import holm
 from fusionbench.runner import RunRequest, resolve
 from fusionbench.store import ResultStore
@@ -298,6 +298,12 @@ def test_robustness_without_clean_reference_has_no_drop(tmp_path):
     add_run(s, "mmsr", 0, RANKS["mmsr"][0], perturbation={**MISSING, "severity": 0.5})
     (row,) = build_robustness(s, None, None, Column("HR", 5))[0].rows
     assert row.reference == "none" and np.isnan(row.points[0].drop)
+
+
+@pytest.mark.parametrize("drop, text", [(0.0, "4.11 (+0.0%)"), (25.0, "4.11 (-25.0%)"), (-4.0, "4.11 (+4.0%)")])
+def test_a_cell_reads_its_change_with_the_sign_of_better_or_worse(drop, text):
+    row = RobustRow("sasrec", "sasrec", "clean run", 4.11, [])
+    assert _point_text(Point(0.3, (0,), 4.11, float("nan"), drop), row) == text
 
 
 def invoke(*args):

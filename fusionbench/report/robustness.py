@@ -137,7 +137,8 @@ def _build(store: ResultStore, key: tuple, perturbed: list, clean_runs: list, co
 def _point_text(point: Point, row: RobustRow) -> str:
     text = f"{point.mean:.2f}" + ("" if math.isnan(point.std) else f" ± {point.std:.2f}")
     is_reference = row.reference == "severity 0" and point.severity == 0.0
-    return text + ("" if math.isnan(point.drop) or is_reference else f" ({-point.drop:+.1f}%)")
+    change = -point.drop + 0.0  # + 0.0: no change reads +0.0 %, not -0.0 %
+    return text + ("" if math.isnan(point.drop) or is_reference else f" ({change:+.1f}%)")
 
 
 def render_markdown(tables: list[RobustnessTable]) -> str:
