@@ -10,12 +10,14 @@ its rounds and :math:`t_{\\mathrm{calibration}}` the best over the calibration c
            \\mathrm{change}_c = r_c^{\\mathrm{now}} / r_c^{\\mathrm{baseline}} - 1,
 
 and ``check`` fails (exit 1) when any case's change exceeds :data:`TOLERANCE` (+25 %). When a case
-fails, the short suite runs a second time and the two runs are pooled (:func:`pooled`: each case's best
-time over both runs over the calibration's best time over both runs), so one burst of load on a shared
-machine neither fails the check nor, by slowing only a calibration, hides a slow case. Faster is never a
+fails, the short suite runs :data:`CONFIRM_RUNS` more times and the runs are pooled (:func:`pooled`: each
+case's best time over all runs over the calibration's best time over all runs), so a spell of load on a
+shared machine neither fails the check nor, by slowing only a calibration, hides a slow case. Faster is never a
 failure.
 The baseline is the per-case median of several runs (``refresh --runs``, default 3), so that one lucky
-or unlucky refresh run does not become the yardstick of every later check.
+or unlucky refresh run does not become the yardstick of every later check. ``refresh --keep-slower``
+keeps each case's old ratio where it is the slower one (:func:`slower_of`): a machine state that reads
+memory-bound cases slower widens the baseline, and one that reads them faster does not narrow it.
 
 ``check`` and ``refresh`` run a short version of the suite in a subprocess: rounds capped at
 :func:`quick_rounds` (the suite reads :data:`QUICK_ENV`), one thread (``OMP_NUM_THREADS=1``), and the
@@ -44,6 +46,9 @@ from fusionbench.errors import RunFailure, UserInputError, report_errors
 
 TOLERANCE = 0.25
 """A case fails when its calibrated ratio is more than this fraction above the baseline's."""
+
+CONFIRM_RUNS = 2
+"""Further runs of the short suite when the first one flags a case; all runs are then pooled."""
 
 QUICK_ENV = "FUSIONBENCH_BENCH_QUICK"
 """Set to ``1`` by ``check`` / ``refresh``: the suite caps its cases' rounds with :func:`quick_rounds`."""
@@ -167,6 +172,13 @@ def median_of(runs: list[Measurement]) -> Measurement:
     return Measurement(ratios, statistics.median(run.calibration_seconds for run in runs), runs[0].machine)
 
 
+def slower_of(old: Mapping[str, float], new: Measurement) -> Measurement:
+    """``new`` with each case's ratio raised to its ``old`` ratio where that is larger (pure); cases
+    absent from ``new`` are dropped (removed from the suite), cases absent from ``old`` keep ``new``'s."""
+    ratios = {c: max(r, old.get(c, r)) for c, r in new.ratios.items()}
+    return Measurement(ratios, new.calibration_seconds, new.machine)
+
+
 def compare(baseline: Mapping[str, float], measured: Mapping[str, float],
             tolerance: float = TOLERANCE) -> list[Row]:
     """Compare calibrated ratios case by case (pure). Rows come in baseline order, then new cases.
@@ -252,13 +264,14 @@ def read_baseline(path: Path) -> dict:
     return baseline
 
 
-def write_baseline(path: Path, result: Measurement, runs: int) -> None:
+def write_baseline(path: Path, result: Measurement, runs: int, keep_slower: bool = False) -> None:
     """Write the baseline atomically (readers see the old file or the complete new one)."""
     content = {
         "command": REFRESH_COMMAND,
         "statistic": f"per run: min over the rounds of each case (as many as fit in {QUICK_SECONDS:g} s, at "
                      f"least {QUICK_ROUNDS}) / min of the calibration cases; the baseline is the median over "
-                     f"{runs} run(s)",
+                     f"{runs} run(s)" + (", or the previous baseline's ratio where that was slower"
+                                         if keep_slower else ""),
         "timer": TIMER,
         "threads": THREADS,
         "calibration_seconds": result.calibration_seconds,
@@ -291,8 +304,9 @@ def check(suite: Path, baseline: Path) -> None:
     rows = compare(base["ratios"], first.ratios)
     slow = [r.case for r in rows if r.verdict == "SLOWER"]
     if slow:
-        click.echo(f"slower than allowed in the first run: {', '.join(slow)}; measuring again to confirm")
-        first = pooled([first, measure(suite)])
+        click.echo(f"slower than allowed in the first run: {', '.join(slow)}; measuring {CONFIRM_RUNS} more "
+                   "times to confirm")
+        first = pooled([first] + [measure(suite) for _ in range(CONFIRM_RUNS)])
         rows = compare(base["ratios"], first.ratios)
     click.echo(f"calibration: {1e3 * first.calibration_seconds:.2f} ms CPU; ratios are case time / calibration "
                f"time, baseline {baseline}")
@@ -310,13 +324,17 @@ def check(suite: Path, baseline: Path) -> None:
 @baseline_option
 @click.option("--runs", type=int, default=3, show_default=True,
               help="Runs of the short suite; the baseline keeps each case's median ratio.")
+@click.option("--keep-slower", is_flag=True,
+              help="Keep a case's previous ratio where it is slower than the new one (a refresh after a "
+                   "machine-state change, not after a speed-up).")
 @report_errors
-def refresh(suite: Path, baseline: Path, runs: int) -> None:
+def refresh(suite: Path, baseline: Path, runs: int, keep_slower: bool) -> None:
     """Measure the short suite (median of --runs runs) and rewrite the baseline (atomically)."""
     if runs < 1:
         raise UserInputError(f"--runs must be >= 1, got {runs}")
-    result = median_of([measure(suite) for _ in range(runs)])
-    write_baseline(baseline, result, runs)
+    previous = read_baseline(baseline)["ratios"] if keep_slower else {}
+    result = slower_of(previous, median_of([measure(suite) for _ in range(runs)]))
+    write_baseline(baseline, result, runs, keep_slower)
     click.echo(ratio_table(result.ratios))
     click.echo(f"wrote {baseline}: {len(result.ratios)} cases, median of {runs} run(s), calibration "
                f"{1e3 * result.calibration_seconds:.2f} ms CPU")

@@ -17,6 +17,7 @@ from fusionbench.bench import (
     quick_rounds,
     read_baseline,
     render,
+    slower_of,
 )
 from fusionbench.cli import main
 from fusionbench.errors import UserInputError
@@ -67,6 +68,12 @@ def test_the_baseline_is_the_per_case_median_of_its_runs():
             Measurement({"a": 2.0, "b": 9.0, "c": 7.0}, 0.01)]
     result = median_of(runs)
     assert result.ratios == {"a": 2.0, "b": 5.0, "c": 7.0} and result.calibration_seconds == 0.02
+
+
+def test_keep_slower_raises_each_case_to_its_old_ratio_and_drops_removed_cases():
+    new = Measurement({"a": 2.0, "b": 5.0, "new": 1.0}, 0.02)
+    result = slower_of({"a": 3.0, "b": 4.0, "removed": 9.0}, new)
+    assert result.ratios == {"a": 3.0, "b": 5.0, "new": 1.0} and result.calibration_seconds == 0.02
 
 
 def test_pooled_runs_divide_the_best_case_time_by_the_best_calibration_time():
@@ -178,11 +185,17 @@ def test_check_passes_when_faster_and_fails_on_an_injected_two_times_slowdown(tm
     monkeypatch.setenv("TINY_SLOWDOWN", "2")
     slow = runner.invoke(main, ["bench", "check", *args], catch_exceptions=False)
     assert slow.exit_code == 1, slow.output
-    assert "measuring again to confirm" in slow.output
+    assert "more times to confirm" in slow.output
     row = next(line for line in slow.output.splitlines() if line.startswith("| work"))
     case, base, now, change, verdict = (c.strip() for c in row.strip().strip("|").split("|"))
     assert verdict == "SLOWER" and float(now) / float(base) > 1.25 and change.startswith("+")
     assert "FAILED: 1 case(s)" in slow.output
+
+    # a refresh that keeps the slower ratio does not narrow the baseline on a faster reading
+    monkeypatch.setenv("TINY_SLOWDOWN", "0.5")
+    kept = runner.invoke(main, ["bench", "refresh", "--runs", "1", "--keep-slower", *args], catch_exceptions=False)
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(baseline.read_text())["ratios"] == stored["ratios"]
 
 
 def test_a_failing_suite_is_an_error_with_pytest_output(tmp_path):
