@@ -245,7 +245,8 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
             save_atomically({"model": model.state_dict(), "history": result.history,
                              "best_epoch": result.best_epoch}, trained_model)
         # a resumed run's wall time includes what its earlier processes spent on the epochs it restored
-        summary = {"wall_seconds": time.perf_counter() - started + result.earlier_seconds, "peak_memory_mb": peak_memory_mb(),
+        summary = {"wall_seconds": time.perf_counter() - started + result.earlier_seconds,
+                   "peak_memory_mb": peak_memory_mb(),
                    "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
                    "eval_seconds": result.eval_seconds, "history": result.history,
                    "trained_from": trained_digest if reuse else None}

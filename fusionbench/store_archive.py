@@ -33,21 +33,17 @@ REQUIRED = {"config_hash": str, "config": str, "dataset": str, "protocol": str, 
             "status": str, "metrics": dict, "ranks": dict}
 
 
-RANK_SPLITS = {"all": None, "test": ("test",)}
-
-
 def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None, ranks: str = "all") -> int:
     """Write the finished runs of ``store_path`` (of ``dataset`` only, if given) to the archive ``out``
     (atomically); returns how many. ``ranks``: the per-sample ranks of every split ("all") or of the
     test split only ("test": leaderboards and robustness tables read no other, and the archive is about
     half the size; the validation metrics are kept either way)."""
-    splits = RANK_SPLITS[ranks]
     store = open_store(store_path)
     table = store.runs(status="done", **({"dataset": dataset} if dataset else {}))
     lines = [json.dumps({"fusionbench_archive": FORMAT, "runs": len(table)})]
     for record in store.records([int(i) for i in table.id]):
         record["ranks"] = {split: base64.b64encode(r.astype("<i4").tobytes()).decode("ascii")
-                           for split, r in record["ranks"].items() if splits is None or split in splits}
+                           for split, r in record["ranks"].items() if ranks in ("all", split)}
         lines.append(json.dumps(record, sort_keys=True))
     payload = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
     atomic_write(Path(out), lambda f: f.write(payload))

@@ -21,6 +21,13 @@ def exported(tmp_path_factory):
     return path, archive, clean, stressed, running_hash
 
 
+def assert_same_reports(store_a, store_b):
+    """The leaderboard and the robustness tables of two stores are the same text."""
+    for robust in (False, True):
+        assert (leaderboard_report(store_a, robust=robust, command="x")[0]
+                == leaderboard_report(store_b, robust=robust, command="x")[0])
+
+
 def test_export_holds_the_finished_runs_only(exported):
     path, archive, clean, stressed, running_hash = exported
     lines = gzip.decompress(archive.read_bytes()).decode().splitlines()
@@ -44,9 +51,7 @@ def test_imported_runs_match_and_give_the_same_leaderboard(exported, tmp_path):
             np.testing.assert_array_equal(copy.ranks(b, split), source.ranks(a, split))
         kept = ["config", "seed", "best_epoch", "epoch_seconds", "history", "trained_from", "git_rev", "versions"]
         assert copy.runs(config_hash=outcome.config_hash)[kept].equals(source.runs(config_hash=outcome.config_hash)[kept])
-    assert leaderboard_report(target, command="x")[0] == leaderboard_report(path, command="x")[0]
-    assert (leaderboard_report(target, robust=True, command="x")[0]
-            == leaderboard_report(path, robust=True, command="x")[0])
+    assert_same_reports(target, path)
 
     again = invoke("store", "import", archive, "--store", target)
     assert again.exit_code == 0 and "added 0 runs" in again.output and "2 already there" in again.output
@@ -65,9 +70,7 @@ def test_an_archive_of_test_ranks_only_gives_the_same_reports(exported, tmp_path
     a, b = source.run_id(clean.config_hash), copy.run_id(clean.config_hash)
     np.testing.assert_array_equal(copy.ranks(b, "test"), source.ranks(a, "test"))
     assert copy.metrics(b, "valid") == source.metrics(a, "valid")
-    assert leaderboard_report(target, command="x")[0] == leaderboard_report(path, command="x")[0]
-    assert (leaderboard_report(target, robust=True, command="x")[0]
-            == leaderboard_report(path, robust=True, command="x")[0])
+    assert_same_reports(target, path)
 
 
 def test_import_replaces_an_unfinished_attempt_of_the_same_run(exported, tmp_path):
