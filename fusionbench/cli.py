@@ -355,5 +355,36 @@ from fusionbench.bench import bench  # noqa: E402  (speed regression check, its 
 
 main.add_command(bench)
 
+
+@bench.command("profile")
+@click.option("--strategy", required=True, help="Strategy name (see `fusionbench list strategies`).")
+@click.option("--aggregator", default=None, help="Graph aggregator for graph strategies.")
+@click.option("--dataset", default="beauty", show_default=True)
+@click.option("--protocol", default="loo", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-len", type=int, default=50, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Option override, as for `fusionbench run` (e.g. train.precision=bf16).")
+@click.option("--every", type=int, default=20, show_default=True,
+              help="Sample every N-th batch of the first epoch.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed passes over the sample.")
+@click.option("--part", "parts", multiple=True, metavar="PATH",
+              help="Also label this method, a dotted path from the model (e.g. graph, layers.0.spread).")
+@click.option("--top", type=int, default=15, show_default=True, help="Operators listed by self CPU time.")
+@click.option("--shapes", is_flag=True, help="List operators per input shapes.")
+@data_root_option
+@report_errors
+def bench_profile(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, seed: int, max_len: int,
+                  sets: tuple[str, ...], every: int, repeats: int, parts: tuple[str, ...], top: int, shapes: bool,
+                  data_root: Optional[Path]) -> None:
+    """Time and profile a strategy's training step on a sample of its first epoch (CPU; docs/performance.md)."""
+    from fusionbench.profile import profile_training, render
+    from fusionbench.runner import RunRequest
+
+    request = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, seed=seed, aggregator=aggregator,
+                         max_len=max_len, data_root=data_root, **parse_sets(sets))
+    click.echo(render(profile_training(request, every=every, repeats=repeats, parts=parts, top=top,
+                                                shapes=shapes)))
+
 if __name__ == "__main__":
     main()

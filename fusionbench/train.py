@@ -11,6 +11,7 @@ run started again with the same checkpoint path resumes after the last finished 
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from fusionbench.atomic import atomic_write
+from fusionbench.context import SeqBatch
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_batch
 from fusionbench.errors import TrainingError
@@ -142,7 +144,7 @@ def bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Gene
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
-def _batches(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
+def epoch_batches(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
              generator: torch.Generator, view: Optional[BatchView] = None, keys: Optional[torch.Tensor] = None):
     """Shuffled training batches of ``batch_size`` rows: causal rows (one per sequence, several
     targets each) for causal strategies without a ``view``, prefix samples (one target each)
@@ -157,6 +159,27 @@ def _batches(model: Strategy, data: SequenceData, split: Split, max_len: int, ba
             samples = split.train.take(index)
             batch = sample_batch(data, samples, max_len)
             yield batch if view is None else view(batch, samples)
+
+
+def train_step(model: Strategy, optimizer: torch.optim.Optimizer, batch: SeqBatch, bf16: bool,
+               grad_clip: float = 0.0) -> float:
+    """One optimisation step on ``batch``: the loss (under bfloat16 autocast when ``bf16``), its
+    gradients (norm-clipped to ``grad_clip`` when > 0) and the optimizer's update. Returns the loss; a
+    non-finite loss is returned without any update. The three phases carry profiler labels
+    (``step.forward``, ``step.backward``, ``step.optimizer``; ``fusionbench bench profile``)."""
+    with torch.profiler.record_function("step.forward"), \
+            torch.autocast(batch.items.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model.loss(batch)
+    if not torch.isfinite(loss):
+        return loss.item()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.profiler.record_function("step.backward"):
+        loss.backward()
+    with torch.profiler.record_function("step.optimizer"):
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    return loss.item()
 
 
 def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, seed: int, max_len: int,
@@ -198,20 +221,14 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             break
         model.train()
         started, total, count = time.perf_counter(), 0.0, 0
-        batches = _batches(model, data, split, max_len, opts.batch_size, generator, views.train, prefix_keys)
+        batches = epoch_batches(model, data, split, max_len, opts.batch_size, generator, views.train, prefix_keys)
         for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
                                              disable=None if progress else True, mininterval=1.0)):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model.loss(batch.to(device))
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{label}: non-finite loss {loss.item()} at epoch {epoch}, batch {number}; "
+            loss = train_step(model, optimizer, batch.to(device), bf16, opts.grad_clip)
+            if not math.isfinite(loss):
+                raise TrainingError(f"{label}: non-finite loss {loss} at epoch {epoch}, batch {number}; "
                                     "try a lower lr (--set train.lr=...)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if opts.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            optimizer.step()
-            total, count = total + loss.item(), count + 1
+            total, count = total + loss, count + 1
         if scheduler is not None:
             scheduler.step()
         seconds = time.perf_counter() - started

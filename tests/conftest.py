@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,3 +20,20 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Feature caches of tests go to one temporary folder per session, never to ~/.cache."""
     monkeypatch.setenv("FUSIONBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture()
+def cycle_folder(tmp_path):
+    """``cycle_folder(n_users)``: a dataset folder in the documented format (``sequences.txt``) whose users
+    walk i -> i + 1 (mod 30) from a random start for 5 to 9 steps (seed 0); returns the folder."""
+
+    def write(n_users: int) -> Path:
+        rng = np.random.default_rng(0)
+        lines = []
+        for user in range(n_users):
+            start, length = rng.integers(0, 30), rng.integers(5, 10)
+            lines.append(" ".join([f"u{user}"] + [str((start + j) % 30 + 1) for j in range(length)]))
+        (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
+        return tmp_path
+
+    return write

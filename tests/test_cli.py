@@ -7,15 +7,9 @@ from fusionbench.cli import main
 
 
 @pytest.fixture()
-def folder(tmp_path):
+def folder(cycle_folder):
     """A small dataset in the documented folder format: users walk i -> i + 1 (mod 30)."""
-    rng = np.random.default_rng(0)
-    lines = []
-    for user in range(80):
-        start, length = rng.integers(0, 30), rng.integers(5, 10)
-        lines.append(" ".join([f"u{user}"] + [str((start + j) % 30 + 1) for j in range(length)]))
-    (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
-    return tmp_path
+    return cycle_folder(80)
 
 
 def invoke(*args):

@@ -18,7 +18,7 @@ from fusionbench.data.datasets import load_dataset
 from fusionbench.data.splits import make_split
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, resolve
-from fusionbench.train import _batches
+from fusionbench.train import epoch_batches
 from strategies.msgraph import MSGraph, build_msgraph
 
 QUICK = os.environ.get(QUICK_ENV) == "1"
@@ -107,7 +107,7 @@ def typical_batch(beauty):
         name = config["strategy"]
         if name not in chosen:
             keys = None if model.causal_training else model.bucket_key(data, split.train)
-            batches = list(_batches(model, data, split, config["max_len"], config["train"]["batch_size"],
+            batches = list(epoch_batches(model, data, split, config["max_len"], config["train"]["batch_size"],
                                     torch.Generator().manual_seed(SEED), None, keys))
             widths = torch.tensor([b.items.shape[1] for b in batches], dtype=torch.float)
             chosen[name] = batches[int((widths - widths.mean()).abs().argmin())]

@@ -1,12 +1,17 @@
-"""One optimiser step (loss, backward, Adam) of each strategy on a typical Beauty training batch.
+"""One optimiser step of each strategy on a typical Beauty training batch: ``fusionbench.train.train_step``
+(loss, backward, Adam), the step ``fusionbench run`` takes.
 
 Each model is configured as ``fusionbench run --strategy NAME`` would (default options, default
 modality channels ``attr`` + ``text`` for the fusion strategies); the batch is the first-epoch batch of
 mean width (``conftest.typical_batch``). MMSR's step includes building its MSGraphs; ``mmsr-bf16`` is
 the same step as ``--set train.precision=bf16`` runs it (forward under bfloat16 autocast).
 """
+import math
+
 import pytest
 import torch
+
+from fusionbench.train import train_step
 
 pytestmark = pytest.mark.benchmark
 
@@ -21,16 +26,8 @@ def test_train_step(benchmark, measure, name, precision, make_model, typical_bat
     batch = typical_batch(model, config)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config["train"]["lr"], fused=True)  # as train() has it
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model.loss(batch)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    loss = measure(step, setup=lambda: optimizer.zero_grad(set_to_none=True), rounds=10)
-    assert torch.isfinite(loss)
+    loss = measure(train_step, args=(model, optimizer, batch, precision == "bf16"), rounds=10)
+    assert math.isfinite(loss)
     benchmark.extra_info.update(
         rows=batch.size, width=batch.items.shape[1], causal=model.causal_training,
         parameters=sum(p.numel() for p in model.parameters()), dim=config["strategy_options"]["dim"],
