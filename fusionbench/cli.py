@@ -50,6 +50,9 @@ def metrics_table(rows: list[tuple[str, dict[str, float]]], ks=DEFAULT_KS) -> st
 @click.version_option(package_name="fusionbench")
 def main() -> None:
     """Benchmark multimodal fusion strategies for sequential recommendation."""
+    from fusionbench.memory import keep_freed_memory
+
+    keep_freed_memory()   # training's large per-step tensors reuse memory instead of faulting it in again
 
 
 data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
@@ -366,7 +369,7 @@ main.add_command(bench)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Option override, as for `fusionbench run` (e.g. train.precision=bf16).")
 @click.option("--every", type=int, default=20, show_default=True,
-              help="Sample every N-th batch of the first epoch.")
+              help="Sample one batch in every N of the first epoch, spread over batch sizes.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed passes over the sample.")
 @click.option("--part", "parts", multiple=True, metavar="PATH",
               help="Also label this method, a dotted path from the model (e.g. graph, layers.0.spread).")

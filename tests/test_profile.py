@@ -7,10 +7,11 @@ from click.testing import CliRunner
 
 from fusionbench.cli import main
 from fusionbench.errors import UserInputError
-from fusionbench.profile import STEP_PARTS, labelled_parts, part_target, profile_training
+from fusionbench.data.splits import make_split
+from fusionbench.profile import STEP_PARTS, labelled_parts, part_target, profile_training, sample_batches
 from fusionbench.registry import STRATEGIES
-from fusionbench.runner import RunRequest
-from fusionbench.train import train_step
+from fusionbench.runner import RunRequest, build_context, load_data, resolve
+from fusionbench.train import epoch_batches, train_step
 from strategies import backbones
 from strategy_fixtures import tiny_batch, tiny_context
 
@@ -43,6 +44,20 @@ def test_profile_samples_every_nth_batch_and_labels_the_step_and_named_methods(f
     assert fastest == pytest.approx(min(profile.seconds) * profile.n_batches / profile.n_sampled)
     assert fastest <= median
     assert "Self CPU" in profile.operators
+
+
+def test_the_sample_is_spread_over_the_epochs_batch_sizes(folder):
+    config = resolve(request_for(folder))
+    data = load_data(config, None)
+    split = make_split(data, config["protocol"])
+    model = STRATEGIES.create("sasrec", build_context(config, data, split), **config["strategy_options"])
+    sample, n_batches = sample_batches(model, config, data, split, every=4)
+    epoch = list(epoch_batches(model, data, split, config["max_len"], 16, torch.Generator().manual_seed(0), None))
+    sizes = sorted(batch.items.numel() for batch in epoch)
+    assert n_batches == len(epoch) == 19
+    # the middle batch of every 4 consecutive ones by size: positions 1, 5, 9, 13, 17
+    assert [batch.items.numel() for batch in sample] == [sizes[i] for i in (1, 5, 9, 13, 17)]
+    assert len(set(sizes)) > 3                      # the epoch's batches do differ in size
 
 
 def test_labelled_parts_wrap_only_inside_the_block_and_change_no_result():
