@@ -52,7 +52,7 @@ def main() -> None:
     """Benchmark multimodal fusion strategies for sequential recommendation."""
     from fusionbench.memory import keep_freed_memory
 
-    keep_freed_memory()   # training's large per-step tensors reuse memory instead of faulting it in again
+    keep_freed_memory()   # FUSIONBENCH_MALLOC=keep: large per-step tensors reuse memory (opt-in)
 
 
 data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
@@ -372,7 +372,8 @@ main.add_command(bench)
               help="Sample one batch in every N of the first epoch, spread over batch sizes.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed passes over the sample.")
 @click.option("--part", "parts", multiple=True, metavar="PATH",
-              help="Also label this method, a dotted path from the model (e.g. graph, layers.0.spread).")
+              help="Also label this method (a dotted path from the model: graph, layers.0.spread) or "
+                   "function (module:name, e.g. aggregators.han:typed_linear).")
 @click.option("--top", type=int, default=15, show_default=True, help="Operators listed by self CPU time.")
 @click.option("--shapes", is_flag=True, help="List operators per input shapes.")
 @data_root_option
@@ -386,8 +387,9 @@ def bench_profile(strategy: str, aggregator: Optional[str], dataset: str, protoc
 
     request = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, seed=seed, aggregator=aggregator,
                          max_len=max_len, data_root=data_root, **parse_sets(sets))
-    click.echo(render(profile_training(request, every=every, repeats=repeats, parts=parts, top=top,
-                                                shapes=shapes)))
+    profile = profile_training(request, every=every, repeats=repeats, parts=parts, top=top, shapes=shapes)
+    click.echo(render(profile))
+
 
 if __name__ == "__main__":
     main()

@@ -7,10 +7,10 @@ By default glibc's malloc serves every block above its mmap threshold (at most 3
 tensor faults in freshly zeroed pages again: for MDSRec on Beauty a third of an epoch's CPU time was
 system time (docs/performance.md). :func:`keep_freed_memory` raises the mmap threshold to 1 GiB and the
 trim threshold to its maximum, so such blocks come from the heap and stay there for reuse. Results are
-unchanged (allocation never changes arithmetic); the price is a higher resident peak (MDSRec on Beauty:
-about 1.6-1.7x), since freed memory is not returned to the OS.
-
-Set ``FUSIONBENCH_MALLOC=system`` to keep glibc's defaults.
+unchanged (allocation never changes arithmetic); the price is memory, since freed blocks are never
+returned to the OS and large blocks of changing sizes fragment the heap: the resident peak of short
+profiles grew 1.2-1.7x, and a profile of MDSRec's whole epoch with its batches in increasing size order
+grew past 18 GB and was killed (docs/performance.md). So it is opt-in: ``FUSIONBENCH_MALLOC=keep``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import ctypes
 import os
 import platform
 
-OPT_OUT_ENV = "FUSIONBENCH_MALLOC"
+SWITCH_ENV = "FUSIONBENCH_MALLOC"
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # glibc's mallopt parameter numbers
 MMAP_THRESHOLD = 1 << 30            # blocks below 1 GiB come from the heap
 TRIM_THRESHOLD = (1 << 31) - 1      # the largest value mallopt takes (a C int): the heap top is kept
@@ -26,9 +26,9 @@ TOP_PAD = 1 << 28                   # grow the heap 256 MiB at a time (address s
 
 
 def keep_freed_memory() -> bool:
-    """Apply the settings above to this process's malloc; return whether they were applied (False on a
-    C library other than glibc, or when ``FUSIONBENCH_MALLOC=system``)."""
-    if os.environ.get(OPT_OUT_ENV) == "system" or platform.libc_ver()[0] != "glibc":
+    """With ``FUSIONBENCH_MALLOC=keep`` on glibc, apply the settings above to this process's malloc;
+    return whether they were applied."""
+    if os.environ.get(SWITCH_ENV) != "keep" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")
     return all(libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in

@@ -116,16 +116,18 @@ def labelled_parts(model: Strategy, paths: tuple[str, ...]) -> Iterator[None]:
 
 def sample_batches(model: Strategy, config: dict, data, split, every: int) -> tuple[list[SeqBatch], int]:
     """A systematic sample of the first epoch's batches (seed ``config["seed"]``) by size, and the epoch's
-    batch count: the batches ordered by rows x width, then the middle one of every ``every`` consecutive
-    ones. A step's cost grows with its batch's size, and sizes vary widely within an epoch (causal rows
-    of 1 to ``max_len`` items), so a sample spread over the sizes extrapolates to the epoch; a sample
-    spread over the shuffled order may not (MDSRec, every 20th of 101 batches: a third of the epoch's time)."""
+    batch count: the batches ordered by their real (non-padding) items, the middle one of every ``every``
+    consecutive ones taken, and those run in the epoch's (shuffled) order, as training meets them. A step's cost grows with its batch's items, faster than linearly where
+    ``[targets, n_items]`` scores outgrow the caches, and sizes vary widely within an epoch (causal rows
+    of 1 to ``max_len`` items), so a sample spread over the sizes extrapolates better than one spread
+    over the shuffled order. It is still a sample, and a few large batches can dominate an epoch (MDSRec
+    on Beauty: docs/performance.md); ``every=1`` times the whole epoch."""
     opts = TrainOptions.build(config["train"])
     keys = None if model.causal_training else model.bucket_key(data, split.train)
     generator = torch.Generator().manual_seed(config["seed"])
     batches = list(epoch_batches(model, data, split, config["max_len"], opts.batch_size, generator, None, keys))
-    by_size = sorted(batches, key=lambda batch: batch.items.numel())
-    return by_size[(every - 1) // 2::every], len(batches)
+    by_size = sorted(range(len(batches)), key=lambda i: int(batches[i].mask.sum()))
+    return [batches[i] for i in sorted(by_size[(every - 1) // 2::every])], len(batches)   # in epoch order
 
 
 def profile_training(request: RunRequest, every: int = 20, repeats: int = 3, parts: tuple[str, ...] = (),
@@ -181,7 +183,8 @@ def render(profile: Profile) -> str:
     return "\n".join([
         f"sampled {profile.n_sampled} of {profile.n_batches} first-epoch batches; CPU seconds per timed pass: "
         f"{passes}",
-        f"training CPU time per epoch, extrapolated: {fastest:.1f} s (fastest pass), {median:.1f} s (median)",
+        f"training CPU time per epoch, extrapolated: {fastest:.1f} s (fastest pass), {median:.1f} s (median)"
+        + ("" if profile.n_sampled == profile.n_batches else "; from a sample (--every 1 times the whole epoch)"),
         "",
         "profiled pass (times under the profiler; % of forward + backward + optimizer):",
         tabulate(rows, headers=["part", "calls", "ms/step", "% of step"], tablefmt="github"),

@@ -145,7 +145,7 @@ def bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Gene
 
 
 def epoch_batches(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
-             generator: torch.Generator, view: Optional[BatchView] = None, keys: Optional[torch.Tensor] = None):
+                  generator: torch.Generator, view: Optional[BatchView] = None, keys: Optional[torch.Tensor] = None):
     """Shuffled training batches of ``batch_size`` rows: causal rows (one per sequence, several
     targets each) for causal strategies without a ``view``, prefix samples (one target each)
     otherwise, each mapped by ``view`` and grouped by ``keys`` (``model.bucket_key`` of

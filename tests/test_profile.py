@@ -53,10 +53,13 @@ def test_the_sample_is_spread_over_the_epochs_batch_sizes(folder):
     model = STRATEGIES.create("sasrec", build_context(config, data, split), **config["strategy_options"])
     sample, n_batches = sample_batches(model, config, data, split, every=4)
     epoch = list(epoch_batches(model, data, split, config["max_len"], 16, torch.Generator().manual_seed(0), None))
-    sizes = sorted(batch.items.numel() for batch in epoch)
+    sizes = sorted(int(batch.mask.sum()) for batch in epoch)      # real items
     assert n_batches == len(epoch) == 19
     # the middle batch of every 4 consecutive ones by size: positions 1, 5, 9, 13, 17
-    assert [batch.items.numel() for batch in sample] == [sizes[i] for i in (1, 5, 9, 13, 17)]
+    assert sorted(int(batch.mask.sum()) for batch in sample) == [sizes[i] for i in (1, 5, 9, 13, 17)]
+    # run in the epoch's order: each sampled batch is an epoch batch, at increasing positions
+    positions = [next(i for i, b in enumerate(epoch) if torch.equal(b.items, batch.items)) for batch in sample]
+    assert positions == sorted(positions)
     assert len(set(sizes)) > 3                      # the epoch's batches do differ in size
 
 
