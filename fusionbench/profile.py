@@ -117,11 +117,12 @@ def labelled_parts(model: Strategy, paths: tuple[str, ...]) -> Iterator[None]:
 def sample_batches(model: Strategy, config: dict, data, split, every: int) -> tuple[list[SeqBatch], int]:
     """A systematic sample of the first epoch's batches (seed ``config["seed"]``) by size, and the epoch's
     batch count: the batches ordered by their real (non-padding) items, the middle one of every ``every``
-    consecutive ones taken, and those run in the epoch's (shuffled) order, as training meets them. A step's cost grows with its batch's items, faster than linearly where
-    ``[targets, n_items]`` scores outgrow the caches, and sizes vary widely within an epoch (causal rows
-    of 1 to ``max_len`` items), so a sample spread over the sizes extrapolates better than one spread
-    over the shuffled order. It is still a sample, and a few large batches can dominate an epoch (MDSRec
-    on Beauty: docs/performance.md); ``every=1`` times the whole epoch."""
+    consecutive ones taken, and those run in the epoch's (shuffled) order, as training meets them. A
+    step's cost grows with its batch's items, faster than linearly where ``[targets, n_items]`` scores
+    outgrow the caches, and sizes vary widely within an epoch (causal rows of 1 to ``max_len`` items), so
+    a sample spread over the sizes extrapolates better than one spread over the shuffled order. It is
+    still a sample, and a few large batches can dominate an epoch (MDSRec on Beauty:
+    docs/performance.md); ``every=1`` times the whole epoch."""
     opts = TrainOptions.build(config["train"])
     keys = None if model.causal_training else model.bucket_key(data, split.train)
     generator = torch.Generator().manual_seed(config["seed"])
@@ -132,8 +133,8 @@ def sample_batches(model: Strategy, config: dict, data, split, every: int) -> tu
 
 def profile_training(request: RunRequest, every: int = 20, repeats: int = 3, parts: tuple[str, ...] = (),
                      top: int = 15, shapes: bool = False) -> Profile:
-    """Profile ``request``'s training step on every ``every``-th batch of its first epoch (CPU); with
-    ``shapes``, the operator table has one row per operator and input shapes."""
+    """Profile ``request``'s training step on a sample of its first epoch (:func:`sample_batches`, CPU);
+    with ``shapes``, the operator table has one row per operator and input shapes."""
     if every < 1:
         raise UserInputError(f"--every must be >= 1, got {every}")
     if repeats < 1:
