@@ -33,7 +33,7 @@ from fusionbench.data.splits import make_split
 from fusionbench.errors import UserInputError
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
-from fusionbench.train import TrainOptions, epoch_batches, seed_everything, train_step
+from fusionbench.train import TrainOptions, first_epoch_batches, seed_everything, train_step
 from strategies.base import Strategy
 
 STEP_PARTS = ("step.forward", "step.backward", "step.optimizer")
@@ -123,10 +123,7 @@ def sample_batches(model: Strategy, config: dict, data, split, every: int) -> tu
     a sample spread over the sizes extrapolates better than one spread over the shuffled order. It is
     still a sample, and a few large batches can dominate an epoch (MDSRec on Beauty:
     docs/performance.md); ``every=1`` times the whole epoch."""
-    opts = TrainOptions.build(config["train"])
-    keys = None if model.causal_training else model.bucket_key(data, split.train)
-    generator = torch.Generator().manual_seed(config["seed"])
-    batches = list(epoch_batches(model, data, split, config["max_len"], opts.batch_size, generator, None, keys))
+    batches = first_epoch_batches(model, data, split, config)
     by_size = sorted(range(len(batches)), key=lambda i: int(batches[i].mask.sum()))
     return [batches[i] for i in sorted(by_size[(every - 1) // 2::every])], len(batches)   # in epoch order
 

@@ -161,6 +161,15 @@ def epoch_batches(model: Strategy, data: SequenceData, split: Split, max_len: in
             yield batch if view is None else view(batch, samples)
 
 
+def first_epoch_batches(model: Strategy, data: SequenceData, split: Split, config: dict) -> list[SeqBatch]:
+    """The first epoch's training batches exactly as :func:`train` draws them for the resolved ``config``
+    (its seed, batch size and ``max_len``; no data view)."""
+    keys = None if model.causal_training else model.bucket_key(data, split.train)
+    generator = torch.Generator().manual_seed(config["seed"])
+    return list(epoch_batches(model, data, split, config["max_len"], config["train"]["batch_size"], generator,
+                              None, keys))
+
+
 def train_step(model: Strategy, optimizer: torch.optim.Optimizer, batch: SeqBatch, bf16: bool,
                grad_clip: float = 0.0) -> float:
     """One optimisation step on ``batch``: the loss (under bfloat16 autocast when ``bf16``), its

@@ -18,7 +18,7 @@ from fusionbench.data.datasets import load_dataset
 from fusionbench.data.splits import make_split
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, resolve
-from fusionbench.train import epoch_batches
+from fusionbench.train import first_epoch_batches
 from strategies.msgraph import MSGraph, build_msgraph
 
 QUICK = os.environ.get(QUICK_ENV) == "1"
@@ -87,7 +87,7 @@ def make_model(beauty):
     data, split = beauty
 
     def make(name: str):
-        config = resolve(RunRequest(strategy=name))
+        config = resolve(RunRequest(strategy=name, seed=SEED))
         ctx = build_context(config, data, split)
         torch.manual_seed(SEED)
         return STRATEGIES.create(name, ctx, **config["strategy_options"]), config
@@ -106,9 +106,7 @@ def typical_batch(beauty):
     def pick(model, config) -> SeqBatch:
         name = config["strategy"]
         if name not in chosen:
-            keys = None if model.causal_training else model.bucket_key(data, split.train)
-            batches = list(epoch_batches(model, data, split, config["max_len"], config["train"]["batch_size"],
-                                    torch.Generator().manual_seed(SEED), None, keys))
+            batches = first_epoch_batches(model, data, split, config)
             widths = torch.tensor([b.items.shape[1] for b in batches], dtype=torch.float)
             chosen[name] = batches[int((widths - widths.mean()).abs().argmin())]
         return chosen[name]
