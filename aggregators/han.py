@@ -173,16 +173,16 @@ class HAN(nn.Module):
         return self._update(x, adj, node_type, node_mask, rows[:, None])[:, 0]
 
     @staticmethod
-    def neighbourhoods(adj: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    def neighbourhoods(adj: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Each row node with its in-neighbours over all relations, as a padded index set.
 
-        Returns ``members [B, K]`` (K = the largest neighbourhood of the batch; the row node itself
-        pads shorter sets, so every entry is a real node) and ``slot [B, N]``: the position of node j
-        in ``members[b]``, or K for nodes outside the neighbourhood.
+        Returns ``members [B, K]`` (K = the largest neighbourhood of the batch, members in node order;
+        the row node itself pads shorter sets, so every entry is a real node), ``real [B, K]`` (False at
+        those pads) and ``row_slot [B, 1]``: the position of the row node in ``members``.
 
-        Shapes: adj [B, R, N, N] bool, rows [B, 1] long -> [B, K], [B, N].
+        Shapes: adj [B, R, N, N] bool, rows [B, 1] long -> [B, K], [B, K], [B, 1].
         """
-        batch, n = adj.shape[0], adj.shape[-1]
+        batch = adj.shape[0]
         at = torch.arange(batch, device=adj.device)[:, None]
         inside = adjacency_rows(adj, rows).any(1)[:, 0]                              # [B, N]
         inside[at, rows] = True
@@ -190,29 +190,29 @@ class HAN(nn.Module):
         k = int(count.max())
         order = torch.argsort((~inside).to(torch.int8), dim=1, stable=True)[:, :k]   # members first
         real = torch.arange(k, device=adj.device)[None] < count
-        slot = torch.full((batch, n), k, dtype=torch.long, device=adj.device)
-        slot[at, order] = torch.where(real, torch.arange(k, device=adj.device)[None], k)
-        return torch.where(real, order, rows), slot
+        row_slot = (inside.cumsum(1) - 1).gather(1, rows)
+        return torch.where(real, order, rows), real, row_slot
 
-    @staticmethod
-    def spread(states: Tensor, slot: Tensor) -> Tensor:
-        """The neighbourhood states ``[B, K, d]`` placed at their nodes by ``slot`` ``[B, N]`` (from
-        :meth:`neighbourhoods`), zeros at the nodes outside -> ``[B, N, d]``."""
-        padded = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], 1)
-        return padded.gather(1, slot[..., None].expand(-1, -1, states.shape[2]))
-
-    def edges(self, adj: Tensor, node_mask: Tensor, rows: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    def edges(self, adj: Tensor, node_mask: Tensor, rows: Optional[Tensor] = None,
+              columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
         """In-edges between real nodes of every node, or of the query nodes ``rows`` only: the homogeneous
-        channels ``[B, R_ho, Q, N]`` and the masks of homogeneous / heterogeneous neighbours ``[B, Q, N]``.
+        channels ``[B, R_ho, Q, C]`` and the masks of homogeneous / heterogeneous neighbours ``[B, Q, C]``.
+        With ``columns`` [B, C] (node indices), only edges from those nodes, in that order, and
+        ``node_mask`` is then the mask of the columns ``[B, C]``; else C = N.
 
-        Shapes: adj [B, R, N, N] bool, node_mask [B, N], rows None or [B, Q] long (Q = N without rows).
+        Shapes: adj [B, R, N, N] bool, node_mask [B, N] or [B, C], rows None or [B, Q] long (Q = N
+        without rows).
         """
+        at = torch.arange(adj.shape[0], device=adj.device)[:, None]
         if rows is None:
             real = node_mask[:, :, None]
         else:
             adj = adjacency_rows(adj, rows)
-            real = node_mask[torch.arange(adj.shape[0], device=adj.device)[:, None], rows][..., None]
-        pairs = real & node_mask[:, None, :]                                  # [B, Q, N]
+            real = torch.ones_like(rows, dtype=torch.bool)[..., None] if columns is not None \
+                else node_mask[at, rows][..., None]
+        if columns is not None:
+            adj = adj.gather(-1, columns[:, None, None, :].expand(*adj.shape[:3], -1))
+        pairs = real & node_mask[:, None, :]                                  # [B, Q, C]
         adj_ho = adj[:, self.homo] & pairs[:, None]
         return adj_ho, adj_ho.any(1), adj[:, self.hetero].any(1) & pairs
 
@@ -221,23 +221,18 @@ class HAN(nn.Module):
         """The update rule for every node (``rows`` None: [B, N, d]) or for one query node per graph
         (``rows`` [B, 1] -> [B, 1, d]).
 
-        With ``rows``, phase 1 runs for the query nodes ``first`` (the rows themselves when phase 1 is the
-        last phase, else their neighbourhoods) and its outputs stay in that ``[B, K, d]`` space; phase 2
-        reads them through ``mapped`` (typed map of the K states, placed at their nodes)."""
+        With ``rows`` and two phases, both phases work in the ``[B, K]`` space of the rows'
+        neighbourhoods (:meth:`neighbourhoods`): phase 1 runs for the K members (attending over all N
+        nodes) and phase 2 for the row, attending over the K members only, which hold all its
+        neighbours. ``rows`` must be real nodes."""
         h = zero_padded(x, node_mask)
         q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
         at = torch.arange(x.shape[0], device=x.device)[:, None]
         update = self.opts.update
-        one_phase = update in ("ho", "he", "sync")
-        if rows is None or one_phase:
-            first, place = rows, (lambda u: u)
+        if rows is None or update in ("ho", "he", "sync"):
+            first = rows                              # phase 1 is the last phase, or runs for every node
         else:
-            first, slot = self.neighbourhoods(adj, rows)
-            place = lambda u: self.spread(u, slot)                          # noqa: E731
-        first_type = node_type if first is None else node_type[at, first]
-
-        def mapped(u: Tensor, weight: Tensor) -> Tensor:  # phase-1 states -> typed map at every node [B, N, *]
-            return place(typed_linear(u, first_type, weight))
+            first, real, row_slot = self.neighbourhoods(adj, rows)
 
         def homo(score_v: Tensor, values: Tensor, idx: Optional[Tensor], edges) -> Tensor:
             adj_ho, mask_ho, _ = edges
@@ -259,18 +254,24 @@ class HAN(nn.Module):
         if update == "sync":
             return self.sync(torch.cat([u_ho, u_he], -1))
 
-        edges_2 = edges_1 if rows is None else self.edges(adj, node_mask, rows)
+        # phase 2: over all nodes, or for the row over its neighbourhood (the K phase-1 states)
+        if rows is None:
+            types, values, idx, edges_2 = node_type, v, None, edges_1
+        else:
+            types, values, idx = node_type[at, first], v[at, first], row_slot
+            edges_2 = self.edges(adj, real, rows, columns=first)
+        mapped = lambda u, weight: typed_linear(u, types, weight)                          # noqa: E731
         query_key = lambda u: mapped(u, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)  # noqa: E731
         if update == "ni_hohe":
-            return hetero(*query_key(u_ho), v, rows, edges_2)
+            return hetero(*query_key(u_ho), values, idx, edges_2)
         if update == "ni_heho":
-            return homo(mapped(u_he, self.w_v), v, rows, edges_2)
+            return homo(mapped(u_he, self.w_v), values, idx, edges_2)
         if update == "hohe":
-            return hetero(*query_key(u_ho), mapped(u_ho, self.w_v), rows, edges_2)
+            return hetero(*query_key(u_ho), mapped(u_ho, self.w_v), idx, edges_2)
         if update == "heho":
             w = mapped(u_he, self.w_v)
-            return homo(w, w, rows, edges_2)
-        return self.mix(hetero(*query_key(u_ho), v, rows, edges_2), homo(mapped(u_he, self.w_v), v, rows, edges_2))
+            return homo(w, w, idx, edges_2)
+        return self.mix(hetero(*query_key(u_ho), values, idx, edges_2), homo(mapped(u_he, self.w_v), values, idx, edges_2))
 
     def gate_weights(self, hohe: Tensor, heho: Tensor) -> Tensor:
         """β ``[B, N, 2]`` of the update gate (Eq. 16), from the two candidates ``[B, N, d]``."""

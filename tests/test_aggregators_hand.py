@@ -244,9 +244,24 @@ def test_han_update_modes_match_explicit_formulas(update):
     assert torch.isfinite(out).all() and (out[0, 6] == 0).all()
 
 
+def test_han_neighbourhoods_are_the_rows_with_their_in_neighbours():
+    _, _, adj, _, node_mask = typed_graph(batch=4, nodes=9, seed=5, density=0.03)
+    rows = torch.tensor([[8], [0], [3], [5]])
+    rows = torch.where(node_mask[torch.arange(4), rows[:, 0]][:, None], rows, 0)
+    members, real, row_slot = AGGREGATORS.get("han").neighbourhoods(adj, rows)
+    for b in range(4):
+        r = int(rows[b, 0])
+        expected = sorted({r} | set(adj[b, :, r].any(0).nonzero()[:, 0].tolist()))
+        assert members[b][real[b]].tolist() == expected
+        assert (members[b][~real[b]] == r).all()            # pads repeat the row node
+        assert int(members[b, row_slot[b, 0]]) == r
+    assert (~real).any() and members.shape[1] < 9           # the case has unequal, partial neighbourhoods
+
+
+@pytest.mark.parametrize("density", [0.4, 0.03])
 @pytest.mark.parametrize("update", UPDATES)
-def test_han_forward_rows_is_forward_at_those_rows_with_the_same_gradients(update):
-    ctx, x, adj, node_type, node_mask = typed_graph(batch=4, nodes=9, dim=6, seed=5)
+def test_han_forward_rows_is_forward_at_those_rows_with_the_same_gradients(update, density):
+    ctx, x, adj, node_type, node_mask = typed_graph(batch=4, nodes=9, dim=6, seed=5, density=density)
     model = AGGREGATORS.create("han", ctx, update=update).double().eval()
     x = x.double().requires_grad_()
     rows = torch.tensor([8, 0, 3, 5])
