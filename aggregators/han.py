@@ -226,27 +226,31 @@ class HAN(nn.Module):
         nodes) and phase 2 for the row, attending over the K members only, which hold all its
         neighbours. ``rows`` must be real nodes."""
         h = zero_padded(x, node_mask)
-        q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
         at = torch.arange(x.shape[0], device=x.device)[:, None]
         update = self.opts.update
         if rows is None or update in ("ho", "he", "sync"):
             first = rows                              # phase 1 is the last phase, or runs for every node
         else:
             first, real, row_slot = self.neighbourhoods(adj, rows)
+        if first is None:
+            q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
+        else:                                         # keys are read at the receiving nodes only
+            q, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_v], -1)).chunk(2, -1)
+            k = typed_linear(h[at, first], node_type[at, first], self.w_k)
 
         def homo(score_v: Tensor, values: Tensor, idx: Optional[Tensor], edges) -> Tensor:
             adj_ho, mask_ho, _ = edges
             return self._attend(self.homogeneous_logits(score_v, adj_ho, idx), mask_ho, values)
 
-        def hetero(queries: Tensor, keys: Tensor, values: Tensor, idx: Optional[Tensor], edges) -> Tensor:
-            keys = keys if idx is None else keys[at, idx]
+        def hetero(queries: Tensor, keys: Tensor, values: Tensor, edges) -> Tensor:
+            """keys: those of the receiving nodes [B, Q, d]."""
             return self._attend(self.heterogeneous_logits(queries, keys), edges[2], values)
 
         edges_1 = self.edges(adj, node_mask, first)
         if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
             u_ho = homo(v, v, first, edges_1)
         if update in ("he", "sync", "ni_heho", "heho", "gate"):
-            u_he = hetero(q, k, v, first, edges_1)
+            u_he = hetero(q, k, v, edges_1)
         if update == "ho":
             return u_ho
         if update == "he":
@@ -261,17 +265,21 @@ class HAN(nn.Module):
             types, values, idx = node_type[at, first], v[at, first], row_slot
             edges_2 = self.edges(adj, real, rows, columns=first)
         mapped = lambda u, weight: typed_linear(u, types, weight)                          # noqa: E731
-        query_key = lambda u: mapped(u, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)  # noqa: E731
+
+        def query_key(u: Tensor) -> tuple[Tensor, Tensor]:  # queries of every node, keys of the receivers
+            queries, keys = mapped(u, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)
+            return queries, (keys if idx is None else keys[at, idx])
+
         if update == "ni_hohe":
-            return hetero(*query_key(u_ho), values, idx, edges_2)
+            return hetero(*query_key(u_ho), values, edges_2)
         if update == "ni_heho":
             return homo(mapped(u_he, self.w_v), values, idx, edges_2)
         if update == "hohe":
-            return hetero(*query_key(u_ho), mapped(u_ho, self.w_v), idx, edges_2)
+            return hetero(*query_key(u_ho), mapped(u_ho, self.w_v), edges_2)
         if update == "heho":
             w = mapped(u_he, self.w_v)
             return homo(w, w, idx, edges_2)
-        return self.mix(hetero(*query_key(u_ho), values, idx, edges_2), homo(mapped(u_he, self.w_v), values, idx, edges_2))
+        return self.mix(hetero(*query_key(u_ho), values, edges_2), homo(mapped(u_he, self.w_v), values, idx, edges_2))
 
     def gate_weights(self, hohe: Tensor, heho: Tensor) -> Tensor:
         """β ``[B, N, 2]`` of the update gate (Eq. 16), from the two candidates ``[B, N, d]``."""
