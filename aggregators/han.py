@@ -165,8 +165,8 @@ class HAN(nn.Module):
         """``forward(x, adj, node_type, node_mask)[b, rows[b]]`` without the other rows' outputs (a
         readout that reads one node per graph). The last phase and the gate run for ``rows`` only; a
         two-phase update runs phase 1 for the rows' neighbourhoods only (:meth:`neighbourhoods`), as
-        phase 2 at a node reads phase-1 states of that node and its neighbours and nothing else.
-        ``rows`` must be real nodes.
+        phase 2 at a node reads phase-1 states of that node and its neighbours and nothing else, and
+        its phase 2 attends over those K members instead of all N nodes. ``rows`` must be real nodes.
 
         Shapes: as ``forward``, rows [B] long -> [B, d].
         """
@@ -197,8 +197,9 @@ class HAN(nn.Module):
               columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
         """In-edges between real nodes of every node, or of the query nodes ``rows`` only: the homogeneous
         channels ``[B, R_ho, Q, C]`` and the masks of homogeneous / heterogeneous neighbours ``[B, Q, C]``.
-        With ``columns`` [B, C] (node indices), only edges from those nodes, in that order, and
-        ``node_mask`` is then the mask of the columns ``[B, C]``; else C = N.
+        With ``columns`` [B, C] (node indices; only with ``rows``, which must then be real nodes), only
+        edges from those nodes, in that order, and ``node_mask`` is the mask of the columns ``[B, C]``
+        (False at entries to leave out); else C = N.
 
         Shapes: adj [B, R, N, N] bool, node_mask [B, N] or [B, C], rows None or [B, Q] long (Q = N
         without rows).
