@@ -193,29 +193,32 @@ class HAN(nn.Module):
         row_slot = (inside.cumsum(1) - 1).gather(1, rows)
         return torch.where(real, order, rows), real, row_slot
 
-    def edges(self, adj: Tensor, node_mask: Tensor, rows: Optional[Tensor] = None,
-              columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    def edges(self, adj: Tensor, node_mask: Tensor, rows: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
         """In-edges between real nodes of every node, or of the query nodes ``rows`` only: the homogeneous
-        channels ``[B, R_ho, Q, C]`` and the masks of homogeneous / heterogeneous neighbours ``[B, Q, C]``.
-        With ``columns`` [B, C] (node indices; only with ``rows``, which must then be real nodes), only
-        edges from those nodes, in that order, and ``node_mask`` is the mask of the columns ``[B, C]``
-        (False at entries to leave out); else C = N.
+        channels ``[B, R_ho, Q, N]`` and the masks of homogeneous / heterogeneous neighbours ``[B, Q, N]``.
 
-        Shapes: adj [B, R, N, N] bool, node_mask [B, N] or [B, C], rows None or [B, Q] long (Q = N
-        without rows).
+        Shapes: adj [B, R, N, N] bool, node_mask [B, N], rows None or [B, Q] long (Q = N without rows).
         """
-        at = torch.arange(adj.shape[0], device=adj.device)[:, None]
         if rows is None:
             real = node_mask[:, :, None]
         else:
             adj = adjacency_rows(adj, rows)
-            real = torch.ones_like(rows, dtype=torch.bool)[..., None] if columns is not None \
-                else node_mask[at, rows][..., None]
-        if columns is not None:
-            adj = adj.gather(-1, columns[:, None, None, :].expand(*adj.shape[:3], -1))
-        pairs = real & node_mask[:, None, :]                                  # [B, Q, C]
+            real = node_mask[torch.arange(adj.shape[0], device=adj.device)[:, None], rows][..., None]
+        pairs = real & node_mask[:, None, :]                                  # [B, Q, N]
         adj_ho = adj[:, self.homo] & pairs[:, None]
         return adj_ho, adj_ho.any(1), adj[:, self.hetero].any(1) & pairs
+
+    @staticmethod
+    def edges_from(edges: tuple[Tensor, Tensor, Tensor], columns: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`edges` restricted to the sending nodes ``columns`` (in that order), where ``keep``.
+
+        Shapes: edges as :meth:`edges` gives them ([B, R_ho, Q, N], [B, Q, N], [B, Q, N]), columns [B, C]
+        long, keep [B, C] bool -> [B, R_ho, Q, C], [B, Q, C], [B, Q, C].
+        """
+        adj_ho, _, mask_he = edges
+        at = columns[:, None, :].expand(-1, mask_he.shape[1], -1)                   # [B, Q, C]
+        adj_ho = adj_ho.gather(-1, at[:, None].expand(-1, adj_ho.shape[1], -1, -1)) & keep[:, None, None, :]
+        return adj_ho, adj_ho.any(1), mask_he.gather(-1, at) & keep[:, None, :]
 
     def _update(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor,
                 rows: Optional[Tensor] = None) -> Tensor:
@@ -264,7 +267,7 @@ class HAN(nn.Module):
             types, values, idx, edges_2 = node_type, v, None, edges_1
         else:
             types, values, idx = node_type[at, first], v[at, first], row_slot
-            edges_2 = self.edges(adj, real, rows, columns=first)
+            edges_2 = self.edges_from(self.edges(adj, node_mask, rows), first, real)
         mapped = lambda u, weight: typed_linear(u, types, weight)                          # noqa: E731
 
         def query_key(u: Tensor) -> tuple[Tensor, Tensor]:  # queries of every node, keys of the receivers

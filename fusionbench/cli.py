@@ -372,7 +372,7 @@ main.add_command(bench)
               help="Sample one batch in every N of the first epoch, spread over batch sizes.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed passes over the sample.")
 @click.option("--part", "parts", multiple=True, metavar="PATH",
-              help="Also label this method (a dotted path from the model: graph, layers.0.spread) or "
+              help="Also label this method (a dotted path from the model: graph, layers.0.forward_rows) or "
                    "function (module:name, e.g. aggregators.han:typed_linear).")
 @click.option("--top", type=int, default=15, show_default=True, help="Operators listed by self CPU time.")
 @click.option("--shapes", is_flag=True, help="List operators per input shapes.")

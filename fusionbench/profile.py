@@ -9,7 +9,7 @@ CPU time :math:`t` over the sample, and the epoch's training is extrapolated as 
 
 - the labelled parts: ``step.forward``, ``step.backward`` and ``step.optimizer`` (labels inside
   ``train_step``), plus every part named with ``--part`` (a method at a dotted path from the model,
-  e.g. ``graph`` or ``layers.0.spread``, or a module's function, e.g. ``aggregators.han:typed_linear``),
+  e.g. ``graph`` or ``layers.0.forward_rows``, or a module's function, e.g. ``aggregators.han:typed_linear``),
   each as CPU milliseconds per step, children included;
 - the operators with the most self CPU time (per input shapes with ``--shapes``).
 
@@ -68,7 +68,7 @@ class Profile:
 
 def part_target(model: Strategy, path: str):
     """What ``--part path`` labels, as (owner, name, function): a method at a dotted path from ``model``
-    (``layers.0.spread``), or a function of a Python module (``aggregators.han:typed_linear``; it is
+    (``layers.0.forward_rows``), or a function of a Python module (``aggregators.han:typed_linear``; it is
     labelled where the module's own code calls it by name)."""
     if ":" in path:
         module_name, _, name = path.partition(":")
