@@ -18,6 +18,8 @@ The baseline is the per-case median of several runs (``refresh --runs``, default
 or unlucky refresh run does not become the yardstick of every later check. ``refresh --keep-slower``
 keeps each case's old ratio where it is the slower one (:func:`slower_of`): a machine state that reads
 memory-bound cases slower widens the baseline, and one that reads them faster does not narrow it.
+``refresh --case C`` (repeatable) re-measures only the named cases and keeps every other case's ratio
+(:func:`with_cases`): the way to lock in a speed-up of some cases without re-reading the noisy others.
 
 ``check`` and ``refresh`` run a short version of the suite in a subprocess: rounds capped at
 :func:`quick_rounds` (the suite reads :data:`QUICK_ENV`), one thread (``OMP_NUM_THREADS=1``), and the
@@ -179,6 +181,16 @@ def slower_of(old: Mapping[str, float], new: Measurement) -> Measurement:
     return Measurement(ratios, new.calibration_seconds, new.machine)
 
 
+def with_cases(old: Mapping[str, float], new: Measurement, cases: list[str]) -> Measurement:
+    """``old`` with the ratios of ``cases`` taken from ``new`` (pure); the calibration time and machine
+    are ``new``'s. Raises :class:`UserInputError` naming a case that ``new`` did not measure."""
+    unknown = [c for c in cases if c not in new.ratios]
+    if unknown:
+        raise UserInputError(f"--case: {', '.join(map(repr, unknown))} not in the suite; its cases are "
+                             f"{', '.join(sorted(new.ratios))}")
+    return Measurement({**old, **{c: new.ratios[c] for c in cases}}, new.calibration_seconds, new.machine)
+
+
 def compare(baseline: Mapping[str, float], measured: Mapping[str, float],
             tolerance: float = TOLERANCE) -> list[Row]:
     """Compare calibrated ratios case by case (pure). Rows come in baseline order, then new cases.
@@ -264,14 +276,20 @@ def read_baseline(path: Path) -> dict:
     return baseline
 
 
-def write_baseline(path: Path, result: Measurement, runs: int, keep_slower: bool = False) -> None:
-    """Write the baseline atomically (readers see the old file or the complete new one)."""
+def write_baseline(path: Path, result: Measurement, runs: int, keep_slower: bool = False,
+                   cases: Optional[list[str]] = None) -> None:
+    """Write the baseline atomically (readers see the old file or the complete new one); ``cases``: the
+    only cases this refresh re-measured (``refresh --case``), None for all."""
+    kept = ""
+    if keep_slower:
+        kept = ", or the previous baseline's ratio where that was slower"
+    elif cases:
+        kept = f" for {', '.join(cases)}; the other cases keep the previous baseline's ratios"
     content = {
         "command": REFRESH_COMMAND,
         "statistic": f"per run: min over the rounds of each case (as many as fit in {QUICK_SECONDS:g} s, at "
                      f"least {QUICK_ROUNDS}) / min of the calibration cases; the baseline is the median over "
-                     f"{runs} run(s)" + (", or the previous baseline's ratio where that was slower"
-                                         if keep_slower else ""),
+                     f"{runs} run(s)" + kept,
         "timer": TIMER,
         "threads": THREADS,
         "calibration_seconds": result.calibration_seconds,
@@ -327,14 +345,21 @@ def check(suite: Path, baseline: Path) -> None:
 @click.option("--keep-slower", is_flag=True,
               help="Keep a case's previous ratio where it is slower than the new one (a refresh after a "
                    "machine-state change, not after a speed-up).")
+@click.option("--case", "cases", multiple=True,
+              help="Re-measure only this case (repeatable), e.g. 'train_step[mmsr]'; every other case keeps its "
+                   "ratio (a refresh after a speed-up of these cases).")
 @report_errors
-def refresh(suite: Path, baseline: Path, runs: int, keep_slower: bool) -> None:
+def refresh(suite: Path, baseline: Path, runs: int, keep_slower: bool, cases: tuple[str, ...]) -> None:
     """Measure the short suite (median of --runs runs) and rewrite the baseline (atomically)."""
     if runs < 1:
         raise UserInputError(f"--runs must be >= 1, got {runs}")
-    previous = read_baseline(baseline)["ratios"] if keep_slower else {}
-    result = slower_of(previous, median_of([measure(suite) for _ in range(runs)]))
-    write_baseline(baseline, result, runs, keep_slower)
+    if keep_slower and cases:
+        raise UserInputError("--keep-slower and --case exclude each other: --case records the named cases' new "
+                             "ratios whether faster or slower, and keeps every other case's")
+    previous = read_baseline(baseline)["ratios"] if keep_slower or cases else {}
+    measured = median_of([measure(suite) for _ in range(runs)])
+    result = with_cases(previous, measured, list(cases)) if cases else slower_of(previous, measured)
+    write_baseline(baseline, result, runs, keep_slower, list(cases))
     click.echo(ratio_table(result.ratios))
     click.echo(f"wrote {baseline}: {len(result.ratios)} cases, median of {runs} run(s), calibration "
                f"{1e3 * result.calibration_seconds:.2f} ms CPU")

@@ -18,6 +18,7 @@ from fusionbench.bench import (
     read_baseline,
     render,
     slower_of,
+    with_cases,
 )
 from fusionbench.cli import main
 from fusionbench.errors import UserInputError
@@ -74,6 +75,14 @@ def test_keep_slower_raises_each_case_to_its_old_ratio_and_drops_removed_cases()
     new = Measurement({"a": 2.0, "b": 5.0, "new": 1.0}, 0.02)
     result = slower_of({"a": 3.0, "b": 4.0, "removed": 9.0}, new)
     assert result.ratios == {"a": 3.0, "b": 5.0, "new": 1.0} and result.calibration_seconds == 0.02
+
+
+def test_a_refresh_of_named_cases_replaces_only_their_ratios():
+    new = Measurement({"a": 2.0, "b": 5.0, "c": 1.0}, 0.02)
+    result = with_cases({"a": 3.0, "b": 4.0, "removed": 9.0}, new, ["a"])
+    assert result.ratios == {"a": 2.0, "b": 4.0, "removed": 9.0} and result.calibration_seconds == 0.02
+    with pytest.raises(UserInputError, match=r"--case: 'nope' not in the suite; its cases are a, b, c"):
+        with_cases({"a": 3.0}, new, ["a", "nope"])
 
 
 def test_pooled_runs_divide_the_best_case_time_by_the_best_calibration_time():
@@ -196,6 +205,16 @@ def test_check_passes_when_faster_and_fails_on_an_injected_two_times_slowdown(tm
     kept = runner.invoke(main, ["bench", "refresh", "--runs", "1", "--keep-slower", *args], catch_exceptions=False)
     assert kept.exit_code == 0, kept.output
     assert json.loads(baseline.read_text())["ratios"] == stored["ratios"]
+
+    # a refresh of a named case records its faster ratio; an unknown case leaves the file alone
+    unknown = runner.invoke(main, ["bench", "refresh", "--runs", "1", "--case", "nope", *args])
+    assert unknown.exit_code == 2 and "--case: 'nope' not in the suite; its cases are work" in unknown.output
+    assert json.loads(baseline.read_text())["ratios"] == stored["ratios"]
+    named = runner.invoke(main, ["bench", "refresh", "--runs", "1", "--case", "work", *args], catch_exceptions=False)
+    assert named.exit_code == 0, named.output
+    assert json.loads(baseline.read_text())["ratios"]["work"] < stored["ratios"]["work"] / 1.25
+    both = runner.invoke(main, ["bench", "refresh", "--case", "work", "--keep-slower", *args])
+    assert both.exit_code == 2 and "--keep-slower and --case exclude each other" in both.output
 
 
 def test_a_failing_suite_is_an_error_with_pytest_output(tmp_path):
