@@ -147,7 +147,6 @@ class DIFSR(AttentionLevelStrategy):
             self.register_buffer(f"top_code{i}", top_code(ctx.modalities[m].codes), persistent=False)
         self.reset_parameters()
 
-
     def aap_loss(self, states: Tensor, targets: Tensor) -> Tensor:
         """Sum over modalities of the mean code CE at the target items that have a code; states ``[S, d]``,
         targets ``[S]`` (1..n)."""

@@ -66,7 +66,6 @@ class GRU4Rec(CausalStrategy):
         """``[B, L, d]``: the representation after every position."""
         return self.dense(self.gru(self.item(batch.items), batch.mask))
 
-
     def item_embeddings(self) -> Tensor:
         return self.item.weight
 

@@ -63,7 +63,6 @@ class SASRec(CausalStrategy):
         """``[B, L, d]``: the representation after every position."""
         return self.encoder(self.item(batch.items) * self.scale, batch.mask)
 
-
     def item_embeddings(self) -> Tensor:
         return self.item.weight
 

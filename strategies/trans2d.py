@@ -163,7 +163,6 @@ class Trans2D(CausalStrategy):
     def hidden(self, batch: SeqBatch) -> Tensor:
         return self.readout(self.grid(batch).flatten(-2))
 
-
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
             return self.item.weight
