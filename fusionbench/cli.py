@@ -158,7 +158,8 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 @click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write here (atomic) instead of stdout.")
 @click.option("--significance", type=click.Path(path_type=Path), default=None,
-              help="Also write every paired test (p, Holm-adjusted p) as CSV here.")
+              help="Also write every paired test (p, Holm-adjusted p) as CSV here (with --robustness: the "
+                   "drop contrasts).")
 @click.option("--strategy", "strategies", default=None, help="Only these strategies (comma-separated).")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Only runs with (KEY!=VALUE: without) this option value, keys as in --set "
@@ -167,6 +168,9 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 @click.option("--robustness-metric", default="NDCG@20", show_default=True, help="Metric of --robustness tables/plots.")
 @click.option("--plot-dir", type=click.Path(path_type=Path), default=None,
               help="With --robustness: write one PNG per perturbation setting here.")
+@click.option("--contrast", "contrasts", multiple=True, metavar="A,B",
+              help="With --robustness: test whether each perturbation costs row A more than row B (relative "
+                   "drops, paired over test samples); repeatable, e.g. --contrast early,late.")
 @report_errors
 def leaderboard(**options: Any) -> None:
     """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only."""

@@ -14,6 +14,7 @@ from fusionbench.errors import UserInputError
 from fusionbench.metrics import summarize
 from fusionbench.report import leaderboard_report
 from fusionbench.report.collect import Column, Selection, open_store, parse_columns
+from fusionbench.report.contrast import drop_contrasts, relative_drop_contrast
 from fusionbench.report.leaderboard import build_leaderboards, render_markdown, to_frame
 from fusionbench.report.robustness import Point, RobustRow, _point_text, build_robustness
 from fusionbench.report.significance import holm
@@ -306,6 +307,71 @@ def test_a_cell_reads_its_change_with_the_sign_of_better_or_worse(drop, text):
     assert _point_text(Point(0.3, (0,), 4.11, float("nan"), drop), row) == text
 
 
+def test_drop_contrast_by_hand():
+    # A falls from 2 of 4 samples to 1 (D_A = 0.5), B keeps its 2 (D_B = 0): Δ = 0.5.
+    # ψ = (b^p - 1 b^0) / 0.5 - (a^p - 0.5 a^0) / 0.5 = 0 - [-1, 0, 1, 0] = [1, 0, -1, 0]: sd sqrt(2/3), SE sqrt(2/3) / 2
+    a0, ap = np.array([1.0, 0, 1, 0]), np.array([0.0, 0, 1, 0])
+    b0 = np.array([1.0, 1, 0, 0])
+    drop_a, drop_b, delta, se = relative_drop_contrast(a0, ap, b0, b0.copy())
+    assert (drop_a, drop_b, delta) == (0.5, 0.0, 0.5) and se == pytest.approx(np.sqrt(2 / 3) / 2)
+    assert all(np.isnan(relative_drop_contrast(np.zeros(4), ap, b0, b0)))  # no reference signal: undefined
+
+
+def test_drop_contrast_standard_error_matches_a_paired_bootstrap():
+    # an independent estimate: resample the S paired samples, recompute D_A - D_B, take the spread
+    rng = np.random.default_rng(0)
+    size = 3000
+    a0 = rng.random(size) * (rng.random(size) < 0.3)
+    # A keeps half of its samples and draws the rest anew (R_A about 0.58), B loses a tenth of its own
+    ap = np.where(rng.random(size) < 0.5, a0, rng.random(size) * (rng.random(size) < 0.05))
+    b0 = rng.random(size) * (rng.random(size) < 0.3)
+    bp = np.where(rng.random(size) < 0.9, b0, 0.0)
+    _, _, delta, se = relative_drop_contrast(a0, ap, b0, bp)
+    boot = []
+    for _ in range(2000):
+        i = rng.integers(0, size, size)
+        boot.append(bp[i].mean() / b0[i].mean() - ap[i].mean() / a0[i].mean())
+    assert delta == pytest.approx(bp.mean() / b0.mean() - ap.mean() / a0.mean())
+    # within 8 %; leaving out the reference's own noise (ψ without the R factors) reads 22 % high here
+    assert se == pytest.approx(np.std(boot, ddof=1), rel=0.08)
+
+
+def test_drop_contrasts_from_the_store(store, tmp_path):
+    # gru4rec and sasrec under `missing` at 0.5, seeds 0 and 1 (sasrec also has seed 2, which gru4rec lacks);
+    # both refer to their clean runs
+    rng = np.random.default_rng(1)
+    cells = {}
+    for strategy, seeds in (("gru4rec", (0, 1)), ("sasrec", (0, 1, 2))):
+        for seed in seeds:
+            cells[strategy, seed] = rng.integers(0, 30, 60)
+            add_run(store, strategy, seed, cells[strategy, seed], perturbation={**MISSING, "severity": 0.5})
+    column = Column("NDCG", 20)
+    tables = build_robustness(store, "beauty", "loo", column)
+    (c,) = drop_contrasts(tables, [("gru4rec", "sasrec")])
+    shared = (0, 1)
+    mean = lambda ranks: np.mean([hand(r, column) for r in ranks], axis=0)  # noqa: E731
+    a0, ap = mean([RANKS["gru4rec"][s] for s in shared]), mean([cells["gru4rec", s] for s in shared])
+    b0, bp = mean([RANKS["sasrec"][s] for s in shared]), mean([cells["sasrec", s] for s in shared])
+    assert c.seeds == shared and c.n == 60 and c.severity == 0.5
+    assert c.delta == pytest.approx(100 * ((1 - ap.mean() / a0.mean()) - (1 - bp.mean() / b0.mean())))
+    assert c.p == pytest.approx(2 * stats.norm.sf(abs(c.delta / c.se))) and c.p_holm == pytest.approx(c.p)
+    per_seed = [(1 - hand(cells[g, s], column).mean() / hand(RANKS[g][s], column).mean()) for g in ("gru4rec", "sasrec")
+                for s in shared]
+    assert c.p_seeds == pytest.approx(stats.ttest_rel(per_seed[:2], per_seed[2:]).pvalue)
+    (swapped,) = drop_contrasts(tables, [("sasrec", "gru4rec")])
+    assert swapped.delta == pytest.approx(-c.delta) and swapped.p == pytest.approx(c.p)
+    with pytest.raises(UserInputError, match="--contrast gru4rec,nova: no robustness table has both rows; rows are "
+                                             "gru4rec, sasrec"):
+        drop_contrasts(tables, [("gru4rec", "nova")])
+
+    sig = tmp_path / "contrasts.csv"
+    text, written = leaderboard_report(store.path, robust=True, contrasts=("gru4rec,sasrec",), significance=sig)
+    assert "drop contrasts on test NDCG@20" in text and "| gru4rec − sasrec " in text and sig in written
+    frame = pd.read_csv(sig)
+    assert list(frame[["a", "b", "seeds"]].iloc[0]) == ["gru4rec", "sasrec", 2]
+    assert frame["delta"].iloc[0] == pytest.approx(c.delta)
+
+
 def invoke(*args):
     return CliRunner().invoke(main, ["leaderboard", *map(str, args)])
 
@@ -335,6 +401,9 @@ def test_cli_writes_outputs_atomically(store, tmp_path, monkeypatch):
     (("--store", "{db}", "--plot-dir", "{tmp}"), "--plot-dir needs --robustness"),
     (("--store", "{db}", "--robustness"), "no finished perturbed runs"),
     (("--store", "{db}", "--robustness", "--robustness-metric", "NDCG"), "--robustness-metric must be METRIC@K"),
+    (("--store", "{db}", "--contrast", "early,late"), "--contrast needs --robustness"),
+    (("--store", "{db}", "--robustness", "--significance", "{tmp}/s.csv"), "pass --contrast A,B"),
+    (("--store", "{db}", "--robustness", "--contrast", "early"), "--contrast must be two different rows as A,B"),
     (("--store", "{junk}"), "not a fusionbench results store"),
     (("--store", "{db}", "--strategy", "nova"), "--strategy 'nova': no finished runs of it in {db}"),
     (("--store", "{db}", "--where", "dim=7"), "no finished run matches --strategy / --where"),

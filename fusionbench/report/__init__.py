@@ -1,6 +1,7 @@
 """Reports read only from the results store: leaderboards with significance marks, robustness tables
 and curves. One module per job: :mod:`.collect` (runs -> rows, labels, per-sample metrics from ranks),
-:mod:`.significance` (paired tests, Holm–Bonferroni), :mod:`.leaderboard`, :mod:`.robustness`.
+:mod:`.significance` (paired tests, Holm–Bonferroni), :mod:`.leaderboard`, :mod:`.robustness`,
+:mod:`.contrast` (does a perturbation cost one row more than another).
 :func:`leaderboard_report` is what ``fusionbench leaderboard`` calls.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Optional
 
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
-from fusionbench.report import leaderboard, robustness
+from fusionbench.report import contrast, leaderboard, robustness
 from fusionbench.report.collect import Selection, open_store, parse_column, parse_columns
 
 
@@ -24,16 +25,20 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        fmt: str = "md", output: Optional[Path] = None, significance: Optional[Path] = None,
                        robust: bool = False, robustness_metric: str = "NDCG@20",
                        plot_dir: Optional[Path] = None, strategies: Optional[str] = None, where: tuple[str, ...] = (),
-                       command: Optional[str] = None) -> tuple[str, list[Path]]:
-    """Build the leaderboards (or, with ``robust``, the robustness tables and plots) of ``store``.
+                       contrasts: tuple[str, ...] = (), command: Optional[str] = None) -> tuple[str, list[Path]]:
+    """Build the leaderboards (or, with ``robust``, the robustness tables and plots, and the drop
+    contrasts of the ``contrasts`` pairs "A,B") of ``store``.
 
     Returns the report text (also written to ``output`` when given) and the files written. A markdown
     report starts with ``command`` (the command line that regenerates it) when one is given. Option
     names in errors are the CLI's."""
     if fmt not in ("md", "csv"):
         raise UserInputError(f"--format must be md or csv, got {fmt!r}")
-    if robust and significance is not None:
-        raise UserInputError("--significance applies to the leaderboard, not to --robustness")
+    if contrasts and not robust:
+        raise UserInputError("--contrast needs --robustness (it compares drops under a perturbation)")
+    if robust and significance is not None and not contrasts:
+        raise UserInputError("--significance with --robustness writes the drop contrasts: pass --contrast A,B")
+    pairs = contrast.parse_pairs(contrasts)
     if not robust and plot_dir is not None:
         raise UserInputError("--plot-dir needs --robustness (plots are robustness curves)")
     written: list[Path] = []
@@ -45,6 +50,13 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                                                  parse_column(robustness_metric, "--robustness-metric"), selection)
             text = (robustness.render_markdown(tables) if fmt == "md"
                     else robustness.to_frame(tables).to_csv(index=False))
+            if pairs:
+                found = contrast.drop_contrasts(tables, pairs)
+                if fmt == "md":
+                    text += "\n" + contrast.render_markdown(found, robustness_metric)
+                if significance is not None:
+                    write_text(significance, contrast.to_frame(found).to_csv(index=False))
+                    written.append(Path(significance))
             for table in tables if plot_dir is not None else []:
                 path = Path(plot_dir) / f"{table.file_stem}.png"
                 robustness.plot(table, path)

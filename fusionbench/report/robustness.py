@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
     LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, Selection, check_one_data_version, data_name, done_runs, group_runs, load_ranks,
-    perturbation_of, row_key, seed_values, short_value, variant_labels,
+    per_sample_values, perturbation_of, row_key, seed_values, short_value, variant_labels,
 )
 from fusionbench.store import ResultStore, canonical_json
 
@@ -41,6 +42,7 @@ class Point:
     mean: float   # %
     std: float    # %, NaN with one seed
     drop: float   # % relative to the row's reference, NaN without one
+    samples: Optional[np.ndarray] = field(default=None, repr=False)  # [n_seeds, S] fractions, seeds order
 
 
 @dataclass
@@ -50,6 +52,8 @@ class RobustRow:
     reference: str          # "severity 0", "clean run" or "none"
     reference_mean: float   # %
     points: list[Point]     # by increasing severity
+    reference_seeds: tuple[int, ...] = ()
+    reference_samples: Optional[np.ndarray] = field(default=None, repr=False)  # [n_seeds, S] fractions
 
 
 @dataclass
@@ -79,6 +83,17 @@ class RobustnessTable:
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return 100 * values.mean(), 100 * values.std(ddof=1) if len(values) > 1 else math.nan
+
+
+def _measure(store: ResultStore, group: RunGroup, ranks: np.ndarray, column: Column
+             ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """A group's value per seed ``[n_seeds]`` and per sample ``[n_seeds, S]`` (fractions, in the order of
+    ``group.seeds``); the per-sample values are None under ``ratio-paper``, whose metric is a maximum over
+    epochs, not a mean over samples."""
+    if group.config["protocol"] == LEAKY_PROTOCOL:
+        return seed_values(store, group.runs, ranks, column), None
+    samples = per_sample_values(ranks, column)
+    return samples.mean(axis=-1), samples
 
 
 def build_robustness(store: ResultStore, dataset: str | None, protocol: str | None,
@@ -119,17 +134,21 @@ def _build(store: ResultStore, key: tuple, perturbed: list, clean_runs: list, co
                        where)
     rows = []
     for (variant, cells), label in zip(by_variant.items(), labels):
-        measured = {s: _mean_std(seed_values(store, g.runs, ranks[g.key], column)) for s, g in cells.items()}
-        if 0.0 in measured:
-            reference, ref = "severity 0", measured[0.0][0]
-        elif variant in clean:
-            g = clean[variant]
-            reference, ref = "clean run", _mean_std(seed_values(store, g.runs, ranks[g.key], column))[0]
+        measured = {s: _measure(store, g, ranks[g.key], column) for s, g in cells.items()}
+        reference_group = cells.get(0.0) or clean.get(variant)
+        if reference_group is None:
+            reference, ref, ref_samples = "none", math.nan, None
         else:
-            reference, ref = "none", math.nan
-        points = [Point(s, cells[s].seeds, mean, std, 100 * (ref - mean) / ref if ref > 0 else math.nan)
-                  for s, (mean, std) in sorted(measured.items())]
-        rows.append(RobustRow(label, cells[min(cells)].strategy, reference, ref, points))
+            reference = "severity 0" if 0.0 in cells else "clean run"
+            per_seed, ref_samples = _measure(store, reference_group, ranks[reference_group.key], column)
+            ref = _mean_std(per_seed)[0]
+        points = []
+        for s, (per_seed, samples) in sorted(measured.items()):
+            mean, std = _mean_std(per_seed)
+            points.append(Point(s, cells[s].seeds, mean, std, 100 * (ref - mean) / ref if ref > 0 else math.nan,
+                                samples))
+        rows.append(RobustRow(label, cells[min(cells)].strategy, reference, ref, points,
+                              reference_group.seeds if reference_group is not None else (), ref_samples))
     rows.sort(key=lambda r: r.label)
     return RobustnessTable(dataset, protocol, name, apply_to, json.loads(options), column, rows)
 
