@@ -17,26 +17,17 @@ from fusionbench.errors import TrainingError, UserInputError, report_errors
 from fusionbench.metrics import DEFAULT_KS, METRICS
 from fusionbench.registry import REGISTRIES
 
-OPTION_GROUPS = {"train": "train_options", "agg": "aggregator_options", "data": "dataset_options",
-                 "features": "feature_options"}
-
-
 def parse_sets(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """``("dim=64", "train.lr=0.01")`` -> ``{"strategy_options": {"dim": "64"}, "train_options": {...}}``."""
-    groups: dict[str, dict[str, str]] = {"strategy_options": {}, **{g: {} for g in OPTION_GROUPS.values()}}
+    from fusionbench.runner import group_options
+
+    options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserInputError(f"--set expects key=value, got {pair!r}")
-        prefix, dot, name = key.partition(".")
-        if dot and prefix in OPTION_GROUPS:
-            groups[OPTION_GROUPS[prefix]][name] = value
-        elif dot:
-            raise UserInputError(f"--set {pair!r}: unknown option group {prefix!r}; "
-                                 f"known: {', '.join(OPTION_GROUPS)} (no prefix = strategy option)")
-        else:
-            groups["strategy_options"][key] = value
-    return groups
+        options[key] = value
+    return group_options(options, "--set")
 
 
 def metrics_table(rows: list[tuple[str, dict[str, float]]], ks=DEFAULT_KS) -> str:
@@ -126,7 +117,7 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
            apply_to: str, seeds: str, dataset: str, protocol: str, epochs: Optional[int], max_len: int, store: Path,
            sets: tuple[str, ...], data_root: Optional[Path], device: str, quiet: bool) -> None:
     """Sweep one strategy over a perturbation's severities x seeds: one stored run per cell, resumable."""
-    from fusionbench import stress as sweep
+    from fusionbench import stress as stress_sweep
     from fusionbench.runner import RunRequest
     from fusionbench.store import ResultStore
 
@@ -135,14 +126,60 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
         groups["train_options"]["epochs"] = epochs
     base = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, aggregator=aggregator,
                       max_len=max_len, data_root=data_root, device=device, **groups)
-    cells = sweep.plan_cells(base, perturbation, sweep.parse_options(set_p, "--set-p"),
-                             sweep.parse_severities(severity), sweep.parse_seeds(seeds), apply_to)
-    sweep.run_sweep(cells, ResultStore(store), progress=not quiet)
+    cells = stress_sweep.plan_cells(base, perturbation, stress_sweep.parse_options(set_p, "--set-p"),
+                             stress_sweep.parse_severities(severity), stress_sweep.parse_seeds(seeds), apply_to)
+    stress_sweep.run_sweep(cells, ResultStore(store), progress=not quiet)
     skipped = sum(c.outcome is not None and c.outcome.skipped for c in cells)
     click.echo(f"{strategy} under {perturbation} (apply to {apply_to}) on {dataset} ({protocol}): "
                f"{len(cells)} cells, {skipped} already in the store")
-    click.echo(sweep.summary_table(cells))
-    failed = sweep.failures(cells)
+    click.echo(stress_sweep.summary_table(cells))
+    failed = stress_sweep.failures(cells)
+    if failed:
+        raise TrainingError(failed)
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(path_type=Path))
+@click.option("--store", type=click.Path(path_type=Path), required=True,
+              help="SQLite results store; cells done there are skipped, so a rerun resumes the sweep.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: the cells in order in this process; ray: Ray tasks (one per shared training).")
+@click.option("--address", default=None, help="Ray: cluster address ('auto' = the running cluster; default: "
+                                              "start a Ray instance on this machine).")
+@click.option("--cpus-per-cell", type=int, default=1, show_default=True, help="Ray: CPUs (and threads) per task.")
+@click.option("--scratch", default=None, help="Ray: folder on each node for the tasks' store, checkpoints and "
+                                              "kept weights (default ~/.cache/fusionbench/sweep).")
+@click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
+@data_root_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@report_errors
+def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
+          scratch: Optional[str], dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:
+    """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
+    from fusionbench import sweep as sweeps
+    from fusionbench.store import ResultStore
+
+    if engine == "local" and (address is not None or scratch is not None):
+        raise UserInputError("--address and --scratch apply to --engine ray")
+    cells = sweeps.read_sweep(sweep_file, data_root, device)
+    results = ResultStore(store)
+    if dry_run:
+        identities = sweeps.identify(cells)
+        status = [results.status(identities[id(c)][1]) or "to run" for c in cells]
+        click.echo(tabulate([[label, c.request.seed, state] for c, label, state in
+                             zip(cells, sweeps.cell_labels(cells), status)],
+                            headers=["run", "seed", "in the store"], tablefmt="github", disable_numparse=True))
+        click.echo(f"{len(cells)} cells, {status.count('done')} done")
+        return
+    if engine == "ray":
+        sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet)
+    else:
+        sweeps.run_local(cells, results, progress=not quiet, desc="sweep cells")
+    skipped = sum(c.outcome is not None and c.outcome.skipped for c in cells)
+    click.echo(f"{sweep_file}: {len(cells)} cells, {skipped} already in the store")
+    click.echo(sweeps.summary_table(cells))
+    failed = sweeps.failures(cells)
     if failed:
         raise TrainingError(failed)
 

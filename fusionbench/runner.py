@@ -36,6 +36,26 @@ from fusionbench.store import ResultStore, config_hash
 from fusionbench.train import DataViews, TrainOptions, TrainResult, evaluate_trained, save_atomically, train
 
 DEFAULT_MAX_LEN = 50
+OPTION_GROUPS = {"train": "train_options", "agg": "aggregator_options", "data": "dataset_options",
+                 "features": "feature_options"}
+"""Key prefixes of option overrides (``train.lr``) and the :class:`RunRequest` field each fills; a key
+without a prefix is a strategy option."""
+
+
+def group_options(options: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """``{"dim": 64, "train.lr": 0.01}`` -> ``{"strategy_options": {"dim": 64}, "train_options": {"lr": 0.01},
+    ...}`` (every :class:`RunRequest` options field present); ``where`` names the source in errors."""
+    groups: dict[str, dict[str, Any]] = {"strategy_options": {}, **{g: {} for g in OPTION_GROUPS.values()}}
+    for key, value in options.items():
+        prefix, dot, name = key.partition(".")
+        if dot and prefix in OPTION_GROUPS and name:
+            groups[OPTION_GROUPS[prefix]][name] = value
+        elif dot:
+            raise UserInputError(f"{where} {key!r}: unknown option group {prefix!r}; "
+                                 f"known: {', '.join(OPTION_GROUPS)} (no prefix = strategy option)")
+        else:
+            groups["strategy_options"][key] = value
+    return groups
 
 
 @dataclass(frozen=True)

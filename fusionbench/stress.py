@@ -9,19 +9,18 @@ failed in the store and the sweep goes on; the command then exits 1 after the su
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from tabulate import tabulate
-from tqdm import tqdm
 
-from fusionbench.errors import TrainingError, UserInputError
+from fusionbench.errors import UserInputError
 from fusionbench.perturb.base import check_severity
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.registry import PERTURBATIONS, UnknownPluginError
-from fusionbench.runner import RunOutcome, RunRequest, resolve, run_experiment
+from fusionbench.runner import RunOutcome, RunRequest, resolve
 from fusionbench.store import ResultStore
+from fusionbench.sweep import mean_sd, run_local
 
 SUMMARY_METRICS = ("HR@5", "NDCG@5", "MRR@5", "HR@20", "NDCG@20", "MRR@20")
 
@@ -86,20 +85,8 @@ def plan_cells(base: RunRequest, perturbation: str, options: dict[str, Any], sev
 
 def run_sweep(cells: list[Cell], store: ResultStore, progress: bool = True) -> list[Cell]:
     """Run (or skip, or resume) every cell in order, with a progress bar over cells."""
-    bar = tqdm(cells, desc="stress cells", unit="cell", disable=None if progress else True)
-    for cell in bar:
-        bar.set_postfix(p=cell.severity, seed=cell.seed)
-        try:
-            cell.outcome = run_experiment(cell.request, store=store, progress=progress)
-        except TrainingError as err:
-            cell.error = str(err)
+    run_local(cells, store, progress, desc="stress cells", postfix=lambda cell: dict(p=cell.severity, seed=cell.seed))
     return cells
-
-
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def summary_table(cells: list[Cell], metrics: Sequence[str] = SUMMARY_METRICS) -> str:
@@ -109,7 +96,7 @@ def summary_table(cells: list[Cell], metrics: Sequence[str] = SUMMARY_METRICS) -
         group = [c for c in cells if c.severity == p]
         done = [c.outcome.test for c in group if c.outcome is not None]
         row = [f"{p:g}", f"{len(done)}/{len(group)}"]
-        row += [_mean_sd([t[m] for t in done]) if done else "-" for m in metrics]
+        row += [mean_sd([t[m] for t in done]) if done else "-" for m in metrics]
         rows.append(row)
     return tabulate(rows, headers=["p", "runs", *metrics], tablefmt="github", disable_numparse=True)
 

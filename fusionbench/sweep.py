@@ -1,0 +1,326 @@
+"""``fusionbench sweep``: many runs from one TOML file, on this machine or on a Ray cluster.
+
+A sweep file lists configurations; each runs for every seed, every point of its ``grid`` and every
+severity of its perturbation::
+
+    [defaults]                      # optional: any run key but strategy
+    dataset = "beauty"
+    seeds = [0, 1, 2]
+
+    [[run]]
+    strategy = "mmsr"
+    aggregator = "han"
+    set = { "train.precision" = "bf16" }
+
+    [[run]]
+    strategy = "difsr"
+    set = { "train.precision" = "bf16" }
+    grid = { aap_weight = [0, 1] }   # one configuration per value (the product over several keys)
+
+    [[run]]
+    strategy = ["early", "late"]
+    perturbation = [{ name = "disorder", severity = [0, 0.3, 0.7, 1] },
+                    { name = "mismatch", severity = [0.3, 0.7, 1], apply_to = "test", options = { mode = "swap" } }]
+
+Run keys: ``strategy`` (required; a name or a list of names), ``aggregator``, ``dataset``, ``protocol``,
+``seeds``, ``max_len``, ``set`` (option overrides, keys as ``--set``: strategy options bare, ``train.*``,
+``agg.*``, ``data.*``, ``features.*``), ``grid`` (the same keys, each with a list of values),
+``perturbation`` (a table, or a list of them: ``name``, ``severity``: a number or a list, ``apply_to``
+(default ``test``), ``options``). A run's ``set`` adds to the defaults'.
+Every cell is resolved (validated) before the first one runs; identical cells run once.
+
+Every cell is one stored run (:func:`fusionbench.runner.run_experiment`), so the store makes a sweep
+resumable: cells done there are skipped, an interrupted cell resumes from its checkpoint. Engines:
+
+* ``local``: the cells in file order, in this process.
+* ``ray``: one Ray task per group of cells that share their trained weights (the same training config:
+  the clean run and its test-only stress cells), each group's cells in order, so a group trains once.
+  A task runs its cells into a store in a scratch folder of its node (checkpoints and kept weights
+  there, so a retried task resumes) and returns the finished runs, which the driver adds to ``--store``
+  as they arrive (``ResultStore.add_records``). Every node needs fusionbench, the data (``--data-root``
+  or ``FUSIONBENCH_DATA``) and, for speed, the feature cache.
+
+A cell whose training fails (:class:`TrainingError`) is reported and the sweep goes on; the command
+then exits 1.
+"""
+from __future__ import annotations
+
+import itertools
+import statistics
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+from tabulate import tabulate
+from tqdm import tqdm
+
+from fusionbench.errors import TrainingError, UserInputError
+from fusionbench.perturb.plan import PerturbationRequest
+from fusionbench.registry import UnknownPluginError
+from fusionbench.runner import RunOutcome, RunRequest, group_options, load_data, resolve, run_experiment
+from fusionbench.store import ResultStore, canonical_json, config_hash
+
+RUN_KEYS = ("strategy", "aggregator", "dataset", "protocol", "seeds", "max_len", "set", "grid", "perturbation")
+PERTURBATION_KEYS = ("name", "severity", "apply_to", "options")
+
+
+class Runnable(Protocol):
+    """What an engine runs: a request, and after running its outcome or its training error."""
+
+    request: RunRequest
+    outcome: Optional[RunOutcome]
+    error: Optional[str]
+
+
+@dataclass
+class Cell:
+    """One run of a sweep file: ``entry`` is the index of its ``[[run]]`` table."""
+
+    entry: int
+    request: RunRequest
+    outcome: Optional[RunOutcome] = None
+    error: Optional[str] = None
+
+
+# -- the sweep file ---------------------------------------------------------------------------------
+def read_sweep(path: Path, data_root: Optional[Path] = None, device: str = "cpu") -> list[Cell]:
+    """Parse and expand a sweep file into resolved cells (file order; duplicates dropped). Errors name
+    the file, the ``[[run]]`` table (1-based) and the key."""
+    try:
+        spec = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"sweep file {path} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserInputError(f"{path}: not valid TOML ({err})") from None
+    unknown = set(spec) - {"defaults", "run"}
+    if unknown:
+        raise UserInputError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; expected [defaults] "
+                             "and [[run]] tables")
+    defaults = spec.get("defaults", {})
+    runs = spec.get("run", [])
+    if not isinstance(defaults, dict) or not isinstance(runs, list) or not runs:
+        raise UserInputError(f"{path}: needs at least one [[run]] table (and [defaults] must be a table)")
+    _check_keys(defaults, f"{path}: [defaults]", exclude=("strategy",))
+    cells: dict[str, Cell] = {}
+    for index, entry in enumerate(runs, start=1):
+        where = f"{path}: [[run]] {index}"
+        if not isinstance(entry, dict):
+            raise UserInputError(f"{where} must be a table")
+        _check_keys(entry, where)
+        for request in expand(defaults, entry, where, data_root, device):
+            try:
+                config = resolve(request)
+            except (UserInputError, UnknownPluginError) as err:
+                raise UserInputError(f"{where} ({request.strategy}): {err}") from None
+            cells.setdefault(canonical_json(config), Cell(index, request))
+    return list(cells.values())
+
+
+def _check_keys(table: dict, where: str, exclude: tuple[str, ...] = ()) -> None:
+    allowed = [k for k in RUN_KEYS if k not in exclude]
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise UserInputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+def _typed(value: Any, kinds: tuple[type, ...], where: str, expected: str) -> Any:
+    """``value`` if it is one of ``kinds`` (a bool only where ``bool`` is listed), else an error."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise UserInputError(f"{where} must be {expected}, got {value!r}")
+    return value
+
+
+def expand(defaults: dict, entry: dict, where: str, data_root: Optional[Path] = None,
+           device: str = "cpu") -> Iterable[RunRequest]:
+    """The requests of one ``[[run]]`` table: strategies x grid points x perturbations and their severities
+    x seeds (in that nesting)."""
+    merged = {**defaults, **entry, "set": {**defaults.get("set", {}), **entry.get("set", {})}}
+    if "strategy" not in merged:
+        raise UserInputError(f"{where}: missing key 'strategy'")
+    strategies = merged["strategy"] if isinstance(merged["strategy"], list) else [merged["strategy"]]
+    strategies = [_typed(name, (str,), f"{where}: strategy", "a strategy name or a list of them")
+                  for name in strategies]
+    seeds = [_typed(s, (int,), f"{where}: seeds", "a list of integers")
+             for s in _typed(merged.get("seeds", [0]), (list,), f"{where}: seeds", "a list of integers")]
+    sets = _typed(merged["set"], (dict,), f"{where}: set", "a table of option = value")
+    grid = _typed(merged.get("grid", {}), (dict,), f"{where}: grid", "a table of option = [values]")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserInputError(f"{where}: grid.{key} must be a non-empty list of values, got {values!r}")
+    specs = merged.get("perturbation")
+    perturbations = [p for spec in (specs if isinstance(specs, list) else [specs]) for p in _perturbations(spec, where)]
+    base = dict(data_root=data_root, device=device,
+                dataset=_typed(merged.get("dataset", "beauty"), (str,), f"{where}: dataset", "a name"),
+                protocol=_typed(merged.get("protocol", "loo"), (str,), f"{where}: protocol", "a name"),
+                aggregator=_typed(merged.get("aggregator"), (str, type(None)), f"{where}: aggregator", "a name"),
+                max_len=_typed(merged.get("max_len", RunRequest.max_len), (int,), f"{where}: max_len", "an integer"))
+    for strategy in strategies:
+        for point in itertools.product(*grid.values()):
+            groups = group_options({**sets, **dict(zip(grid, point))}, f"{where}: option")
+            for perturbation in perturbations:
+                for seed in seeds:
+                    yield RunRequest(strategy=strategy, seed=seed, perturbation=perturbation, **base, **groups)
+
+
+def _perturbations(spec: Any, where: str) -> list[Optional[PerturbationRequest]]:
+    if spec is None:
+        return [None]
+    where = f"{where}: perturbation"
+    _typed(spec, (dict,), where, "a table with name, severity, apply_to, options")
+    unknown = sorted(set(spec) - set(PERTURBATION_KEYS))
+    if unknown or "name" not in spec or "severity" not in spec:
+        raise UserInputError(f"{where} needs name and severity (and may have apply_to, options); "
+                             f"got {', '.join(sorted(spec))}")
+    severities = spec["severity"] if isinstance(spec["severity"], list) else [spec["severity"]]
+    options = _typed(spec.get("options", {}), (dict,), f"{where}.options", "a table")
+    return [PerturbationRequest(spec["name"], _typed(p, (int, float), f"{where}.severity", "numbers in [0, 1]"),
+                                spec.get("apply_to", "test"), options) for p in severities]
+
+
+# -- engines ----------------------------------------------------------------------------------------
+def run_local(cells: list[Runnable], store: ResultStore, progress: bool = True, desc: str = "cells",
+              postfix: Callable[[Runnable], dict] = lambda cell: {}) -> None:
+    """Run (or skip, or resume) every cell in order in this process, with a progress bar over cells."""
+    bar = tqdm(cells, desc=desc, unit="cell", disable=None if progress else True)
+    for cell in bar:
+        bar.set_postfix(postfix(cell))
+        try:
+            cell.outcome = run_experiment(cell.request, store=store, progress=progress)
+        except TrainingError as err:
+            cell.error = str(err)
+
+
+def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None, cpus_per_cell: int = 1,
+            scratch: Optional[str] = None, progress: bool = True) -> None:
+    """Run the cells not yet done in ``store`` as Ray tasks (module docstring), adding each finished
+    run to ``store`` as its task returns. Cells already done get their stored outcome."""
+    try:
+        import ray
+    except ImportError:
+        raise UserInputError("--engine ray needs Ray: pip install 'fusionbench[ray]'") from None
+    if cpus_per_cell < 1:
+        raise UserInputError(f"--cpus-per-cell must be >= 1, got {cpus_per_cell}")
+    identities = identify(cells)
+    todo: dict[str, list[Cell]] = {}
+    for cell in cells:
+        config, digest, training = identities[id(cell)]
+        if store.status(digest) == "done":
+            cell.outcome = stored_outcome(store, config, digest, skipped=True)
+        else:
+            todo.setdefault(training, []).append(cell)
+    if not todo:
+        return
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=progress)
+    task = ray.remote(num_cpus=cpus_per_cell, max_retries=0)(run_group)
+    pending = {task.remote([c.request for c in group], scratch, cpus_per_cell): group for group in todo.values()}
+    bar = tqdm(total=sum(map(len, todo.values())), desc="sweep cells (ray)", unit="cell",
+               disable=None if progress else True)
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        group = pending.pop(ready)
+        for cell, (record, error) in zip(group, ray.get(ready)):
+            if record is not None:
+                store.add_records([record])
+                cell.outcome = stored_outcome(store, identities[id(cell)][0], record["config_hash"])
+            cell.error = error
+            bar.update(1)
+    bar.close()
+
+
+def identify(cells: list[Cell]) -> dict[int, tuple[dict, str, str]]:
+    """``{id(cell): (config, run hash, training hash)}`` as ``run_experiment`` computes them (each dataset
+    loaded once for its checksum)."""
+    from fusionbench.runner import training_config
+
+    checksums: dict[str, str] = {}
+    out = {}
+    for cell in cells:
+        config = resolve(cell.request)
+        data_key = canonical_json({"dataset": config["dataset"], "options": config["dataset_options"],
+                                   "root": str(cell.request.data_root)})
+        if data_key not in checksums:
+            checksums[data_key] = load_data(config, cell.request.data_root).checksum()
+        config["dataset_checksum"] = checksums[data_key]
+        out[id(cell)] = (config, config_hash(config), config_hash(training_config(config)))
+    return out
+
+
+def stored_outcome(store: ResultStore, config: dict, digest: str, skipped: bool = False) -> RunOutcome:
+    """The outcome of the run ``digest`` (resolved ``config``), done in ``store``."""
+    run_id = store.run_id(digest)
+    return RunOutcome(config, digest, store.metrics(run_id, "test"), store.metrics(run_id, "valid"),
+                      skipped=skipped, run_id=run_id)
+
+
+def run_group(requests: list[RunRequest], scratch: Optional[str], threads: int) -> list[tuple[Optional[dict], Optional[str]]]:
+    """A Ray task's body: run ``requests`` in order into the node's scratch store; per request
+    ``(record, None)`` (:meth:`ResultStore.records`) or ``(None, error)`` when training failed."""
+    import torch
+
+    torch.set_num_threads(threads)
+    folder = Path(scratch) if scratch else Path.home() / ".cache" / "fusionbench" / "sweep"
+    folder.mkdir(parents=True, exist_ok=True)
+    node_store = ResultStore(folder / "store.db")
+    out: list[tuple[Optional[dict], Optional[str]]] = []
+    try:
+        for request in requests:
+            try:
+                outcome = run_experiment(request, store=node_store, progress=False)
+            except TrainingError as err:
+                out.append((None, str(err)))
+                continue
+            out.append((node_store.records([outcome.run_id])[0], None))
+    finally:
+        node_store.close()
+    return out
+
+
+# -- what the command prints -------------------------------------------------------------------------
+SUMMARY_METRICS = ("HR@20", "NDCG@20", "MRR@20")
+
+
+def cell_labels(cells: list[Cell]) -> list[str]:
+    """One label per cell, as the leaderboard labels its rows (strategy, aggregator, non-default options),
+    with the perturbation and its severity."""
+    from fusionbench.report.collect import row_key, variant_labels
+
+    configs = [resolve(cell.request) for cell in cells]
+    keys = list(dict.fromkeys(row_key(c) for c in configs))
+    names = dict(zip(keys, variant_labels([next(c for c in configs if row_key(c) == k) for k in keys])))
+    labels = []
+    for config in configs:
+        p = config.get("perturbation")
+        labels.append(names[row_key(config)] + (f": {p['name']} p={p['severity']:g} ({p['apply_to']})" if p else ""))
+    return labels
+
+
+def mean_sd(values: list[float]) -> str:
+    """Fractions -> "mean ± sample sd" in % (the value alone for one)."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def summary_table(cells: list[Cell], metrics: tuple[str, ...] = SUMMARY_METRICS) -> str:
+    """Per label (all seeds of a configuration): runs done / cells, test metrics (%) as mean ± sd over
+    the seeds done."""
+    by_label: dict[str, list[Cell]] = {}
+    for cell, label in zip(cells, cell_labels(cells)):
+        by_label.setdefault(label, []).append(cell)
+    rows = []
+    for label, group in by_label.items():
+        done = [c.outcome.test for c in group if c.outcome is not None]
+        rows.append([label, f"{len(done)}/{len(group)}", *(mean_sd([t[m] for t in done]) if done else "-"
+                                                            for m in metrics)])
+    return tabulate(rows, headers=["run", "seeds done", *metrics], tablefmt="github", disable_numparse=True)
+
+
+def failures(cells: list[Cell]) -> Optional[str]:
+    """One line naming every failed cell, or ``None``."""
+    failed = [(label, c) for c, label in zip(cells, cell_labels(cells)) if c.error is not None]
+    if not failed:
+        return None
+    listed = "; ".join(f"{label} seed {c.request.seed}: {c.error}" for label, c in failed)
+    return f"{len(failed)} of {len(cells)} cells failed ({listed})"

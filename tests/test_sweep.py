@@ -1,0 +1,147 @@
+"""`fusionbench sweep`: the TOML file (expansion, errors), the local engine (resumable) and the Ray engine
+(same stored results as the local one, weights shared within a task)."""
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fusionbench.cli import main
+from fusionbench.errors import UserInputError
+from fusionbench.store import ResultStore
+from fusionbench.sweep import read_sweep, run_local, run_ray
+
+TINY = """
+[defaults]
+dataset = "synthetic"
+seeds = [0]
+
+[defaults.set]
+"data.n_users" = 80
+"data.n_codes" = 3
+"data.per_cell" = 2
+"data.max_len" = 10
+dim = 16
+"train.lr" = 0.01
+"train.epochs" = 2
+"""
+
+
+def sweep_file(tmp_path, body, defaults=TINY):
+    path = tmp_path / "sweep.toml"
+    path.write_text(defaults + textwrap.dedent(body))
+    return path
+
+
+def test_a_sweep_file_expands_into_resolved_cells(tmp_path):
+    path = sweep_file(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+
+        [[run]]
+        strategy = "gru4rec"
+        set = { "train.epochs" = 1 }
+        grid = { "train.lr" = [0.01, 0.02], dropout = [0.1, 0.2] }
+
+        [[run]]
+        strategy = "sasrec"
+        perturbation = { name = "missing", severity = [0.5, 1], options = { mode = "occurrence" } }
+
+        [[run]]
+        strategy = "sasrec"        # the first table's seed 0 again: runs once
+
+        [[run]]
+        strategy = ["sasrec", "gru4rec"]
+        perturbation = [{ name = "disorder", severity = 1 }, { name = "mismatch", severity = [0.3, 1], apply_to = "both" }]
+    """)
+    cells = read_sweep(path)
+    assert [c.entry for c in cells] == [1, 1] + [2] * 4 + [3] * 2 + [5] * 6
+    assert [(c.request.strategy, c.request.perturbation.name, c.request.perturbation.severity,
+             c.request.perturbation.apply_to) for c in cells[-6:]] == [
+        (s, "disorder", 1, "test") for s in ("sasrec",)] + [("sasrec", "mismatch", p, "both") for p in (0.3, 1)] + [
+        ("gru4rec", "disorder", 1, "test")] + [("gru4rec", "mismatch", p, "both") for p in (0.3, 1)]
+    assert [c.request.seed for c in cells[:2]] == [0, 1]
+    gru = [c.request for c in cells if c.entry == 2]
+    assert [(r.train_options["lr"], r.strategy_options["dropout"]) for r in gru] == [
+        (0.01, 0.1), (0.01, 0.2), (0.02, 0.1), (0.02, 0.2)]
+    assert {r.train_options["epochs"] for r in gru} == {1} and gru[0].dataset_options["n_users"] == 80
+    assert gru[0].strategy_options["dim"] == 16              # the run's set adds to the defaults'
+    stress = [c.request.perturbation for c in cells if c.entry == 3]
+    assert [(p.name, p.severity, p.apply_to, dict(p.options)) for p in stress] == [
+        ("missing", 0.5, "test", {"mode": "occurrence"}), ("missing", 1, "test", {"mode": "occurrence"})]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[[run]]\nstrategy = 'sasrec'\nepochs = 3\n", "[[run]] 1: unknown key(s) epochs; allowed: strategy,"),
+    ("[[run]]\naggregator = 'han'\n", "[[run]] 1: missing key 'strategy'"),
+    ("[[run]]\nstrategy = 'sasrec'\ngrid = { dim = 16 }\n", "[[run]] 1: grid.dim must be a non-empty list"),
+    ("[[run]]\nstrategy = 'sasrec'\nseeds = [0, 'x']\n", "[[run]] 1: seeds must be a list of integers, got 'x'"),
+    ("[[run]]\nstrategy = 'sasrec'\nset = { dimm = 8 }\n", "[[run]] 1 (sasrec): strategy 'sasrec': unknown option 'dimm'"),
+    ("[[run]]\nstrategy = 'sasrec'\nset = { 'trian.lr' = 0.1 }\n", "unknown option group 'trian'"),
+    ("[[run]]\nstrategy = 'sasrec'\nperturbation = { name = 'missing' }\n", "perturbation needs name and severity"),
+    ("[[run]]\nstrategy = 'sasrec'\nperturbation = { name = 'missing', severity = 2 }\n", "severity"),
+    ("[[run]]\nstrategy = 'sasrec'\n[[run]]\nstrategy = 'nope'\n", "[[run]] 2 (nope): unknown strategy 'nope'"),
+    ("[[run]\n", "not valid TOML"),
+    ("[runs]\nstrategy = 'sasrec'\n", "unknown top-level key(s) runs"),
+    ("[defaults]\nstrategy = 'sasrec'\n[[run]]\nstrategy = 'sasrec'\n", "[defaults]: unknown key(s) strategy"),
+    ("", "needs at least one [[run]] table"),
+])
+def test_sweep_file_errors_name_the_file_the_table_and_the_key(tmp_path, body, message):
+    path = sweep_file(tmp_path, body, defaults="" if body.startswith(("[defaults]", "seeds")) else TINY)
+    with pytest.raises(UserInputError) as err:
+        read_sweep(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_the_local_engine_runs_each_cell_once_and_a_rerun_skips_them(tmp_path):
+    path = sweep_file(tmp_path, "[[run]]\nstrategy = 'sasrec'\nseeds = [0, 1]\n")
+    args = ["sweep", str(path), "--store", str(tmp_path / "r.db"), "--quiet"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "2 cells, 0 already in the store" in first.output and "| sasrec " in first.output
+    assert "| 2/2 " in first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "2 cells, 2 already in the store" in again.output
+    assert len(ResultStore(tmp_path / "r.db").runs(status=None)) == 2
+    listed = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert listed.exit_code == 0 and listed.output.count("| done ") == 2 and "2 cells, 2 done" in listed.output
+    wrong = CliRunner().invoke(main, [*args, "--scratch", str(tmp_path)])
+    assert wrong.exit_code == 2 and "--address and --scratch apply to --engine ray" in wrong.output
+
+
+def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
+    ray = pytest.importorskip("ray")
+    # sasrec and its test-only stress cell share one training (one task); gru4rec is a second task
+    path = sweep_file(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        [[run]]
+        strategy = "sasrec"
+        perturbation = { name = "disorder", severity = 1, apply_to = "test" }
+        [[run]]
+        strategy = "gru4rec"
+    """)
+    local, remote = ResultStore(tmp_path / "local.db"), ResultStore(tmp_path / "ray.db")
+    cells = read_sweep(path)
+    run_local(cells, local, progress=False)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as err:  # noqa: BLE001  (the machine cannot host a local Ray instance)
+        pytest.skip(f"Ray cannot start a local instance here: {err}")
+    try:
+        ray_cells = read_sweep(path)
+        run_ray(ray_cells, remote, scratch=str(tmp_path / "scratch"), progress=False)
+        again = read_sweep(path)
+        run_ray(again, remote, scratch=str(tmp_path / "scratch"), progress=False)
+    finally:
+        ray.shutdown()
+    assert all(c.error is None for c in ray_cells) and all(c.outcome.skipped for c in again)
+    runs = remote.runs()
+    assert sorted(runs.config_hash) == sorted(local.runs().config_hash) and len(runs) == 3
+    for cell, ray_cell in zip(cells, ray_cells):
+        digest = cell.outcome.config_hash
+        assert ray_cell.outcome.config_hash == digest and ray_cell.outcome.test == cell.outcome.test
+        np.testing.assert_array_equal(remote.ranks(remote.run_id(digest)), local.ranks(local.run_id(digest)))
+    stressed = remote.records([remote.run_id(ray_cells[1].outcome.config_hash)])[0]
+    assert stressed["trained_from"] is not None               # evaluated the weights its task had just trained
