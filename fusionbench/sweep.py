@@ -3,7 +3,7 @@
 A sweep file lists configurations; each runs for every seed, every point of its ``grid`` and every
 severity of its perturbation::
 
-    [defaults]                      # optional: any run key but strategy
+    [defaults]                      # optional: any run key (a run's own value wins)
     dataset = "beauty"
     seeds = [0, 1, 2]
 
@@ -101,7 +101,7 @@ def read_sweep(path: Path, data_root: Optional[Path] = None, device: str = "cpu"
     runs = spec.get("run", [])
     if not isinstance(defaults, dict) or not isinstance(runs, list) or not runs:
         raise UserInputError(f"{path}: needs at least one [[run]] table (and [defaults] must be a table)")
-    _check_keys(defaults, f"{path}: [defaults]", exclude=("strategy",))
+    _check_keys(defaults, f"{path}: [defaults]")
     cells: dict[str, Cell] = {}
     for index, entry in enumerate(runs, start=1):
         where = f"{path}: [[run]] {index}"
@@ -117,11 +117,10 @@ def read_sweep(path: Path, data_root: Optional[Path] = None, device: str = "cpu"
     return list(cells.values())
 
 
-def _check_keys(table: dict, where: str, exclude: tuple[str, ...] = ()) -> None:
-    allowed = [k for k in RUN_KEYS if k not in exclude]
-    unknown = sorted(set(table) - set(allowed))
+def _check_keys(table: dict, where: str) -> None:
+    unknown = sorted(set(table) - set(RUN_KEYS))
     if unknown:
-        raise UserInputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise UserInputError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(RUN_KEYS)}")
 
 
 def _typed(value: Any, kinds: tuple[type, ...], where: str, expected: str) -> Any:
@@ -282,17 +281,22 @@ SUMMARY_METRICS = ("HR@20", "NDCG@20", "MRR@20")
 
 
 def cell_labels(cells: list[Cell]) -> list[str]:
-    """One label per cell, as the leaderboard labels its rows (strategy, aggregator, non-default options),
-    with the perturbation and its severity."""
-    from fusionbench.report.collect import row_key, variant_labels
+    """One label per cell, as the leaderboard labels its rows (strategy, aggregator, non-default options;
+    the dataset with its options first when the cells span several), then the perturbation."""
+    from fusionbench.report.collect import data_name, row_key, variant_labels
 
     configs = [resolve(cell.request) for cell in cells]
-    keys = list(dict.fromkeys(row_key(c) for c in configs))
-    names = dict(zip(keys, variant_labels([next(c for c in configs if row_key(c) == k) for k in keys])))
+    datasets = list(dict.fromkeys(data_name(c) for c in configs))
+    names = {}
+    for dataset in datasets:   # labels are unique within a dataset, as in a leaderboard table
+        keys = list(dict.fromkeys(row_key(c) for c in configs if data_name(c) == dataset))
+        firsts = [next(c for c in configs if row_key(c) == key) for key in keys]
+        prefix = f"{dataset}: " if len(datasets) > 1 else ""
+        names.update({key: prefix + label for key, label in zip(keys, variant_labels(firsts))})
     labels = []
     for config in configs:
         p = config.get("perturbation")
-        labels.append(names[row_key(config)] + (f": {p['name']} p={p['severity']:g} ({p['apply_to']})" if p else ""))
+        labels.append(names[row_key(config)] + (f", {p['name']} p={p['severity']:g} ({p['apply_to']})" if p else ""))
     return labels
 
 

@@ -84,7 +84,7 @@ def test_a_sweep_file_expands_into_resolved_cells(tmp_path):
     ("[[run]]\nstrategy = 'sasrec'\n[[run]]\nstrategy = 'nope'\n", "[[run]] 2 (nope): unknown strategy 'nope'"),
     ("[[run]\n", "not valid TOML"),
     ("[runs]\nstrategy = 'sasrec'\n", "unknown top-level key(s) runs"),
-    ("[defaults]\nstrategy = 'sasrec'\n[[run]]\nstrategy = 'sasrec'\n", "[defaults]: unknown key(s) strategy"),
+    ("[defaults]\nepochs = 3\n[[run]]\nstrategy = 'sasrec'\n", "[defaults]: unknown key(s) epochs"),
     ("", "needs at least one [[run]] table"),
 ])
 def test_sweep_file_errors_name_the_file_the_table_and_the_key(tmp_path, body, message):
