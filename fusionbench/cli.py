@@ -165,8 +165,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     cells = sweeps.read_sweep(sweep_file, data_root, device)
     results = ResultStore(store)
     if dry_run:
-        identities = sweeps.identify(cells)
-        status = [results.status(identities[id(c)][1]) or "to run" for c in cells]
+        status = [results.status(digest) or "to run" for _, digest, _ in sweeps.identify(cells)]
         click.echo(tabulate([[label, c.request.seed, state] for c, label, state in
                              zip(cells, sweeps.cell_labels(cells), status)],
                             headers=["run", "seed", "in the store"], tablefmt="github", disable_numparse=True))

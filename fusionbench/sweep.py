@@ -58,7 +58,9 @@ from tqdm import tqdm
 from fusionbench.errors import TrainingError, UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.registry import UnknownPluginError
-from fusionbench.runner import RunOutcome, RunRequest, group_options, load_data, resolve, run_experiment
+from fusionbench.runner import (
+    RunOutcome, RunRequest, group_options, load_data, resolve, run_experiment, training_config,
+)
 from fusionbench.store import ResultStore, canonical_json, config_hash
 
 RUN_KEYS = ("strategy", "aggregator", "dataset", "protocol", "seeds", "max_len", "set", "grid", "perturbation")
@@ -200,41 +202,42 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
         raise UserInputError("--engine ray needs Ray: pip install 'fusionbench[ray]'") from None
     if cpus_per_cell < 1:
         raise UserInputError(f"--cpus-per-cell must be >= 1, got {cpus_per_cell}")
-    identities = identify(cells)
-    todo: dict[str, list[Cell]] = {}
-    for cell in cells:
-        config, digest, training = identities[id(cell)]
+    todo: dict[str, list[tuple[Cell, dict]]] = {}
+    for cell, (config, digest, training) in zip(cells, identify(cells)):
         if store.status(digest) == "done":
             cell.outcome = stored_outcome(store, config, digest, skipped=True)
         else:
-            todo.setdefault(training, []).append(cell)
+            todo.setdefault(training, []).append((cell, config))
     if not todo:
         return
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=progress)
     task = ray.remote(num_cpus=cpus_per_cell, max_retries=0)(run_group)
-    pending = {task.remote([c.request for c in group], scratch, cpus_per_cell): group for group in todo.values()}
+    pending = {task.remote([c.request for c, _ in group], scratch, cpus_per_cell): group for group in todo.values()}
     bar = tqdm(total=sum(map(len, todo.values())), desc="sweep cells (ray)", unit="cell",
                disable=None if progress else True)
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         group = pending.pop(ready)
-        for cell, (record, error) in zip(group, ray.get(ready)):
+        try:
+            results = ray.get(ready)
+        except Exception as err:  # noqa: BLE001  (the task died: its worker was killed, or it raised)
+            lines = str(err).strip().splitlines()
+            results = [(None, f"Ray task failed: {lines[-1] if lines else type(err).__name__}")] * len(group)
+        for (cell, config), (record, error) in zip(group, results):
             if record is not None:
                 store.add_records([record])
-                cell.outcome = stored_outcome(store, identities[id(cell)][0], record["config_hash"])
+                cell.outcome = stored_outcome(store, config, record["config_hash"])
             cell.error = error
             bar.update(1)
     bar.close()
 
 
-def identify(cells: list[Cell]) -> dict[int, tuple[dict, str, str]]:
-    """``{id(cell): (config, run hash, training hash)}`` as ``run_experiment`` computes them (each dataset
+def identify(cells: list[Cell]) -> list[tuple[dict, str, str]]:
+    """Per cell ``(config, run hash, training hash)`` as ``run_experiment`` computes them (each dataset
     loaded once for its checksum)."""
-    from fusionbench.runner import training_config
-
     checksums: dict[str, str] = {}
-    out = {}
+    out = []
     for cell in cells:
         config = resolve(cell.request)
         data_key = canonical_json({"dataset": config["dataset"], "options": config["dataset_options"],
@@ -242,7 +245,7 @@ def identify(cells: list[Cell]) -> dict[int, tuple[dict, str, str]]:
         if data_key not in checksums:
             checksums[data_key] = load_data(config, cell.request.data_root).checksum()
         config["dataset_checksum"] = checksums[data_key]
-        out[id(cell)] = (config, config_hash(config), config_hash(training_config(config)))
+        out.append((config, config_hash(config), config_hash(training_config(config))))
     return out
 
 

@@ -1,5 +1,6 @@
 """`fusionbench sweep`: the TOML file (expansion, errors), the local engine (resumable) and the Ray engine
 (same stored results as the local one, weights shared within a task)."""
+import dataclasses
 import textwrap
 
 import numpy as np
@@ -134,9 +135,15 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
         run_ray(ray_cells, remote, scratch=str(tmp_path / "scratch"), progress=False)
         again = read_sweep(path)
         run_ray(again, remote, scratch=str(tmp_path / "scratch"), progress=False)
+        # a task that raises (not a training failure: here a device this machine lacks) fails its cells only
+        broken = [dataclasses.replace(read_sweep(path)[0], request=dataclasses.replace(
+            read_sweep(path)[0].request, seed=5, device="cuda:7"))]
+        run_ray(broken, remote, scratch=str(tmp_path / "scratch"), progress=False)
     finally:
         ray.shutdown()
     assert all(c.error is None for c in ray_cells) and all(c.outcome.skipped for c in again)
+    assert broken[0].outcome is None and broken[0].error.startswith("Ray task failed: ")
+    assert "cuda" in broken[0].error
     runs = remote.runs()
     assert sorted(runs.config_hash) == sorted(local.runs().config_hash) and len(runs) == 3
     for cell, ray_cell in zip(cells, ray_cells):
