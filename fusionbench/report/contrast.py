@@ -175,6 +175,9 @@ def render_markdown(contrasts: list[DropContrast], metric: str) -> str:
     def number(value: float, fmt: str) -> str:
         return "–" if math.isnan(value) else format(value, fmt)
 
+    def p_value(value: float) -> str:  # below float64's smallest positive number the normal tail reads 0
+        return "< 1e-300" if value == 0 else number(value, ".3g")
+
     tables = sorted({(c.dataset, c.protocol) for c in contrasts})
     body = []
     for c in contrasts:
@@ -182,8 +185,8 @@ def render_markdown(contrasts: list[DropContrast], metric: str) -> str:
         where = f"{c.dataset}, {c.protocol}: " if len(tables) > 1 else ""
         body.append([where + c.perturbation, f"{c.a} − {c.b}", f"{c.severity:g}", number(c.drop_a, ".1f"),
                      number(c.drop_b, ".1f"), number(c.delta, "+.1f") + (" *" if c.significant else ""),
-                     f"[{number(low, '+.1f')}, {number(high, '+.1f')}]", number(c.p_holm, ".3g"), str(len(c.seeds)),
-                     number(c.p_seeds, ".3g")])
+                     f"[{number(low, '+.1f')}, {number(high, '+.1f')}]", p_value(c.p_holm), str(len(c.seeds)),
+                     p_value(c.p_seeds)])
     on = f"{tables[0][0]}, protocol {tables[0][1]}, " if len(tables) == 1 else ""
     caption = (f"Table: {on}drop contrasts on test {metric}: relative drop of A minus that of B, in percentage points "
                "(> 0: the perturbation cost A more).")
