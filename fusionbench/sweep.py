@@ -35,6 +35,7 @@ resumable: cells done there are skipped, an interrupted cell resumes from its ch
 * ``local``: the cells in file order, in this process.
 * ``ray``: one Ray task per group of cells that share their trained weights (the same training config:
   the clean run and its test-only stress cells), each group's cells in order, so a group trains once.
+  Groups whose training run is already done go first (they only evaluate the kept weights).
   A task runs its cells into a store in a scratch folder of its node (checkpoints and kept weights
   there, so a retried task resumes) and returns the finished runs, which the driver adds to ``--store``
   as they arrive (``ResultStore.add_records``). Every node needs fusionbench, the data (``--data-root``
@@ -203,18 +204,22 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
     if cpus_per_cell < 1:
         raise UserInputError(f"--cpus-per-cell must be >= 1, got {cpus_per_cell}")
     todo: dict[str, list[tuple[Cell, dict]]] = {}
+    trains: set[str] = set()    # training hashes whose own training run is among the cells to run
     for cell, (config, digest, training) in zip(cells, identify(cells)):
         if store.status(digest) == "done":
             cell.outcome = stored_outcome(store, config, digest, skipped=True)
         else:
             todo.setdefault(training, []).append((cell, config))
+            if digest == training:
+                trains.add(training)
     if not todo:
         return
+    groups = submission_order(todo, trains)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=progress)
     task = ray.remote(num_cpus=cpus_per_cell, max_retries=0)(run_group)
-    pending = {task.remote([c.request for c, _ in group], scratch, cpus_per_cell): group for group in todo.values()}
-    bar = tqdm(total=sum(map(len, todo.values())), desc="sweep cells (ray)", unit="cell",
+    pending = {task.remote([c.request for c, _ in group], scratch, cpus_per_cell): group for group in groups}
+    bar = tqdm(total=sum(map(len, groups)), desc="sweep cells (ray)", unit="cell",
                disable=None if progress else True)
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
@@ -231,6 +236,13 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
             cell.error = error
             bar.update(1)
     bar.close()
+
+
+def submission_order(groups: dict[str, list], trains: set[str]) -> list[list]:
+    """The groups (keyed by training hash) in the order their tasks are submitted: first those whose
+    training run is not among them (an earlier run kept their weights, so they only evaluate), then the
+    rest, each part in file order."""
+    return [groups[training] for training in sorted(groups, key=lambda training: training in trains)]
 
 
 def identify(cells: list[Cell]) -> list[tuple[dict, str, str]]:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fusionbench.cli import main
 from fusionbench.errors import UserInputError
 from fusionbench.store import ResultStore
-from fusionbench.sweep import read_sweep, run_local, run_ray
+from fusionbench.sweep import read_sweep, run_local, run_ray, submission_order
 
 TINY = """
 [defaults]
@@ -109,6 +109,12 @@ def test_the_local_engine_runs_each_cell_once_and_a_rerun_skips_them(tmp_path):
     assert listed.exit_code == 0 and listed.output.count("| done ") == 2 and "2 cells, 2 done" in listed.output
     wrong = CliRunner().invoke(main, [*args, "--scratch", str(tmp_path)])
     assert wrong.exit_code == 2 and "--address and --scratch apply to --engine ray" in wrong.output
+
+
+def test_groups_that_only_evaluate_are_submitted_first():
+    groups = {"t1": ["train t1", "stress t1"], "t2": ["stress t2"], "t3": ["train t3"], "t4": ["stress t4"]}
+    assert submission_order(groups, {"t1", "t3"}) == [["stress t2"], ["stress t4"], ["train t1", "stress t1"],
+                                                      ["train t3"]]
 
 
 def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
