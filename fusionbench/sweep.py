@@ -222,8 +222,10 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
     bar = tqdm(total=sum(map(len, groups)), desc="sweep cells (ray)", unit="cell",
                disable=None if progress else True)
     while pending:
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        group = pending.pop(ready)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
+        if not done:
+            continue
+        group = pending.pop(ready := done[0])
         try:
             results = ray.get(ready)
         except Exception as err:  # noqa: BLE001  (the task died: its worker was killed, or it raised)
