@@ -5,6 +5,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
@@ -131,7 +132,12 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
     """)
     local, remote = ResultStore(tmp_path / "local.db"), ResultStore(tmp_path / "ray.db")
     cells = read_sweep(path)
-    run_local(cells, local, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)              # as each Ray task (--cpus-per-cell 1), so the sums run in one order
+    try:
+        run_local(cells, local, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     except Exception as err:  # noqa: BLE001  (the machine cannot host a local Ray instance)
