@@ -127,7 +127,8 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
     base = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, aggregator=aggregator,
                       max_len=max_len, data_root=data_root, device=device, **groups)
     cells = stress_sweep.plan_cells(base, perturbation, stress_sweep.parse_options(set_p, "--set-p"),
-                             stress_sweep.parse_severities(severity), stress_sweep.parse_seeds(seeds), apply_to)
+                                    stress_sweep.parse_severities(severity), stress_sweep.parse_seeds(seeds),
+                                    apply_to)
     stress_sweep.run_sweep(cells, ResultStore(store), progress=not quiet)
     skipped = sum(c.outcome is not None and c.outcome.skipped for c in cells)
     click.echo(f"{strategy} under {perturbation} (apply to {apply_to}) on {dataset} ({protocol}): "
@@ -163,11 +164,11 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     if engine == "local" and (address is not None or scratch is not None):
         raise UserInputError("--address and --scratch apply to --engine ray")
     cells = sweeps.read_sweep(sweep_file, data_root, device)
+    labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
     if dry_run:
         status = [results.status(digest) or "to run" for _, digest, _ in sweeps.identify(cells)]
-        click.echo(tabulate([[label, c.request.seed, state] for c, label, state in
-                             zip(cells, sweeps.cell_labels(cells), status)],
+        click.echo(tabulate([[label, c.request.seed, state] for c, label, state in zip(cells, labels, status)],
                             headers=["run", "seed", "in the store"], tablefmt="github", disable_numparse=True))
         click.echo(f"{len(cells)} cells, {status.count('done')} done")
         return
@@ -177,8 +178,8 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
         sweeps.run_local(cells, results, progress=not quiet, desc="sweep cells")
     skipped = sum(c.outcome is not None and c.outcome.skipped for c in cells)
     click.echo(f"{sweep_file}: {len(cells)} cells, {skipped} already in the store")
-    click.echo(sweeps.summary_table(cells))
-    failed = sweeps.failures(cells)
+    click.echo(sweeps.summary_table(cells, labels))
+    failed = sweeps.failures(cells, labels)
     if failed:
         raise TrainingError(failed)
 

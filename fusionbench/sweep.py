@@ -270,7 +270,8 @@ def stored_outcome(store: ResultStore, config: dict, digest: str, skipped: bool 
                       skipped=skipped, run_id=run_id)
 
 
-def run_group(requests: list[RunRequest], scratch: Optional[str], threads: int) -> list[tuple[Optional[dict], Optional[str]]]:
+def run_group(requests: list[RunRequest], scratch: Optional[str],
+              threads: int) -> list[tuple[Optional[dict], Optional[str]]]:
     """A Ray task's body: run ``requests`` in order into the node's scratch store; per request
     ``(record, None)`` (:meth:`ResultStore.records`) or ``(None, error)`` when training failed."""
     import torch
@@ -324,11 +325,11 @@ def mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def summary_table(cells: list[Cell], metrics: tuple[str, ...] = SUMMARY_METRICS) -> str:
-    """Per label (all seeds of a configuration): runs done / cells, test metrics (%) as mean ± sd over
-    the seeds done."""
+def summary_table(cells: list[Cell], labels: list[str], metrics: tuple[str, ...] = SUMMARY_METRICS) -> str:
+    """Per label (``cell_labels``: all seeds of a configuration): runs done / cells, test metrics (%) as
+    mean ± sd over the seeds done."""
     by_label: dict[str, list[Cell]] = {}
-    for cell, label in zip(cells, cell_labels(cells)):
+    for cell, label in zip(cells, labels):
         by_label.setdefault(label, []).append(cell)
     rows = []
     for label, group in by_label.items():
@@ -338,9 +339,9 @@ def summary_table(cells: list[Cell], metrics: tuple[str, ...] = SUMMARY_METRICS)
     return tabulate(rows, headers=["run", "seeds done", *metrics], tablefmt="github", disable_numparse=True)
 
 
-def failures(cells: list[Cell]) -> Optional[str]:
-    """One line naming every failed cell, or ``None``."""
-    failed = [(label, c) for c, label in zip(cells, cell_labels(cells)) if c.error is not None]
+def failures(cells: list[Cell], labels: list[str]) -> Optional[str]:
+    """One line naming every failed cell (by its ``cell_labels`` label), or ``None``."""
+    failed = [(label, c) for c, label in zip(cells, labels) if c.error is not None]
     if not failed:
         return None
     listed = "; ".join(f"{label} seed {c.request.seed}: {c.error}" for label, c in failed)

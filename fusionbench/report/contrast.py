@@ -136,8 +136,8 @@ def contrast(table: RobustnessTable, a: RobustRow, b: RobustRow, severity: float
         per_seed_b = 1 - bp.mean(1) / b0.mean(1)
     finite = np.isfinite(per_seed_a).all() and np.isfinite(per_seed_b).all()
     p_seeds = seed_means_test(per_seed_a, per_seed_b)[1] if finite else math.nan
-    return DropContrast(table.dataset, table.protocol, table.title, a.label, b.label, severity, shared, a0.shape[1], 100 * drop_a, 100 * drop_b,
-                        100 * delta, 100 * se, z, p, p_seeds)
+    return DropContrast(table.dataset, table.protocol, table.title, a.label, b.label, severity, shared, a0.shape[1],
+                        100 * drop_a, 100 * drop_b, 100 * delta, 100 * se, z, p, p_seeds)
 
 
 def drop_contrasts(tables: list[RobustnessTable], pairs: list[tuple[str, str]]) -> list[DropContrast]:
@@ -201,8 +201,8 @@ def render_markdown(contrasts: list[DropContrast], metric: str) -> str:
 
 def to_frame(contrasts: list[DropContrast]) -> pd.DataFrame:
     """One line per contrast (percentage points for the drops, Δ, SE and the interval)."""
-    fields = ["dataset", "protocol", "perturbation", "a", "b", "severity", "seeds", "seed_list", "n", "drop_a", "drop_b", "delta", "se",
-              "ci_low", "ci_high", "z", "p", "p_holm", "p_seeds"]
-    return pd.DataFrame([[c.dataset, c.protocol, c.perturbation, c.a, c.b, c.severity, len(c.seeds), " ".join(map(str, c.seeds)), c.n,
-                          c.drop_a, c.drop_b, c.delta, c.se, *c.ci, c.z, c.p, c.p_holm, c.p_seeds]
-                         for c in contrasts], columns=fields)
+    fields = ["dataset", "protocol", "perturbation", "a", "b", "severity", "seeds", "seed_list", "n", "drop_a",
+              "drop_b", "delta", "se", "ci_low", "ci_high", "z", "p", "p_holm", "p_seeds"]
+    return pd.DataFrame([[c.dataset, c.protocol, c.perturbation, c.a, c.b, c.severity, len(c.seeds),
+                          " ".join(map(str, c.seeds)), c.n, c.drop_a, c.drop_b, c.delta, c.se, *c.ci, c.z, c.p,
+                          c.p_holm, c.p_seeds] for c in contrasts], columns=fields)
