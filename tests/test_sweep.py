@@ -2,6 +2,7 @@
 (same stored results as the local one, weights shared within a task)."""
 import dataclasses
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from fusionbench.cli import main
 from fusionbench.errors import UserInputError
+from fusionbench.registry import STRATEGIES
 from fusionbench.store import ResultStore
 from fusionbench.sweep import read_sweep, run_local, run_ray, submission_order
 
@@ -27,6 +29,9 @@ dim = 16
 "train.lr" = 0.01
 "train.epochs" = 2
 """
+
+
+SWEEPS = Path(__file__).resolve().parents[1] / "reports" / "sweeps"
 
 
 def sweep_file(tmp_path, body, defaults=TINY):
@@ -163,3 +168,18 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
         np.testing.assert_array_equal(remote.ranks(remote.run_id(digest)), local.ranks(local.run_id(digest)))
     stressed = remote.records([remote.run_id(ray_cells[1].outcome.config_hash)])[0]
     assert stressed["trained_from"] is not None               # evaluated the weights its task had just trained
+
+
+@pytest.mark.parametrize("name", ["beauty", "synthetic"])
+def test_the_committed_sweep_files_still_resolve(name):
+    """reports/sweeps/*.toml name the runs behind the reports: a renamed option or strategy breaks them."""
+    cells = read_sweep(SWEEPS / f"{name}.toml")
+    assert cells and all(cell.request.dataset == name for cell in cells)
+
+
+def test_the_beauty_sweep_trains_every_strategy_on_three_seeds():
+    """The beauty leaderboard covers every registered strategy, seeds 0-2, without a perturbation."""
+    clean = [cell.request for cell in read_sweep(SWEEPS / "beauty.toml") if cell.request.perturbation is None]
+    for name in STRATEGIES.names():
+        assert {r.seed for r in clean if r.strategy == name} == {0, 1, 2}, \
+            f"reports/sweeps/beauty.toml should run {name!r} on seeds 0, 1 and 2"
