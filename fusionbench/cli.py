@@ -200,7 +200,8 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
 @click.option("--strategy", "strategies", default=None, help="Only these strategies (comma-separated).")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Only runs with (KEY!=VALUE: without) this option value, keys as in --set "
-                   "(e.g. train.epochs=5, update=ho, aggregator=han).")
+                   "(e.g. train.epochs=5, update=ho, aggregator=han), or apply_to (apply_to!=both: clean and "
+                   "test-only runs).")
 @click.option("--robustness", "robust", is_flag=True, help="Perturbed runs: metric vs severity tables instead.")
 @click.option("--robustness-metric", default="NDCG@20", show_default=True, help="Metric of --robustness tables/plots.")
 @click.option("--plot-dir", type=click.Path(path_type=Path), default=None,

@@ -292,6 +292,12 @@ def test_robustness_tables_drops_and_plots(store, tmp_path):
     chosen = build_robustness(store, "beauty", "loo", column, Selection.parse("gru4rec,mmsr"))
     assert [t.apply_to for t in chosen] == ["test"] and {r.strategy for r in chosen[0].rows} == {"gru4rec", "mmsr"}
     assert {r.strategy: r.reference for r in chosen[0].rows}["gru4rec"] == "clean run"
+    # apply_to selects the split a perturbation touched; clean runs have none, so they stay as references
+    test_only = build_robustness(store, "beauty", "loo", column, Selection.parse(None, ["apply_to!=both"]))
+    assert [t.apply_to for t in test_only] == ["test"]
+    assert {r.strategy: r.reference for r in test_only[0].rows}["gru4rec"] == "clean run"
+    both = build_robustness(store, "beauty", "loo", column, Selection.parse(None, ["apply_to=both"]))
+    assert [(t.apply_to, [r.strategy for r in t.rows]) for t in both] == [("both", ["sasrec"])]
 
 
 def test_robustness_without_clean_reference_has_no_drop(tmp_path):
