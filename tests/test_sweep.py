@@ -1,6 +1,7 @@
 """`fusionbench sweep`: the TOML file (expansion, errors), the local engine (resumable) and the Ray engine
 (same stored results as the local one, weights shared within a task)."""
 import dataclasses
+import functools
 import textwrap
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
         run_local(cells, local, progress=False)
     finally:
         torch.set_num_threads(threads)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)   # Ray is in the test extras
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray_cells = read_sweep(path)
         run_ray(ray_cells, remote, scratch=str(tmp_path / "scratch"), progress=False)
@@ -170,16 +171,22 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
     assert stressed["trained_from"] is not None               # evaluated the weights its task had just trained
 
 
+@functools.cache
+def committed_sweep(name: str) -> tuple:
+    """The resolved cells of reports/sweeps/NAME.toml, read once per session."""
+    return tuple(read_sweep(SWEEPS / f"{name}.toml"))
+
+
 @pytest.mark.parametrize("name", ["beauty", "synthetic"])
 def test_the_committed_sweep_files_still_resolve(name):
     """reports/sweeps/*.toml name the runs behind the reports: a renamed option or strategy breaks them."""
-    cells = read_sweep(SWEEPS / f"{name}.toml")
+    cells = committed_sweep(name)
     assert cells and all(cell.request.dataset == name for cell in cells)
 
 
 def test_the_beauty_sweep_trains_every_strategy_on_three_seeds():
     """The beauty leaderboard covers every registered strategy, seeds 0-2, without a perturbation."""
-    clean = [cell.request for cell in read_sweep(SWEEPS / "beauty.toml") if cell.request.perturbation is None]
+    clean = [cell.request for cell in committed_sweep("beauty") if cell.request.perturbation is None]
     for name in STRATEGIES.names():
         assert {r.seed for r in clean if r.strategy == name} == {0, 1, 2}, \
             f"reports/sweeps/beauty.toml should run {name!r} on seeds 0, 1 and 2"

@@ -121,7 +121,8 @@ class Selection:
     """Which finished runs a report reads, besides its dataset and protocol: runs of ``strategies``
     (empty: all) whose options equal every ``where`` pair. Keys are option keys as row labels and
     ``--set`` name them (``update``, ``agg.relations``, ``train.epochs``, ``max_len``), ``aggregator``, or
-    ``apply_to`` (a perturbed run's split; a clean run has none, so ``apply_to!=both`` keeps it); values are compared as JSON where they parse as JSON (``5`` = 5, ``true`` = True), else as text."""
+    ``apply_to`` (a perturbed run's split; a clean run has none, so ``apply_to!=both`` keeps it); values
+    are compared as JSON where they parse as JSON (``5`` = 5, ``true`` = True), else as text."""
 
     strategies: tuple[str, ...] = ()
     where: tuple[tuple[str, str, bool], ...] = ()    # (key, value, equal): equal False for key!=value
