@@ -33,7 +33,7 @@ from fusionbench.data.splits import make_split
 from fusionbench.errors import UserInputError
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
-from fusionbench.train import TrainOptions, first_epoch_batches, seed_everything, train_step
+from fusionbench.train import TrainOptions, first_epoch_batches, make_adam, seed_everything, train_step
 from strategies.base import Strategy
 
 STEP_PARTS = ("step.forward", "step.backward", "step.optimizer")
@@ -145,7 +145,7 @@ def profile_training(request: RunRequest, every: int = 20, repeats: int = 3, par
     for path in parts:       # every --part is checked before the (slow) passes start
         part_target(model, path)
     opts = TrainOptions.build(config["train"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+    optimizer = make_adam(model.parameters(), opts.lr, opts.weight_decay)
     batches, n_batches = sample_batches(model, config, data, split, every)
     bf16 = opts.precision == "bf16"
     model.train()

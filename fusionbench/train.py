@@ -2,8 +2,10 @@
 
 Adam; one evaluation of the validation samples per epoch; early stopping on ``select`` (default
 NDCG@20) with ``patience``; the best state is restored and the test samples are ranked once. Under
-the leaky ``ratio-paper`` protocol the "validation" samples are the test samples and the reported
-test metrics are per-metric maxima over epochs, as the MMSR reference code does (labelled leaky).
+the leaky ``ratio-paper`` protocol the "validation" samples are the test samples, early stopping
+follows the MMSR reference code (any of HR/MRR/NDCG @5/@20 improving resets the patience, with the
+reference's one-epoch lag: :func:`stale_epochs`) and the reported test metrics are per-metric maxima
+over the epochs run, as the reference reports them (labelled leaky).
 
 With ``checkpoint`` set, the full training state is written atomically after every epoch, and a
 run started again with the same checkpoint path resumes after the last finished epoch.
@@ -11,12 +13,13 @@ run started again with the same checkpoint path resumes after the last finished 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -36,6 +39,8 @@ SELECTABLE = tuple(f"{m}@{k}" for m in METRICS for k in DEFAULT_KS)
 # "bf16": training forward passes run under bfloat16 autocast (matmuls in bf16, reductions and the
 # softmax loss in fp32). Parameters, optimizer state and every evaluation stay fp32.
 PRECISIONS = ("fp32", "bf16")
+# What the MMSR reference's early stopping watches (its main.py: HR, MRR and NDCG at topk = [5, 20]).
+REFERENCE_WATCHED = tuple(f"{m}@{k}" for m in METRICS for k in (5, 20))
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,69 @@ def save_atomically(obj: dict, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def improvements(history: list[dict], select: str, leaky: bool) -> list[bool]:
+    """Per epoch of ``history`` (``train``'s, each with a ``"valid"`` dict), whether it improved on every
+    epoch before it.
+
+    Default (``loo``, ``ratio``): ``valid[select]`` is above its best so far (the first epoch always is).
+    ``leaky`` (``ratio-paper``), the MMSR reference's rule: any metric of :data:`REFERENCE_WATCHED` is
+    above its own best so far, each best starting at 0 as in the reference (an all-zero epoch improves
+    nothing). Comparisons are strict, so a tie is no improvement."""
+    watched = REFERENCE_WATCHED if leaky else (select,)
+    best = dict.fromkeys(watched, 0.0 if leaky else -1.0)
+    flags = []
+    for entry in history:
+        better = [name for name in watched if entry["valid"][name] > best[name]]
+        best.update((name, entry["valid"][name]) for name in better)
+        flags.append(bool(better))
+    return flags
+
+
+def stale_epochs(history: list[dict], select: str, leaky: bool) -> int:
+    """The early-stopping count after the epochs of ``history``; ``train`` stops once it reaches ``patience``.
+
+    Default: the number of epochs since the last improving one (:func:`improvements`), so a run stops
+    ``patience`` epochs after its best ``select``. ``leaky``: the MMSR reference's counter, read from its
+    ``main.py`` (HoldenHu/MMSR; specs/protocol.md says only that its early stopping watches test metrics):
+    ``bad_counter = bad_counter + 1 if (last_flag == 0 and current_flag == 0) else 0``. The count grows
+    only on a non-improving epoch whose previous epoch did not improve either (the epoch before the first
+    counts as not improving) and is 0 otherwise: an improving epoch also resets the count at the epoch
+    after it (the one-epoch lag), so after an improvement the run stops at the ``patience + 1``-th
+    non-improving epoch in a row. Pure: everything it needs is in ``history``, which checkpoints keep."""
+    count, last = 0, False
+    for now in improvements(history, select, leaky):
+        count = 0 if now or (leaky and last) else count + 1
+        last = now
+    return count
+
+
+@functools.lru_cache(maxsize=None)
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether the installed torch has a fused Adam kernel for float32 parameters on ``device``: one step
+    of a fused Adam on a one-element parameter is tried (torch 2.2 refuses ``fused=True`` on the CPU at
+    construction; later versions have a CPU kernel). The answer is cached per device; no RNG is used."""
+    probe = torch.zeros(1, device=device, requires_grad=True)
+    try:
+        optimizer = torch.optim.Adam([probe], fused=True)
+        probe.grad = torch.ones_like(probe)
+        optimizer.step()
+    except RuntimeError:
+        return False
+    return True
+
+
+def make_adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam over ``params``, fused (one kernel per step over all parameters: a large full-softmax item
+    table makes the multi-kernel update a visible share of a CPU step) where the installed torch supports
+    it for them (:func:`fused_adam_supported`: floating point, one device), else torch's default
+    implementation. The one way ``train``, ``bench profile`` and the benchmarks build their optimizer."""
+    params = list(params)
+    devices = {p.device for p in params}
+    fused = (len(devices) == 1 and all(p.is_floating_point() for p in params)
+             and fused_adam_supported(devices.pop()))
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+
+
 def bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
                    pool: int = 50) -> list[torch.Tensor]:
     """Shuffled batches of row indices with similar lengths.
@@ -201,15 +269,13 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
     seed_everything(seed)
     model.reset_parameters()
     device = next(model.parameters()).device
-    # fused: one kernel per step over all parameters (a large full-softmax item table makes the
-    # multi-kernel update a visible share of a CPU step)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+    optimizer = make_adam(model.parameters(), opts.lr, opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opts.lr_step, opts.lr_gamma) if opts.lr_step else None
     generator = torch.Generator().manual_seed(seed)
     bf16 = opts.precision == "bf16"
     prefix_keys = None if model.causal_training and views.train is None else model.bucket_key(data, split.train)
     history: list[dict] = []
-    best_value, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    best_value, best_epoch, best_state = -1.0, 0, None
     first_epoch, earlier_seconds, run_started = 1, 0.0, time.perf_counter()
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
@@ -220,13 +286,13 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"].cpu())
         history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
-        best_state, bad_epochs = state["best_state"], state["bad_epochs"]
+        best_state = state["best_state"]   # the stopping count is recomputed from the history
         first_epoch = len(history) + 1
         # checkpoints written before "elapsed" was kept: their epochs' training time, a lower bound
         earlier_seconds = state.get("elapsed", sum(h["seconds"] for h in history))
 
     for epoch in range(first_epoch, opts.epochs + 1):
-        if bad_epochs >= opts.patience:
+        if stale_epochs(history, opts.select, split.leaky) >= opts.patience:
             break
         model.train()
         started, total, count = time.perf_counter(), 0.0, 0
@@ -246,11 +312,9 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         except TrainingError as err:
             raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
         history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid})
-        if valid[opts.select] > best_value:
-            best_value, best_epoch, bad_epochs = valid[opts.select], epoch, 0
+        if valid[opts.select] > best_value:   # the restored state: best ``select``, under every protocol
+            best_value, best_epoch = valid[opts.select], epoch
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
         if progress:
             tqdm.write(f"{label} epoch {epoch}: loss {history[-1]['loss']:.4f}  valid {opts.select} "
                        f"{valid[opts.select]:.4f}  ({seconds:.1f}s)")
@@ -259,7 +323,9 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
                           "scheduler": scheduler.state_dict() if scheduler else None,
                           "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                           "history": history, "best_value": best_value, "best_epoch": best_epoch,
-                          "best_state": best_state, "bad_epochs": bad_epochs,
+                          "best_state": best_state,
+                          # not read back (recomputed from the history); kept in the checkpoint's layout
+                          "bad_epochs": stale_epochs(history, opts.select, split.leaky),
                           "elapsed": earlier_seconds + time.perf_counter() - run_started}, checkpoint)
 
     model.load_state_dict(best_state)

@@ -1,4 +1,5 @@
-"""Trainer (determinism, selection on validation only, resume, NaN) and the SQLite results store."""
+"""Trainer (determinism, selection on validation only, resume, NaN, the Adam it builds) and the SQLite
+results store. Early stopping rules: test_stopping.py."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from fusionbench.data.splits import make_split
 from fusionbench.errors import TrainingError
 from fusionbench.registry import STRATEGIES
 from fusionbench.store import ResultStore, config_hash
-from fusionbench.train import TrainOptions, train
+from fusionbench.train import TrainOptions, fused_adam_supported, make_adam, train
 
 
 def cyclic_data(n_users=120, n_items=40, seed=0):
@@ -91,6 +92,50 @@ def test_unknown_precision_is_a_clear_error():
 def test_nan_loss_is_a_clear_error():
     with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 1, batch \d+"):
         fit(cyclic_data(), epochs=2, lr=1e30)
+
+
+@pytest.fixture
+def fresh_probe():
+    """``fused_adam_supported`` asked afresh (its per-device cache cleared before and after)."""
+    fused_adam_supported.cache_clear()
+    yield
+    fused_adam_supported.cache_clear()
+
+
+def adam_steps(optimizer, model) -> bool:
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(4, 3, generator=torch.Generator().manual_seed(0))).square().sum().backward()
+    optimizer.step()
+    return all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_make_adam_builds_a_cpu_optimizer_that_steps(fresh_probe):
+    model = torch.nn.Linear(3, 2)
+    optimizer = make_adam(model.parameters(), lr=0.1, weight_decay=0.01)
+    assert optimizer.param_groups[0]["fused"] == (True if fused_adam_supported(torch.device("cpu")) else None)
+    assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]) == (0.1, 0.01)
+    assert adam_steps(optimizer, model)
+
+
+class Torch22Adam(torch.optim.Adam):
+    """torch 2.2's Adam on the CPU: ``fused=True`` is refused at construction."""
+
+    def __init__(self, params, *args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
+                               "devices: ['cuda', 'xpu', 'privateuseone'].")
+        super().__init__(params, *args, fused=fused, **kwargs)
+
+
+def test_make_adam_falls_back_to_the_default_adam_where_fused_is_refused(monkeypatch, fresh_probe):
+    loss = fit(cyclic_data(), epochs=1).history[0]["loss"]         # with this torch's choice
+    monkeypatch.setattr(torch.optim, "Adam", Torch22Adam)
+    fused_adam_supported.cache_clear()                            # probe again, now against "torch 2.2"
+    assert not fused_adam_supported(torch.device("cpu"))
+    model = torch.nn.Linear(3, 2)
+    optimizer = make_adam(model.parameters(), lr=0.1)
+    assert optimizer.param_groups[0]["fused"] is None and adam_steps(optimizer, model)
+    assert fit(cyclic_data(), epochs=1).history[0]["loss"] == pytest.approx(loss, rel=1e-4)  # train: same helper
 
 
 CONFIG = {"dataset": "d", "protocol": "loo", "strategy": "s", "aggregator": None, "seed": 0, "x": 1}

@@ -9,9 +9,8 @@ the same step as ``--set train.precision=bf16`` runs it (forward under bfloat16 
 import math
 
 import pytest
-import torch
 
-from fusionbench.train import train_step
+from fusionbench.train import make_adam, train_step
 
 pytestmark = pytest.mark.benchmark
 
@@ -25,7 +24,7 @@ def test_train_step(benchmark, measure, name, precision, make_model, typical_bat
     model, config = make_model(name)
     batch = typical_batch(model, config)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["train"]["lr"], fused=True)  # as train() has it
+    optimizer = make_adam(model.parameters(), config["train"]["lr"])  # as train() builds it
     loss = measure(train_step, args=(model, optimizer, batch, precision == "bf16"), rounds=10)
     assert math.isfinite(loss)
     benchmark.extra_info.update(
