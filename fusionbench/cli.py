@@ -209,6 +209,10 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
 @click.option("--contrast", "contrasts", multiple=True, metavar="A,B",
               help="With --robustness: test whether each perturbation costs row A more than row B (relative "
                    "drops, paired over test samples); repeatable, e.g. --contrast early,late.")
+@click.option("--columns", "settings", default=None, metavar="KEY[,KEY...]",
+              help="Add a column per option key (as in --set, e.g. dim,layers,train.lr,train.precision, or "
+                   "aggregator) with each row's resolved value from the stored configs (n/a: the strategy has "
+                   "no such option).")
 @report_errors
 def leaderboard(**options: Any) -> None:
     """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only."""

@@ -13,9 +13,11 @@ from fusionbench.cli import main
 from fusionbench.errors import UserInputError
 from fusionbench.metrics import summarize
 from fusionbench.report import leaderboard_report
-from fusionbench.report.collect import Column, Selection, open_store, parse_columns
+from fusionbench.report.collect import Column, Selection, open_store, parse_columns, setting_values
 from fusionbench.report.contrast import drop_contrasts, relative_drop_contrast
-from fusionbench.report.leaderboard import build_leaderboards, render_markdown, to_frame
+from fusionbench.report.leaderboard import (
+    BUDGET_KNOBS, budget_caption, build_leaderboards, render_markdown, to_frame,
+)
 from fusionbench.report.robustness import Point, RobustRow, _point_text, build_robustness
 from fusionbench.report.significance import holm
 from fusionbench.runner import RunRequest, resolve
@@ -43,9 +45,9 @@ def hand(ranks, column: Column) -> np.ndarray:
 
 
 def add_run(store, strategy, seed, ranks, protocol="loo", perturbation=None, checksum="c0", test_metrics=None,
-            aggregator=None, **options):
+            aggregator=None, train=None, **options):
     config = resolve(RunRequest(strategy=strategy, dataset="beauty", protocol=protocol, seed=seed,
-                                aggregator=aggregator, strategy_options=options))
+                                aggregator=aggregator, strategy_options=options, train_options=train or {}))
     config["dataset_checksum"] = checksum
     if perturbation is not None:
         config["perturbation"] = perturbation
@@ -206,6 +208,86 @@ def test_selection_keeps_strategies_and_option_values(tmp_path):
                                        (None, ("dim",), "--where expects key=value or key!=value")):
         with pytest.raises(UserInputError, match=message):
             labels(strategies, *where)
+
+
+# every budget knob pinned, so the caption below does not depend on the strategies' defaults
+PINNED = {"lr": 0.001, "batch_size": 128, "epochs": 200, "patience": 10, "precision": "fp32"}
+
+
+@pytest.fixture()
+def budgets(tmp_path):
+    """Rows that differ in dim (sasrec (dim=32)), precision (one sasrec row) and layers (sasrecf has 1,
+    srgnn has no such option); sasrec's first row has seeds 0 and 1. Yields the store and run id -> name."""
+    s = ResultStore(tmp_path / "b.db")
+    ids = {add_run(s, "sasrec", seed, RANKS["sasrec"][seed], train=PINNED, dim=64, layers=2): "sasrec"
+           for seed in (0, 1)}
+    ids[add_run(s, "sasrec", 0, RANKS["sasrec"][2], train=PINNED, dim=32, layers=2)] = "dim32"
+    ids[add_run(s, "sasrec", 0, RANKS["mmsr"][0], train={**PINNED, "precision": "bf16"}, dim=64, layers=2)] = "bf16"
+    ids[add_run(s, "sasrecf", 0, RANKS["mmsr"][1], train=PINNED, dim=64, layers=1)] = "sasrecf"
+    ids[add_run(s, "srgnn", 0, RANKS["gru4rec"][0], train=PINNED, dim=64)] = "srgnn"
+    yield s, ids
+    s.close()
+
+
+def labels_by_name(b, ids):
+    return {ids[run.run_id]: row.group.label for row in b.rows for run in row.group.runs}
+
+
+def test_columns_show_each_rows_resolved_settings(budgets, store):
+    s, ids = budgets
+    keys = ("dim", "layers", "features.modalities", "train.precision")
+    b = board(s, settings=keys)
+    label = labels_by_name(b, ids)
+    cells = {c[0]: c[1:] for c in ([x.strip() for x in line.split("|")[1:-1]] for line in
+                                   render_markdown([b]).splitlines() if line.startswith("| "))}
+    assert cells["strategy"][:4] == list(keys)
+    assert cells[label["sasrec"]][:4] == ["64", "2", "n/a", "fp32"]     # sasrec has no modality features
+    assert cells[label["dim32"]][:4] == ["32", "2", "n/a", "fp32"]
+    assert cells[label["bf16"]][:4] == ["64", "2", "n/a", "bf16"]
+    assert cells[label["sasrecf"]][:4] == ["64", "1", "[]", "fp32"]     # [] = every modality
+    assert cells[label["srgnn"]][:4] == ["64", "n/a", "n/a", "fp32"]    # srgnn has no layers option
+    frame = to_frame([b]).set_index("label")
+    assert frame.loc[label["srgnn"], "layers"] == "n/a" and frame.loc[label["bf16"], "train.precision"] == "bf16"
+    # aggregator: the graph strategy's, n/a for the others (the CSV has its own aggregator column already)
+    b = board(store, settings=("aggregator", "dim"))
+    rows = {row.group.strategy: row for row in b.rows}
+    assert setting_values(rows["mmsr"].group, "aggregator") == ("han",)
+    assert setting_values(rows["sasrec"].group, "aggregator") == ()
+    mmsr_dim = resolve(RunRequest(strategy="mmsr"))["strategy_options"]["dim"]
+    assert setting_values(rows["mmsr"].group, "dim") == (mmsr_dim,)
+    assert list(to_frame([b]).columns).count("aggregator") == 1 and "dim" in to_frame([b]).columns
+
+
+def test_a_row_whose_seeds_disagree_shows_every_value(budgets):
+    # seeds share every identity key of a row; only a config edited after grouping can make them disagree
+    s, ids = budgets
+    b = board(s, settings=("train.lr",))
+    row = next(row for row in b.rows if ids[row.group.runs[0].run_id] == "sasrec")
+    row.group.runs[1].config["train"]["lr"] = 0.01
+    assert setting_values(row.group, "train.lr") == (0.001, 0.01)
+    text = render_markdown([b])
+    assert f"| {row.group.label} " in text and "| 0.001, 0.01 " in text
+    assert "train.lr (0.001: the rest; 0.001, 0.01: sasrec)" in text
+
+
+def test_caption_names_the_budget_knobs_that_differ(budgets):
+    s, ids = budgets
+    b = board(s)
+    label = labels_by_name(b, ids)
+    # layers: sasrec's rows all have 2, so the strategy names them; srgnn has none (n/a, not a difference);
+    # features.modalities: only sasrecf has it, so it does not differ
+    assert budget_caption(b.rows) == (
+        f"Settings that differ between rows: dim (32: {label['dim32']}; 64: the rest), "
+        "layers (1: sasrecf; 2: sasrec; n/a: srgnn), "
+        f"train.precision (bf16: {label['bf16']}; fp32: the rest). The same in every row that has them: "
+        "train.lr, train.batch_size, train.epochs, train.patience, features.modalities, max_len.")
+    assert render_markdown([b]).splitlines()[1] == budget_caption(b.rows)   # right under the "Table:" line
+    same = board(s, selection=Selection.parse("sasrec", ["dim=64", "train.precision=fp32"]))
+    assert budget_caption(same.rows) == (
+        "Settings that differ between rows: none (same in every row that has them: dim, layers, train.lr, "
+        "train.batch_size, train.epochs, train.patience, train.precision, max_len).")
+    assert set(BUDGET_KNOBS) == {"dim", "layers", "train.lr", "train.batch_size", "train.epochs", "train.patience",
+                                 "train.precision", "features.modalities", "max_len"}
 
 
 def test_ratio_paper_is_labelled_leaky_and_uses_the_stored_maxima(store):
@@ -395,6 +477,11 @@ def test_cli_writes_outputs_atomically(store, tmp_path, monkeypatch):
     assert {"p", "p_holm", "test"} <= set(pd.read_csv(sig).columns)
     csv = invoke("--store", store.path, "--format", "csv", "--metrics", "hr", "--k", "10")
     assert csv.exit_code == 0 and "HR@10_mean" in csv.stdout.splitlines()[0]
+    md = invoke("--store", store.path, "--metrics", "hr", "--k", "10", "--columns", "train.precision,dim")
+    assert md.exit_code == 0, md.output
+    header = next([c.strip() for c in line.split("|")[1:-1]] for line in md.stdout.splitlines()
+                  if line.startswith("| strategy"))
+    assert header == ["strategy", "train.precision", "dim", "HR@10", "seeds"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -413,6 +500,10 @@ def test_cli_writes_outputs_atomically(store, tmp_path, monkeypatch):
     (("--store", "{junk}"), "not a fusionbench results store"),
     (("--store", "{db}", "--strategy", "nova"), "--strategy 'nova': no finished runs of it in {db}"),
     (("--store", "{db}", "--where", "dim=7"), "no finished run matches --strategy / --where"),
+    (("--store", "{db}", "--columns", "dim,dims"), "--columns dims: no run in {db} has an option 'dims'; options "
+                                                   "there: "),
+    (("--store", "{db}", "--columns", " , "), "--columns expects KEY[,KEY...]"),
+    (("--store", "{db}", "--robustness", "--columns", "dim"), "--columns applies to leaderboards"),
 ])
 def test_cli_errors_name_the_option(store, tmp_path, args, message):
     (tmp_path / "junk.db").write_bytes(b"not sqlite at all, just some bytes" * 4)

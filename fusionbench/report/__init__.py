@@ -12,7 +12,7 @@ from typing import Optional
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report import contrast, leaderboard, robustness
-from fusionbench.report.collect import Selection, open_store, parse_column, parse_columns
+from fusionbench.report.collect import Selection, open_store, parse_column, parse_columns, parse_setting_keys
 
 
 def write_text(path: Path, text: str) -> None:
@@ -25,9 +25,11 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        fmt: str = "md", output: Optional[Path] = None, significance: Optional[Path] = None,
                        robust: bool = False, robustness_metric: str = "NDCG@20",
                        plot_dir: Optional[Path] = None, strategies: Optional[str] = None, where: tuple[str, ...] = (),
-                       contrasts: tuple[str, ...] = (), command: Optional[str] = None) -> tuple[str, list[Path]]:
-    """Build the leaderboards (or, with ``robust``, the robustness tables and plots, and the drop
-    contrasts of the ``contrasts`` pairs "A,B") of ``store``.
+                       contrasts: tuple[str, ...] = (), settings: Optional[str] = None,
+                       command: Optional[str] = None) -> tuple[str, list[Path]]:
+    """Build the leaderboards (with one column per option key of ``settings`` "KEY,KEY", e.g.
+    "dim,train.lr") or, with ``robust``, the robustness tables and plots, and the drop contrasts of the
+    ``contrasts`` pairs "A,B" of ``store``.
 
     Returns the report text (also written to ``output`` when given) and the files written. A markdown
     report starts with ``command`` (the command line that regenerates it) when one is given. Option
@@ -39,6 +41,9 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
     if robust and significance is not None and not contrasts:
         raise UserInputError("--significance with --robustness writes the drop contrasts: pass --contrast A,B")
     pairs = contrast.parse_pairs(contrasts)
+    if robust and settings is not None:
+        raise UserInputError("--columns applies to leaderboards, not to --robustness tables")
+    keys = parse_setting_keys(settings) if settings is not None else ()
     if not robust and plot_dir is not None:
         raise UserInputError("--plot-dir needs --robustness (plots are robustness curves)")
     written: list[Path] = []
@@ -64,7 +69,7 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
         else:
             chosen = tuple(s.strip() for s in proposed.split(",") if s.strip())
             boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
-                                                    selection)
+                                                    selection, keys)
             text = (leaderboard.render_markdown(boards, chosen) if fmt == "md"
                     else leaderboard.to_frame(boards).to_csv(index=False))
             if significance is not None:

@@ -11,6 +11,9 @@ options bare, ``agg.*``, ``train.*``, ``features.*``, ``max_len``; dataset optio
 table is per dataset and its data version is checked). A strategy the registry does not know (a plugin
 that is not installed) lists the options that vary between its rows instead.
 
+A row's *settings* are its resolved option values under the same keys (plus ``aggregator``), read from
+the stored configs (:func:`setting_values`); a key the row's strategy lacks reads ``n/a``.
+
 Per-sample values are recomputed from the stored test ranks with :mod:`fusionbench.metrics`.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from fusionbench.store import ResultStore, canonical_json, config_hash
 LEAKY_PROTOCOL = "ratio-paper"
 LEAKY_LABEL = "test-selected (leaky)"
 NOT_IDENTITY = ("seed", "perturbation", "dataset_checksum")  # config keys that do not define a row
+NOT_SET = "n/a"  # an option the row's strategy does not have
 _SECTIONS = {"strategy_options": "", "aggregator_options": "agg.", "train": "train.", "features": "features."}
 
 
@@ -150,8 +154,8 @@ class Selection:
                 raise UserInputError(f"--strategy {unknown[0]!r}: no finished runs of it in {where}; "
                                      f"strategies there: {', '.join(sorted(there))}")
             runs = [run for run in runs if run.config["strategy"] in self.strategies]
-        options = [{**_flat_options(run.config), "aggregator": run.config.get("aggregator"),
-                    "apply_to": (run.config.get("perturbation") or {}).get("apply_to")} for run in runs]
+        options = [{**option_view(run.config), "apply_to": (run.config.get("perturbation") or {}).get("apply_to")}
+                   for run in runs]
         for key, value, equal in self.where:
             if not any(key in flat for flat in options):
                 known = sorted({k for flat in options for k in flat})
@@ -233,6 +237,46 @@ def _flat_options(config: dict) -> dict[str, Any]:
     flat = {f"{prefix}{k}": v for section, prefix in _SECTIONS.items() for k, v in (config.get(section) or {}).items()}
     flat["max_len"] = config.get("max_len")
     return flat
+
+
+def option_view(config: dict) -> dict[str, Any]:
+    """The config's options under the keys ``--set`` uses (strategy options bare, ``agg.*``, ``train.*``,
+    ``features.*``, ``max_len``) plus ``aggregator`` (``None`` for a strategy without one)."""
+    return {**_flat_options(config), "aggregator": config.get("aggregator")}
+
+
+def parse_setting_keys(text: str, option: str = "--columns") -> tuple[str, ...]:
+    """``"dim, train.lr"`` -> ``("dim", "train.lr")`` (repeats dropped); ``option`` names the CLI option."""
+    keys = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if not keys:
+        raise UserInputError(f"{option} expects KEY[,KEY...] with keys as in --set (e.g. dim,train.lr), got {text!r}")
+    return keys
+
+
+def check_setting_keys(keys: Sequence[str], runs: list[Run], where: str, option: str = "--columns") -> None:
+    """Every key must be an option of some run (see :func:`option_view`), else an error naming it."""
+    there = {k for run in runs for k, v in option_view(run.config).items() if v is not None}
+    for key in keys:
+        if key not in there:
+            raise UserInputError(f"{option} {key}: no run in {where} has an option {key!r}; options there: "
+                                 f"{', '.join(sorted(there))}")
+
+
+def setting_values(group: RunGroup, key: str) -> tuple[Any, ...]:
+    """The distinct values of option ``key`` over the row's runs, in seed order; empty where the row's
+    strategy has no such option (or it is ``None``, e.g. ``aggregator`` of a non-graph strategy). Seeds
+    share every identity key, so more than one value can only come from keys outside :func:`row_key`."""
+    values: dict[str, Any] = {}
+    for run in group.runs:
+        value = option_view(run.config).get(key)
+        if value is not None:
+            values.setdefault(canonical_json(value), value)
+    return tuple(values.values())
+
+
+def setting_text(values: tuple[Any, ...]) -> str:
+    """:func:`setting_values` as cell text: ``n/a`` when empty, disagreeing seeds' values joined by ', '."""
+    return ", ".join(short_value(v) for v in values) if values else NOT_SET
 
 
 def _default_options(config: dict) -> Optional[dict[str, Any]]:

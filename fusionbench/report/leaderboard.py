@@ -9,6 +9,11 @@ tested against every other row with the paired per-sample tests of :mod:`fusionb
 Holm–Bonferroni runs over all comparisons of one table (columns x other rows), one family per test kind;
 a cell gets the mark † when every test applicable to its metric (t-test, Wilcoxon, and McNemar for HR)
 rejects at α after adjustment.
+
+Rows may differ in budget: the caption says which of :data:`BUDGET_KNOBS` differ between the rows shown
+and which rows hold which value (a knob a row's strategy lacks is ``n/a`` there, not a difference), and
+``settings`` (``--columns``) adds one column per option key with each row's resolved value
+(:func:`collect.setting_values`; seeds that disagree show every value).
 """
 from __future__ import annotations
 
@@ -21,16 +26,20 @@ from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
-    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, Selection, check_one_data_version, data_name, done_runs, group_runs,
-    load_ranks, per_sample_values, perturbation_of, seed_values,
+    LEAKY_LABEL, LEAKY_PROTOCOL, NOT_SET, Column, RunGroup, Selection, check_one_data_version, check_setting_keys,
+    data_name, done_runs, group_runs, load_ranks, per_sample_values, perturbation_of, seed_values, setting_text,
+    setting_values,
 )
 from fusionbench.report.significance import (
     ALPHA, SAMPLE_TESTS, SEED_TEST, Comparison, adjust, sample_tests, seed_means_test,
 )
-from fusionbench.store import ResultStore
+from fusionbench.store import ResultStore, canonical_json
 
 PROPOSED = ("mmsr", "mdsrec")  # the strategies the paper proposes; every other strategy is a baseline
 MARK = "†"
+# the settings of a training budget; the caption names those that differ between the rows of a table
+BUDGET_KNOBS = ("dim", "layers", "train.lr", "train.batch_size", "train.epochs", "train.patience", "train.precision",
+                "features.modalities", "max_len")
 
 
 @dataclass
@@ -57,6 +66,7 @@ class Leaderboard:
     columns: list[Column]
     rows: list[Row]
     comparisons: list[Comparison]
+    settings: tuple[str, ...] = ()  # option keys shown as columns (--columns)
 
     @property
     def leaky(self) -> bool:
@@ -64,21 +74,24 @@ class Leaderboard:
 
 
 def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | None, columns: list[Column],
-                       proposed: tuple[str, ...] = PROPOSED, selection: Selection = Selection()) -> list[Leaderboard]:
+                       proposed: tuple[str, ...] = PROPOSED, selection: Selection = Selection(),
+                       settings: tuple[str, ...] = ()) -> list[Leaderboard]:
     """One :class:`Leaderboard` per (dataset with its options, protocol) in the store, optionally filtered
-    to one dataset name and one protocol, and to the runs ``selection`` keeps."""
+    to one dataset name and one protocol, and to the runs ``selection`` keeps; ``settings`` are option keys
+    (as ``--set`` names them, or ``aggregator``) to show per row, each an option of some run."""
     runs = [run for run in done_runs(store, dataset, protocol, selection) if perturbation_of(run) is None]
     if not runs:
         raise UserInputError(f"{store.path}: every matching finished run is perturbed; "
                              "use --robustness for those")
+    check_setting_keys(settings, runs, str(store.path))
     tables: dict[tuple[str, str], list] = {}
     for run in runs:
         tables.setdefault((data_name(run.config), run.config["protocol"]), []).append(run)
-    return [_build(store, ds, pr, rs, columns, proposed) for (ds, pr), rs in sorted(tables.items())]
+    return [_build(store, ds, pr, rs, columns, proposed, settings) for (ds, pr), rs in sorted(tables.items())]
 
 
 def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns: list[Column],
-           proposed: tuple[str, ...]) -> Leaderboard:
+           proposed: tuple[str, ...], settings: tuple[str, ...]) -> Leaderboard:
     where = f"dataset {dataset!r}, protocol {protocol!r}"
     check_one_data_version(runs, where)
     groups = sorted(group_runs(runs), key=lambda g: (g.strategy in proposed, g.label))
@@ -109,7 +122,7 @@ def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns:
             passed = {c.test for c in comparisons
                       if c.column == column.name and c.other == row.group.label and c.significant}
             row.cells[column.name].below_best = needed <= passed
-    return Leaderboard(dataset, protocol, columns, rows, comparisons)
+    return Leaderboard(dataset, protocol, columns, rows, comparisons, settings)
 
 
 def _compare(best: Row, other: Row, column: Column, ranks: dict[str, np.ndarray]) -> list[Comparison]:
@@ -143,31 +156,85 @@ def _cell_text(cell: Cell) -> str:
     return text + (f" {MARK}" if cell.below_best else "")
 
 
+def _value_order(values: tuple) -> tuple:
+    """Sort key of a row's setting values: numbers by size, before anything else by text."""
+    return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+                 for v in values)
+
+
+def _row_names(chosen: list[Row], rows: list[Row]) -> list[str]:
+    """Short names of ``chosen`` among ``rows``: the strategy when all its rows are chosen, else the label."""
+    ids = {id(row) for row in chosen}
+    names: list[str] = []
+    for row in chosen:
+        whole = all(id(r) in ids for r in rows if r.group.strategy == row.group.strategy)
+        name = row.group.strategy if whole else row.group.label
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _knob_groups(rows: list[Row], values: list[tuple]) -> str:
+    """``"64: the rest; 128: mmsr; n/a: srgnn"``: rows by value (in value order), the value held by the
+    most names (at least two) written as "the rest", rows without the knob last."""
+    groups: dict[str, tuple[tuple, list[Row]]] = {}
+    for row, value in zip(rows, values):
+        groups.setdefault(canonical_json(value), (value, []))[1].append(row)
+    held = sorted((g for g in groups.values() if g[0]), key=lambda g: _value_order(g[0]))
+    names = [_row_names(chosen, rows) for _, chosen in held]
+    rest = max(range(len(held)), key=lambda i: len(names[i]))
+    parts = [f"{setting_text(value)}: {'the rest' if i == rest and len(names[i]) > 1 else ', '.join(names[i])}"
+             for i, (value, _) in enumerate(held)]
+    unset = [row for row, value in zip(rows, values) if not value]
+    if unset:
+        parts.append(f"{NOT_SET}: {', '.join(_row_names(unset, rows))}")
+    return "; ".join(parts)
+
+
+def budget_caption(rows: list[Row]) -> str:
+    """The caption line naming which :data:`BUDGET_KNOBS` differ between ``rows``, with each value's rows;
+    a knob a row lacks (``n/a``) is not a difference."""
+    differ, same = [], []
+    for knob in BUDGET_KNOBS:
+        values = [setting_values(row.group, knob) for row in rows]
+        held = {canonical_json(v) for v in values if v}
+        if len(held) > 1:
+            differ.append(f"{knob} ({_knob_groups(rows, values)})")
+        elif held:
+            same.append(knob)
+    shared = f"same in every row that has them: {', '.join(same)}" if same else ""
+    if not differ:
+        return "Settings that differ between rows: none" + (f" ({shared})." if shared else ".")
+    return f"Settings that differ between rows: {', '.join(differ)}." + (f" The {shared}." if shared else "")
+
+
 def render_markdown(boards: list[Leaderboard], proposed: tuple[str, ...] = PROPOSED) -> str:
-    """Markdown: per table a caption line, the table, and a key."""
+    """Markdown: per table a caption (with :func:`budget_caption`), the table, and a key."""
     parts = []
     for board in boards:
         names = [c.name for c in board.columns]
-        body = [[_label(board, row), *(_cell_text(row.cells[n]) for n in names), len(row.group.seeds)]
+        body = [[_label(board, row), *(setting_text(setting_values(row.group, key)) for key in board.settings),
+                 *(_cell_text(row.cells[n]) for n in names), len(row.group.seeds)]
                 for row in board.rows]
         n_tests = sum(1 for c in board.comparisons if c.test == "ttest" and not math.isnan(c.p))
         selection = (f"{LEAKY_LABEL}: each metric is its own maximum over epochs on the test set; the tests use "
                      "the ranks of the checkpoint selected on test" if board.leaky
                      else "model selection on validation only")
         caption = (f"Table: {board.dataset}, protocol {board.protocol} ({selection}). Test metrics in %, mean ± "
-                   "std over the seeds counted in the last column.")
+                   f"std over the seeds counted in the last column.\n{budget_caption(board.rows)}")
         key = (f"Bold: best per column; underlined: best baseline (strategies other than {', '.join(proposed)}); "
                f"{MARK}: significantly below the column's best row (two-sided α = {ALPHA}: paired t-test, Wilcoxon "
                "signed-rank with zsplit and, for HR, exact McNemar all reject after Holm–Bonferroni over the "
                f"{n_tests} comparisons of this table; per-sample metrics averaged over the seeds both rows share).")
-        table = tabulate(body, headers=["strategy", *names, "seeds"], tablefmt="github", disable_numparse=True)
+        table = tabulate(body, headers=["strategy", *board.settings, *names, "seeds"], tablefmt="github",
+                         disable_numparse=True)
         parts.append(f"{caption}\n\n{table}\n\n{key}\n")
     return "\n".join(parts)
 
 
 def to_frame(boards: list[Leaderboard]) -> pd.DataFrame:
-    """One line per row: identity, seeds, then per column mean/std (%) and the best/best_baseline/
-    below_best flags."""
+    """One line per row: identity, seeds, the ``settings`` keys (``aggregator`` is always there), then per
+    column mean/std (%) and the best/best_baseline/below_best flags."""
     lines = []
     for board in boards:
         for row in board.rows:
@@ -176,6 +243,8 @@ def to_frame(boards: list[Leaderboard]) -> pd.DataFrame:
                     "label": row.group.label, "strategy": row.group.strategy,
                     "aggregator": row.group.config.get("aggregator") or "", "proposed": row.proposed,
                     "seeds": len(row.group.seeds), "seed_list": " ".join(map(str, row.group.seeds))}
+            line.update({key: setting_text(setting_values(row.group, key)) for key in board.settings
+                         if key not in line})
             for column in board.columns:
                 cell = row.cells[column.name]
                 line.update({f"{column.name}_mean": cell.mean, f"{column.name}_std": cell.std,
