@@ -17,15 +17,26 @@ with Fuse ∈ {``sum``: :math:`\sum_s A_s`; ``concat``: a Linear over the stream
 (fusionbench form [A]; query-side, so it never depends on padded keys)}. Values come from the item
 stream only; items are scored against the ID embeddings.
 
-Auxiliary Attribute Predictor (AAP): from every position's final state, predict each modality's
-top-1 code of the target item (CE over the C_m codes; dense features have no attribute labels, so
-the codes stand in for them [A]); items without a code are skipped:
+Auxiliary Attribute Predictor (AAP), as the reference's ``attribute_predictor: linear`` with its
+``BCEWithLogitsLoss``: from every position's final state :math:`P_t`, a multi-label prediction of the
+whole code set of the target item, per modality m with codes (dense features have no attribute labels,
+so the codes of ``ctx.modalities[m].codes`` stand in for them [A]; every valid code of the item's row is
+a positive, up to k of them):
 
-.. math:: \mathcal L = \mathrm{CE}_{items} + \lambda \sum_m \mathrm{CE}(W_m P_t,\ \mathrm{code}_m(v_{t+1})[0])
+.. math::
+    \mathcal L_m = \frac{1}{|T_m|} \sum_{t \in T_m} \frac{1}{C_m} \sum_{c=1}^{C_m}
+        \mathrm{BCE}\big(\sigma([W_m P_t + b_m]_c),\ y_m(v_{t+1})_c\big),\qquad
+    \mathcal L = \mathrm{CE}_{items} + \lambda \sum_m \mathcal L_m
+
+with :math:`y_m(v) \in \{0, 1\}^{C_m}` the multi-hot code set of item v and :math:`T_m` the target
+positions whose item holds at least one code of m (the others are skipped; at initialisation
+:math:`\mathcal L_m \approx \ln 2`). λ = 0 builds no heads: the loss is then the item CE alone.
 
 Shapes:
     items ``[B, L]`` -> side ``[B, L, 1 + M, d_f]``, stream scores ``[B, 2 + M, heads, L, L]``
-    -> hidden ``[B, L, d]`` -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]``.
+    -> hidden ``[B, L, d]`` -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]``;
+    AAP: states ``[S, d]`` -> logits ``[S, C_m]`` against labels ``[n_items + 1, C_m]`` bool, rows
+    indexed by the targets ``[S]``.
 """
 from __future__ import annotations
 
@@ -44,13 +55,12 @@ from strategies.backbones import ScoredTransformer, split_heads
 from strategies.fusion import AttentionLevelStrategy, SequenceOptions
 
 
-def top_code(codes: Tensor) -> Tensor:
-    """``[n_items + 1]``: each item's first valid code (its top-1 code), ``CODE_SENTINEL`` if none."""
-    if codes.shape[1] == 0:
-        return torch.full(codes.shape[:1], CODE_SENTINEL, dtype=torch.long)
-    valid = codes >= 0
-    first = codes.gather(1, valid.long().argmax(1, keepdim=True)).squeeze(1)
-    return torch.where(valid.any(1), first, CODE_SENTINEL)
+def code_sets(codes: Tensor, n_codes: int) -> Tensor:
+    """Multi-hot code sets ``[n_items + 1, C]`` bool from codes ``[n_items + 1, k]``: True where the item
+    holds the code; ``CODE_SENTINEL`` entries set nothing (a repeated code counts once)."""
+    hot = torch.zeros(codes.shape[0], n_codes + 1, dtype=torch.bool)
+    hot.scatter_(1, torch.where(codes == CODE_SENTINEL, n_codes, codes), True)  # sentinel -> spare column
+    return hot[:, :n_codes].contiguous()
 
 
 class DecoupledScorer(nn.Module):
@@ -144,18 +154,20 @@ class DIFSR(AttentionLevelStrategy):
         self.aap_names = [m for m in self.side.names if ctx.modalities[m].n_codes > 0] if opts.aap_weight > 0 else []
         self.aap = nn.ModuleList(nn.Linear(d, ctx.modalities[m].n_codes) for m in self.aap_names)
         for i, m in enumerate(self.aap_names):
-            self.register_buffer(f"top_code{i}", top_code(ctx.modalities[m].codes), persistent=False)
+            table = ctx.modalities[m]
+            self.register_buffer(f"aap_labels{i}", code_sets(table.codes, table.n_codes), persistent=False)
         self.reset_parameters()
 
     def aap_loss(self, states: Tensor, targets: Tensor) -> Tensor:
-        """Sum over modalities of the mean code CE at the target items that have a code; states ``[S, d]``,
-        targets ``[S]`` (1..n)."""
+        r""":math:`\sum_m \mathcal L_m`: per modality, BCE-with-logits averaged over the C_m codes, then over
+        the target items that hold a code; states ``[S, d]``, targets ``[S]`` (1..n) -> scalar."""
         total = states.new_zeros(())
         for i, head in enumerate(self.aap):
-            code = getattr(self, f"top_code{i}")[targets]
-            valid = code >= 0
-            ce = F.cross_entropy(head(states), code.clamp(min=0), reduction="none")
-            total = total + (ce * valid).sum() / valid.sum().clamp(min=1)
+            labels = getattr(self, f"aap_labels{i}")[targets]                 # [S, C_m]
+            logits = head(states)
+            bce = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(1)
+            has = labels.any(1)
+            total = total + (bce * has).sum() / has.sum().clamp(min=1)
         return total
 
     def loss(self, batch: SeqBatch) -> Tensor:
