@@ -226,11 +226,12 @@ def leaderboard(**options: Any) -> None:
 
 
 @main.command("list")
-@click.argument("kind", type=click.Choice(sorted(REGISTRIES)), required=False)
+@click.argument("kind", type=click.Choice([*sorted(REGISTRIES), "features"]), required=False)
 @report_errors
 def list_plugins(kind: Optional[str]) -> None:
-    """List registered plugins with their options and defaults."""
-    for name in [kind] if kind else sorted(REGISTRIES):
+    """List registered plugins with their options and defaults, and the feature options (``features``:
+    ``--set features.NAME=VALUE``, shared by every strategy that uses modalities)."""
+    for name in sorted(REGISTRIES) if kind is None else [kind] if kind in REGISTRIES else []:
         registry = REGISTRIES[name]
         click.echo(f"{name}:")
         for plugin in registry.names():
@@ -242,6 +243,13 @@ def list_plugins(kind: Optional[str]) -> None:
                 click.echo(f"      {opt} ({tp}) = {default}")
             for opt, default in getattr(obj, "train_defaults", {}).items():
                 click.echo(f"      train.{opt} = {default}  (this model's training default)")
+    if kind in (None, "features"):
+        from fusionbench.runner import FeatureOptions
+
+        click.echo("features: how modality tables are made, the same for every strategy that uses them "
+                   "(--set features.NAME=VALUE; docs/features.md)")
+        for opt, tp, default in FeatureOptions.describe():
+            click.echo(f"      {opt} ({tp}) = {default}")
 
 
 @main.group()
@@ -268,18 +276,24 @@ def data_info(name: str, sets: tuple[str, ...], data_root: Optional[Path]) -> No
     ]
     coverage = _coverage(d)
     for channel in ("image", "text", "attr"):
-        coverage.setdefault(channel, "absent (no data for this channel)")
+        if not any(m == channel or m.startswith(f"{channel} (") for m in coverage):
+            coverage[channel] = "absent (no data for this channel)"
     rows += [[f"modality {m}", v] for m, v in sorted(coverage.items())]
     click.echo(f"{name} ({d.source})")
     click.echo(tabulate(rows, tablefmt="plain"))
 
 
 def _coverage(d) -> dict[str, str]:
+    from fusionbench.data.core import DEFAULT_TEXT_SOURCE, pick_text_source
+
     side, n = d.side, d.n_items
     out: dict[str, str] = {}
     pct = lambda k: f"{k} / {n} items ({100 * k / n:.2f}%)"  # noqa: E731
-    if side.titles is not None:
-        out["text"] = pct(sum(1 for t in side.titles[1:] if t.strip())) + " (title)"
+    sources = side.text_sources()   # one row per text source; items with an empty text are absent
+    default = pick_text_source(DEFAULT_TEXT_SOURCE, list(sources))
+    for source, texts in sources.items():
+        chosen = "features.text=" + (f"{source}, the default" if source == default else source)
+        out[f"text ({source})"] = pct(sum(1 for t in texts[1:] if t.strip())) + f" ({chosen})"
     if side.attributes is not None:
         out["attr"] = pct(sum(1 for a in side.attributes[1:] if a)) + f", {side.n_attributes} attribute ids"
     for name, channel in side.dense.items():
@@ -315,16 +329,18 @@ def store() -> None:
 @store.command("upgrade")
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@data_root_option
 @report_errors
-def store_upgrade(store_path: Path, dry_run: bool) -> None:
-    """Re-identify stored runs after options were added (new keys at their defaults; see fusionbench/upgrade.py).
-    Run it while no run of the store is in progress."""
+def store_upgrade(store_path: Path, dry_run: bool, data_root: Optional[Path]) -> None:
+    """Re-identify stored runs after options were added (new keys at their defaults, or at what an old run did
+    where the default would not reproduce it; see fusionbench/upgrade.py). Reads the runs' data where a step
+    needs it. Run it while no run of the store is in progress."""
     from fusionbench.store import ResultStore
     from fusionbench.upgrade import upgrade_store
 
     if not store_path.exists():
         raise UserInputError(f"--store: no results file at {store_path}")
-    results = upgrade_store(ResultStore(store_path), dry_run=dry_run)
+    results = upgrade_store(ResultStore(store_path), dry_run=dry_run, data_root=data_root)
     rows = [[u.run_id, u.old_hash, u.new_hash or "", u.status, ", ".join(u.added) or u.reason]
             for u in results if u.status != "current"]
     if rows:

@@ -20,13 +20,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
 from fusionbench.context import StrategyContext
-from fusionbench.data.core import SequenceData
-from fusionbench.data.datasets import DatasetContext
+from fusionbench.data.core import DEFAULT_TEXT_SOURCE, SequenceData, pick_text_source
+from fusionbench.data.datasets import DatasetContext, declared_text_sources
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
 from fusionbench.options import PluginOptions, require
@@ -60,19 +60,32 @@ def group_options(options: dict[str, Any], where: str) -> dict[str, dict[str, An
 
 @dataclass(frozen=True)
 class FeatureOptions(PluginOptions):
-    """How modality tables are made (``--set features.<name>=value``); see docs/features.md."""
+    """How modality tables are made (``--set features.<name>=value``); see docs/features.md.
+
+    ``attr``: how every strategy sees the ``attr`` channel, ``ids`` (learned attribute-id embeddings; MMSR's
+    attribute nodes are the ids) or ``svd`` (frozen TruncatedSVD features of the multi-hot, codes clustered
+    from them as for text).
+
+    ``text``: the text source of the ``text`` channel, a name the dataset declares (``title``: the full
+    product title; ``prefix``: the short title prefix of the Amazon folders; ``fusionbench data info``
+    lists them). The default ``title`` on a dataset without full titles reads its one text source
+    instead, and the resolved config records the source read (:func:`resolved_text_source`)."""
 
     n_clusters: int = 30
     k: int = 3
     reduce: str = "ae"
     attr_max_codes: int = 8
     modalities: tuple[str, ...] = ()
+    attr: Literal["ids", "svd"] = "ids"
+    text: str = DEFAULT_TEXT_SOURCE
 
     def check(self) -> None:
         require(self.n_clusters >= 1, f"option 'n_clusters' must be >= 1, got {self.n_clusters}")
         require(1 <= self.k <= self.n_clusters, f"option 'k' must be in 1..n_clusters, got {self.k}")
         require(self.reduce in ("ae", "pca", "none"), f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
         require(self.attr_max_codes >= 1, f"option 'attr_max_codes' must be >= 1, got {self.attr_max_codes}")
+        require(self.text.isidentifier(),
+                f"option 'text' must be a text source name (title, prefix, ...), got {self.text!r}")
 
 
 @dataclass
@@ -133,9 +146,21 @@ def resolve(request: RunRequest) -> dict:
         "features": FeatureOptions.build(request.feature_options, where="features").as_dict()
         if strategy_cls.uses_modalities else {},
     }
+    if config["features"]:
+        config["features"]["text"] = resolved_text_source(config)
     if request.perturbation is not None:  # clean runs keep the hash they had before perturbations existed
         config["perturbation"] = resolve_perturbation(request.perturbation, request.protocol)
     return config
+
+
+def resolved_text_source(config: dict) -> str:
+    """``features.text`` of a config as the run reads it, from the sources the dataset declares (known
+    without loading the data): the named source, or for the default ``title`` on a dataset without full
+    titles its one text source (so the config records what the run reads); a source the dataset lacks is
+    an error naming the option and the dataset's sources."""
+    requested = config["features"]["text"]
+    sources = declared_text_sources(config["dataset"], config["dataset_options"])
+    return requested if sources is None else pick_text_source(requested, sources, f"dataset {config['dataset']!r}")
 
 
 def load_data(config: dict, data_root: Optional[Path]) -> SequenceData:
@@ -152,7 +177,8 @@ def build_context(config: dict, data: SequenceData, split: Optional[Split] = Non
         opts = FeatureOptions.build(config["features"])
         modalities = modality_tables(
             data.side, data.n_items, data.checksum(), n_clusters=opts.n_clusters, k=opts.k, reduce=opts.reduce,
-            attr_max_codes=opts.attr_max_codes, modalities=list(opts.modalities) or None,
+            attr_max_codes=opts.attr_max_codes, modalities=list(opts.modalities) or None, attr=opts.attr,
+            text=config["features"].get("text"),  # None: a config from before features.text, read the original text
         )
     return StrategyContext(n_items=data.n_items, max_len=config["max_len"], modalities=modalities,
                            aggregator=config["aggregator"], aggregator_options=config["aggregator_options"],

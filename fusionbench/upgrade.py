@@ -14,17 +14,35 @@ run's config and hash; the run's checkpoint (named by the run's hash) and its ke
 with it. A run whose stored values no longer resolve to themselves (an option removed, renamed, or a
 default changed that the stored value depends on) is left untouched and reported. Run it while no
 run of the store is in progress (a running process keeps writing its checkpoint under the old hash).
+
+**Steps.** Where a new option's default does *not* reproduce what some old runs did, a step in
+:data:`STEPS` first fills in, for each stored config made before the option existed, the value that
+does; re-resolving then adds every other new key at its default. A step that cannot tell keeps the run
+as it is (:class:`CannotTell`, reported with its reason). Steps:
+
+- :func:`attr_encoding_step` (``features.attr``, issue 22): runs whose model saw a derived ``attr``
+  channel get the encoding their strategy read then (:data:`ATTR_ENCODING_BEFORE`); other runs of feature
+  strategies (no attribute data, or ``features.modalities`` without ``attr``) were the same under either
+  encoding and get the default. Telling these apart loads each run's dataset once (``data_root``).
+- :func:`text_source_step` (``features.text``, issue 22): runs of feature strategies whose ``text`` channel
+  read texts get the dataset's original source, ``prefix`` on the Amazon folders (the default ``title``
+  reads full titles); others get the default.
+
+Archive import (``fusionbench store import``) copies runs as they were exported and applies no step:
+run ``store upgrade`` on the store afterwards.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
+from fusionbench.data.core import ItemSide
 from fusionbench.errors import UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
-from fusionbench.runner import RunRequest, resolve, training_config
+from fusionbench.runner import RunRequest, load_data, resolve, training_config
 from fusionbench.store import ResultStore, canonical_json, config_hash
 
 
@@ -74,15 +92,123 @@ def added_keys(old: dict, new: dict, prefix: str = "") -> tuple[list[str], list[
     return added, changed
 
 
-def upgrade_store(store: ResultStore, dry_run: bool = False) -> list[Upgrade]:
-    """Re-resolve every run's config with the current code and rewrite the ones that only gained keys."""
+class CannotTell(Exception):
+    """Raised by an upgrade step that cannot tell what an old run did; the run is kept as it is."""
+
+
+class RunData:
+    """The data of stored runs, loaded once per (dataset, dataset options) for the steps that need it.
+
+    ``side(config)`` -> the run's :class:`~fusionbench.data.core.ItemSide`; :class:`CannotTell` when the
+    data cannot be loaded or its checksum is not the run's ``dataset_checksum`` (other data than the run's)."""
+
+    def __init__(self, data_root: Optional[Path] = None):
+        self.data_root = data_root
+        self._loaded: dict[str, object] = {}
+
+    def side(self, config: dict) -> ItemSide:
+        key = canonical_json({"dataset": config["dataset"], "options": config["dataset_options"]})
+        if key not in self._loaded:
+            try:
+                data = load_data(config, self.data_root)
+                self._loaded[key] = (data.checksum(), data.side)
+            except (UserInputError, KeyError, OSError) as err:
+                self._loaded[key] = f"its data could not be loaded ({err}); give --data-root"
+        loaded = self._loaded[key]
+        if isinstance(loaded, str):
+            raise CannotTell(loaded)
+        checksum, side = loaded
+        if checksum != config.get("dataset_checksum"):
+            raise CannotTell(f"the data found now (checksum {checksum[:12]}) is not the run's "
+                             f"({str(config.get('dataset_checksum'))[:12]})")
+        return side
+
+
+ATTR_ENCODING_BEFORE: dict[str, str] = {
+    # read off the code from the first tables.py (b393119) until features.attr existed: the attr table held
+    # the 128-d TruncatedSVD features AND the attribute ids as codes; which one a model read:
+    "mmsr": "ids",      # codes -> one graph node per attribute id (features only for the code-centroid init,
+                        # which centroid_features reproduces under ids)
+    "early": "svd",     # ModalityInputs: a table with features -> Linear projection; codes unread
+    "late": "svd",      # same
+    "sasrecf": "svd",   # preset of early
+    "gru4recf": "svd",  # preset of late
+    "nova": "svd",      # AttentionLevelStrategy.side = ModalityInputs
+    "trans2d": "svd",   # ModalityInputs
+    "mdsrec": "svd",    # ModalityChannel (projection) and item_graphs.similarity_features (the features)
+    "difsr": "svd",     # side streams = ModalityInputs; its AAP labels were the attribute-id codes
+}
+"""``features.attr`` value that reproduces, as far as the table goes, what each built-in strategy's runs did
+before the option existed. ``difsr`` with ``aap_weight > 0`` also predicted each target's first attribute
+id with a softmax CE, which no current configuration reproduces (its predictor is now a multi-label BCE
+over the code set, and under ``svd`` the codes are clusters): :func:`attr_encoding_step` keeps those runs
+as they are, so they are never found as runs of the current code."""
+
+
+def attr_encoding_step(config: dict, data: RunData) -> dict:
+    """``features.attr`` for a run made before it existed (module docstring, Steps)."""
+    features = config.get("features") or {}
+    if not features or "attr" in features:
+        return config
+    if features.get("modalities") and "attr" not in features["modalities"]:
+        return config                          # no attr channel built: the default changes nothing
+    side = data.side(config)
+    if side.attributes is None or "attr" in side.dense:
+        return config                          # no derived attr channel (a dense one is used as given)
+    encoding = ATTR_ENCODING_BEFORE.get(config["strategy"])
+    if encoding is None:
+        raise CannotTell(f"made before features.attr existed by strategy {config['strategy']!r}, whose attr "
+                         "input then (SVD features or attribute-id codes) is not known here")
+    if config["strategy"] == "difsr" and config["strategy_options"].get("aap_weight", 0) > 0:
+        raise CannotTell("made with difsr's first-code CE attribute predictor, which the current code no "
+                         "longer has (it trains the multi-label BCE): no configuration reproduces it")
+    return {**config, "features": {**features, "attr": encoding}}
+
+
+def text_source_step(config: dict, data: RunData) -> dict:
+    """``features.text`` for a run made before it existed: its ``text`` channel read the dataset's original
+    text source (the title prefix of the Amazon folders, ``title`` of a folder dataset), the first source
+    the dataset declares; the new default ``title`` (full titles) would claim otherwise. Runs without a
+    text channel built from texts (``features.modalities`` without ``text``, a dataset without text sources
+    or one that declares none) were the same under any source and get the default. Needs no data."""
+    from fusionbench.data.datasets import declared_text_sources
+
+    features = config.get("features") or {}
+    if not features or "text" in features:
+        return config
+    if features.get("modalities") and "text" not in features["modalities"]:
+        return config                          # no text channel built: the source changes nothing
+    try:
+        sources = declared_text_sources(config["dataset"], config["dataset_options"])
+    except (UserInputError, KeyError):
+        return config                          # re-resolving reports it
+    if not sources:
+        return config
+    return {**config, "features": {**features, "text": sources[0]}}
+
+
+STEPS: tuple[Callable[[dict, RunData], dict], ...] = (attr_encoding_step, text_source_step)
+"""Applied in order to every stored config before it is re-resolved (module docstring, Steps)."""
+
+
+def upgrade_store(store: ResultStore, dry_run: bool = False, data_root: Optional[Path] = None) -> list[Upgrade]:
+    """Re-resolve every run's config with the current code (after :data:`STEPS`) and rewrite the ones that
+    only gained keys. ``data_root``: where steps that read a run's data find it."""
     runs = store.runs(status=None)
     known = set(runs.config_hash)
     results, renames, trained = [], {}, {}
+    data = RunData(data_root)
     for row in runs.itertuples():
         old = json.loads(row.config)
         try:
-            new = resolve(request_of(old))
+            filled = old
+            for step in STEPS:
+                filled = step(filled, data)
+        except CannotTell as err:
+            results.append(Upgrade(row.id, row.config_hash, None, "kept", reason=f"cannot tell: {err}"))
+            continue
+        try:
+            new = resolve(request_of(filled))
         except (UserInputError, KeyError) as err:  # an option or field that no longer exists, a value no longer valid
             results.append(Upgrade(row.id, row.config_hash, None, "kept", reason=f"does not resolve: {err}"))
             continue

@@ -8,10 +8,10 @@ learned "missing" vector :math:`\mu_m` is substituted wherever the modality is a
     c_m(v) = \begin{cases} \mathrm{Drop}(W_m f_m(v) + b_m) & \text{present}_m(v) \wedge
     \text{occurrence mask} \\ \mu_m & \text{otherwise} \end{cases}
 
-A channel whose table has no dense features (``d_m = 0``, e.g. ``attr``: only attribute codes) uses
-the mean of learned code embeddings of the item's valid codes instead of :math:`W_m f_m(v)`; an item
-without any valid code counts as absent. Absent items never produce zeros pushed through a bias,
-and never NaN (specs/baselines.md, shared conventions).
+A channel whose table has no dense features (``d_m = 0``, e.g. ``attr`` under ``features.attr=ids``, the
+default: only attribute-id codes) uses the mean of learned code embeddings of the item's valid codes
+instead of :math:`W_m f_m(v)`; an item without any valid code counts as absent. Absent items never
+produce zeros pushed through a bias, and never NaN (specs/baselines.md, shared conventions).
 
 **Channel fusion** (:class:`ChannelFusion`), over a stack of C channel vectors ``[..., C, d]``:
 

@@ -65,8 +65,9 @@ def behaviour_counts(history: SequenceData, window: int) -> tuple[Tensor, Tensor
 def similarity_features(table: ModalityTable) -> tuple[Tensor, Tensor]:
     """Frozen vectors the similarity graph of a channel is computed from, and which items have them.
 
-    Dense features when the table has them (``d_m > 0``); otherwise the multi-hot vector of the item's
-    valid codes ``[n_items + 1, n_codes]`` (an item without any code counts as absent)."""
+    Dense features when the table has them (``d_m > 0``; ``attr`` under ``features.attr=svd``: its SVD
+    features); otherwise the multi-hot vector of the item's valid codes ``[n_items + 1, n_codes]`` (``attr``
+    under ``features.attr=ids``: its attribute ids; an item without any code counts as absent)."""
     if table.dim > 0:
         return table.features.float(), table.present
     valid = table.codes >= 0

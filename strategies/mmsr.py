@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aggregators.base import FIRST_MODALITY_NODE_TYPE, n_relations_for
-from fusionbench.context import AggregatorContext, SeqBatch, StrategyContext
+from fusionbench.context import AggregatorContext, ModalityTable, SeqBatch, StrategyContext
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.errors import UserInputError
@@ -74,15 +74,32 @@ class MMSROptions(PluginOptions):
         require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
 
 
+def centroid_features(table: ModalityTable) -> Tensor:
+    """The item vectors ``[n_items + 1, d_m]`` whose per-code means initialise a modality's code
+    embeddings: the table's features, or for a code-only table (``d_m = 0``: ``attr`` under
+    ``features.attr=ids``) the TruncatedSVD embedding of each item's code multi-hot with the feature
+    pipeline's size and seed (:func:`~fusionbench.features.codes.code_set_features`, ``ATTR_DIM`` = 128).
+    For attribute-id codes that keep every id of every item (``attr_max_codes`` >= the most attributes an
+    item has; Beauty: 6 <= 8) these are exactly the ``svd`` encoding's features, so under ``ids`` MMSR
+    starts from the centroids it started from before ``features.attr`` existed."""
+    if table.dim > 0 or not bool((table.codes >= 0).any()):
+        return table.features.float()
+    from fusionbench.features.codes import code_set_features
+    from fusionbench.features.tables import ATTR_DIM, SEED
+
+    return torch.from_numpy(code_set_features(table.codes.cpu().numpy(), table.n_codes, ATTR_DIM, SEED))
+
+
 def code_centroids(ctx: StrategyContext, dim: int, seed: int = 2023) -> Tensor:
-    """Initial code embeddings ``[sum_m C_m, dim]``: per modality (sorted names), the mean feature of the
-    items holding each code, mapped to ``dim`` by a fixed seeded Gaussian projection when the feature size
-    differs, then min-max rescaled jointly into [-1/sqrt(d), 1/sqrt(d)] (as the reference code rescales
-    its KMeans centres). Codes no item holds get zeros before rescaling."""
+    """Initial code embeddings ``[sum_m C_m, dim]``: per modality (sorted names), the mean feature
+    (:func:`centroid_features`) of the items holding each code, mapped to ``dim`` by a fixed seeded
+    Gaussian projection when the feature size differs, then min-max rescaled jointly into
+    [-1/sqrt(d), 1/sqrt(d)] (as the reference code rescales its KMeans centres). Codes no item holds get
+    zeros before rescaling."""
     g = torch.Generator().manual_seed(seed)
     blocks = []
     for table in ctx.modalities.values():
-        feats = F.normalize(table.features.float(), dim=1)
+        feats = F.normalize(centroid_features(table), dim=1)
         if feats.shape[1] != dim:
             feats = feats @ (torch.randn(feats.shape[1], dim, generator=g) / feats.shape[1] ** 0.5)
         valid = table.codes >= 0                                   # [n+1, k]

@@ -32,7 +32,7 @@ def test_bundled_beauty_matches_table1_and_has_text_and_attr():
     assert (d.lengths >= 5).all()
 
 
-@pytest.mark.parametrize("name", ["Beauty.txt", "items.tsv", "Beauty_item2attributes.json"])
+@pytest.mark.parametrize("name", ["Beauty.txt", "items.tsv", "Beauty_item2attributes.json", "item_text.tsv"])
 def test_bundled_copy_is_byte_identical_to_shared(shared_data, name):
     with gzip.open(BUNDLED / "beauty" / f"{name}.gz", "rb") as fh:
         assert fh.read() == (shared_data / "amazon_beauty" / name).read_bytes()

@@ -169,7 +169,7 @@ def test_modality_tables(side):
     assert text.present.tolist() == [bool(t) for t in side.titles]
     assert (text.codes[text.present] >= 0).all()
     attr = tables["attr"]
-    assert attr.dim == 6 and attr.n_codes == 6 and attr.codes.shape == (N + 1, 3)
+    assert attr.dim == 0 and attr.n_codes == 6 and attr.codes.shape == (N + 1, 3)   # attr="ids" (test_attr_encoding)
     assert attr.present.tolist() == [len(a) > 0 for a in side.attributes]
     np.testing.assert_array_equal(attr.codes.numpy(), C.attribute_codes(side.attributes, 3))
     image = tables["image"]

@@ -3,11 +3,34 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from fusionbench.errors import UserInputError
+
+DEFAULT_TEXT_SOURCE = "title"
+"""The text source a run reads unless ``features.text`` names another: the full product title."""
+
+
+def pick_text_source(requested: str, available: Sequence[str], where: str = "this dataset") -> str:
+    """The text source a run asking for ``requested`` (``features.text``) reads, given the sources
+    ``available`` (the data's original text first). A source the data has is itself; the default
+    (:data:`DEFAULT_TEXT_SOURCE`) on data without that source is the data's original text, and on data
+    without any text stays as it is (there is no text channel to read). Anything else is an error."""
+    if requested in available:
+        return requested
+    if requested == DEFAULT_TEXT_SOURCE:
+        return available[0] if available else requested
+    raise unknown_text_source(requested, available, where)
+
+
+def unknown_text_source(requested: str, available: Sequence[str], where: str = "this dataset") -> UserInputError:
+    """The error for a text source ``where`` does not have: it names the option and the sources there."""
+    return UserInputError(f"features: option 'text' = {requested!r}: {where} has no text source {requested!r}; "
+                          f"its text sources: {', '.join(available) or 'none'}")
 
 
 @dataclass(frozen=True)
@@ -27,12 +50,19 @@ class DenseChannel:
 class ItemSide:
     """Raw item side information, before any encoder runs.
 
+    The ``text`` channel reads one of the data's text sources (``features.text``): ``titles`` is the
+    data's original one, named ``title_source`` and covered by the data checksum; ``extra_texts`` are
+    sources added later, which the checksum leaves out so that adding one keeps every run's identity
+    (the source a run reads is part of its config and of the text feature cache key instead).
+
     Attributes:
-        titles: title text per item id (index 0 unused, ``""`` = no text), or ``None``.
+        titles: text per item id of the original text source (index 0 unused, ``""`` = no text), or ``None``.
         attributes: attribute ids per item id (index 0 unused, empty = none), or ``None``.
         n_attributes: size of the attribute vocabulary (ids 1..n_attributes).
         dense: name -> :class:`DenseChannel` for channels whose features come with the data.
         asins: original item identifiers per item id (index 0 unused), or ``None``.
+        title_source: name of the text source ``titles`` holds (``"prefix"`` for the Amazon title prefixes).
+        extra_texts: further text sources, name -> text per item id (as ``titles``).
     """
 
     titles: Optional[list[str]] = None
@@ -40,12 +70,19 @@ class ItemSide:
     n_attributes: int = 0
     dense: Mapping[str, DenseChannel] = field(default_factory=dict)
     asins: Optional[list[str]] = None
+    title_source: str = DEFAULT_TEXT_SOURCE
+    extra_texts: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def text_sources(self) -> dict[str, list[str]]:
+        """Every text source, name -> text per item id: the original one first, then ``extra_texts``."""
+        original = {self.title_source: self.titles} if self.titles is not None else {}
+        return {**original, **{k: v for k, v in self.extra_texts.items() if k not in original}}
 
     def modality_names(self) -> list[str]:
-        """Channels this data can provide, sorted: ``text`` from titles, ``attr`` from attributes,
+        """Channels this data can provide, sorted: ``text`` from text sources, ``attr`` from attributes,
         plus every dense channel."""
         names = set(self.dense)
-        if self.titles is not None:
+        if self.text_sources():
             names.add("text")
         if self.attributes is not None:
             names.add("attr")
@@ -99,7 +136,8 @@ class SequenceData:
         return SequenceData(self.name, self.n_items, flat, offsets, self.side, self.source)
 
     def checksum(self) -> str:
-        """sha256 over the sequences and side data: the cache and result-store key of the data."""
+        """sha256 over the sequences and side data: the cache and result-store key of the data.
+        Of the text sources it covers the original one only (``side.titles``, see :class:`ItemSide`)."""
         h = hashlib.sha256()
         h.update(f"{self.name}|{self.n_items}|".encode())
         h.update(self.flat.numpy().astype(np.int64).tobytes())

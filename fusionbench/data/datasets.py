@@ -83,21 +83,63 @@ def _check_counts(data: SequenceData, expected: tuple[int, int, int], where: str
         )
 
 
+@dataclass(frozen=True)
+class TextSource:
+    """A text source of the ``text`` channel (``features.text = name``): column ``column`` of the item
+    table ``file`` (tab-separated, with ``item_id``; an empty cell = no text for that item). Tables with
+    an ``asin`` column are joined on item id and must agree on every item's ASIN."""
+
+    name: str
+    file: str
+    column: str
+
+
+PREFIX = TextSource("prefix", "items.tsv", "title_prefix")
+"""The short title prefix of the Amazon folders (IDGenRec's textual ids, see their PROVENANCE.md)."""
+
+
+def _read_texts(folder: Path, sources: tuple[TextSource, ...], n_items: int,
+                tables: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
+    """name -> text per item id of every source whose file exists in ``folder`` (a missing file: the
+    source is absent; a missing column, or an ASIN that disagrees with ``items.tsv``: DataError).
+    ``tables``: item tables already read, by file name (``items.tsv``); tables read here are added."""
+    asins = tables.get("items.tsv", {}).get("asin")
+    texts: dict[str, list[str]] = {}
+    for source in sources:
+        path = find_file(folder, source.file, required=False)
+        if path is None:
+            continue
+        if source.file not in tables:
+            tables[source.file] = read_item_table(path, n_items)
+            other = tables[source.file].get("asin")
+            if asins is not None and other is not None:
+                wrong = [i for i in range(1, n_items + 1) if asins[i] and other[i] and asins[i] != other[i]]
+                if wrong:
+                    raise DataError(f"{path}: item {wrong[0]} has asin {other[wrong[0]]!r}, items.tsv says "
+                                    f"{asins[wrong[0]]!r} ({len(wrong)} items disagree); the tables must share "
+                                    "item ids")
+        if source.column not in tables[source.file]:
+            raise DataError(f"{path}:1: no column {source.column!r} (text source {source.name!r})")
+        texts[source.name] = tables[source.file][source.column]
+    return texts
+
+
 def _load_amazon(folder: Path, name: str, sequence_file: str, attribute_file: Optional[str],
-                 expected: tuple[int, int, int]) -> SequenceData:
+                 expected: tuple[int, int, int], text_sources: tuple[TextSource, ...] = ()) -> SequenceData:
     flat, offsets = read_sequences(find_file(folder, sequence_file))
     n_items = int(flat.max())
-    titles = attributes = asins = None
+    attributes = None
     n_attributes = 0
     table_path = find_file(folder, "items.tsv", required=False)
-    if table_path is not None:
-        table = read_item_table(table_path, n_items)
-        titles = table.get("title_prefix", table.get("title"))
-        asins = table.get("asin")
+    tables = {} if table_path is None else {"items.tsv": read_item_table(table_path, n_items)}
+    asins = tables["items.tsv"].get("asin") if tables else None
+    texts = _read_texts(folder, text_sources, n_items, tables)
     if attribute_file is not None:
         attributes = read_attribute_json(find_file(folder, attribute_file), n_items)
         n_attributes = max((max(a) for a in attributes if a), default=0)
-    side = ItemSide(titles=titles, attributes=attributes, n_attributes=n_attributes, asins=asins)
+    original = text_sources[0].name if text_sources else PREFIX.name  # the one the data checksum covers
+    side = ItemSide(titles=texts.get(original), attributes=attributes, n_attributes=n_attributes, asins=asins,
+                    title_source=original, extra_texts={k: v for k, v in texts.items() if k != original})
     data = SequenceData(name, n_items, flat, offsets, side, source=str(folder))
     _check_counts(data, expected, str(folder / sequence_file))
     return data
@@ -109,14 +151,16 @@ class _AmazonSpec:
     sequence_file: str
     attribute_file: Optional[str]
     counts: tuple[int, int, int]  # users, items, interactions (MMSR Table 1 / standard 5-core)
+    texts: tuple[TextSource, ...] = ()  # the original source (covered by the data checksum) first
 
 
 AMAZON = {
-    "beauty": _AmazonSpec("amazon_beauty", "Beauty.txt", "Beauty_item2attributes.json", (22363, 12101, 198502)),
+    "beauty": _AmazonSpec("amazon_beauty", "Beauty.txt", "Beauty_item2attributes.json", (22363, 12101, 198502),
+                          (PREFIX, TextSource("title", "item_text.tsv", "title"))),
     "sports": _AmazonSpec("amazon_sports", "Sports_and_Outdoors.txt", "Sports_and_Outdoors_item2attributes.json",
-                          (35598, 18357, 296337)),
+                          (35598, 18357, 296337), (PREFIX,)),
     "toys": _AmazonSpec("amazon_toys", "Toys_and_Games.txt", "Toys_and_Games_item2attributes.json",
-                        (19412, 11924, 167597)),
+                        (19412, 11924, 167597), (PREFIX,)),
     "clothing": _AmazonSpec("amazon_clothing", "Clothing.txt", None, (39387, 23033, 278677)),
     "kitchen": _AmazonSpec("amazon_kitchen", "Home_and_Kitchen.txt", None, (66519, 28237, 551682)),
     "phone": _AmazonSpec("amazon_phone", "Cell_Phones_and_Accessories.txt", None, (27879, 10429, 194439)),
@@ -141,8 +185,9 @@ class BeautyOptions(PluginOptions):
 class AmazonDataset:
     """Amazon 2014 5-core category in S3Rec/P5 format (see each folder's PROVENANCE.md).
 
-    Channels: ``text`` (title prefix) and ``attr`` (brand/category attribute ids) where the folder has
-    them; no image features exist for these data, so ``image`` is absent.
+    Channels: ``text`` (from the text sources of :data:`AMAZON`, see :meth:`text_sources`) and ``attr``
+    (brand/category attribute ids) where the folder has them; no image features exist for these data,
+    so ``image`` is absent.
     """
 
     key = ""
@@ -155,12 +200,17 @@ class AmazonDataset:
         root = Path(self.opts.root) if getattr(self.opts, "root", "") else self.ctx.root
         return resolve_root(root) / AMAZON[self.key].folder
 
+    def text_sources(self) -> tuple[str, ...]:
+        """Names of the text sources ``features.text`` may pick (known without loading; the original
+        source first). A source whose file the folder lacks is absent when the data loads."""
+        return tuple(source.name for source in AMAZON[self.key].texts)
+
     def load(self) -> SequenceData:
         spec = AMAZON[self.key]
         folder = self.folder()
         if not folder.is_dir():
             raise DataError(f"dataset {self.key!r}: folder {folder} not found")
-        return _load_amazon(folder, self.key, spec.sequence_file, spec.attribute_file, spec.counts)
+        return _load_amazon(folder, self.key, spec.sequence_file, spec.attribute_file, spec.counts, spec.texts)
 
 
 @DATASETS.register("beauty")
@@ -181,8 +231,8 @@ def _register_amazon(key: str, doc: str) -> None:
     DATASETS.register(key)(cls)
 
 
-_register_amazon("sports", "Amazon Sports and Outdoors 5-core (35,598 / 18,357 / 296,337); text + attr.")
-_register_amazon("toys", "Amazon Toys and Games 5-core (19,412 / 11,924 / 167,597); text + attr.")
+_register_amazon("sports", "Amazon Sports and Outdoors 5-core (35,598 / 18,357 / 296,337); text (title prefix) + attr.")
+_register_amazon("toys", "Amazon Toys and Games 5-core (19,412 / 11,924 / 167,597); text (title prefix) + attr.")
 _register_amazon("clothing", "Amazon Clothing, Shoes and Jewelry 5-core (39,387 / 23,033 / 278,677); IDs only.")
 _register_amazon("kitchen", "Amazon Home and Kitchen 5-core (66,519 / 28,237 / 551,682); IDs only.")
 _register_amazon("phone", "Amazon Cell Phones and Accessories 5-core (27,879 / 10,429 / 194,439); IDs only.")
@@ -216,6 +266,10 @@ class FolderDataset:
 
     def __init__(self, ctx: DatasetContext, opts: FolderOptions):
         self.ctx, self.opts = ctx, opts
+
+    def text_sources(self) -> tuple[str, ...]:
+        """The one text source a folder can have: ``title`` (the ``title`` column of ``items.tsv``)."""
+        return ("title",)
 
     def load(self) -> SequenceData:
         folder = Path(self.opts.path)
@@ -259,6 +313,15 @@ class FolderDataset:
 def load_dataset(name: str, root: Optional[Path] = None, **options) -> SequenceData:
     """Load dataset ``name`` with its options (the one entry point the harness uses)."""
     return DATASETS.create(name, DatasetContext(root), **options).load()
+
+
+def declared_text_sources(name: str, options: dict) -> Optional[tuple[str, ...]]:
+    """The text sources dataset ``name`` declares (its plugin's ``text_sources()``, known without
+    loading; the original source first), or ``None`` for a plugin that declares none (a third-party
+    dataset): then a run's ``features.text`` is checked only when its text channel is built."""
+    plugin = DATASETS.create(name, DatasetContext(), **options)
+    declare = getattr(plugin, "text_sources", None)
+    return None if declare is None else tuple(declare())
 
 
 from fusionbench.data import synthetic  # noqa: E402,F401  (registers "synthetic")

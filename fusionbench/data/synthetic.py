@@ -338,6 +338,10 @@ class SyntheticDataset:
     def __init__(self, ctx: Any, opts: SyntheticOptions):
         self.ctx, self.opts = ctx, opts
 
+    def text_sources(self) -> tuple[str, ...]:
+        """None: the ``text`` channel is given as features, there are no texts for ``features.text`` to pick."""
+        return ()
+
     def load(self) -> SequenceData:
         return generate(self.opts).data
 

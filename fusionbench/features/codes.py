@@ -270,21 +270,42 @@ def attribute_features(attributes: list[tuple[int, ...]], n_attributes: int, dim
     ``n_attributes > dim`` they are projected by scikit-learn ``TruncatedSVD(dim, random_state=seed)``
     fitted on the sparse matrix. Rows without attributes (and row 0) are zeros.
     """
-    import scipy.sparse as sp
-
     if n_attributes < 1:
         raise ValueError(f"n_attributes must be >= 1, got {n_attributes}")
     rows, ids = _flatten(attributes)
     if ids.size and (ids.min() < 1 or ids.max() > n_attributes):
         bad = int(ids[(ids < 1) | (ids > n_attributes)][0])
         raise ValueError(f"attribute id {bad} outside 1..n_attributes = 1..{n_attributes}")
-    n_rows = len(attributes)
-    hot = sp.csr_matrix((np.ones(ids.size), (rows, ids - 1)), shape=(n_rows, n_attributes))
+    return _multi_hot_svd(rows, ids - 1, len(attributes), n_attributes, dim, seed)
+
+
+def code_set_features(codes: np.ndarray, n_codes: int, dim: int = 128, seed: int = 2023) -> np.ndarray:
+    """:func:`attribute_features` of code sets: codes int ``[n + 1, k]`` (``CODE_SENTINEL`` = none) ->
+    float32 ``[n + 1, min(dim, n_codes)]``, the multi-hot of each row's valid codes, L2-normalised and,
+    when ``n_codes > dim``, projected by the same seeded TruncatedSVD.
+
+    For attribute-id codes (:func:`attribute_codes`) that kept every id of every item, the result equals
+    ``attribute_features(attributes, n_attributes, dim, seed)`` bit for bit (same sparse matrix, same
+    order of entries)."""
+    if n_codes < 1:
+        raise ValueError(f"n_codes must be >= 1, got {n_codes}")
+    codes = np.asarray(codes)
+    rows, slots = np.nonzero(codes != CODE_SENTINEL)          # row-major: each row's codes in their order
+    return _multi_hot_svd(rows, codes[rows, slots], codes.shape[0], n_codes, dim, seed)
+
+
+def _multi_hot_svd(rows: np.ndarray, columns: np.ndarray, n_rows: int, width: int, dim: int,
+                   seed: int) -> np.ndarray:
+    """The L2-normalised multi-hot ``[n_rows, width]`` of the (row, column) pairs (duplicates count once),
+    TruncatedSVD-projected to ``dim`` when ``width > dim``; empty rows stay zeros. float32."""
+    import scipy.sparse as sp
+
+    hot = sp.csr_matrix((np.ones(columns.size), (rows, columns)), shape=(n_rows, width))
     hot.sum_duplicates()
     hot.data[:] = 1.0
     norm = np.sqrt(np.asarray(hot.sum(axis=1)).ravel())
     hot = sp.diags(np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)) @ hot
-    if n_attributes <= dim:
+    if width <= dim:
         return hot.toarray().astype(np.float32)
     from sklearn.decomposition import TruncatedSVD
 

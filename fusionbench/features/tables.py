@@ -1,21 +1,34 @@
 """Modality tables of a dataset: features, presence and codes of every channel, cached on disk.
 
-Channels: ``text`` (titles -> all-MiniLM-L6-v2, empty title = absent), ``attr`` (attribute sets ->
-multi-hot / TruncatedSVD features, attribute ids as codes), and every dense channel the data brings
-(features as given). Text and dense codes come from :func:`~fusionbench.features.codes.compute_codes`.
+Channels: ``text`` (one text source -> all-MiniLM-L6-v2, empty text = absent), ``attr`` (attribute sets, encoded
+as ``attr`` chooses, see below), and every dense channel the data brings (features as given). Text and
+dense codes come from :func:`~fusionbench.features.codes.compute_codes`.
+
+``attr`` encodings (:data:`ATTR_ENCODINGS`, the run option ``features.attr``):
+
+- ``"ids"``: no dense features (width 0); codes = the item's first ``attr_max_codes`` attribute ids
+  (``n_codes`` = number of attributes). Feature strategies then learn one embedding per attribute id
+  (:class:`strategies.fusion.ModalityChannel`); MMSR makes them graph nodes.
+- ``"svd"``: the L2-normalised multi-hot projected by TruncatedSVD to :data:`ATTR_DIM`, and codes from
+  those features like any dense channel's (k-means clusters, ``n_clusters`` and ``k`` as for text).
 
 Cache keys: dataset checksum, channel, encoder id, every parameter and :data:`CODES_VERSION`; features
 and codes are cached separately, so a new ``n_clusters`` or ``k`` does not re-run the text encoder.
+``text`` keys also name the text source and hash its texts (the data checksum covers only the data's
+original source, so that adding a source keeps every run's identity).
+``attr`` under ``"ids"`` reads no cache (its codes are the attribute ids themselves); under ``"svd"`` its
+features are cached under encoder ``multi-hot-svd`` and its codes under that key plus the code parameters.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Optional
 
 import numpy as np
 import torch
 
 from fusionbench.context import ModalityTable
-from fusionbench.data.core import ItemSide
+from fusionbench.data.core import ItemSide, unknown_text_source
 from fusionbench.errors import UserInputError
 from fusionbench.features.cache import cached_arrays
 from fusionbench.features.codes import CODES_VERSION, Reduce, attribute_codes, attribute_features, compute_codes
@@ -23,6 +36,7 @@ from fusionbench.features.codes import CODES_VERSION, Reduce, attribute_codes, a
 REDUCE_DIM = 128
 SEED = 2023
 ATTR_DIM = 128
+ATTR_ENCODINGS = ("ids", "svd")
 
 
 def _text_features(titles: list[str]) -> dict[str, np.ndarray]:
@@ -59,7 +73,8 @@ def _table(features: np.ndarray, present: np.ndarray, codes: np.ndarray, n_codes
 
 def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int = 30, k: int = 3,
                     reduce: Reduce = "ae", attr_max_codes: int = 8,
-                    modalities: Optional[list[str]] = None) -> dict[str, ModalityTable]:
+                    modalities: Optional[list[str]] = None, attr: str = "ids",
+                    text: Optional[str] = None) -> dict[str, ModalityTable]:
     """Build (or read from cache) the :class:`ModalityTable` of each requested channel.
 
     Args:
@@ -67,13 +82,21 @@ def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int
         n_items: n; every table has ``n + 1`` rows (row 0 = padding: zeros, absent, sentinel codes).
         checksum: the dataset checksum (``SequenceData.checksum()``), part of every cache key.
         n_clusters, k, reduce: code construction for ``text`` and dense channels (see ``compute_codes``).
-        attr_max_codes: codes per item of ``attr`` (the item's first attribute ids).
+        attr_max_codes: codes per item of ``attr`` under ``attr="ids"`` (the item's first attribute ids).
         modalities: channels to build; ``None`` = all of ``side.modality_names()``.
+        attr: encoding of the derived ``attr`` channel, ``"ids"`` or ``"svd"`` (module docstring); a dense
+            channel named ``attr`` that comes with the data is used as given either way.
+        text: the text source ``text`` reads (a name in ``side.text_sources()``, as ``features.text``
+            resolved for the run); ``None`` = the data's original one (``side.titles``), which every run
+            read before text sources could be chosen. Items whose text is empty are absent.
 
     Returns:
-        name -> table, sorted by name. ``text``: 384-d, C = ``n_clusters``; ``attr``: ``min(128,
-        n_attributes)``-d, codes = attribute ids - 1, ``n_codes = n_attributes``; dense: as given.
+        name -> table, sorted by name. ``text``: 384-d, C = ``n_clusters``; ``attr`` under ``"ids"``: 0-d,
+        codes = attribute ids - 1, ``n_codes = n_attributes``; under ``"svd"``: ``min(128, n_attributes)``-d,
+        C = ``n_clusters``; dense: as given.
     """
+    if attr not in ATTR_ENCODINGS:
+        raise UserInputError(f"option 'attr' must be one of {', '.join(ATTR_ENCODINGS)}, got {attr!r}")
     available = side.modality_names()
     wanted = available if modalities is None else list(dict.fromkeys(modalities))
     unknown = [m for m in wanted if m not in available]
@@ -96,24 +119,32 @@ def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int
         elif name == "text":
             from fusionbench.features.text import MAX_TOKENS, TEXT_ENCODER
 
-            titles = _aligned(side.titles, n_items, "titles")
-            key = {**base, "channel": "text", "encoder": TEXT_ENCODER, "max_tokens": MAX_TOKENS}
+            sources = side.text_sources()
+            source = next(iter(sources)) if text is None else text
+            if source not in sources:
+                raise unknown_text_source(source, list(sources))
+            titles = _aligned(sources[source], n_items, f"texts {source!r}")
+            # the data checksum covers the original text source only: the key names the source and hashes its texts
+            digest = hashlib.sha256("\x1f".join(titles).encode()).hexdigest()
+            key = {**base, "channel": "text", "encoder": TEXT_ENCODER, "max_tokens": MAX_TOKENS,
+                   "text": source, "text_sha256": digest}
             feats = cached_arrays("features", key, lambda: _text_features(titles))
             codes = _codes(name, feats["features"], feats["present"], key, n_clusters, k, reduce)
             tables[name] = _table(feats["features"], feats["present"], codes, n_clusters)
         elif name == "attr":
             attributes = _aligned(side.attributes, n_items, "attributes")
+            present = np.array([len(a) > 0 for a in attributes], dtype=bool)
+            present[0] = False
+            if attr == "ids":
+                tables[name] = _table(np.zeros((n_items + 1, 0), dtype=np.float32), present,
+                                      attribute_codes(attributes, attr_max_codes), side.n_attributes)
+                continue
             key = {**base, "channel": "attr", "encoder": "multi-hot-svd", "dim": ATTR_DIM, "seed": SEED,
-                   "n_attributes": side.n_attributes, "max_codes": attr_max_codes}
-
-            def compute_attr() -> dict[str, np.ndarray]:
-                present = np.array([len(a) > 0 for a in attributes], dtype=bool)
-                present[0] = False
-                return {"features": attribute_features(attributes, side.n_attributes, ATTR_DIM, SEED),
-                        "present": present, "codes": attribute_codes(attributes, attr_max_codes)}
-
-            arrays = cached_arrays("features", key, compute_attr)
-            tables[name] = _table(arrays["features"], arrays["present"], arrays["codes"], side.n_attributes)
+                   "n_attributes": side.n_attributes}
+            arrays = cached_arrays("features", key, lambda: {
+                "features": attribute_features(attributes, side.n_attributes, ATTR_DIM, SEED), "present": present})
+            codes = _codes(name, arrays["features"], arrays["present"], key, n_clusters, k, reduce)
+            tables[name] = _table(arrays["features"], arrays["present"], codes, n_clusters)
     return tables
 
 
