@@ -39,6 +39,12 @@ SELECTABLE = tuple(f"{m}@{k}" for m in METRICS for k in DEFAULT_KS)
 # "bf16": training forward passes run under bfloat16 autocast (matmuls in bf16, reductions and the
 # softmax loss in fp32). Parameters, optimizer state and every evaluation stay fp32.
 PRECISIONS = ("fp32", "bf16")
+# How causal rows (one per sequence, a loss at every position) are cut into batches: "uniform" draws every
+# batch at random; "length" groups rows of similar length (less padding work, but a batch's mean loss then
+# gives each user's targets together about the same weight whatever their number, i.e. short histories'
+# targets many times the weight of long ones'; on beauty SASRec that cost about a fifth of validation
+# NDCG@20: docs/departures.md).
+BATCHINGS = ("uniform", "length")
 # What the MMSR reference's early stopping watches (its main.py: HR, MRR and NDCG at topk = [5, 20]).
 REFERENCE_WATCHED = tuple(f"{m}@{k}" for m in METRICS for k in (5, 20))
 
@@ -58,6 +64,7 @@ class TrainOptions(PluginOptions):
     lr_gamma: float = 0.1
     grad_clip: float = 0.0
     precision: str = "fp32"
+    batching: str = "uniform"
 
     def check(self) -> None:
         require(self.lr > 0, f"option 'lr' must be > 0, got {self.lr}")
@@ -72,6 +79,8 @@ class TrainOptions(PluginOptions):
         require(self.grad_clip >= 0, f"option 'grad_clip' must be >= 0 (0 = off), got {self.grad_clip}")
         require(self.precision in PRECISIONS, f"option 'precision' must be one of {', '.join(PRECISIONS)}, "
                 f"got {self.precision!r}")
+        require(self.batching in BATCHINGS, f"option 'batching' must be one of {', '.join(BATCHINGS)}, "
+                f"got {self.batching!r}")
 
 
 @dataclass
@@ -212,15 +221,24 @@ def bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Gene
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
+def uniform_order(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Batches of ``batch_size`` row indices drawn uniformly at random (a shuffled ``0..n-1``, cut)."""
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
 def epoch_batches(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
-                  generator: torch.Generator, view: Optional[BatchView] = None, keys: Optional[torch.Tensor] = None):
+                  generator: torch.Generator, view: Optional[BatchView] = None, keys: Optional[torch.Tensor] = None,
+                  batching: str = "uniform"):
     """Shuffled training batches of ``batch_size`` rows: causal rows (one per sequence, several
-    targets each) for causal strategies without a ``view``, prefix samples (one target each)
-    otherwise, each mapped by ``view`` and grouped by ``keys`` (``model.bucket_key`` of
-    ``split.train``, computed once per run)."""
+    targets each) for causal strategies without a ``view``, cut as ``batching`` says
+    (:data:`BATCHINGS`), or prefix samples (one target each) otherwise, each mapped by ``view`` and
+    grouped by ``keys`` (``model.bucket_key`` of ``split.train``, computed once per run; every batch
+    then holds ``batch_size`` targets, so grouping leaves each target's weight the same)."""
     if model.causal_training and view is None:
         rows = causal_rows(split.train, max_len)
-        for index in bucketed_order(rows.end, batch_size, generator):
+        order = (uniform_order(len(rows), batch_size, generator) if batching == "uniform"
+                 else bucketed_order(rows.end, batch_size, generator))
+        for index in order:
             yield causal_batch(data, rows.take(index), max_len)
     else:
         for index in bucketed_order(keys, batch_size, generator):
@@ -235,7 +253,7 @@ def first_epoch_batches(model: Strategy, data: SequenceData, split: Split, confi
     keys = None if model.causal_training else model.bucket_key(data, split.train)
     generator = torch.Generator().manual_seed(config["seed"])
     return list(epoch_batches(model, data, split, config["max_len"], config["train"]["batch_size"], generator,
-                              None, keys))
+                              None, keys, config["train"]["batching"]))
 
 
 def train_step(model: Strategy, optimizer: torch.optim.Optimizer, batch: SeqBatch, bf16: bool,
@@ -296,7 +314,8 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             break
         model.train()
         started, total, count = time.perf_counter(), 0.0, 0
-        batches = epoch_batches(model, data, split, max_len, opts.batch_size, generator, views.train, prefix_keys)
+        batches = epoch_batches(model, data, split, max_len, opts.batch_size, generator, views.train, prefix_keys,
+                                opts.batching)
         for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
                                              disable=None if progress else True, mininterval=1.0)):
             loss = train_step(model, optimizer, batch.to(device), bf16, opts.grad_clip)

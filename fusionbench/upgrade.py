@@ -27,6 +27,9 @@ as it is (:class:`CannotTell`, reported with its reason). Steps:
 - :func:`text_source_step` (``features.text``, issue 22): runs of feature strategies whose ``text`` channel
   read texts get the dataset's original source, ``prefix`` on the Amazon folders (the default ``title``
   reads full titles); others get the default.
+- :func:`batching_step` (``train.batching``): runs of strategies that train on causal rows get ``length``,
+  the grouping every such run used before the option existed (the default ``uniform`` draws batches at
+  random); runs of strategies that train on prefix samples, which the option does not touch, get the default.
 
 Archive import (``fusionbench store import``) copies runs as they were exported and applies no step:
 run ``store upgrade`` on the store afterwards.
@@ -42,6 +45,7 @@ from typing import Callable, Optional
 from fusionbench.data.core import ItemSide
 from fusionbench.errors import UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
+from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, load_data, resolve, training_config
 from fusionbench.store import ResultStore, canonical_json, config_hash
 
@@ -187,7 +191,19 @@ def text_source_step(config: dict, data: RunData) -> dict:
     return {**config, "features": {**features, "text": sources[0]}}
 
 
-STEPS: tuple[Callable[[dict, RunData], dict], ...] = (attr_encoding_step, text_source_step)
+def batching_step(config: dict, data: RunData) -> dict:
+    """``train.batching`` for a run made before it existed (module docstring, Steps). Needs no data."""
+    train = config.get("train") or {}
+    if "batching" in train:
+        return config
+    try:
+        causal = STRATEGIES.get(config["strategy"]).causal_training
+    except (UserInputError, KeyError):
+        return config                          # re-resolving reports it
+    return {**config, "train": {**train, "batching": "length"}} if causal else config
+
+
+STEPS: tuple[Callable[[dict, RunData], dict], ...] = (attr_encoding_step, text_source_step, batching_step)
 """Applied in order to every stored config before it is re-resolved (module docstring, Steps)."""
 
 

@@ -10,7 +10,7 @@ from fusionbench.data.splits import make_split
 from fusionbench.errors import TrainingError
 from fusionbench.registry import STRATEGIES
 from fusionbench.store import ResultStore, config_hash
-from fusionbench.train import TrainOptions, fused_adam_supported, make_adam, train
+from fusionbench.train import TrainOptions, epoch_batches, fused_adam_supported, make_adam, train
 
 
 def cyclic_data(n_users=120, n_items=40, seed=0):
@@ -82,6 +82,35 @@ def test_bf16_training_learns_deterministically_and_differs_from_fp32():
     assert a.test == b.test and torch.equal(a.test_ranks, b.test_ranks)
     assert a.test["HR@5"] > 0.5  # learns the cycle like fp32 does
     assert a.history[0]["loss"] != fit(data, epochs=1).history[0]["loss"]  # the forward really ran in bf16
+
+
+def test_causal_rows_are_batched_at_random_or_by_length_and_each_row_once():
+    """``uniform`` batches are random draws of rows (widths as varied as the data), ``length`` batches group
+    rows of similar length; either way an epoch holds every row exactly once."""
+    data = cyclic_data(n_users=400)
+    split = make_split(data, "loo")
+    model = STRATEGIES.create("sasrec", StrategyContext(data.n_items, 10), dim=16, heads=1)
+
+    def epoch(batching):
+        batches = list(epoch_batches(model, data, split, 10, 20, torch.Generator().manual_seed(0), batching=batching))
+        lengths = [(b.targets > 0).sum(1).float() for b in batches]       # targets per row = its length - 3
+        return batches, lengths
+
+    spread = {}
+    for batching in ("uniform", "length"):
+        batches, lengths = epoch(batching)
+        assert sum(b.size for b in batches) == data.n_users                 # one causal row per user
+        assert int(sum(t.sum() for t in lengths)) == len(split.train)       # every training target once
+        spread[batching] = float(torch.stack([t.std() for t in lengths]).mean())
+    assert spread["length"] < 0.5 * spread["uniform"]
+    first, _ = epoch("uniform")
+    again, _ = epoch("uniform")
+    assert all(torch.equal(a.items, b.items) for a, b in zip(first, again))  # seeded
+
+
+def test_unknown_batching_is_a_clear_error():
+    with pytest.raises(Exception, match="option 'batching' must be one of uniform, length"):
+        TrainOptions.build({"batching": "sorted"})
 
 
 def test_unknown_precision_is_a_clear_error():

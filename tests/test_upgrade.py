@@ -102,3 +102,24 @@ def test_runs_whose_values_no_longer_resolve_are_kept_and_reported(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     out = CliRunner().invoke(main, ["store", "upgrade", "--store", str(tmp_path / "none.db")])
     assert out.exit_code == 2 and "error: --store: no results file at" in out.output
+
+
+def test_old_runs_of_causal_strategies_record_the_length_grouped_batches_they_trained_on(tmp_path):
+    """Before ``train.batching`` existed every causal-row run grouped its rows by length: the upgrade says so,
+    and a strategy that trains on prefix samples (untouched by the option) gets the default."""
+    path = tmp_path / "r.db"
+    causal = run_experiment(request("sasrec"), ResultStore(path), progress=False)
+    prefix = run_experiment(request("srgnn", strategy_options={"dim": 16}), ResultStore(path), progress=False)
+    drop = lambda config: config["train"].pop("batching")  # noqa: E731
+    as_if_written_before(path, causal.run_id, drop)
+    as_if_written_before(path, prefix.run_id, drop)
+    results = {u.run_id: u for u in upgrade_store(ResultStore(path))}
+    assert results[causal.run_id].status == results[prefix.run_id].status == "upgraded"
+    configs = ResultStore(path).runs().set_index("id").config
+    assert json.loads(configs[causal.run_id])["train"]["batching"] == "length"
+    assert json.loads(configs[prefix.run_id])["train"]["batching"] == "uniform"
+    assert ResultStore(path).runs().set_index("id").config_hash[prefix.run_id] == prefix.config_hash
+    assert not run_experiment(request("sasrec"), ResultStore(path), progress=False).skipped  # uniform: new run
+    found = run_experiment(request("sasrec", train_options={"epochs": 2, "lr": 0.01, "batching": "length"}),
+                           ResultStore(path), progress=False)
+    assert found.skipped and found.run_id == causal.run_id
