@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+NORMS = ("pre", "post")  # CausalTransformer's LayerNorm placement
+
 
 def forward_positions(mask: Tensor, max_len: int) -> Tensor:
     """mask ``[B, L]`` -> ``[B, L]``: 0 at the oldest real item, +1 per real item; 0 at padding."""
@@ -56,14 +58,20 @@ class SelfAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int):
+    """One block; ``post_norm`` puts each LayerNorm after its residual sum instead of before the sub-layer."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int, post_norm: bool = False):
         super().__init__()
+        self.post_norm = post_norm
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, dropout)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h: Tensor, allowed: Tensor) -> Tensor:
+        if self.post_norm:
+            h = self.norm1(h + self.drop(self.attn(h, allowed)))
+            return self.norm2(h + self.drop(self.ffn(h)))
         h = h + self.drop(self.attn(self.norm1(h), allowed))
         return h + self.drop(self.ffn(self.norm2(h)))
 
@@ -74,26 +82,48 @@ class CausalTransformer(nn.Module):
     Args:
         dim: d. layers: number of blocks. heads: attention heads. dropout: on inputs, attention and
         sub-layers. max_len: L (size of the positional table). ffn_dim: hidden size of the FFN.
+        norm: ``"pre"`` (the blocks above) or ``"post"`` (BERT/RecBole order: a LayerNorm on the input
+        sum, each block's LayerNorms after its residual sums, no final LayerNorm).
 
     Shapes:
         x ``[B, L, d]`` input embeddings (without positions), mask ``[B, L]`` bool -> ``[B, L, d]``;
         rows at padded positions are zeros.
     """
 
-    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int, ffn_dim: int):
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int, ffn_dim: int,
+                 norm: str = "pre"):
         super().__init__()
-        self.max_len = max_len
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+        self.max_len, self.post_norm = max_len, norm == "post"
         self.pos = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, ffn_dim) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, ffn_dim, self.post_norm)
+                                    for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)  # post: on the input sum; pre: on the output
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        h = self.drop(x + self.pos(forward_positions(mask, self.max_len)))
+        h = x + self.pos(forward_positions(mask, self.max_len))
+        h = self.drop(self.norm(h) if self.post_norm else h)
         allowed = causal_allowed(mask)
         for block in self.blocks:
             h = block(h, allowed)
-        return self.norm(h) * mask[..., None]
+        return (h if self.post_norm else self.norm(h)) * mask[..., None]
+
+
+def normal_init_(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/RecBole initialisation of every submodule: Linear and Embedding weights N(0, std), Linear
+    biases 0, LayerNorms to (1, 0); Embedding padding rows zeroed."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            m.reset_parameters()
 
 
 def embedding_init_(weight: Tensor) -> None:

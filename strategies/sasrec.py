@@ -1,8 +1,13 @@
 r"""SASRec: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. Fusion: none.
 
 .. math::
-    H = \mathrm{CausalTransformer}(E_{v_{1..L}}\sqrt{d}),\qquad P = H_L,\qquad
+    H = \mathrm{CausalTransformer}(E_{v_{1..L}}\,s),\qquad P = H_L,\qquad
     \hat y_v = \langle P, E_v \rangle
+
+``init="scaled"`` (default): E ~ N(0, 1/d), s = √d as in SASRec; ``init="normal"``: every Linear and
+Embedding weight N(0, 0.02) and s = 1 (RecBole's SASRec). ``norm`` places the LayerNorms
+(:class:`~strategies.backbones.CausalTransformer`; ``"post"`` with ``init="normal"`` and ``ffn_mult=4`` is
+RecBole's SASRec layout).
 
 Item embeddings E ``[n_items + 1, d]`` are shared between input and output. Trained with one causal
 pass per sequence and a full-softmax cross-entropy at every position that has a target (the same
@@ -15,13 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import STRATEGIES
-from strategies.backbones import CausalTransformer, embedding_init_
+from strategies.backbones import CausalTransformer, embedding_init_, normal_init_
 from strategies.base import CausalStrategy
 
 
@@ -32,6 +38,8 @@ class SASRecOptions(PluginOptions):
     heads: int = 2
     dropout: float = 0.5
     ffn_mult: int = 1
+    norm: Literal["pre", "post"] = "pre"
+    init: Literal["scaled", "normal"] = "scaled"
 
     def check(self) -> None:
         require(self.dim >= 1 and self.layers >= 1 and self.heads >= 1 and self.ffn_mult >= 1,
@@ -51,11 +59,14 @@ class SASRec(CausalStrategy):
         super().__init__(ctx, opts)
         self.item = nn.Embedding(ctx.n_items + 1, opts.dim, padding_idx=0)
         self.encoder = CausalTransformer(opts.dim, opts.layers, opts.heads, opts.dropout, ctx.max_len,
-                                         opts.ffn_mult * opts.dim)
-        self.scale = math.sqrt(opts.dim)
+                                         opts.ffn_mult * opts.dim, norm=opts.norm)
+        self.scale = math.sqrt(opts.dim) if opts.init == "scaled" else 1.0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.opts.init == "normal":
+            normal_init_(self)
+            return
         super().reset_parameters()
         embedding_init_(self.item.weight)
 

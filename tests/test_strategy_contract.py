@@ -112,3 +112,25 @@ def test_causal_loss_equals_mean_prefix_loss(name):
         causal = model.loss(causal_batch(data, causal_rows(split.train, max_len), max_len))
         prefix = model.loss(sample_batch(data, split.train, max_len))
     torch.testing.assert_close(causal, prefix, rtol=1e-4, atol=1e-5)
+
+
+def test_sasrec_post_norm_and_normal_init_keep_the_contract():
+    """RecBole's layout (``norm=post``, ``init=normal``): left padding changes nothing, a prefix inside a
+    causal row is the prefix alone, every parameter learns, and the init is N(0, 0.02) without √d."""
+    ctx = tiny_context()
+    torch.manual_seed(0)
+    model = STRATEGIES.create("sasrec", ctx, norm="post", init="normal", ffn_mult=4, dim=64)
+    model.eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model.score(batch), model.score(with_left_padding(batch, 3)), rtol=1e-4, atol=1e-5)
+        hidden = model.hidden(batch)
+        prefix = copy.copy(batch)
+        prefix.items = torch.cat([torch.zeros_like(batch.items[:, :1]), batch.items[:, :-1]], 1)
+        torch.testing.assert_close(model.hidden(prefix)[:, -1], hidden[:, -2], rtol=1e-4, atol=1e-5)
+    assert model.scale == 1.0 and model.encoder.post_norm
+    table = model.item.weight[1:].detach()
+    assert abs(float(table.std()) - 0.02) < 0.002 and float(model.item.weight[0].abs().sum()) == 0.0
+    model.train()
+    model.loss(batch).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
