@@ -55,17 +55,22 @@ def test_the_shared_beauty_folder_gives_the_same_data(shared_data, beauty):
     assert d.checksum() == BEAUTY_CHECKSUM and d.side.text_sources() == beauty.side.text_sources()
 
 
-def test_archived_id_only_runs_keep_their_hashes(beauty):
-    """An ID-only run resolved now (features.text set or not) has the hash it was archived under."""
+def test_the_text_source_is_no_part_of_an_id_only_run(beauty):
+    """An ID-only run archived before text sources existed resolves now to a config without features,
+    whatever ``features.text`` says, with one hash for every source (and the archived data checksum)."""
     with gzip.open(ARCHIVE, "rt", encoding="utf-8") as f:
         records = [json.loads(line) for line in f.read().splitlines()[1:]]
     record = next(r for r in records if r["strategy"] == "sasrec" and "perturbation" not in json.loads(r["config"]))
     stored = json.loads(record["config"])
-    for text in (None, "prefix"):
+    assert stored["dataset_checksum"] == beauty.checksum()
+    hashes = set()
+    for text in (None, "prefix", "title"):
         request = request_of(stored)
         request.feature_options = {} if text is None else {"text": text}
         config = {**resolve(request), "dataset_checksum": beauty.checksum()}
-        assert config["features"] == {} and config_hash(config) == record["config_hash"]
+        assert config["features"] == {}
+        hashes.add(config_hash(config))
+    assert len(hashes) == 1
 
 
 def test_the_text_source_enters_only_the_features_block():
