@@ -9,3 +9,5 @@ from strategies import gru4rec  # noqa: F401
 from strategies import srgnn  # noqa: F401
 from strategies import mmsr  # noqa: F401
 from strategies import mdsrec  # noqa: F401
+from strategies import pop  # noqa: F401
+from strategies import lightgcn  # noqa: F401
