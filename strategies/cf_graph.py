@@ -174,15 +174,29 @@ class GraphCFStrategy(Strategy):
         raise NotImplementedError(f"{type(self).__name__} must implement propagate()")
 
     def propagated(self) -> tuple[Tensor, Tensor]:
-        """:meth:`propagate`, cached while evaluating (eval mode, no gradients) with unchanged parameters:
-        ranking a split calls ``encode`` once per block of samples, the graph needs one pass."""
+        """:meth:`propagate`, cached while evaluating: ranking a split calls ``encode`` once per block of
+        samples, the graph needs one pass. The cache lives from one ``eval()`` to the next ``train()`` /
+        ``eval()`` call (``evaluate.rank_samples`` makes both), is dropped by ``load_state_dict`` and
+        ``reset_parameters``, and is never used in training mode or with gradients enabled. (Parameter
+        version counters cannot tell: torch's foreach Adam updates parameters without bumping them.)"""
         if self.training or torch.is_grad_enabled():
             self._cache = None
             return self.propagate()
-        key = tuple((id(p), p._version) for p in self.parameters())
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.propagate())
-        return self._cache[1]
+        if self._cache is None:
+            self._cache = self.propagate()
+        return self._cache
+
+    def train(self, mode: bool = True) -> "GraphCFStrategy":
+        self._cache = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def reset_parameters(self) -> None:
+        self._cache = None
+        super().reset_parameters()
 
     def users_of(self, batch: SeqBatch) -> Tensor:
         if batch.user is None:

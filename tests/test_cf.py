@@ -15,7 +15,7 @@ from fusionbench.runner import build_context
 from fusionbench.train import TrainOptions, train
 from strategies.cf_graph import InteractionGraph, sample_negatives
 
-CF = ["pop", "lightgcn"]
+CF = ["pop", "lightgcn", "mmgcn", "mgat", "bm3"]
 BARE = {"features": {}, "max_len": 8, "aggregator": None, "aggregator_options": {}}
 
 
@@ -183,8 +183,103 @@ def pop_result():
     return synthetic_run("pop")
 
 
-@pytest.mark.parametrize("name", ["lightgcn"])
+@pytest.mark.parametrize("name", ["lightgcn", "mmgcn", "mgat", "bm3"])
 def test_each_cf_model_learns_the_collaborative_signal_better_than_popularity(name, pop_result):
     result = synthetic_run(name)
     assert result.test["NDCG@20"] > 2 * pop_result.test["NDCG@20"], (result.test, pop_result.test)
     assert result.test["NDCG@20"] > 0.25
+
+
+def test_mmgcn_layer_equals_a_per_node_loop():
+    from strategies.mmgcn import MMGCNLayer
+    graph = hand_graph()
+    nb = neighbours(graph)
+    torch.manual_seed(0)
+    layer = MMGCNLayer(5)
+    x, e_id = torch.randn(graph.n_nodes, 5), torch.randn(graph.n_nodes, 5)
+    lrelu = torch.nn.functional.leaky_relu
+    rows = []
+    for v in range(graph.n_nodes):
+        mean = sum((layer.w1(x[w]) for w in nb[v]), torch.zeros(5)) / max(len(nb[v]), 1)
+        h = lrelu(mean)
+        own = lrelu(layer.w2(x[v])) + e_id[v]
+        rows.append(lrelu(layer.w3(torch.cat([h, own]))))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, graph.adjacency("mean"), e_id), torch.stack(rows))
+
+
+def test_mgat_layer_equals_a_per_node_loop():
+    from strategies.mgat import GatedAttentionLayer
+    graph = hand_graph()
+    nb = neighbours(graph)
+    torch.manual_seed(0)
+    layer = GatedAttentionLayer(5)
+    x, e_id = torch.randn(graph.n_nodes, 5), torch.randn(graph.n_nodes, 5)
+    lrelu = torch.nn.functional.leaky_relu
+    rows = []
+    for v in range(graph.n_nodes):
+        wv = layer.w(x[v])
+        agg = torch.zeros(5)
+        if nb[v]:
+            s = torch.stack([wv @ lrelu(layer.w(x[w])) for w in nb[v]])
+            alpha = torch.softmax(s * torch.sigmoid(s / math.sqrt(len(nb[v]))), 0)
+            agg = sum(a * layer.w(x[w]) for a, w in zip(alpha, nb[v]))
+        h = (agg + layer.bias) / (agg + layer.bias).norm()
+        rows.append(lrelu(layer.w_g(h) + lrelu(layer.w_l(x[v])) + e_id[v]))
+    dst, src = graph.edges()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, dst, src, graph.degree(), e_id), torch.stack(rows))
+
+
+def test_bm3_loss_equals_a_per_pair_loop_without_dropout():
+    """With dropout 0, L = L_rec + c (L_align + L_mask) + λ reg, written out pair by pair."""
+    data = from_sequences("hand", [[1, 2, 3, 4, 2, 1], [2, 3, 4, 1, 3], [4, 1, 3, 2, 4, 3]], 4)
+    split = make_split(data, "loo")
+    ctx = tiny_feature_context(build_context(BARE, data, split), 4)
+    torch.manual_seed(0)
+    model = STRATEGIES.create("bm3", ctx, dropout=0.0, layers=2)
+    batch = sample_batch(data, split.train, 8)
+    assert batch.size == 8
+    h_u, h_i = model.graph_embeddings()
+    p, cos = model.predictor, torch.nn.functional.cosine_similarity
+    total = 0.0
+    for u, i in zip(batch.user.tolist(), batch.target.tolist()):
+        term = (1 - cos(p(h_u[u]), h_i[i], dim=0)) + (1 - cos(p(h_i[i]), h_u[u], dim=0))
+        for ch in model.channels:
+            t = ch.lookup(torch.tensor(i))
+            term = term + 2.0 * ((1 - cos(p(t), h_i[i], dim=0)) + (1 - cos(p(t), t, dim=0)))
+        total = total + term / batch.size
+    expected = total + 0.1 * (h_u.norm() + h_i.norm()) / h_i.shape[0]
+    torch.testing.assert_close(model.loss(batch), expected)
+
+
+def tiny_feature_context(ctx, n_items):
+    g = torch.Generator().manual_seed(0)
+    present = torch.tensor([False] + [True] * (n_items - 1) + [False])
+    table = ModalityTable(torch.randn(n_items + 1, 3, generator=g) * present[:, None], present,
+                          torch.zeros(n_items + 1, 0, dtype=torch.long), 0)
+    return ctx.with_modalities({"image": table, "text": table})
+
+
+def test_evaluation_never_reads_a_stale_propagation():
+    """The propagation cached for one evaluation is dropped by the next train()/eval(), so validation
+    after an optimizer step (torch's foreach Adam bumps no version counter) sees the new weights."""
+    from fusionbench.evaluate import rank_samples
+    from fusionbench.train import make_adam, train_step
+    data = distinct_data(n_users=20)
+    split = make_split(data, "loo")
+    torch.manual_seed(0)
+    model = STRATEGIES.create("lightgcn", build_context(BARE, data, split))
+    optimizer = make_adam(model.parameters(), 0.5)
+    before = rank_samples(model, data, split.valid, 8)
+    model.train()
+    for _ in range(3):
+        train_step(model, optimizer, sample_batch(data, split.train, 8), False)
+    after = rank_samples(model, data, split.valid, 8)
+    model.eval()
+    with torch.no_grad():
+        users, items = model.propagate()
+        fresh = (users[split.valid.user] @ items[1:].T)
+    target = data.flat[data.offsets[:-1][split.valid.user] + split.valid.pos] - 1
+    t = fresh.gather(1, target[:, None])
+    assert torch.equal(after, (fresh >= t).sum(1) - 1) and not torch.equal(before, after)
