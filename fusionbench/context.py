@@ -76,6 +76,11 @@ class StrategyContext:
         history: the interactions a model may build item-item graphs or statistics from: every user's
             sequence cut at ``Split.history_end`` (no validation or test target in it); ``None`` when
             the caller has no split (strategies that need it must then raise a clear error).
+        test_history: the interactions a model may use when it ranks the test samples: every user's
+            sequence cut at ``Split.test_history_end`` (``loo``: ``history`` plus the validation item,
+            which the sequential models see in their test inputs; ``ratio`` / ``ratio-paper``: the same
+            as ``history``). Only graph-CF strategies read it, and only in ``Strategy.for_test``;
+            ``None`` without a split.
     """
 
     n_items: int
@@ -84,6 +89,7 @@ class StrategyContext:
     aggregator: Optional[str] = None
     aggregator_options: Mapping[str, object] = field(default_factory=dict)
     history: Optional["SequenceData"] = None
+    test_history: Optional["SequenceData"] = None
 
     def with_modalities(self, modalities: Mapping[str, ModalityTable]) -> "StrategyContext":
         return dataclasses.replace(self, modalities=dict(sorted(modalities.items())))
@@ -125,6 +131,9 @@ class SeqBatch:
         shown: optional name -> long ``[B, L]``: the item whose modality is shown at each position
             (0 = none, i.e. missing); positions of modalities not named show their own item (stress
             test ``mismatch`` in ``shift`` mode).
+        user: optional long ``[B]``: the user index (into ``SequenceData``) of each row; batches built
+            from samples (``splits.sample_batch``, ``causal_batch``) carry it. Graph-CF strategies
+            identify the user by it; sequential ones ignore it.
     """
 
     items: Tensor
@@ -132,6 +141,7 @@ class SeqBatch:
     targets: Optional[Tensor] = None
     present: Optional[dict[str, Tensor]] = None
     shown: Optional[dict[str, Tensor]] = None
+    user: Optional[Tensor] = None
 
     @property
     def size(self) -> int:
@@ -145,4 +155,5 @@ class SeqBatch:
     def to(self, device: torch.device | str) -> "SeqBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         moves = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return SeqBatch(move(self.items), move(self.target), move(self.targets), moves(self.present), moves(self.shown))
+        return SeqBatch(move(self.items), move(self.target), move(self.targets), moves(self.present), moves(self.shown),
+                        move(self.user))

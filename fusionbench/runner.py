@@ -169,7 +169,8 @@ def load_data(config: dict, data_root: Optional[Path]) -> SequenceData:
 
 def build_context(config: dict, data: SequenceData, split: Optional[Split] = None) -> StrategyContext:
     """Strategy context; modality tables are computed (or read from cache) only if the strategy uses them.
-    With a split, ``history`` holds the interactions before each user's ``history_end``."""
+    With a split, ``history`` holds the interactions before each user's ``history_end`` and
+    ``test_history`` those before its ``test_history_end``."""
     modalities = {}
     if config["features"]:
         from fusionbench.features.tables import modality_tables
@@ -182,7 +183,8 @@ def build_context(config: dict, data: SequenceData, split: Optional[Split] = Non
         )
     return StrategyContext(n_items=data.n_items, max_len=config["max_len"], modalities=modalities,
                            aggregator=config["aggregator"], aggregator_options=config["aggregator_options"],
-                           history=None if split is None else data.truncated(split.history_end))
+                           history=None if split is None else data.truncated(split.history_end),
+                           test_history=None if split is None else data.truncated(split.test_history_end))
 
 
 def resolve_device(device: str) -> torch.device:

@@ -359,7 +359,7 @@ def evaluate_trained(model: Strategy, data: SequenceData, split: Split, opts: Tr
     so does a run that reuses weights trained earlier (``runner``: a test-only perturbation trains
     exactly as its clean run, so its trained model is evaluated instead of trained again)."""
     started = time.perf_counter()
-    test_model = model if views.test_model is None else views.test_model(model)
+    test_model = (model if views.test_model is None else views.test_model(model)).for_test()
     test_ranks = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test)
     eval_seconds = time.perf_counter() - started
     valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train)

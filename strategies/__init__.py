@@ -9,3 +9,8 @@ from strategies import gru4rec  # noqa: F401
 from strategies import srgnn  # noqa: F401
 from strategies import mmsr  # noqa: F401
 from strategies import mdsrec  # noqa: F401
+from strategies import pop  # noqa: F401
+from strategies import lightgcn  # noqa: F401
+from strategies import mmgcn  # noqa: F401
+from strategies import mgat  # noqa: F401
+from strategies import bm3  # noqa: F401

@@ -65,6 +65,12 @@ class Strategy(nn.Module):
         item table before the product (a row slice, no copy), not from the ``[B, n_items + 1]`` scores."""
         return F.cross_entropy(self.encode(batch) @ self.item_embeddings()[1:].T, batch.target - 1)
 
+    def for_test(self) -> "Strategy":
+        """The model that ranks the test samples (``train.evaluate_trained``): the model itself for every
+        sequential strategy, whose test inputs already hold what it may see. Graph-CF strategies return a
+        view with the same weights on the graph of ``ctx.test_history`` (``loo``: the validation item added)."""
+        return self
+
     def bucket_key(self, data: "SequenceData", samples: "Samples") -> Tensor:
         """Per-sample work estimate ``[S]`` by which the trainer and evaluator group similar samples
         into batches (less padding work); the default is the prefix length (target position)."""

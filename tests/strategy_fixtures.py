@@ -31,16 +31,17 @@ def tiny_history(g: torch.Generator, n_items: int, n_users: int = 12) -> Sequenc
 
 
 def tiny_batch(seed: int = 1, size: int = 6, n_items: int = N_ITEMS, max_len: int = MAX_LEN) -> SeqBatch:
-    """Left-padded histories of lengths 1..max_len with repeats, and next-item targets."""
+    """Left-padded histories of lengths 1..max_len with repeats, next-item targets and user ids."""
     g = torch.Generator().manual_seed(seed)
     items = torch.randint(1, n_items + 1, (size, max_len), generator=g)
     lengths = torch.linspace(1, max_len, size).long()
     items[torch.arange(max_len)[None, :] < (max_len - lengths)[:, None]] = 0
     items[0, -2:] = items[0, -1]  # a repeated consecutive item
     target = torch.randint(1, n_items + 1, (size,), generator=g)
-    return SeqBatch(items=items, target=target)
+    user = torch.arange(size) % 12  # users of tiny_history (graph-CF strategies identify rows by them)
+    return SeqBatch(items=items, target=target, user=user)
 
 
 def with_left_padding(batch: SeqBatch, extra: int) -> SeqBatch:
     pad = torch.zeros(batch.size, extra, dtype=batch.items.dtype)
-    return SeqBatch(items=torch.cat([pad, batch.items], 1), target=batch.target)
+    return SeqBatch(items=torch.cat([pad, batch.items], 1), target=batch.target, user=batch.user)

@@ -286,6 +286,8 @@ def test_every_strategy_scores_finitely_with_everything_missing(name):
 def test_shifted_channels_reach_every_strategy_that_uses_them(name):
     torch.manual_seed(0)
     model = STRATEGIES.create(name, tiny_context()).eval()
+    if "shifted_channels" in model.contract_skips:
+        pytest.skip(f"{name}: {model.contract_skips['shifted_channels']}")
     batch = tiny_batch()
     shifted = make("mismatch", 1.0, mode="shift").batch(batch, keys(batch))
     with torch.no_grad():
@@ -301,6 +303,8 @@ def test_a_trained_state_loads_onto_perturbed_tables(name):
     ctx, batch = tiny_context(), tiny_batch()
     torch.manual_seed(0)
     trained = STRATEGIES.create(name, ctx).eval()
+    if "tables_change_scores" in trained.contract_skips:
+        pytest.skip(f"{name}: {trained.contract_skips['tables_change_scores']}")
     rebuilt = STRATEGIES.create(name, ctx.with_modalities(make("mismatch", 1.0).tables(ctx.modalities))).eval()
     rebuilt.load_state_dict(trained.state_dict())          # strict: the same keys
     with torch.no_grad():

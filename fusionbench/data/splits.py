@@ -7,7 +7,7 @@ items before it. Positions are 0-based within the user's sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
@@ -61,6 +61,11 @@ class Split:
         train, valid, test: the samples; under "ratio-paper" ``valid`` is the test set (leaky).
         history_end: long ``[n_users]``; interactions at positions < history_end[u] are the ones a
             model may build interaction graphs from (training part, validation item excluded).
+        test_history_end: long ``[n_users]``; what a model may use when it ranks the test samples
+            (graph-CF user vectors): ``loo``: history_end + 1, the validation item added, because the
+            sequential models see it in their test inputs; ``ratio``: history_end (one user vector
+            cannot be conditioned per test target, so neither the validation target nor earlier test
+            targets are added: an asymmetry the docs state); ``ratio-paper``: history_end.
     """
 
     protocol: str
@@ -68,6 +73,7 @@ class Split:
     valid: Samples
     test: Samples
     history_end: Tensor
+    test_history_end: Optional[Tensor] = None
 
     @property
     def leaky(self) -> bool:
@@ -106,7 +112,9 @@ def make_split(data: SequenceData, protocol: str) -> Split:
     per_user_end = torch.zeros(data.n_users, dtype=torch.long)
     per_user_end.scatter_reduce_(0, user, history_end, reduce="amax")
     pick = lambda m: Samples(user[m], pos[m])  # noqa: E731
-    return Split(protocol, pick(train), pick(valid), pick(test), per_user_end)
+    test_end = per_user_end + 1 if protocol == "loo" else per_user_end
+    test_end = torch.minimum(test_end, data.lengths - 1).clamp(min=0)  # never the test target itself
+    return Split(protocol, pick(train), pick(valid), pick(test), per_user_end, test_end)
 
 
 def causal_rows(train: Samples, max_len: int) -> CausalRows:
@@ -142,10 +150,10 @@ def histories(data: SequenceData, user: Tensor, end: Tensor, max_len: int) -> tu
 
 
 def sample_batch(data: SequenceData, samples: Samples, max_len: int) -> SeqBatch:
-    """``SeqBatch(items [S, L], target [S])`` for prefix samples."""
+    """``SeqBatch(items [S, L], target [S], user [S])`` for prefix samples."""
     items, _ = histories(data, samples.user, samples.pos, max_len)
     target = data.flat[data.offsets[:-1][samples.user] + samples.pos]
-    return SeqBatch(items=items, target=target)
+    return SeqBatch(items=items, target=target, user=samples.user)
 
 
 def causal_batch(data: SequenceData, rows: CausalRows, max_len: int) -> SeqBatch:
@@ -156,4 +164,4 @@ def causal_batch(data: SequenceData, rows: CausalRows, max_len: int) -> SeqBatch
     wanted = (pos >= 0) & (next_pos >= rows.first[:, None]) & (next_pos <= rows.end[:, None])
     start = data.offsets[:-1][rows.user]
     nxt = data.flat[torch.where(wanted, start[:, None] + next_pos, 0)]
-    return SeqBatch(items=items, targets=torch.where(wanted, nxt, 0))
+    return SeqBatch(items=items, targets=torch.where(wanted, nxt, 0), user=rows.user)

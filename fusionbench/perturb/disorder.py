@@ -53,4 +53,4 @@ class Disorder(Perturbation):
         src, dst = disorder_moves(batch.items, samples.user, samples.pos, self.severity, self.seed)
         move = lambda t: t.scatter(1, dst, t.gather(1, src))  # noqa: E731
         moves = lambda d: None if d is None else {m: move(t) for m, t in d.items()}  # noqa: E731
-        return SeqBatch(move(batch.items), batch.target, None, moves(batch.present), moves(batch.shown))
+        return SeqBatch(move(batch.items), batch.target, None, moves(batch.present), moves(batch.shown), batch.user)

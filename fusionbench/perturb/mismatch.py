@@ -97,4 +97,4 @@ class Mismatch(ChannelPerturbation):
             own = shown.get(m, batch.items)
             before = torch.cat([torch.zeros_like(own[:, :1]), own[:, :-1]], 1)
             shown[m] = torch.where(shifted, before, own)
-        return SeqBatch(batch.items, batch.target, None, batch.present, shown)
+        return SeqBatch(batch.items, batch.target, None, batch.present, shown, batch.user)

@@ -84,4 +84,4 @@ class Missing(ChannelPerturbation):
         for m in chosen:
             keep = ~hidden_occurrences(batch.items, samples.user, samples.pos, m, self.severity, self.seed)
             present[m] = present[m] & keep if m in present else keep
-        return SeqBatch(batch.items, batch.target, None, present, batch.shown)
+        return SeqBatch(batch.items, batch.target, None, present, batch.shown, batch.user)

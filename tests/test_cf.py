@@ -1,0 +1,285 @@
+"""Graph-CF baselines (specs/cf-baselines.md): the user id in batches, the user–item graph of a split
+(no validation or test edge in the validation run's graph), negatives, layers against per-node loops on
+a hand graph, and learning the synthetic testbed's collaborative signal better than popularity."""
+import math
+
+import pytest
+import torch
+
+from fusionbench.context import ModalityTable
+from fusionbench.data.core import from_sequences
+from fusionbench.data.splits import Samples, make_split, sample_batch
+from fusionbench.data.synthetic import SyntheticOptions, generate
+from fusionbench.registry import STRATEGIES
+from fusionbench.runner import build_context
+from fusionbench.train import TrainOptions, train
+from strategies.cf_graph import InteractionGraph, sample_negatives
+
+CF = ["pop", "lightgcn", "mmgcn", "mgat", "bm3"]
+BARE = {"features": {}, "max_len": 8, "aggregator": None, "aggregator_options": {}}
+
+
+def distinct_data(n_users=9, n_items=60, seed=0):
+    """Sequences without repeated items, so any validation or test pair found in a graph is a leak."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = [(torch.randperm(n_items, generator=g)[: int(n)] + 1).tolist()
+            for n in torch.randint(3, 12, (n_users,), generator=g)]
+    return from_sequences("distinct", seqs, n_items)
+
+
+def pairs(graph: InteractionGraph) -> set[tuple[int, int]]:
+    return set(zip(graph.user.tolist(), graph.item.tolist()))
+
+
+def held_out(data, samples: Samples) -> set[tuple[int, int]]:
+    items = data.flat[data.offsets[:-1][samples.user] + samples.pos]
+    return set(zip(samples.user.tolist(), items.tolist()))
+
+
+# ---- the batch carries the user ---------------------------------------------------------------------
+
+def test_batches_from_samples_carry_the_user():
+    data = distinct_data()
+    split = make_split(data, "loo")
+    batch = sample_batch(data, split.valid, 8)
+    assert torch.equal(batch.user, split.valid.user)
+    assert torch.equal(batch.to("cpu").user, batch.user)
+
+
+# ---- the graph: training interactions only ----------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["loo", "ratio", "ratio-paper"])
+@pytest.mark.parametrize("name", CF)
+def test_the_validation_run_graph_has_no_validation_or_test_edge(name, protocol):
+    """Built as a run builds it (runner.build_context -> strategy): every graph pair is an interaction
+    before the user's first validation (or, under ratio-paper, test) target, and all of those are in it."""
+    data = distinct_data()
+    split = make_split(data, protocol)
+    model = STRATEGIES.create(name, build_context(BARE, data, split))
+    got = pairs(model.graph)
+    leaked = got & (held_out(data, split.valid) | held_out(data, split.test))
+    assert not leaked, f"{name}/{protocol}: validation/test pairs in the training graph: {sorted(leaked)}"
+    user = torch.repeat_interleave(torch.arange(data.n_users), data.lengths)
+    pos = torch.arange(data.n_interactions) - data.offsets[:-1][user]
+    held_user = torch.cat([split.valid.user, split.test.user])
+    held_pos = torch.cat([split.valid.pos, split.test.pos])
+    first = torch.full((data.n_users,), 10**9).scatter_reduce(0, held_user, held_pos, reduce="amin")
+    keep = pos < first[user]
+    assert got == set(zip(user[keep].tolist(), data.flat[keep].tolist()))
+
+
+@pytest.mark.parametrize("name", CF)
+def test_the_test_ranking_graph_adds_the_validation_item_under_loo_only(name):
+    data = distinct_data()
+    for protocol in ("loo", "ratio"):
+        split = make_split(data, protocol)
+        model = STRATEGIES.create(name, build_context(BARE, data, split))
+        test_view = model.for_test()
+        added = pairs(test_view.graph) - pairs(model.graph)
+        assert not pairs(test_view.graph) & held_out(data, split.test)
+        assert added == (held_out(data, split.valid) if protocol == "loo" else set())
+        assert pairs(model.graph) == pairs(InteractionGraph.from_history(build_context(BARE, data, split).history))
+        # the view shares the weights, the original keeps its graph
+        assert all(a is b for a, b in zip(model.parameters(), test_view.parameters()))
+
+
+def test_adjacency_is_sparse_and_normalised_as_stated():
+    data = from_sequences("hand", [[1, 2, 2], [2, 3]], 4)
+    graph = InteractionGraph.from_history(data)
+    assert pairs(graph) == {(0, 1), (0, 2), (1, 2), (1, 3)} and graph.item_count.tolist() == [0, 1, 3, 1, 0]
+    n = graph.n_nodes  # 2 users + 5 item slots (padding item 0 and item 4 isolated)
+    a = torch.zeros(n, n)
+    for u, i in pairs(graph):
+        a[u, 2 + i] = a[2 + i, u] = 1.0
+    deg = a.sum(1).clamp(min=1)
+    sym, mean = graph.adjacency("sym"), graph.adjacency("mean")
+    assert sym.layout == torch.sparse_csr and mean.layout == torch.sparse_csr
+    torch.testing.assert_close(sym.to_dense(), a / deg.sqrt()[:, None] / deg.sqrt()[None, :])
+    torch.testing.assert_close(mean.to_dense(), a / deg[:, None])
+    with pytest.raises(ValueError, match="unknown norm"):
+        graph.adjacency("max")
+
+
+def test_negatives_are_uniform_outside_the_users_items():
+    data = from_sequences("hand", [[1, 2, 3, 4], [5]], 6)
+    graph = InteractionGraph.from_history(data)
+    torch.manual_seed(0)
+    user = torch.tensor([0] * 3000 + [1] * 3000)
+    neg = sample_negatives(graph.keys, user, 6)
+    assert set(neg[:3000].tolist()) == {5, 6} and set(neg[3000:].tolist()) == {1, 2, 3, 4, 6}
+    counts = torch.bincount(neg[3000:], minlength=7)[[1, 2, 3, 4, 6]].float()
+    assert (counts / 3000 - 0.2).abs().max() < 0.03
+
+
+def test_a_batch_without_users_is_a_clear_error():
+    data = distinct_data()
+    split = make_split(data, "loo")
+    model = STRATEGIES.create("lightgcn", build_context(BARE, data, split))
+    batch = sample_batch(data, split.valid, 8)
+    batch.user = None
+    with pytest.raises(ValueError, match="identifies users by SeqBatch.user"):
+        model.encode(batch)
+
+
+def test_cf_models_need_a_split():
+    from fusionbench.context import StrategyContext
+    from fusionbench.errors import UserInputError
+    with pytest.raises(UserInputError, match="build the context with a split"):
+        STRATEGIES.create("lightgcn", StrategyContext(10, 5))
+
+
+# ---- layers against per-node loops on a hand graph --------------------------------------------------
+
+def hand_graph():
+    """3 users, 4 items: u0-{1,2}, u1-{2,3,4}, u2-{4}."""
+    data = from_sequences("hand", [[1, 2], [2, 3, 4], [4]], 4)
+    return InteractionGraph.from_history(data)
+
+
+def neighbours(graph):
+    nb = {v: [] for v in range(graph.n_nodes)}
+    for u, i in pairs(graph):
+        nb[u].append(graph.n_users + i)
+        nb[graph.n_users + i].append(u)
+    return nb
+
+
+def test_lightgcn_propagation_equals_a_per_node_loop():
+    from strategies.lightgcn import light_propagate
+    graph = hand_graph()
+    nb = neighbours(graph)
+    torch.manual_seed(0)
+    ego = torch.randn(graph.n_nodes, 5)
+    x, layers = [ego], []
+    for _ in range(2):
+        prev = x[-1]
+        x.append(torch.stack([sum((prev[w] / math.sqrt(len(nb[v]) * len(nb[w])) for w in nb[v]),
+                                  torch.zeros(5)) for v in range(graph.n_nodes)]))
+    expected = torch.stack(x).mean(0)
+    torch.testing.assert_close(light_propagate(graph.adjacency("sym"), ego, 2), expected)
+
+
+# ---- learning the synthetic testbed's collaborative signal -----------------------------------------
+
+def synthetic_run(name, **options):
+    """``modal`` preset: a user's items stay on one orbit of cells, so users who share items share
+    the rest of them (collaborative signal; popularity is about uniform)."""
+    data = generate(SyntheticOptions(n_users=600, n_codes=4, per_cell=4, preset="modal")).data
+    split = make_split(data, "loo")
+    ctx = build_context(dict(BARE, max_len=20), data, split)
+    if STRATEGIES.get(name).uses_modalities:  # the testbed's dense channels as they are (no codes needed)
+        ctx = ctx.with_modalities({m: ModalityTable(torch.from_numpy(ch.features), torch.from_numpy(ch.present),
+                                                    torch.zeros(data.n_items + 1, 0, dtype=torch.long), 0)
+                                   for m, ch in data.side.dense.items()})
+    torch.manual_seed(0)
+    model = STRATEGIES.create(name, ctx, **options)
+    opts = TrainOptions.build({**STRATEGIES.get(name).train_defaults, "epochs": 6, "batch_size": 256,
+                               "lr": 0.01, "patience": 3})
+    return train(model, data, split, opts, 0, 20, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pop_result():
+    return synthetic_run("pop")
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "mmgcn", "mgat", "bm3"])
+def test_each_cf_model_learns_the_collaborative_signal_better_than_popularity(name, pop_result):
+    result = synthetic_run(name)
+    assert result.test["NDCG@20"] > 2 * pop_result.test["NDCG@20"], (result.test, pop_result.test)
+    assert result.test["NDCG@20"] > 0.25
+
+
+def test_mmgcn_layer_equals_a_per_node_loop():
+    from strategies.mmgcn import MMGCNLayer
+    graph = hand_graph()
+    nb = neighbours(graph)
+    torch.manual_seed(0)
+    layer = MMGCNLayer(5)
+    x, e_id = torch.randn(graph.n_nodes, 5), torch.randn(graph.n_nodes, 5)
+    lrelu = torch.nn.functional.leaky_relu
+    rows = []
+    for v in range(graph.n_nodes):
+        mean = sum((layer.w1(x[w]) for w in nb[v]), torch.zeros(5)) / max(len(nb[v]), 1)
+        h = lrelu(mean)
+        own = lrelu(layer.w2(x[v])) + e_id[v]
+        rows.append(lrelu(layer.w3(torch.cat([h, own]))))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, graph.adjacency("mean"), e_id), torch.stack(rows))
+
+
+def test_mgat_layer_equals_a_per_node_loop():
+    from strategies.mgat import GatedAttentionLayer
+    graph = hand_graph()
+    nb = neighbours(graph)
+    torch.manual_seed(0)
+    layer = GatedAttentionLayer(5)
+    x, e_id = torch.randn(graph.n_nodes, 5), torch.randn(graph.n_nodes, 5)
+    lrelu = torch.nn.functional.leaky_relu
+    rows = []
+    for v in range(graph.n_nodes):
+        wv = layer.w(x[v])
+        agg = torch.zeros(5)
+        if nb[v]:
+            s = torch.stack([wv @ lrelu(layer.w(x[w])) for w in nb[v]])
+            alpha = torch.softmax(s * torch.sigmoid(s / math.sqrt(len(nb[v]))), 0)
+            agg = sum(a * layer.w(x[w]) for a, w in zip(alpha, nb[v]))
+        h = (agg + layer.bias) / (agg + layer.bias).norm()
+        rows.append(lrelu(layer.w_g(h) + lrelu(layer.w_l(x[v])) + e_id[v]))
+    dst, src = graph.edges()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, dst, src, graph.degree(), e_id), torch.stack(rows))
+
+
+def test_bm3_loss_equals_a_per_pair_loop_without_dropout():
+    """With dropout 0, L = L_rec + c (L_align + L_mask) + λ reg, written out pair by pair."""
+    data = from_sequences("hand", [[1, 2, 3, 4, 2, 1], [2, 3, 4, 1, 3], [4, 1, 3, 2, 4, 3]], 4)
+    split = make_split(data, "loo")
+    ctx = tiny_feature_context(build_context(BARE, data, split), 4)
+    torch.manual_seed(0)
+    model = STRATEGIES.create("bm3", ctx, dropout=0.0, layers=2)
+    batch = sample_batch(data, split.train, 8)
+    assert batch.size == 8
+    h_u, h_i = model.graph_embeddings()
+    p, cos = model.predictor, torch.nn.functional.cosine_similarity
+    total = 0.0
+    for u, i in zip(batch.user.tolist(), batch.target.tolist()):
+        term = (1 - cos(p(h_u[u]), h_i[i], dim=0)) + (1 - cos(p(h_i[i]), h_u[u], dim=0))
+        for ch in model.channels:
+            t = ch.lookup(torch.tensor(i))
+            term = term + 2.0 * ((1 - cos(p(t), h_i[i], dim=0)) + (1 - cos(p(t), t, dim=0)))
+        total = total + term / batch.size
+    expected = total + 0.1 * (h_u.norm() + h_i.norm()) / h_i.shape[0]
+    torch.testing.assert_close(model.loss(batch), expected)
+
+
+def tiny_feature_context(ctx, n_items):
+    g = torch.Generator().manual_seed(0)
+    present = torch.tensor([False] + [True] * (n_items - 1) + [False])
+    table = ModalityTable(torch.randn(n_items + 1, 3, generator=g) * present[:, None], present,
+                          torch.zeros(n_items + 1, 0, dtype=torch.long), 0)
+    return ctx.with_modalities({"image": table, "text": table})
+
+
+def test_evaluation_never_reads_a_stale_propagation():
+    """The propagation cached for one evaluation is dropped by the next train()/eval(), so validation
+    after an optimizer step (torch's foreach Adam bumps no version counter) sees the new weights."""
+    from fusionbench.evaluate import rank_samples
+    from fusionbench.train import make_adam, train_step
+    data = distinct_data(n_users=20)
+    split = make_split(data, "loo")
+    torch.manual_seed(0)
+    model = STRATEGIES.create("lightgcn", build_context(BARE, data, split))
+    optimizer = make_adam(model.parameters(), 0.5)
+    before = rank_samples(model, data, split.valid, 8)
+    model.train()
+    for _ in range(3):
+        train_step(model, optimizer, sample_batch(data, split.train, 8), False)
+    after = rank_samples(model, data, split.valid, 8)
+    model.eval()
+    with torch.no_grad():
+        users, items = model.propagate()
+        fresh = (users[split.valid.user] @ items[1:].T)
+    target = data.flat[data.offsets[:-1][split.valid.user] + split.valid.pos] - 1
+    t = fresh.gather(1, target[:, None])
+    assert torch.equal(after, (fresh >= t).sum(1) - 1) and not torch.equal(before, after)
