@@ -117,6 +117,7 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
            apply_to: str, seeds: str, dataset: str, protocol: str, epochs: Optional[int], max_len: int, store: Path,
            sets: tuple[str, ...], data_root: Optional[Path], device: str, quiet: bool) -> None:
     """Sweep one strategy over a perturbation's severities x seeds: one stored run per cell, resumable."""
+    from fusionbench import plan
     from fusionbench import stress as stress_sweep
     from fusionbench.runner import RunRequest
     from fusionbench.store import ResultStore
@@ -130,11 +131,10 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
                                     stress_sweep.parse_severities(severity), stress_sweep.parse_seeds(seeds),
                                     apply_to)
     stress_sweep.run_sweep(cells, ResultStore(store), progress=not quiet)
-    skipped = sum(c.outcome is not None and c.outcome.skipped for c in cells)
     click.echo(f"{strategy} under {perturbation} (apply to {apply_to}) on {dataset} ({protocol}): "
-               f"{len(cells)} cells, {skipped} already in the store")
-    click.echo(stress_sweep.summary_table(cells))
-    failed = stress_sweep.failures(cells)
+               f"{len(cells)} cells, {plan.skipped(cells)} already in the store")
+    click.echo(stress_sweep.curve_table(cells))
+    failed = stress_sweep.failed_cells(cells)
     if failed:
         raise TrainingError(failed)
 
@@ -158,6 +158,7 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
           scratch: Optional[str], dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:
     """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
+    from fusionbench import plan
     from fusionbench import sweep as sweeps
     from fusionbench.store import ResultStore
 
@@ -167,7 +168,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
     if dry_run:
-        status = [results.status(digest) or "to run" for _, digest, _ in sweeps.identify(cells)]
+        status = [results.status(digest) or "to run" for _, digest, _ in plan.identify(cells)]
         click.echo(tabulate([[label, c.request.seed, state] for c, label, state in zip(cells, labels, status)],
                             headers=["run", "seed", "in the store"], tablefmt="github", disable_numparse=True))
         click.echo(f"{len(cells)} cells, {status.count('done')} done")
@@ -175,11 +176,10 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     if engine == "ray":
         sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet)
     else:
-        sweeps.run_local(cells, results, progress=not quiet, desc="sweep cells")
-    skipped = sum(c.outcome is not None and c.outcome.skipped for c in cells)
-    click.echo(f"{sweep_file}: {len(cells)} cells, {skipped} already in the store")
-    click.echo(sweeps.summary_table(cells, labels))
-    failed = sweeps.failures(cells, labels)
+        plan.run_local(cells, results, progress=not quiet, desc="sweep cells")
+    click.echo(f"{sweep_file}: {len(cells)} cells, {plan.skipped(cells)} already in the store")
+    click.echo(plan.summary_table(cells, labels))
+    failed = plan.failures(cells, labels)
     if failed:
         raise TrainingError(failed)
 

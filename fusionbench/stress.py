@@ -1,28 +1,23 @@
-"""Stress sweeps (specs/protocol.md §4): one strategy under one perturbation, severities x seeds.
+"""``fusionbench stress``: one strategy under one perturbation, severities x seeds (specs/protocol.md §4).
 
-Every (severity, seed) cell is one run through :func:`fusionbench.runner.run_experiment` with its own
-config hash, so the store makes a sweep resumable: cells already done are skipped, and a cell that
-was interrupted resumes from its checkpoint. Every cell's config is resolved before the first run,
-so a bad option fails at once. A cell whose training fails (:class:`TrainingError`) is recorded as
-failed in the store and the sweep goes on; the command then exits 1 after the summary.
+A front end of :mod:`fusionbench.plan`: the flags become one :class:`~fusionbench.plan.Cell` per
+(severity, seed), severity-major, each a stored run with its own config hash, all resolved before the
+first runs (a bad option fails at once), run in order by the local engine; the store makes the sweep
+resumable. A cell whose training fails is recorded as failed in the store and the sweep goes on; the
+command then exits 1 after the summary (one row per severity, :data:`~fusionbench.plan.CURVE_METRICS`).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
-
-from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
 from fusionbench.perturb.base import check_severity
 from fusionbench.perturb.plan import PerturbationRequest
+from fusionbench.plan import CURVE_METRICS, Cell, failures, run_local, summary_table
 from fusionbench.registry import PERTURBATIONS, UnknownPluginError
-from fusionbench.runner import RunOutcome, RunRequest, resolve
+from fusionbench.runner import RunRequest
 from fusionbench.store import ResultStore
-from fusionbench.sweep import mean_sd, run_local
-
-SUMMARY_METRICS = ("HR@5", "NDCG@5", "MRR@5", "HR@20", "NDCG@20", "MRR@20")
 
 
 def parse_severities(text: str) -> list[float]:
@@ -56,17 +51,6 @@ def parse_options(pairs: Sequence[str], option: str) -> dict[str, str]:
     return options
 
 
-@dataclass
-class Cell:
-    """One (severity, seed) run of a sweep; ``outcome`` once done, ``error`` if its training failed."""
-
-    severity: float
-    seed: int
-    request: RunRequest
-    outcome: Optional[RunOutcome] = None
-    error: Optional[str] = None
-
-
 def plan_cells(base: RunRequest, perturbation: str, options: dict[str, Any], severities: Sequence[float],
                seeds: Sequence[int], apply_to: str) -> list[Cell]:
     """The sweep's cells in run order (severity-major), every config resolved (validated) up front."""
@@ -76,35 +60,23 @@ def plan_cells(base: RunRequest, perturbation: str, options: dict[str, Any], sev
         raise UserInputError(f"--perturbation: {err}") from None
     except UserInputError as err:
         raise UserInputError(f"--set-p: {err}") from None
-    cells = [Cell(p, seed, dataclasses.replace(base, seed=seed, perturbation=PerturbationRequest(
-        perturbation, p, apply_to, options))) for p in severities for seed in seeds]
-    for cell in cells:
-        resolve(cell.request)
-    return cells
+    return [Cell(dataclasses.replace(base, seed=seed, perturbation=PerturbationRequest(perturbation, p, apply_to,
+                                                                                      options)))
+            for p in severities for seed in seeds]
 
 
 def run_sweep(cells: list[Cell], store: ResultStore, progress: bool = True) -> list[Cell]:
     """Run (or skip, or resume) every cell in order, with a progress bar over cells."""
-    run_local(cells, store, progress, desc="stress cells", postfix=lambda cell: dict(p=cell.severity, seed=cell.seed))
+    run_local(cells, store, progress, desc="stress cells",
+              postfix=lambda cell: dict(p=cell.severity, seed=cell.request.seed))
     return cells
 
 
-def summary_table(cells: list[Cell], metrics: Sequence[str] = SUMMARY_METRICS) -> str:
+def curve_table(cells: list[Cell]) -> str:
     """Test metrics (%) per severity: mean ± sample sd over the seeds done (``runs`` = done / cells)."""
-    rows = []
-    for p in dict.fromkeys(c.severity for c in cells):
-        group = [c for c in cells if c.severity == p]
-        done = [c.outcome.test for c in group if c.outcome is not None]
-        row = [f"{p:g}", f"{len(done)}/{len(group)}"]
-        row += [mean_sd([t[m] for t in done]) if done else "-" for m in metrics]
-        rows.append(row)
-    return tabulate(rows, headers=["p", "runs", *metrics], tablefmt="github", disable_numparse=True)
+    return summary_table(cells, [f"{c.severity:g}" for c in cells], CURVE_METRICS, headers=("p", "runs"))
 
 
-def failures(cells: list[Cell]) -> Optional[str]:
-    """One line naming every failed cell, or ``None``."""
-    failed = [c for c in cells if c.error is not None]
-    if not failed:
-        return None
-    listed = "; ".join(f"p={c.severity:g} seed {c.seed}: {c.error}" for c in failed)
-    return f"{len(failed)} of {len(cells)} cells failed ({listed})"
+def failed_cells(cells: list[Cell]) -> Optional[str]:
+    """One line naming every failed cell (``p=... seed ...``), or ``None``."""
+    return failures(cells, [f"p={c.severity:g}" for c in cells])

@@ -32,7 +32,7 @@ Every cell is resolved (validated) before the first one runs; identical cells ru
 Every cell is one stored run (:func:`fusionbench.runner.run_experiment`), so the store makes a sweep
 resumable: cells done there are skipped, an interrupted cell resumes from its checkpoint. Engines:
 
-* ``local``: the cells in file order, in this process.
+* ``local``: the cells in file order, in this process (:func:`fusionbench.plan.run_local`).
 * ``ray``: one Ray task per group of cells that share their trained weights (the same training config:
   the clean run and its test-only stress cells), each group's cells in order, so a group trains once.
   Groups whose training run is already done go first (they only evaluate the kept weights).
@@ -47,43 +47,21 @@ then exits 1.
 from __future__ import annotations
 
 import itertools
-import statistics
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Iterable, Optional
 
-from tabulate import tabulate
 from tqdm import tqdm
 
 from fusionbench.errors import TrainingError, UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
+from fusionbench.plan import Cell, identify, stored_outcome
 from fusionbench.registry import UnknownPluginError
-from fusionbench.runner import (
-    RunOutcome, RunRequest, group_options, load_data, resolve, run_experiment, training_config,
-)
-from fusionbench.store import ResultStore, canonical_json, config_hash
+from fusionbench.runner import RunRequest, group_options, run_experiment
+from fusionbench.store import ResultStore, canonical_json
 
 RUN_KEYS = ("strategy", "aggregator", "dataset", "protocol", "seeds", "max_len", "set", "grid", "perturbation")
 PERTURBATION_KEYS = ("name", "severity", "apply_to", "options")
-
-
-class Runnable(Protocol):
-    """What an engine runs: a request, and after running its outcome or its training error."""
-
-    request: RunRequest
-    outcome: Optional[RunOutcome]
-    error: Optional[str]
-
-
-@dataclass
-class Cell:
-    """One run of a sweep file: ``entry`` is the index of its ``[[run]]`` table."""
-
-    entry: int
-    request: RunRequest
-    outcome: Optional[RunOutcome] = None
-    error: Optional[str] = None
 
 
 # -- the sweep file ---------------------------------------------------------------------------------
@@ -113,10 +91,10 @@ def read_sweep(path: Path, data_root: Optional[Path] = None, device: str = "cpu"
         _check_keys(entry, where)
         for request in expand(defaults, entry, where, data_root, device):
             try:
-                config = resolve(request)
+                cell = Cell(request, index)
             except (UserInputError, UnknownPluginError) as err:
                 raise UserInputError(f"{where} ({request.strategy}): {err}") from None
-            cells.setdefault(canonical_json(config), Cell(index, request))
+            cells.setdefault(canonical_json(cell.config), cell)
     return list(cells.values())
 
 
@@ -180,19 +158,7 @@ def _perturbations(spec: Any, where: str) -> list[Optional[PerturbationRequest]]
                                 spec.get("apply_to", "test"), options) for p in severities]
 
 
-# -- engines ----------------------------------------------------------------------------------------
-def run_local(cells: list[Runnable], store: ResultStore, progress: bool = True, desc: str = "cells",
-              postfix: Callable[[Runnable], dict] = lambda cell: {}) -> None:
-    """Run (or skip, or resume) every cell in order in this process, with a progress bar over cells."""
-    bar = tqdm(cells, desc=desc, unit="cell", disable=None if progress else True)
-    for cell in bar:
-        bar.set_postfix(postfix(cell))
-        try:
-            cell.outcome = run_experiment(cell.request, store=store, progress=progress)
-        except TrainingError as err:
-            cell.error = str(err)
-
-
+# -- the Ray engine ---------------------------------------------------------------------------------
 def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None, cpus_per_cell: int = 1,
             scratch: Optional[str] = None, progress: bool = True) -> None:
     """Run the cells not yet done in ``store`` as Ray tasks (module docstring), adding each finished
@@ -247,29 +213,6 @@ def submission_order(groups: dict[str, list], trains: set[str]) -> list[list]:
     return [groups[training] for training in sorted(groups, key=lambda training: training in trains)]
 
 
-def identify(cells: list[Cell]) -> list[tuple[dict, str, str]]:
-    """Per cell ``(config, run hash, training hash)`` as ``run_experiment`` computes them (each dataset
-    loaded once for its checksum)."""
-    checksums: dict[str, str] = {}
-    out = []
-    for cell in cells:
-        config = resolve(cell.request)
-        data_key = canonical_json({"dataset": config["dataset"], "options": config["dataset_options"],
-                                   "root": str(cell.request.data_root)})
-        if data_key not in checksums:
-            checksums[data_key] = load_data(config, cell.request.data_root).checksum()
-        config["dataset_checksum"] = checksums[data_key]
-        out.append((config, config_hash(config), config_hash(training_config(config))))
-    return out
-
-
-def stored_outcome(store: ResultStore, config: dict, digest: str, skipped: bool = False) -> RunOutcome:
-    """The outcome of the run ``digest`` (resolved ``config``), done in ``store``."""
-    run_id = store.run_id(digest)
-    return RunOutcome(config, digest, store.metrics(run_id, "test"), store.metrics(run_id, "valid"),
-                      skipped=skipped, run_id=run_id)
-
-
 def run_group(requests: list[RunRequest], scratch: Optional[str],
               threads: int) -> list[tuple[Optional[dict], Optional[str]]]:
     """A Ray task's body: run ``requests`` in order into the node's scratch store; per request
@@ -295,15 +238,12 @@ def run_group(requests: list[RunRequest], scratch: Optional[str],
 
 
 # -- what the command prints -------------------------------------------------------------------------
-SUMMARY_METRICS = ("HR@20", "NDCG@20", "MRR@20")
-
-
 def cell_labels(cells: list[Cell]) -> list[str]:
     """One label per cell, as the leaderboard labels its rows (strategy, aggregator, non-default options;
     the dataset with its options first when the cells span several), then the perturbation."""
     from fusionbench.report.collect import data_name, row_key, variant_labels
 
-    configs = [resolve(cell.request) for cell in cells]
+    configs = [cell.config for cell in cells]
     datasets = list(dict.fromkeys(data_name(c) for c in configs))
     names = {}
     for dataset in datasets:   # labels are unique within a dataset, as in a leaderboard table
@@ -316,33 +256,3 @@ def cell_labels(cells: list[Cell]) -> list[str]:
         p = config.get("perturbation")
         labels.append(names[row_key(config)] + (f", {p['name']} p={p['severity']:g} ({p['apply_to']})" if p else ""))
     return labels
-
-
-def mean_sd(values: list[float]) -> str:
-    """Fractions -> "mean ± sample sd" in % (the value alone for one)."""
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
-def summary_table(cells: list[Cell], labels: list[str], metrics: tuple[str, ...] = SUMMARY_METRICS) -> str:
-    """Per label (``cell_labels``: all seeds of a configuration): runs done / cells, test metrics (%) as
-    mean ± sd over the seeds done."""
-    by_label: dict[str, list[Cell]] = {}
-    for cell, label in zip(cells, labels):
-        by_label.setdefault(label, []).append(cell)
-    rows = []
-    for label, group in by_label.items():
-        done = [c.outcome.test for c in group if c.outcome is not None]
-        rows.append([label, f"{len(done)}/{len(group)}", *(mean_sd([t[m] for t in done]) if done else "-"
-                                                            for m in metrics)])
-    return tabulate(rows, headers=["run", "seeds done", *metrics], tablefmt="github", disable_numparse=True)
-
-
-def failures(cells: list[Cell], labels: list[str]) -> Optional[str]:
-    """One line naming every failed cell (by its ``cell_labels`` label), or ``None``."""
-    failed = [(label, c) for c, label in zip(cells, labels) if c.error is not None]
-    if not failed:
-        return None
-    listed = "; ".join(f"{label} seed {c.request.seed}: {c.error}" for label, c in failed)
-    return f"{len(failed)} of {len(cells)} cells failed ({listed})"

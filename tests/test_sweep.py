@@ -14,7 +14,8 @@ from fusionbench.cli import main
 from fusionbench.errors import UserInputError
 from fusionbench.registry import STRATEGIES
 from fusionbench.store import ResultStore
-from fusionbench.sweep import read_sweep, run_local, run_ray, submission_order
+from fusionbench.plan import run_local
+from fusionbench.sweep import read_sweep, run_ray, submission_order
 
 TINY = """
 [defaults]

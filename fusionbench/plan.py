@@ -1,0 +1,123 @@
+"""A plan of runs: its cells, how they are identified and run in this process, and what the commands
+print about them.
+
+Every command that runs many configurations turns its input into a list of :class:`Cell` (``fusionbench
+stress`` from its flags, :mod:`fusionbench.stress`; ``fusionbench sweep`` from a TOML file,
+:mod:`fusionbench.sweep`). A cell is one stored run (:func:`fusionbench.runner.run_experiment`): its
+request is resolved (validated) once, when the cell is made, so a bad option fails before the first run;
+the store makes the plan resumable (cells done there are skipped, an interrupted cell resumes from its
+checkpoint). A cell whose training fails (:class:`TrainingError`) records the error and the plan goes on.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from tabulate import tabulate
+from tqdm import tqdm
+
+from fusionbench.errors import TrainingError
+from fusionbench.runner import RunOutcome, RunRequest, load_data, resolve, run_experiment, training_config
+from fusionbench.store import ResultStore, canonical_json, config_hash
+
+SUMMARY_METRICS = ("HR@20", "NDCG@20", "MRR@20")
+"""Test metrics of a sweep's summary table."""
+CURVE_METRICS = ("HR@5", "NDCG@5", "MRR@5", *SUMMARY_METRICS)
+"""Test metrics of a stress curve's summary table (one row per severity), both cutoffs."""
+
+
+@dataclass
+class Cell:
+    """One run of a plan: ``entry`` is the index (1-based) of its sweep file's ``[[run]]`` table (0 for a
+    cell made from command-line flags); ``outcome`` once done, ``error`` if its training failed.
+
+    ``config`` is ``resolve(request)`` (no dataset checksum), computed when the cell is made, also by
+    :func:`dataclasses.replace`; a bad option raises there."""
+
+    request: RunRequest
+    entry: int = 0
+    outcome: Optional[RunOutcome] = None
+    error: Optional[str] = None
+    config: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.config = resolve(self.request)
+
+    @property
+    def severity(self) -> Optional[float]:
+        """The perturbation's severity, ``None`` for a clean run."""
+        return None if self.request.perturbation is None else self.request.perturbation.severity
+
+
+def identify(cells: Sequence[Cell]) -> list[tuple[dict, str, str]]:
+    """Per cell ``(config, run hash, training hash)`` as ``run_experiment`` computes them (each dataset
+    loaded once for its checksum)."""
+    checksums: dict[str, str] = {}
+    out = []
+    for cell in cells:
+        config = dict(cell.config)
+        data_key = canonical_json({"dataset": config["dataset"], "options": config["dataset_options"],
+                                   "root": str(cell.request.data_root)})
+        if data_key not in checksums:
+            checksums[data_key] = load_data(config, cell.request.data_root).checksum()
+        config["dataset_checksum"] = checksums[data_key]
+        out.append((config, config_hash(config), config_hash(training_config(config))))
+    return out
+
+
+def stored_outcome(store: ResultStore, config: dict, digest: str, skipped: bool = False) -> RunOutcome:
+    """The outcome of the run ``digest`` (resolved ``config``), done in ``store``."""
+    run_id = store.run_id(digest)
+    return RunOutcome(config, digest, store.metrics(run_id, "test"), store.metrics(run_id, "valid"),
+                      skipped=skipped, run_id=run_id)
+
+
+# -- the local engine --------------------------------------------------------------------------------
+def run_local(cells: Sequence[Cell], store: ResultStore, progress: bool = True, desc: str = "cells",
+              postfix: Callable[[Cell], dict] = lambda cell: {}) -> None:
+    """Run (or skip, or resume) every cell in order in this process, with a progress bar over cells."""
+    bar = tqdm(cells, desc=desc, unit="cell", disable=None if progress else True)
+    for cell in bar:
+        bar.set_postfix(postfix(cell))
+        try:
+            cell.outcome = run_experiment(cell.request, store=store, progress=progress)
+        except TrainingError as err:
+            cell.error = str(err)
+
+
+# -- what the commands print -------------------------------------------------------------------------
+def skipped(cells: Sequence[Cell]) -> int:
+    """How many cells were already done in the store."""
+    return sum(c.outcome is not None and c.outcome.skipped for c in cells)
+
+
+def mean_sd(values: list[float]) -> str:
+    """Fractions -> "mean ± sample sd" in % (the value alone for one)."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def summary_table(cells: Sequence[Cell], labels: Sequence[str], metrics: Sequence[str] = SUMMARY_METRICS,
+                  headers: tuple[str, str] = ("run", "seeds done")) -> str:
+    """One row per label (first-seen order; the cells of a label are its seeds): runs done / cells, test
+    metrics (%) as mean ± sample sd over the seeds done. ``headers`` names the label and count columns."""
+    by_label: dict[str, list[Cell]] = {}
+    for cell, label in zip(cells, labels, strict=True):
+        by_label.setdefault(label, []).append(cell)
+    rows = []
+    for label, group in by_label.items():
+        done = [c.outcome.test for c in group if c.outcome is not None]
+        rows.append([label, f"{len(done)}/{len(group)}", *(mean_sd([t[m] for t in done]) if done else "-"
+                                                            for m in metrics)])
+    return tabulate(rows, headers=[*headers, *metrics], tablefmt="github", disable_numparse=True)
+
+
+def failures(cells: Sequence[Cell], labels: Sequence[str]) -> Optional[str]:
+    """One line naming every failed cell (by its label and seed), or ``None``."""
+    failed = [(label, c) for c, label in zip(cells, labels, strict=True) if c.error is not None]
+    if not failed:
+        return None
+    listed = "; ".join(f"{label} seed {c.request.seed}: {c.error}" for label, c in failed)
+    return f"{len(failed)} of {len(cells)} cells failed ({listed})"
