@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import click
 from tabulate import tabulate
@@ -17,17 +17,26 @@ from fusionbench.errors import TrainingError, UserInputError, report_errors
 from fusionbench.metrics import DEFAULT_KS, METRICS
 from fusionbench.registry import REGISTRIES
 
-def parse_sets(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """``("dim=64", "train.lr=0.01")`` -> ``{"strategy_options": {"dim": "64"}, "train_options": {...}}``."""
-    from fusionbench.runner import group_options
-
+def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, str]:
+    """``("mode=shift",)`` -> ``{"mode": "shift"}`` (a later key wins); ``option`` names the flag in errors."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UserInputError(f"--set expects key=value, got {pair!r}")
+            raise UserInputError(f"{option} expects key=value, got {pair!r}")
         options[key] = value
-    return group_options(options, "--set")
+    return options
+
+
+def parse_sets(pairs: Sequence[str], epochs: Optional[int] = None) -> dict[str, dict[str, Any]]:
+    """``("dim=64", "train.lr=0.01")`` -> ``{"strategy_options": {"dim": "64"}, "train_options": {...}}``;
+    ``--epochs`` (when given) sets ``train.epochs``."""
+    from fusionbench.runner import group_options
+
+    groups = group_options(parse_pairs(pairs, "--set"), "--set")
+    if epochs is not None:
+        groups["train_options"]["epochs"] = epochs
+    return groups
 
 
 def metrics_table(rows: list[tuple[str, dict[str, float]]], ks=DEFAULT_KS) -> str:
@@ -46,26 +55,51 @@ def main() -> None:
     keep_freed_memory()   # FUSIONBENCH_MALLOC=keep: large per-step tensors reuse memory (opt-in)
 
 
-data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                                help="Folder holding the amazon_* datasets (default: $FUSIONBENCH_DATA, "
-                                     "else ./shared/data or ../shared/data).")
+RUN_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "strategy": (("--strategy",), dict(required=True, help="Strategy name (see `fusionbench list strategies`).")),
+    "aggregator": (("--aggregator",), dict(default=None, help="Graph aggregator for graph strategies.")),
+    "dataset": (("--dataset",), dict(default="beauty", show_default=True)),
+    "protocol": (("--protocol",), dict(default="loo", show_default=True, help="loo | ratio | ratio-paper (leaky).")),
+    "epochs": (("--epochs",), dict(type=int, default=None,
+                                   help="Maximum epochs (default 200; early stopping on validation).")),
+    "seed": (("--seed",), dict(type=int, default=0, show_default=True)),
+    "max_len": (("--max-len",), dict(type=int, default=50, show_default=True, help="Maximum input length L.")),
+    "set": (("--set", "sets"), dict(multiple=True, metavar="KEY=VALUE",
+                                    help="Option override: strategy option, or train.*, agg.*, data.*, features.*.")),
+    "data_root": (("--data-root",), dict(type=click.Path(path_type=Path), default=None,
+                                         help="Folder holding the amazon_* datasets (default: $FUSIONBENCH_DATA, "
+                                              "else ./shared/data or ../shared/data).")),
+    "device": (("--device",), dict(default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")),
+    "quiet": (("--quiet",), dict(is_flag=True, help="No progress bars or per-epoch lines.")),
+}
+"""The options of a run that several commands share (``run``, ``stress``, ``sweep``, ``bench profile``,
+``data info``, ``store upgrade``): click parameter declarations and attributes, added by :func:`run_options`."""
+
+
+def run_options(*names: str, **changes: dict[str, Any]) -> Callable:
+    """Decorator adding the :data:`RUN_OPTIONS` ``names`` in this order (the order `--help` lists them);
+    ``changes`` maps a name to the attributes that differ for this command, e.g. ``protocol=dict(help=None)``."""
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        raise ValueError(f"run_options: changes for options not added: {', '.join(unknown)}")
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(names):   # click lists options bottom-up, so the first name is added last
+            decls, attrs = RUN_OPTIONS[name]
+            command = click.option(*decls, **{**attrs, **changes.get(name, {})})(command)
+        return command
+
+    return decorate
+
+
+data_root_option = run_options("data_root")
 
 
 @main.command()
-@click.option("--strategy", required=True, help="Strategy name (see `fusionbench list strategies`).")
-@click.option("--aggregator", default=None, help="Graph aggregator for graph strategies.")
-@click.option("--dataset", default="beauty", show_default=True)
-@click.option("--protocol", default="loo", show_default=True, help="loo | ratio | ratio-paper (leaky).")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (default 200; early stopping on validation).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-len", type=int, default=50, show_default=True, help="Maximum input length L.")
+@run_options("strategy", "aggregator", "dataset", "protocol", "epochs", "seed", "max_len")
 @click.option("--store", type=click.Path(path_type=Path), default=None,
               help="SQLite results store; a run already done there is skipped.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Option override: strategy option, or train.*, agg.*, data.*, features.*.")
-@data_root_option
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@run_options("set", "data_root", "device", "quiet", quiet=dict(help="No progress bar or per-epoch lines."))
 @report_errors
 def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int], seed: int,
         max_len: int, store: Optional[Path], sets: tuple[str, ...], data_root: Optional[Path], device: str,
@@ -74,11 +108,8 @@ def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, e
     from fusionbench.runner import RunRequest, run_experiment
     from fusionbench.store import ResultStore
 
-    groups = parse_sets(sets)
-    if epochs is not None:
-        groups["train_options"]["epochs"] = epochs
     request = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, seed=seed, aggregator=aggregator,
-                         max_len=max_len, data_root=data_root, device=device, **groups)
+                         max_len=max_len, data_root=data_root, device=device, **parse_sets(sets, epochs))
     results = ResultStore(store) if store is not None else None
     outcome = run_experiment(request, store=results, progress=not quiet)
     label = f"{strategy}" + (f" + {outcome.config['aggregator']}" if outcome.config["aggregator"] else "")
@@ -93,25 +124,18 @@ def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, e
 
 
 @main.command()
-@click.option("--strategy", required=True, help="Strategy name (see `fusionbench list strategies`).")
-@click.option("--aggregator", default=None, help="Graph aggregator for graph strategies.")
+@run_options("strategy", "aggregator")
 @click.option("--perturbation", required=True, help="disorder | mismatch | missing (`fusionbench list perturbations`).")
 @click.option("--set-p", "set_p", multiple=True, metavar="KEY=VALUE", help="Perturbation option, e.g. mode=shift.")
 @click.option("--severity", default="0,0.1,0.3,0.5,0.7,0.9,1", show_default=True, help="Comma-separated p in [0, 1].")
 @click.option("--apply-to", type=click.Choice(["train", "test", "both"]), default="test", show_default=True,
               help="Perturb training (and validation), test, or both.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (model and perturbation).")
-@click.option("--dataset", default="beauty", show_default=True)
-@click.option("--protocol", default="loo", show_default=True, help="loo | ratio | ratio-paper (leaky, apply-to both).")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (default 200; early stopping on validation).")
-@click.option("--max-len", type=int, default=50, show_default=True, help="Maximum input length L.")
+@run_options("dataset", "protocol", "epochs", "max_len",
+             protocol=dict(help="loo | ratio | ratio-paper (leaky, apply-to both)."))
 @click.option("--store", type=click.Path(path_type=Path), required=True,
               help="SQLite results store; cells done there are skipped, so a rerun resumes the sweep.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Option override: strategy option, or train.*, agg.*, data.*, features.*.")
-@data_root_option
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@run_options("set", "data_root", "device", "quiet")
 @report_errors
 def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: tuple[str, ...], severity: str,
            apply_to: str, seeds: str, dataset: str, protocol: str, epochs: Optional[int], max_len: int, store: Path,
@@ -122,12 +146,9 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
     from fusionbench.runner import RunRequest
     from fusionbench.store import ResultStore
 
-    groups = parse_sets(sets)
-    if epochs is not None:
-        groups["train_options"]["epochs"] = epochs
     base = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, aggregator=aggregator,
-                      max_len=max_len, data_root=data_root, device=device, **groups)
-    cells = stress_sweep.plan_cells(base, perturbation, stress_sweep.parse_options(set_p, "--set-p"),
+                      max_len=max_len, data_root=data_root, device=device, **parse_sets(sets, epochs))
+    cells = stress_sweep.plan_cells(base, perturbation, parse_pairs(set_p, "--set-p"),
                                     stress_sweep.parse_severities(severity), stress_sweep.parse_seeds(seeds),
                                     apply_to)
     stress_sweep.run_sweep(cells, ResultStore(store), progress=not quiet)
@@ -151,9 +172,7 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 @click.option("--scratch", default=None, help="Ray: folder on each node for the tasks' store, checkpoints and "
                                               "kept weights (default ~/.cache/fusionbench/sweep).")
 @click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
-@data_root_option
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@run_options("data_root", "device", "quiet")
 @report_errors
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
           scratch: Optional[str], dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:
@@ -422,14 +441,9 @@ main.add_command(bench)
 
 
 @bench.command("profile")
-@click.option("--strategy", required=True, help="Strategy name (see `fusionbench list strategies`).")
-@click.option("--aggregator", default=None, help="Graph aggregator for graph strategies.")
-@click.option("--dataset", default="beauty", show_default=True)
-@click.option("--protocol", default="loo", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-len", type=int, default=50, show_default=True)
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Option override, as for `fusionbench run` (e.g. train.precision=bf16).")
+@run_options("strategy", "aggregator", "dataset", "protocol", "seed", "max_len", "set",
+             protocol=dict(help=None), max_len=dict(help=None),
+             set=dict(help="Option override, as for `fusionbench run` (e.g. train.precision=bf16)."))
 @click.option("--every", type=int, default=20, show_default=True,
               help="Sample one batch in every N of the first epoch, spread over batch sizes.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed passes over the sample.")

@@ -40,17 +40,6 @@ def parse_seeds(text: str) -> list[int]:
         raise UserInputError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
-def parse_options(pairs: Sequence[str], option: str) -> dict[str, str]:
-    """``("mode=shift",)`` -> ``{"mode": "shift"}``; ``option`` names the flag in errors."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserInputError(f"{option} expects key=value, got {pair!r}")
-        options[key] = value
-    return options
-
-
 def plan_cells(base: RunRequest, perturbation: str, options: dict[str, Any], severities: Sequence[float],
                seeds: Sequence[int], apply_to: str) -> list[Cell]:
     """The sweep's cells in run order (severity-major), every config resolved (validated) up front."""

@@ -94,3 +94,33 @@ def test_nan_loss_exits_1_with_a_message(folder):
     assert out.exit_code == 1
     assert "error: training failed: sasrec/folder/loo/seed0: epoch 1" in out.output
     assert "non-finite loss" in out.output or "NaN scores" in out.output
+
+
+def test_the_users_example_command_parses_to_a_valid_mmsr_han_run():
+    """`fusionbench run --strategy mmsr --aggregator han`, exactly as users write it: the shared run options
+    give the documented defaults and the request resolves (not trained here: it is a full beauty run)."""
+    from fusionbench.cli import parse_sets, run
+    from fusionbench.runner import RunRequest, resolve
+
+    params = run.make_context("run", ["--strategy", "mmsr", "--aggregator", "han"]).params
+    assert params == {"strategy": "mmsr", "aggregator": "han", "dataset": "beauty", "protocol": "loo", "epochs": None,
+                      "seed": 0, "max_len": 50, "store": None, "sets": (), "data_root": None, "device": "cpu",
+                      "quiet": False}
+    request = RunRequest(**{k: v for k, v in params.items() if k not in ("epochs", "store", "sets", "quiet")},
+                         **parse_sets(params["sets"], params["epochs"]))
+    config = resolve(request)
+    assert (config["strategy"], config["aggregator"], config["dataset"]) == ("mmsr", "han", "beauty")
+    assert config["train"]["epochs"] == 100     # mmsr's own training default, not overridden by an absent --epochs
+
+
+def test_one_key_value_parser_for_every_flag_that_takes_pairs():
+    from fusionbench.cli import parse_pairs, parse_sets
+    from fusionbench.errors import UserInputError
+
+    assert parse_pairs(("mode=shift", "a==b", "mode=swap"), "--set-p") == {"mode": "swap", "a": "=b"}
+    assert parse_sets(("dim=8", "train.lr=0.1", "agg.heads=2"), epochs=3) == {
+        "strategy_options": {"dim": "8"}, "train_options": {"lr": "0.1", "epochs": 3},
+        "aggregator_options": {"heads": "2"}, "dataset_options": {}, "feature_options": {}}
+    for bad in ("dim", "=3"):
+        with pytest.raises(UserInputError, match=f"--set-p expects key=value, got '{bad}'"):
+            parse_pairs((bad,), "--set-p")
