@@ -3,9 +3,10 @@
 The resolved configuration (every default filled in, every option validated) is a plain dict; its
 hash identifies the run in the results store, so a run that is already done is skipped.
 
-With a store, the selected weights of every finished run are kept beside it in
-``models/<hash of the training config>.pt`` (``training_config``: the config without what does not
-change training, such as a test-only perturbation). A run whose training config was trained before
+With a store, the selected weights of every finished run are kept beside it
+(:meth:`~fusionbench.store.ResultStore.weights_path`), named by the hash of its training config
+(``training_config``: the config without what does not change training, such as a test-only
+perturbation). A run whose training config was trained before
 evaluates those weights instead of training again: a test-only stress curve trains once per seed, and
 the p = 0 cells of all perturbations of a seed share one training. The store records which run's
 weights were evaluated (``trained_from``).
@@ -264,8 +265,8 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
     trained_digest = config_hash(training_config(config))
     checkpoint = trained_model = None
     if store is not None:
-        checkpoint = store.path.parent / "checkpoints" / f"{digest}.pt"
-        trained_model = store.path.parent / "models" / f"{trained_digest}.pt"
+        checkpoint = store.checkpoint_path(digest)
+        trained_model = store.weights_path(trained_digest)
         checkpoint.parent.mkdir(exist_ok=True)
     reuse = trained_model is not None and trained_model.exists()
     started = time.perf_counter()

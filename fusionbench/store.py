@@ -14,6 +14,12 @@ Tables:
 
 A finished run's metrics, ranks and status are written in one transaction, so a crash never leaves
 a 'done' run without its metrics, nor metrics of a run that did not finish.
+
+Files beside the store (the folder holding the SQLite file), named only by
+:meth:`ResultStore.checkpoint_path` and :meth:`ResultStore.weights_path`:
+    checkpoints/<run hash>.pt       resume state of an unfinished run (removed when it finishes)
+    models/<training hash>.pt       selected weights of a finished run, kept for every run with the same
+                                    training config (runner.training_config), which evaluates them
 """
 from __future__ import annotations
 
@@ -98,6 +104,12 @@ def _decode_ranks(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<i4").astype(np.int64)
 
 
+CHECKPOINTS = "checkpoints"
+"""Folder beside the store holding the resume checkpoints of unfinished runs."""
+KEPT_WEIGHTS = "models"
+"""Folder beside the store holding the kept trained weights."""
+
+
 class ResultStore:
     """Results of runs in one SQLite file (created on first use)."""
 
@@ -117,6 +129,15 @@ class ResultStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def checkpoint_path(self, run_hash: str) -> Path:
+        """Where the resume state of the unfinished run ``run_hash`` lives (its folder may not exist yet)."""
+        return self.path.parent / CHECKPOINTS / f"{run_hash}.pt"
+
+    def weights_path(self, training_hash: str) -> Path:
+        """Where the kept weights of the training ``training_hash`` (the hash of a run's
+        ``runner.training_config``) live (its folder may not exist yet)."""
+        return self.path.parent / KEPT_WEIGHTS / f"{training_hash}.pt"
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

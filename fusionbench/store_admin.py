@@ -1,9 +1,9 @@
 """Looking after a results store from the command line (``fusionbench store show | remove``).
 
-A run's files beside the store (``runner.run_experiment``): ``checkpoints/<run hash>.pt`` (resume state of
-an unfinished run) and ``models/<training hash>.pt`` (trained weights, kept while a run with that
-training config (``runner.training_config``) remains: the run that trained them and the stress cells
-that evaluated them, whose ``trained_from`` names them).
+A run's files beside the store (:mod:`fusionbench.store`): its resume checkpoint
+(``ResultStore.checkpoint_path``, while unfinished) and the trained weights (``ResultStore.weights_path``),
+kept while a run with that training config (``runner.training_config``) remains: the run that trained
+them and the stress cells that evaluated them, whose ``trained_from`` names them.
 """
 from __future__ import annotations
 
@@ -35,13 +35,12 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
         groups.setdefault((data_name(c), c["protocol"]), {})[row_key(c)] = c
     label = {(where, key): text for where, variants in groups.items()
              for key, text in zip(variants, variant_labels(list(variants.values())))}
-    checkpoints = store.path.parent / "checkpoints"
     rows = []
     for run, config in zip(table.itertuples(), configs):
         if run.status == "done":
             epochs = f"{int(run.best_epoch)} / {len(json.loads(run.history or '[]'))}"
         elif run.status == "running":
-            epochs = "resumable" if (checkpoints / f"{run.config_hash}.pt").exists() else "no checkpoint"
+            epochs = "resumable" if store.checkpoint_path(run.config_hash).exists() else "no checkpoint"
         else:
             epochs = (run.error or "").splitlines()[-1][:60] if run.error else ""
         where = (data_name(config), config["protocol"])
@@ -75,8 +74,6 @@ def remove_runs(store_path: Path, run_ids: list[int], force: bool = False) -> li
     hashes = store.remove(list(dict.fromkeys(run_ids)))
     left = store.runs(status=None)
     referred = {config_hash(training_config(json.loads(text))) for text in left.config}
-    folder = store.path.parent
-    for path in [folder / "checkpoints" / f"{h}.pt" for h in hashes] + \
-                [folder / "models" / f"{t}.pt" for t in trained - referred]:
+    for path in [store.checkpoint_path(h) for h in hashes] + [store.weights_path(t) for t in trained - referred]:
         path.unlink(missing_ok=True)
     return hashes

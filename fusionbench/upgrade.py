@@ -246,11 +246,10 @@ def upgrade_store(store: ResultStore, dry_run: bool = False, data_root: Optional
     if renames and not dry_run:
         # files first: after a crash the database still holds the old hashes and a second upgrade
         # renames what is left (a file already moved is simply not found again)
-        moves = [("checkpoints", old, new) for old, (_, new, _) in renames.items()]
-        moves += [("models", old, new) for old, new in trained.items()]
-        for folder, old_hash, new_hash in moves:
-            path = store.path.parent / folder / f"{old_hash}.pt"
+        moves = [(store.checkpoint_path(old), store.checkpoint_path(new)) for old, (_, new, _) in renames.items()]
+        moves += [(store.weights_path(old), store.weights_path(new)) for old, new in trained.items()]
+        for path, target in moves:
             if path.exists():
-                os.replace(path, path.with_name(f"{new_hash}.pt"))
+                os.replace(path, target)
         store.rekey(renames, trained)
     return results

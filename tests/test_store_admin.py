@@ -100,3 +100,39 @@ def test_remove_keeps_shared_weights_while_a_run_of_their_training_config_remain
     assert weights.exists()
     assert invoke("store", "remove", "--store", path, "--id", trained.run_id).exit_code == 0
     assert not weights.exists()
+
+
+def test_runs_show_remove_and_upgrade_find_a_runs_files_where_the_store_names_them(tmp_path, monkeypatch):
+    """The store alone says where a run's checkpoint and kept weights live: move them elsewhere there and
+    training, `store show`, `store upgrade` and `store remove` all follow."""
+    from fusionbench.upgrade import upgrade_store
+    from test_upgrade import as_if_written_before
+
+    monkeypatch.setattr(ResultStore, "checkpoint_path", lambda self, h: self.path.parent / "resume" / f"{h}.state")
+    monkeypatch.setattr(ResultStore, "weights_path", lambda self, h: self.path.parent / "kept" / f"{h}.state")
+    path = tmp_path / "r.db"
+    clean = run_experiment(request("early"), ResultStore(path), progress=False)
+    stressed = run_experiment(request("early", PerturbationRequest("missing", 1.0, "test")), ResultStore(path),
+                              progress=False)
+    kept = tmp_path / "kept" / f"{clean.config_hash}.state"
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [kept.name] and not (tmp_path / "models").exists()
+    assert not list((tmp_path / "resume").iterdir())                   # both finished: no resume state left
+    config = resolve(request("sasrec"))
+    config["dataset_checksum"] = "abc"
+    running = ResultStore(path).start(config, "abc", {}, "rev")
+    (tmp_path / "resume" / f"{config_hash(config)}.state").write_bytes(b"resume state")
+    assert "resumable" in invoke("store", "show", "--store", path, "--status", "running").output
+
+    # rewritten as stored before train.grad_clip existed (as_if_written_before renames files in the default
+    # layout only: there are none), the kept weights renamed to the old training hash here; upgrading moves
+    # them back
+    drop = lambda config: config["train"].pop("grad_clip")  # noqa: E731
+    old_clean = as_if_written_before(path, clean.run_id, drop)
+    as_if_written_before(path, stressed.run_id, drop)
+    kept.rename(kept.with_name(f"{old_clean}.state"))
+    assert {u.status for u in upgrade_store(ResultStore(path)) if u.run_id != running} == {"upgraded"}
+    assert kept.exists() and not kept.with_name(f"{old_clean}.state").exists() and not (tmp_path / "models").exists()
+
+    assert invoke("store", "remove", "--store", path, "--id", clean.run_id, "--id", stressed.run_id,
+                  "--id", running, "--force").exit_code == 0
+    assert not list((tmp_path / "kept").iterdir()) and not list((tmp_path / "resume").iterdir())
