@@ -245,30 +245,27 @@ def leaderboard(**options: Any) -> None:
 
 
 @main.command("list")
-@click.argument("kind", type=click.Choice([*sorted(REGISTRIES), "features"]), required=False)
+@click.argument("kind", type=click.Choice([*sorted(REGISTRIES), "options", "train", "features"]), required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "md"]), default="text", show_default=True,
+              help="md: the strategies and aggregators reference in Markdown (what docs/strategies.md holds).")
 @report_errors
-def list_plugins(kind: Optional[str]) -> None:
-    """List registered plugins with their options and defaults, and the feature options (``features``:
-    ``--set features.NAME=VALUE``, shared by every strategy that uses modalities)."""
-    for name in sorted(REGISTRIES) if kind is None else [kind] if kind in REGISTRIES else []:
-        registry = REGISTRIES[name]
-        click.echo(f"{name}:")
-        for plugin in registry.names():
-            obj = registry.get(plugin)
-            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip()
-            summary = " ".join(doc.split("\n\n")[0].split())  # first paragraph, on one line
-            click.echo(f"  {plugin}: {summary}")
-            for opt, tp, default in obj.Options.describe():
-                click.echo(f"      {opt} ({tp}) = {default}")
-            for opt, default in getattr(obj, "train_defaults", {}).items():
-                click.echo(f"      train.{opt} = {default}  (this model's training default)")
-    if kind in (None, "features"):
-        from fusionbench.runner import FeatureOptions
+def list_plugins(kind: Optional[str], fmt: str) -> None:
+    """List registered plugins with their options and defaults, and the harness's own option groups
+    (``options``: ``--set GROUP.NAME=VALUE``, e.g. train.lr, features.modalities; ``train`` or ``features``:
+    that group alone)."""
+    from fusionbench import reference
 
-        click.echo("features: how modality tables are made, the same for every strategy that uses them "
-                   "(--set features.NAME=VALUE; docs/features.md)")
-        for opt, tp, default in FeatureOptions.describe():
-            click.echo(f"      {opt} ({tp}) = {default}")
+    if fmt == "md":
+        if kind is not None:
+            raise UserInputError("--format md prints the whole strategies and aggregators reference; give no KIND")
+        click.echo(reference.strategies_markdown(), nl=False)
+        return
+    for name in sorted(REGISTRIES) if kind is None else [kind] if kind in REGISTRIES else []:
+        for line in reference.plugin_lines(name):
+            click.echo(line)
+    if kind in (None, "options", "train", "features"):
+        for line in reference.group_lines(None if kind in (None, "options") else [kind]):
+            click.echo(line)
 
 
 @main.group()

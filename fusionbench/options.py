@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from fusionbench.errors import UserInputError
 
@@ -80,7 +80,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class PluginOptions:
-    """Base of every plugin's option dataclass."""
+    """Base of every plugin's option dataclass. ``HELP`` (optional; the harness's own groups give one for
+    every option) maps an option to one line that ``fusionbench list`` prints after its default."""
+
+    HELP: ClassVar[dict[str, str]] = {}
 
     def check(self) -> None:
         """Range checks of one plugin; raise :class:`OptionError` naming the option."""

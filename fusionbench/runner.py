@@ -72,6 +72,16 @@ class FeatureOptions(PluginOptions):
     lists them). The default ``title`` on a dataset without full titles reads its one text source
     instead, and the resolved config records the source read (:func:`resolved_text_source`)."""
 
+    HELP = {
+        "n_clusters": "codes per channel (k-means centres) of text, dense channels and attr under attr=svd",
+        "k": "codes per item of those channels (its k nearest centres)",
+        "reduce": "reduction before k-means: ae (autoencoder), pca or none",
+        "attr_max_codes": "codes per item of attr under attr=ids (its first attribute ids)",
+        "modalities": "the channels to build, e.g. text,attr (empty: every channel the data has)",
+        "attr": "how every strategy sees the attr channel: ids (learned id embeddings) or svd (features)",
+        "text": "the text source of the text channel (`fusionbench data info` lists a dataset's)",
+    }
+
     n_clusters: int = 30
     k: int = 3
     reduce: str = "ae"

@@ -53,6 +53,21 @@ REFERENCE_WATCHED = tuple(f"{m}@{k}" for m in METRICS for k in (5, 20))
 class TrainOptions(PluginOptions):
     """Training options (``--set train.<name>=value`` on the command line)."""
 
+    HELP = {
+        "lr": "Adam's learning rate",
+        "weight_decay": "Adam's L2 weight decay",
+        "batch_size": "training rows per batch",
+        "epochs": "most epochs (--epochs); training stops earlier on validation",
+        "patience": "epochs without a better validation `select` before stopping",
+        "select": "the validation metric that picks the kept epoch and drives early stopping",
+        "eval_batch_size": "samples per batch of validation and test ranking",
+        "lr_step": "multiply the lr by lr_gamma every lr_step epochs (0 = constant lr)",
+        "lr_gamma": "the lr decay factor of lr_step",
+        "grad_clip": "clip the gradient norm at this value (0 = off)",
+        "precision": "fp32, or bf16 autocast of training forward passes (evaluation stays fp32)",
+        "batching": "causal rows per batch: uniform (drawn at random) or length (grouped by length)",
+    }
+
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128

@@ -33,6 +33,9 @@ class Strategy(nn.Module):
         train_defaults: training options this model's paper or reference code uses (e.g. its lr);
             applied before the user's ``--set train.*`` overrides.
         default_aggregator: for graph strategies, the aggregator used when none is named.
+        paper: the paper (authors, venue) or reference code it implements, one line.
+        notes: one paragraph (Markdown) on how this implementation reads its paper: its row of
+            docs/strategies.md (``fusionbench list --format md``).
     """
 
     Options: ClassVar[type[PluginOptions]]
@@ -42,6 +45,8 @@ class Strategy(nn.Module):
     contract_skips: ClassVar[dict[str, str]] = {}
     train_defaults: ClassVar[dict[str, object]] = {}
     default_aggregator: ClassVar[Optional[str]] = None
+    paper: ClassVar[str] = ""
+    notes: ClassVar[str] = ""
 
     def __init__(self, ctx: StrategyContext, opts: PluginOptions):
         super().__init__()

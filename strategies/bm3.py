@@ -75,6 +75,11 @@ class BM3(GraphCFStrategy):
     Options = BM3Options
     fusion_stage = "late"
     paper = "Zhou, Zhou, Zhang, Liu, Zhang, Miao, WWW 2023"
+    notes = (
+        "LightGCN on IDs (+ item ID) with a shared predictor; per-channel projections aligned to it by the bootstrap "
+        "losses (target-side dropout, stop-gradient, no negatives); scores read the ID graph. Regulariser as the "
+        "reference's `EmbLoss` (norms, not squared). Graph-CF protocol: [graph-cf.md](graph-cf.md)."
+    )
     train_defaults = {"batch_size": 2048}
     contract_skips: ClassVar[dict[str, str]] = {
         **FEATURE_CF_SKIPS,

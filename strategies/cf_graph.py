@@ -5,7 +5,7 @@ r"""Shared machinery of the graph-CF baselines (MMSR Table 2: ``pop``, ``lightgc
 :class:`~fusionbench.data.core.SequenceData`, duplicates merged. Built once per run from
 ``ctx.history`` (the training interactions of the split: ``loo``: :math:`s_1..s_{T-2}`) for training
 and validation; the test ranking uses ``ctx.test_history`` (``loo``: the validation item added, as the
-sequential models see it in their test inputs; ``ratio``: nothing added, see docs/strategies.md).
+sequential models see it in their test inputs; ``ratio``: nothing added, see docs/graph-cf.md).
 Nodes: users ``0..U-1`` then items at ``U + v`` for v in ``0..n`` (node ``U`` is the padding item,
 isolated), so the item rows of a node table are ``table[U:]``, shaped ``[n_items + 1, d]`` like every
 strategy's item table. Adjacencies are sparse CSR ``[N, N]`` (N = U + n + 1), never dense:

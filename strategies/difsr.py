@@ -142,6 +142,14 @@ class DIFSR(AttentionLevelStrategy):
     # harness's batch of 128 it lagged far behind lr 1e-3 on validation (Beauty, loo, seed 0, NDCG@20:
     # 2.48 % after 20 epochs at 1e-4, 3.36 % after 5 at 1e-3 with bf16)
     paper = "Xie, Zhou, Kim, SIGIR 2022"
+    notes = (
+        "Per-channel attention scores fused before the softmax; `aap_weight` = λ of the auxiliary attribute predictor"
+        " (10 as in the reference): per modality with codes, a linear head on every position's state and the "
+        "reference's multi-label BCE-with-logits against the target item's whole code set (modality codes stand in "
+        "for attributes), averaged over the codes and over the targets that hold a code, so it starts near ln 2. The "
+        "Beauty rows of reports/beauty_leaderboard.md (`aap_weight=0` far higher, NDCG@20 5.21 vs 3.52 % on "
+        "validation) were trained with an earlier AAP, a softmax CE on each target's first code only (issue 22)."
+    )
 
     def __init__(self, ctx: StrategyContext, opts: DIFSROptions):
         super().__init__(ctx, opts)

@@ -56,6 +56,10 @@ class Early(CausalStrategy):
     Options = EarlyOptions
     fusion_stage = "early"
     paper = "Hu, Guo, Liu, Kan, CIKM 2023 (MMSR), Eqs. 3-4"
+    notes = (
+        "Channels fused per position, then one encoder; `backbone` sasrec or gru4rec, `fusion` concat, sum or gate; "
+        "`ids=false` drops the item-ID channel (modality channels only)."
+    )
 
     def __init__(self, ctx: StrategyContext, opts: EarlyOptions):
         super().__init__(ctx, opts)
@@ -105,3 +109,4 @@ class SASRecF(Early):
 
     Options = SASRecFOptions
     paper = "RecBole SASRecF (SASRec, Kang & McAuley, ICDM 2018, with feature concatenation)"
+    notes = "Preset of `early`: transformer, concatenation, ID-only item side (`target=id`)."

@@ -50,6 +50,7 @@ class GRU4Rec(CausalStrategy):
     uses_modalities = False
     train_defaults = {"batch_size": 256}
     paper = "Hidasi, Karatzoglou, Baltrunas, Tikk, ICLR 2016"
+    notes = "ID-only GRU."
 
     def __init__(self, ctx: StrategyContext, opts: GRU4RecOptions):
         super().__init__(ctx, opts)

@@ -65,6 +65,7 @@ class Late(CausalStrategy):
     Options = LateOptions
     fusion_stage = "late"
     paper = "Hu, Guo, Liu, Kan, CIKM 2023 (MMSR), Eqs. 5-6"
+    notes = "One encoder per channel, then fused; same `backbone` / `fusion` choices as `early`."
 
     def __init__(self, ctx: StrategyContext, opts: LateOptions):
         super().__init__(ctx, opts)
@@ -134,3 +135,4 @@ class GRU4RecF(Late):
     Options = GRU4RecFOptions
     train_defaults = {"batch_size": 256}
     paper = "Hidasi, Quadrana, Karatzoglou, Tikk, RecSys 2016 (p-RNN); RecBole GRU4RecF"
+    notes = "Preset of `late`: GRU, features merged into one side stream, ID-only item side."

@@ -56,6 +56,11 @@ class LightGCN(GraphCFStrategy):
     fusion_stage = "none"
     uses_modalities = False
     paper = "He, Deng, Wang, Li, Zhang, Wang, SIGIR 2020"
+    notes = (
+        "ID-only graph CF: mean of `layers` symmetric-normalised propagations of user and item embeddings over the "
+        "training user–item graph; BPR with one uniform negative + ego-embedding L2 (`reg`). Graph-CF protocol: "
+        "[graph-cf.md](graph-cf.md)."
+    )
 
     def __init__(self, ctx: StrategyContext, opts: LightGCNOptions):
         super().__init__(ctx, opts)

@@ -225,6 +225,9 @@ class MDSRec(CausalStrategy):
     fusion_stage = "late"
     train_defaults = {"lr": 1e-3, "batch_size": 256}
     paper = "Li, Guo, Li, Zou, arXiv 2412.08103 (abstract only; our design marked [A] in docs/mdsrec.md)"
+    notes = (
+        "Modal-aware item graphs from training history + interest-centred attention per channel; see docs/mdsrec.md."
+    )
 
     def __init__(self, ctx: StrategyContext, opts: MDSRecOptions):
         super().__init__(ctx, opts)

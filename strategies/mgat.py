@@ -100,6 +100,11 @@ class GatedAttentionLayer(nn.Module):
 class MGAT(MultiBranchCF):
     Options = MGATOptions
     paper = "Tao, Wei, Wang, He, Huang, Chua, IP&M 2020"
+    notes = (
+        "As `mmgcn` with gated attention per layer (degree-scaled sigmoid gate on the attention logits, L2-normalised"
+        " messages); depth 2 (the shipped code ran 1), full ranking (it sampled 1,000 negatives). Graph-CF protocol: "
+        "[graph-cf.md](graph-cf.md)."
+    )
     train_defaults = {"lr": 1e-4, "batch_size": 2048}
     layer_class = GatedAttentionLayer
 

@@ -177,4 +177,9 @@ class MultiBranchCF(GraphCFStrategy):
 class MMGCN(MultiBranchCF):
     Options = MMGCNOptions
     paper = "Wei, Wang, Nie, He, Hong, Chua, ACM MM 2019"
+    notes = (
+        "One GCN branch per modality channel on the training user–item graph (user preference vectors, item feature "
+        "MLP, mean aggregation, shared ID embedding in the combination), branches averaged; BPR. The shipped code's "
+        "untrained ID/preference tensors are parameters here. Graph-CF protocol: [graph-cf.md](graph-cf.md)."
+    )
     train_defaults = {"batch_size": 1024}

@@ -125,6 +125,10 @@ class MMSR(Strategy):
     # SR-GNN-style configs instead of the reference's 1e-4 (which stops training after epoch 40)
     train_defaults = {"lr": 0.002, "epochs": 100, "patience": 8, "lr_step": 40, "lr_gamma": 0.1}
     paper = "Hu, Guo, Liu, Kan, CIKM 2023"
+    notes = (
+        "MSGraph per sequence + any aggregator (`--aggregator`, default `han`); Table 4 rows via `update`, `use_pos`,"
+        " `use_type`; `backend` dense or dgl."
+    )
 
     def __init__(self, ctx: StrategyContext, opts: MMSROptions):
         super().__init__(ctx, opts)

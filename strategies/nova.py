@@ -72,6 +72,7 @@ class NOVA(AttentionLevelStrategy):
     Options = NOVAOptions
     fusion_stage = "attention"
     paper = "Liu, Li, Cai, Dong, Zhu, Shang, AAAI 2021"
+    notes = "Side information enters queries and keys only; values from item IDs."
 
     def __init__(self, ctx: StrategyContext, opts: NOVAOptions):
         super().__init__(ctx, opts)

@@ -34,6 +34,10 @@ class Pop(GraphCFStrategy):
     fusion_stage = "none"
     uses_modalities = False
     paper = "most popular (MMSR Table 2 floor)"
+    notes = (
+        "Items ranked by training-interaction count, the same list for every user; one learned positive scale (no "
+        "effect on the ranking) so the trainer has something to step. Graph-CF protocol: [graph-cf.md](graph-cf.md)."
+    )
     train_defaults = {"batch_size": 2048, "epochs": 1}
 
     def __init__(self, ctx: StrategyContext, opts: PopOptions):

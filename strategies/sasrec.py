@@ -54,6 +54,7 @@ class SASRec(CausalStrategy):
     fusion_stage = "none"
     uses_modalities = False
     paper = "Kang & McAuley, ICDM 2018"
+    notes = "ID-only causal transformer; `norm=post`, `init=normal`, `ffn_mult=4` is RecBole's layout."
 
     def __init__(self, ctx: StrategyContext, opts: SASRecOptions):
         super().__init__(ctx, opts)

@@ -131,6 +131,7 @@ class SRGNN(Strategy):
     uses_modalities = False
     train_defaults = {"batch_size": 100, "lr": 1e-3, "lr_step": 3, "lr_gamma": 0.1, "weight_decay": 1e-5}
     paper = "Wu, Tang, Zhu, Wang, Xie, Tan, AAAI 2019"
+    notes = "ID-only session graph (own session-graph builder, gated GNN, attention readout)."
 
     def __init__(self, ctx: StrategyContext, opts: SRGNNOptions):
         super().__init__(ctx, opts)

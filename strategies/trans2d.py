@@ -128,6 +128,7 @@ class Trans2D(CausalStrategy):
     Options = Trans2DOptions
     fusion_stage = "holistic"
     paper = "Singer et al., WSDM 2022 (arXiv 2110.11072)"
+    notes = "Attention over positions x channels jointly."
 
     def __init__(self, ctx: StrategyContext, opts: Trans2DOptions):
         super().__init__(ctx, opts)
