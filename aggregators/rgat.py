@@ -8,8 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aggregators.attention import (adjacency_rows, check_divisible, glorot_, masked_adjacency, masked_softmax,
-                                  zero_padded)
+from aggregators.attention import (
+    adjacency_rows,
+    check_divisible,
+    glorot_,
+    masked_adjacency,
+    masked_softmax,
+    zero_padded,
+)
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
@@ -49,7 +55,8 @@ class RGAT(nn.Module):
         g^{r}_i = W_r^\top x_i,\quad q^{r}_i = g^{r\top}_i Q,\quad k^{r}_j = g^{r\top}_j K, \\
         \alpha^{r,h}_{ij} = \operatorname{softmax}\big(\operatorname{LeakyReLU}(q^{r,h}_i + k^{r,h}_j)\big)
         \;\text{(additive) or of } q^{r,h}_i k^{r,h}_j \text{ (multiplicative)}, \\
-        x'_i = \big\Vert_h \text{ or } \tfrac1H\textstyle\sum_h \;\sum_r \sum_{j \in N_r(i)} \alpha^{r,h}_{ij}\, g^{r,h}_j + b
+        x'_i = \big\Vert_h \text{ or } \tfrac1H\textstyle\sum_h
+               \;\sum_r \sum_{j \in N_r(i)} \alpha^{r,h}_{ij}\, g^{r,h}_j + b
 
     The softmax runs jointly over :math:`(r, j)` ("across-relation") or over :math:`j` for each
     :math:`r` ("within-relation"). Every relation channel of ``adj`` is a relation, including the

@@ -17,6 +17,7 @@ from fusionbench.errors import TrainingError, UserInputError, report_errors
 from fusionbench.metrics import DEFAULT_KS, METRICS
 from fusionbench.registry import REGISTRIES
 
+
 def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, str]:
     """``("mode=shift",)`` -> ``{"mode": "shift"}`` (a later key wins); ``option`` names the flag in errors."""
     options = {}

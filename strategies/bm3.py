@@ -14,7 +14,8 @@ predictor p, stop-gradient sg, dropout ``dropout`` on the target side only; over
 (user, item) pairs, with :math:`\cos` averaged over the batch:
 
 .. math::
-    \mathcal L_{rec} = (1 - \cos(p(h_u), \mathrm{sg}(\mathrm{drop}(h_i)))) + (1 - \cos(p(h_i), \mathrm{sg}(\mathrm{drop}(h_u))))
+    \mathcal L_{rec} = (1 - \cos(p(h_u), \mathrm{sg}(\mathrm{drop}(h_i))))
+                     + (1 - \cos(p(h_i), \mathrm{sg}(\mathrm{drop}(h_u))))
 
 .. math::
     \mathcal L_{align} = \sum_m 1 - \cos(p(t^m_i), \mathrm{sg}(\mathrm{drop}(h_i))),\qquad

@@ -18,7 +18,8 @@ information about an item, which the synthetic testbed's early-vs-late compariso
 sequence and full-softmax cross-entropy at every position that has a target.
 
 Shapes:
-    items ``[B, L]`` -> channels ``[B, L, 1 + M, d]`` (``[B, L, M, d]`` with ``ids=False``) -> inputs ``[B, L, d]`` -> encode ``[B, d]``;
+    items ``[B, L]`` -> channels ``[B, L, 1 + M, d]`` (``[B, L, M, d]`` with ``ids=False``) -> inputs ``[B, L, d]``
+    -> encode ``[B, d]``;
     item_embeddings ``[n_items + 1, d]``.
 """
 from __future__ import annotations
@@ -32,8 +33,14 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
 from strategies.base import CausalStrategy
-from strategies.fusion import (ChannelFusion, IdChannelOptions, SequenceBackbone, SequenceOptions,
-                               id_and_modality_channels, with_ids)
+from strategies.fusion import (
+    ChannelFusion,
+    IdChannelOptions,
+    SequenceBackbone,
+    SequenceOptions,
+    id_and_modality_channels,
+    with_ids,
+)
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,14 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
 from strategies.backbones import embedding_init_
 from strategies.base import CausalStrategy
-from strategies.fusion import (ChannelFusion, IdChannelOptions, SequenceBackbone, SequenceOptions,
-                               id_and_modality_channels, with_ids)
+from strategies.fusion import (
+    ChannelFusion,
+    IdChannelOptions,
+    SequenceBackbone,
+    SequenceOptions,
+    id_and_modality_channels,
+    with_ids,
+)
 
 
 @dataclass(frozen=True)

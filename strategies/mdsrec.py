@@ -49,8 +49,13 @@ from fusionbench.registry import STRATEGIES
 from strategies.backbones import causal_allowed, embedding_init_, forward_positions, split_heads
 from strategies.base import CausalStrategy
 from strategies.fusion import ModalityChannel, SequenceOptions
-from strategies.item_graphs import (GraphPropagation, behaviour_counts, channel_edges, normalised_adjacency,
-                                    similarity_features)
+from strategies.item_graphs import (
+    GraphPropagation,
+    behaviour_counts,
+    channel_edges,
+    normalised_adjacency,
+    similarity_features,
+)
 
 ID = "id"
 

@@ -314,7 +314,8 @@ def test_han_heterogeneous_attention_two_nodes_by_hand():
     adj[0, 0, 0, 0] = adj[0, 0, 1, 1] = adj[0, 4, 0, 1] = adj[0, 5, 1, 0] = True
     x = torch.tensor([[[1.0, -1.0], [0.0, 2.0]]], dtype=torch.float64)
     out = model(x, adj, torch.tensor([[ITEM, IMAGE]]), torch.ones(1, 2, dtype=torch.bool))
-    # node 0: e00 = 2/sqrt2, e01 = -2/sqrt2 -> LeakyReLU(0.1) -> -0.2/sqrt2; node 1: e10 = -2/sqrt2 -> -0.2/sqrt2, e11 = 4/sqrt2
+    # node 0: e00 = 2/sqrt2, e01 = -2/sqrt2 -> LeakyReLU(0.1) -> -0.2/sqrt2;
+    # node 1: e10 = -2/sqrt2 -> -0.2/sqrt2, e11 = 4/sqrt2
     w0 = softmax([2 / math.sqrt(2), -0.2 / math.sqrt(2)])
     w1 = softmax([-0.2 / math.sqrt(2), 4 / math.sqrt(2)])
     expected = torch.tensor([[w0[0] * 1 + w0[1] * 0, w0[0] * -1 + w0[1] * 2],
@@ -398,7 +399,8 @@ def test_han_attention_dropout_only_in_training():
     torch.manual_seed(0)
     assert not torch.allclose(model(x, adj, node_type, node_mask), ref)
     quiet = han_model("gate", attn_dropout=0.0).train()
-    torch.testing.assert_close(quiet(x, adj, node_type, node_mask), han_model("gate", attn_dropout=0.0)(x, adj, node_type, node_mask))
+    torch.testing.assert_close(quiet(x, adj, node_type, node_mask),
+                               han_model("gate", attn_dropout=0.0)(x, adj, node_type, node_mask))
 
 
 def test_han_isolated_and_padded_nodes():

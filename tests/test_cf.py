@@ -150,7 +150,7 @@ def test_lightgcn_propagation_equals_a_per_node_loop():
     nb = neighbours(graph)
     torch.manual_seed(0)
     ego = torch.randn(graph.n_nodes, 5)
-    x, layers = [ego], []
+    x = [ego]
     for _ in range(2):
         prev = x[-1]
         x.append(torch.stack([sum((prev[w] / math.sqrt(len(nb[v]) * len(nb[w])) for w in nb[v]),

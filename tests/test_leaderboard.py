@@ -16,7 +16,11 @@ from fusionbench.report import leaderboard_report
 from fusionbench.report.collect import Column, Selection, open_store, parse_columns, setting_values
 from fusionbench.report.contrast import drop_contrasts, relative_drop_contrast
 from fusionbench.report.leaderboard import (
-    BUDGET_KNOBS, budget_caption, build_leaderboards, render_markdown, to_frame,
+    BUDGET_KNOBS,
+    budget_caption,
+    build_leaderboards,
+    render_markdown,
+    to_frame,
 )
 from fusionbench.report.robustness import Point, RobustRow, _point_text, build_robustness
 from fusionbench.report.significance import holm

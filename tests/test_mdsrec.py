@@ -14,7 +14,12 @@ from fusionbench.options import OptionError
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import build_context
 from strategies.item_graphs import (
-    GraphPropagation, behaviour_counts, channel_edges, cosine_topk, normalised_adjacency, similarity_features,
+    GraphPropagation,
+    behaviour_counts,
+    channel_edges,
+    cosine_topk,
+    normalised_adjacency,
+    similarity_features,
 )
 from strategy_fixtures import N_ITEMS, tiny_batch, tiny_context
 
@@ -300,7 +305,7 @@ def test_self_weight_matches_powers_of_the_adjacency():
     adjacency = normalised_adjacency(row[keep], col[keep], torch.rand(int(keep.sum()), generator=g), 7)
     a = dense(adjacency)
     for layers in (1, 2):
-        expected = sum(torch.linalg.matrix_power(a, l).diagonal() for l in range(layers + 1)) / (layers + 1)
+        expected = sum(torch.linalg.matrix_power(a, hops).diagonal() for hops in range(layers + 1)) / (layers + 1)
         torch.testing.assert_close(GraphPropagation(adjacency, layers).self_weight, expected)
 
 

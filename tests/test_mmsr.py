@@ -57,8 +57,8 @@ def test_update_from_the_strategy_or_the_aggregator_option():
 
 def test_update_reaches_han_through_a_resolved_run_config():
     """`fusionbench run --strategy mmsr --set update=sync`: the resolved config also holds agg.update=gate."""
-    from fusionbench.runner import RunRequest, build_context, load_data, resolve
     from fusionbench.data.splits import make_split
+    from fusionbench.runner import RunRequest, build_context, load_data, resolve
 
     config = resolve(RunRequest(strategy="mmsr", dataset="synthetic", strategy_options={"update": "sync", "dim": "16"},
                                 dataset_options={"n_users": "80", "n_codes": "3", "per_cell": "2", "max_len": "10"},

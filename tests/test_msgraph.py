@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregators.base import SEQ_BOTH, SEQ_IN, SEQ_OUT, SELF, n_relations_for
+from aggregators.base import SELF, SEQ_BOTH, SEQ_IN, SEQ_OUT, n_relations_for
 from fusionbench.context import CODE_SENTINEL
 from msgraph_reference import reference_msgraph
 from strategies.msgraph import MSGraph, build_msgraph, count_nodes, msgraph_relations

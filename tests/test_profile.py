@@ -6,8 +6,8 @@ import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
-from fusionbench.errors import UserInputError
 from fusionbench.data.splits import make_split
+from fusionbench.errors import UserInputError
 from fusionbench.profile import STEP_PARTS, labelled_parts, part_target, profile_training, sample_batches
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve

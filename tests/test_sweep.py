@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from fusionbench.cli import main
 from fusionbench.errors import UserInputError
+from fusionbench.plan import run_local
 from fusionbench.registry import STRATEGIES
 from fusionbench.store import ResultStore
-from fusionbench.plan import run_local
 from fusionbench.sweep import read_sweep, run_ray, submission_order
 
 TINY = """
@@ -128,7 +128,7 @@ def test_groups_that_only_evaluate_are_submitted_first():
 
 
 def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
-    import ray   # in the test extras: the Ray engine is always tested
+    import ray  # in the test extras: the Ray engine is always tested
     # sasrec and its test-only stress cell share one training (one task); gru4rec is a second task
     path = sweep_file(tmp_path, """
         [[run]]

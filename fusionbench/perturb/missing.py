@@ -26,7 +26,12 @@ from torch import Tensor
 from fusionbench.context import ModalityTable, SeqBatch
 from fusionbench.data.splits import Samples
 from fusionbench.perturb.base import (
-    ChannelOptions, ChannelPerturbation, batch_offsets, generator, keyed_uniform, round_count,
+    ChannelOptions,
+    ChannelPerturbation,
+    batch_offsets,
+    generator,
+    keyed_uniform,
+    round_count,
 )
 from fusionbench.registry import PERTURBATIONS
 

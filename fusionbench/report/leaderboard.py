@@ -26,12 +26,32 @@ from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
-    LEAKY_LABEL, LEAKY_PROTOCOL, NOT_SET, Column, RunGroup, Selection, check_one_data_version, check_setting_keys,
-    data_name, done_runs, group_runs, load_ranks, per_sample_values, perturbation_of, seed_values, setting_text,
+    LEAKY_LABEL,
+    LEAKY_PROTOCOL,
+    NOT_SET,
+    Column,
+    RunGroup,
+    Selection,
+    check_one_data_version,
+    check_setting_keys,
+    data_name,
+    done_runs,
+    group_runs,
+    load_ranks,
+    per_sample_values,
+    perturbation_of,
+    seed_values,
+    setting_text,
     setting_values,
 )
 from fusionbench.report.significance import (
-    ALPHA, SAMPLE_TESTS, SEED_TEST, Comparison, adjust, sample_tests, seed_means_test,
+    ALPHA,
+    SAMPLE_TESTS,
+    SEED_TEST,
+    Comparison,
+    adjust,
+    sample_tests,
+    seed_means_test,
 )
 from fusionbench.store import ResultStore, canonical_json
 

@@ -29,8 +29,22 @@ from tabulate import tabulate
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import (
-    LEAKY_LABEL, LEAKY_PROTOCOL, Column, RunGroup, Selection, check_one_data_version, data_name, done_runs, group_runs, load_ranks,
-    per_sample_values, perturbation_of, row_key, seed_values, short_value, variant_labels,
+    LEAKY_LABEL,
+    LEAKY_PROTOCOL,
+    Column,
+    RunGroup,
+    Selection,
+    check_one_data_version,
+    data_name,
+    done_runs,
+    group_runs,
+    load_ranks,
+    per_sample_values,
+    perturbation_of,
+    row_key,
+    seed_values,
+    short_value,
+    variant_labels,
 )
 from fusionbench.store import ResultStore, canonical_json
 
