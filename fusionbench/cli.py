@@ -150,13 +150,47 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
     base = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, aggregator=aggregator,
                       max_len=max_len, data_root=data_root, device=device, **parse_sets(sets, epochs))
     cells = stress_sweep.plan_cells(base, perturbation, parse_pairs(set_p, "--set-p"),
-                                    stress_sweep.parse_severities(severity), stress_sweep.parse_seeds(seeds),
+                                    stress_sweep.parse_severities(severity), plan.parse_seeds(seeds),
                                     apply_to)
     stress_sweep.run_sweep(cells, ResultStore(store), progress=not quiet)
     click.echo(f"{strategy} under {perturbation} (apply to {apply_to}) on {dataset} ({protocol}): "
                f"{len(cells)} cells, {plan.skipped(cells)} already in the store")
     click.echo(stress_sweep.curve_table(cells))
     failed = stress_sweep.failed_cells(cells)
+    if failed:
+        raise TrainingError(failed)
+
+
+@main.command()
+@run_options("strategy", "aggregator", "dataset", "protocol", "epochs", "max_len",
+             strategy=dict(help="Strategies to compare, comma-separated (e.g. mmsr,sasrec,late)."),
+             aggregator=dict(help="Graph aggregator for the graph strategies among them."))
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
+@click.option("--store", type=click.Path(path_type=Path), default=Path("runs/compare.db"), show_default=True,
+              help="SQLite results store; runs done there are skipped, so a rerun resumes.")
+@run_options("set", "data_root", "device", "quiet")
+@report_errors
+def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int],
+            max_len: int, seeds: str, store: Path, sets: tuple[str, ...], data_root: Optional[Path], device: str,
+            quiet: bool) -> None:
+    """Train several strategies under one budget and print their leaderboard with significance marks."""
+    from fusionbench import compare as comparison
+    from fusionbench import plan
+    from fusionbench.runner import RunRequest
+    from fusionbench.store import ResultStore
+
+    strategies = comparison.parse_strategies(strategy)
+    base = RunRequest(strategy=strategies[0], dataset=dataset, protocol=protocol, aggregator=aggregator,
+                      max_len=max_len, data_root=data_root, device=device, **parse_sets(sets, epochs))
+    cells = comparison.plan_cells(base, strategies, plan.parse_seeds(seeds))
+    results = ResultStore(store)
+    comparison.run_comparison(cells, results, progress=not quiet)
+    click.echo(f"{', '.join(strategies)} on {dataset} ({protocol}): {len(cells)} runs, "
+               f"{plan.skipped(cells)} already in {store}")
+    failed = plan.failures(cells, [c.request.strategy for c in cells])
+    if all(c.error is not None for c in cells):
+        raise TrainingError(failed)
+    click.echo(comparison.comparison_board(cells, results))
     if failed:
         raise TrainingError(failed)
 

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 from tabulate import tabulate
 from tqdm import tqdm
 
-from fusionbench.errors import TrainingError
+from fusionbench.errors import TrainingError, UserInputError
 from fusionbench.runner import RunOutcome, RunRequest, load_data, resolve, run_experiment, training_config
 from fusionbench.store import ResultStore, canonical_json, config_hash
 
@@ -48,6 +48,14 @@ class Cell:
     def severity(self) -> Optional[float]:
         """The perturbation's severity, ``None`` for a clean run."""
         return None if self.request.perturbation is None else self.request.perturbation.severity
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (duplicates dropped)."""
+    try:
+        return list(dict.fromkeys(int(part) for part in text.split(",")))
+    except ValueError:
+        raise UserInputError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
 def identify(cells: Sequence[Cell]) -> list[tuple[dict, str, str]]:

@@ -32,14 +32,6 @@ def parse_severities(text: str) -> list[float]:
     return list(dict.fromkeys(values))
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]`` (duplicates dropped)."""
-    try:
-        return list(dict.fromkeys(int(part) for part in text.split(",")))
-    except ValueError:
-        raise UserInputError(f"--seeds expects comma-separated integers, got {text!r}") from None
-
-
 def plan_cells(base: RunRequest, perturbation: str, options: dict[str, Any], severities: Sequence[float],
                seeds: Sequence[int], apply_to: str) -> list[Cell]:
     """The sweep's cells in run order (severity-major), every config resolved (validated) up front."""

@@ -126,10 +126,12 @@ class Selection:
     (empty: all) whose options equal every ``where`` pair. Keys are option keys as row labels and
     ``--set`` name them (``update``, ``agg.relations``, ``train.epochs``, ``max_len``), ``aggregator``, or
     ``apply_to`` (a perturbed run's split; a clean run has none, so ``apply_to!=both`` keeps it); values
-    are compared as JSON where they parse as JSON (``5`` = 5, ``true`` = True), else as text."""
+    are compared as JSON where they parse as JSON (``5`` = 5, ``true`` = True), else as text;
+    ``run_hashes`` (non-empty) keeps only the runs with these config hashes (``fusionbench compare``)."""
 
     strategies: tuple[str, ...] = ()
     where: tuple[tuple[str, str, bool], ...] = ()    # (key, value, equal): equal False for key!=value
+    run_hashes: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, strategies: Optional[str], where: Sequence[str] = ()) -> "Selection":
@@ -147,6 +149,9 @@ class Selection:
 
     def apply(self, runs: list["Run"], where: str) -> list["Run"]:
         """The runs this selection keeps; a strategy or option key no run has is an error."""
+        if self.run_hashes:
+            wanted = set(self.run_hashes)
+            runs = [run for run in runs if run.config_hash in wanted]
         if self.strategies:
             there = {run.config["strategy"] for run in runs}
             unknown = [s for s in self.strategies if s not in there]
