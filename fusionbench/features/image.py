@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -371,7 +372,7 @@ def _read_chunk(path: Path, expected: int) -> Optional[dict[str, np.ndarray]]:
     try:
         with np.load(path, allow_pickle=False) as data:
             part = {"features": data["features"], "errors": data["errors"]}
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None                       # absent, or damaged by hand: encode the chunk again
     return part if part["features"].shape == (expected, IMAGE_DIM) and part["errors"].shape == (expected,) else None
 
