@@ -22,3 +22,14 @@ def test_strategy_table_names_every_strategy_with_its_stage(name):
 def test_strategy_table_names_every_aggregator():
     text = (DOCS / "strategies.md").read_text()
     assert all(f"`{a}`" in text for a in AGGREGATORS.names())
+
+
+def test_feature_options_table_names_every_option_with_its_default():
+    from fusionbench.runner import FeatureOptions
+
+    rows = [line for line in (DOCS / "features.md").read_text().splitlines() if line.startswith("| `")]
+    for name, _, default in FeatureOptions.describe():
+        row = [r for r in rows if r.startswith(f"| `{name}` |")]
+        assert len(row) == 1, f"docs/features.md has no row for features.{name}"
+        shown = "(all)" if default == "()" else f"`{default.strip(chr(39))}`" if default.startswith("'") else default
+        assert row[0].split("|")[2].strip() == shown, f"docs/features.md: default of features.{name} should be {shown}"
