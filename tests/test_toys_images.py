@@ -143,6 +143,26 @@ def test_integer_id_names_still_work_and_unreadable_files_do_not_stop_them(share
     assert np.isfinite(np.load(out)).all(1).tolist() == [False, True, False, False, False]
 
 
+def test_a_folder_dataset_maps_its_own_id_column_into_its_original_item_ids(shared_data, asins, tmp_path, cache):
+    """Photos named by a ``sku`` column of ``items.tsv``; rows follow the original ids (the folder format)."""
+    data = tmp_path / "mine"
+    (data / "features").mkdir(parents=True)
+    (data / "sequences.txt").write_text("a 10 20 30 10\nb 30 20 10 20\n")
+    (data / "items.tsv").write_text("item_id\tsku\n10\tsku-a\n20\tsku-b\n30\tsku-c\n")
+    photos = tmp_path / "skus"
+    photos.mkdir()
+    for sku, item in (("sku-a", 1), ("sku-c", 2)):
+        shutil.copy(shared_data / "amazon_toys" / "images" / f"{asins[item]}.jpg", photos / f"{sku}.jpg")
+    out = data / "features" / "image.npy"
+    result = invoke("features", "image", "--images", photos, "--dataset", "folder", "--set", f"path={data}",
+                    "--id-column", "sku", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "2 of 30 items of folder have a photo" in result.output
+    assert np.flatnonzero(np.isfinite(np.load(out)).all(1)).tolist() == [10, 30]
+    loaded = load_dataset("folder", path=str(data), min_count=1)       # re-indexed 10, 20, 30 -> 1, 2, 3
+    assert loaded.side.dense["image"].present.tolist() == [False, True, False, True]
+
+
 def test_a_killed_extraction_continues_from_its_chunks(photos, asins, cache):
     files, _ = image.files_by_key(photos, asins)
 
