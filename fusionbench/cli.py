@@ -351,7 +351,9 @@ def features_image(images_dir: Path, out: Path, dataset: Optional[str], id_colum
     a killed extraction continues where it stopped when run again; the finished features are cached under the
     folder's fingerprint (file names, sizes, mtimes), the item mapping and the encoder (docs/features.md)."""
     from fusionbench.features.image import extract_image_channel, files_by_item_id, files_by_key, save_image_channel
+    from fusionbench.memory import keep_freed_memory
 
+    keep_freed_memory(force=True)   # one batch size throughout: freed activations are reused, not faulted in again
     if out.suffix != ".npy":
         raise UserInputError(f"--out {out}: the output file must end in .npy")
     if batch_size < 1:
