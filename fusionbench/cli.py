@@ -335,7 +335,7 @@ def data_info(name: str, sets: tuple[str, ...], data_root: Optional[Path]) -> No
 
 
 def _coverage(d) -> dict[str, str]:
-    from fusionbench.data.core import DEFAULT_TEXT_SOURCE, pick_text_source
+    from fusionbench.data.core import DEFAULT_IMAGE_SOURCE, DEFAULT_TEXT_SOURCE, pick_text_source
 
     side, n = d.side, d.n_items
     out: dict[str, str] = {}
@@ -349,7 +349,28 @@ def _coverage(d) -> dict[str, str]:
         out["attr"] = pct(sum(1 for a in side.attributes[1:] if a)) + f", {side.n_attributes} attribute ids"
     for name, channel in side.dense.items():
         out[name] = pct(int(channel.present[1:].sum())) + f", {channel.features.shape[1]}-d features"
+    for source, image in side.image_sources.items():
+        chosen = "features.image=" + (f"{source}, the default" if source == DEFAULT_IMAGE_SOURCE else source)
+        out[f"image ({source})"] = _image_coverage(image, n, pct) + f" ({chosen})"
     return out
+
+
+def _image_coverage(source, n: int, pct) -> str:
+    """Coverage of one image source without encoding anything: a feature file's present rows; a photo
+    folder's items with a photo, and, once its features are cached, those whose photo could be read."""
+    from fusionbench.data.io import read_feature_matrix
+    from fusionbench.features.cache import read_cached
+    from fusionbench.features.image import extraction_key, files_by_key
+
+    if source.kind == "file":
+        channel = read_feature_matrix(source.path, n)
+        return pct(int(channel.present[1:].sum())) + f", {channel.features.shape[1]}-d features from {source.path.name}"
+    files, _ = files_by_key(source.path, source.keys, source.key_column)
+    cached = read_cached("features", extraction_key(files, n, source.path))
+    if cached is None:
+        return pct(len(files)) + " with a photo, EfficientNet-Lite0 features not computed yet (on first use)"
+    return (pct(int(cached["present"][1:].sum())) + f" with a readable photo ({len(files)} photos, "
+            "EfficientNet-Lite0 features cached)")
 
 
 @main.group()
@@ -359,17 +380,68 @@ def features() -> None:
 
 @features.command("image")
 @click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder of <item_id>.jpg|png images.")
+              help="Folder of photos: <item_id>.jpg|png, or with --dataset <asin>.jpg|png (the --id-column).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output .npy file.")
-@click.option("--n-items", type=int, default=None, help="Number of items n (default: largest id found).")
+@click.option("--dataset", default=None,
+              help="Map file names to this dataset's items through its item table's --id-column (e.g. toys, "
+                   "or folder with --set path=DIR). Default: file names are item ids.")
+@click.option("--id-column", default=None, help="Item-table column the file names hold (with --dataset; default asin).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Dataset option (e.g. path=DIR).")
+@data_root_option
+@click.option("--n-items", type=int, default=None,
+              help="Without --dataset: number of items n (default: largest id found).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
-def features_image(images_dir: Path, out: Path, n_items: Optional[int]) -> None:
-    """EfficientNet-Lite0 (ImageNet) features for a folder of item images -> [n+1, D] .npy (NaN = absent)."""
-    from fusionbench.features.image import image_channel_from_folder, save_image_channel
+def features_image(images_dir: Path, out: Path, dataset: Optional[str], id_column: Optional[str],
+                   sets: tuple[str, ...], data_root: Optional[Path], n_items: Optional[int], batch_size: int,
+                   quiet: bool) -> None:
+    """EfficientNet-Lite0 (ImageNet) features for a folder of item photos -> [n+1, 1280] .npy (NaN = absent).
 
-    feats, present = image_channel_from_folder(images_dir, n_items)
-    save_image_channel(out, feats, present)
-    click.echo(f"wrote {out}: {feats.shape[0] - 1} items x {feats.shape[1]} features, {int(present.sum())} with an image")
+    Unreadable files are listed and their items left without an image. The work is kept on disk in chunks, so
+    a killed extraction continues where it stopped when run again; the finished features are cached under the
+    folder's fingerprint (file names, sizes, mtimes), the item mapping and the encoder (docs/features.md)."""
+    from fusionbench.features.image import extract_image_channel, files_by_item_id, files_by_key, save_image_channel
+    from fusionbench.memory import keep_freed_memory
+
+    keep_freed_memory(force=True)   # one batch size throughout: freed activations are reused, not faulted in again
+    if out.suffix != ".npy":
+        raise UserInputError(f"--out {out}: the output file must end in .npy")
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size must be >= 1, got {batch_size}")
+    unmatched: list[Path] = []
+    if dataset is None:
+        if id_column is not None or sets:
+            raise UserInputError("--id-column and --set apply with --dataset (file names are item ids without it)")
+        if n_items is not None and n_items < 1:
+            raise UserInputError(f"--n-items must be >= 1, got {n_items}")
+        files, n = files_by_item_id(images_dir, n_items)
+        click.echo(f"{len(files)} photos named by item id in {images_dir}")
+    else:
+        from fusionbench.data.datasets import item_keys
+
+        if n_items is not None:
+            raise UserInputError("--n-items applies without --dataset (with it, n is the dataset's)")
+        if not images_dir.is_dir():
+            raise UserInputError(f"--images: image folder {images_dir} not found")
+        column = id_column or "asin"
+        options = {k: v for k, _, v in (s.partition("=") for s in sets)}
+        keys, n, where = item_keys(dataset, column, data_root, **options)
+        files, unmatched = files_by_key(images_dir, keys, column)
+        click.echo(f"{len(files)} of {n} items of {dataset} have a photo in {images_dir} (by {column}, {where})")
+        if unmatched:
+            shown = ", ".join(p.name for p in unmatched[:10]) + (", ..." if len(unmatched) > 10 else "")
+            click.echo(f"{len(unmatched)} files match no item and were skipped: {shown}")
+    result = extract_image_channel(images_dir, files, n, batch_size=batch_size, progress=not quiet)
+    if result.unreadable:
+        click.echo(f"{len(result.unreadable)} unreadable files, their items left without an image:")
+        for name, reason in result.unreadable:
+            click.echo(f"  {name}: {reason}")
+    save_image_channel(out, result.features, result.present)
+    resumed = f", {result.resumed} resumed from an interrupted run" if result.resumed else ""
+    how = "read from the cache" if result.cached else f"{result.encoded} encoded{resumed}"
+    click.echo(f"wrote {out}: {n} items x {result.features.shape[1]} features, {int(result.present[1:].sum())} "
+               f"with an image ({how})")
 
 
 @main.group()

@@ -26,8 +26,14 @@ from typing import Any, Literal, Optional
 import torch
 
 from fusionbench.context import StrategyContext
-from fusionbench.data.core import DEFAULT_TEXT_SOURCE, SequenceData, pick_text_source
-from fusionbench.data.datasets import DatasetContext, declared_text_sources
+from fusionbench.data.core import (
+    DEFAULT_IMAGE_SOURCE,
+    DEFAULT_TEXT_SOURCE,
+    SequenceData,
+    pick_image_source,
+    pick_text_source,
+)
+from fusionbench.data.datasets import DatasetContext, declared_image_sources, declared_text_sources
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
 from fusionbench.options import PluginOptions, require
@@ -70,7 +76,12 @@ class FeatureOptions(PluginOptions):
     ``text``: the text source of the ``text`` channel, a name the dataset declares (``title``: the full
     product title; ``prefix``: the short title prefix of the Amazon folders; ``fusionbench data info``
     lists them). The default ``title`` on a dataset without full titles reads its one text source
-    instead, and the resolved config records the source read (:func:`resolved_text_source`)."""
+    instead, and the resolved config records the source read (:func:`resolved_text_source`).
+
+    ``image``: the image source of the ``image`` channel, a name the dataset declares (``efficientnet``: its
+    product photos through EfficientNet-Lite0, computed on first use and cached; ``clip``: CLIP ViT-B/32
+    vectors shipped with the data). On a dataset without image sources only the default is allowed (an
+    ``image`` channel given as features is used as given)."""
 
     HELP = {
         "n_clusters": "codes per channel (k-means centres) of text, dense channels and attr under attr=svd",
@@ -80,6 +91,7 @@ class FeatureOptions(PluginOptions):
         "modalities": "the channels to build, e.g. text,attr (empty: every channel the data has)",
         "attr": "how every strategy sees the attr channel: ids (learned id embeddings) or svd (features)",
         "text": "the text source of the text channel (`fusionbench data info` lists a dataset's)",
+        "image": "the image source of the image channel, e.g. efficientnet (photos encoded here) or clip",
     }
 
     n_clusters: int = 30
@@ -89,6 +101,7 @@ class FeatureOptions(PluginOptions):
     modalities: tuple[str, ...] = ()
     attr: Literal["ids", "svd"] = "ids"
     text: str = DEFAULT_TEXT_SOURCE
+    image: str = DEFAULT_IMAGE_SOURCE
 
     def check(self) -> None:
         require(self.n_clusters >= 1, f"option 'n_clusters' must be >= 1, got {self.n_clusters}")
@@ -97,6 +110,8 @@ class FeatureOptions(PluginOptions):
         require(self.attr_max_codes >= 1, f"option 'attr_max_codes' must be >= 1, got {self.attr_max_codes}")
         require(self.text.isidentifier(),
                 f"option 'text' must be a text source name (title, prefix, ...), got {self.text!r}")
+        require(self.image.isidentifier(),
+                f"option 'image' must be an image source name (efficientnet, clip, ...), got {self.image!r}")
 
 
 @dataclass
@@ -159,6 +174,7 @@ def resolve(request: RunRequest) -> dict:
     }
     if config["features"]:
         config["features"]["text"] = resolved_text_source(config)
+        config["features"]["image"] = resolved_image_source(config)
     if request.perturbation is not None:  # clean runs keep the hash they had before perturbations existed
         config["perturbation"] = resolve_perturbation(request.perturbation, request.protocol)
     return config
@@ -172,6 +188,14 @@ def resolved_text_source(config: dict) -> str:
     requested = config["features"]["text"]
     sources = declared_text_sources(config["dataset"], config["dataset_options"])
     return requested if sources is None else pick_text_source(requested, sources, f"dataset {config['dataset']!r}")
+
+
+def resolved_image_source(config: dict) -> str:
+    """``features.image`` of a config, checked against the image sources the dataset declares (known without
+    loading the data); a source the dataset lacks is an error naming the option and the dataset's sources."""
+    requested = config["features"]["image"]
+    sources = declared_image_sources(config["dataset"], config["dataset_options"])
+    return requested if sources is None else pick_image_source(requested, sources, f"dataset {config['dataset']!r}")
 
 
 def load_data(config: dict, data_root: Optional[Path]) -> SequenceData:
@@ -191,6 +215,7 @@ def build_context(config: dict, data: SequenceData, split: Optional[Split] = Non
             data.side, data.n_items, data.checksum(), n_clusters=opts.n_clusters, k=opts.k, reduce=opts.reduce,
             attr_max_codes=opts.attr_max_codes, modalities=list(opts.modalities) or None, attr=opts.attr,
             text=config["features"].get("text"),  # None: a config from before features.text, read the original text
+            image=config["features"].get("image"),
         )
     return StrategyContext(n_items=data.n_items, max_len=config["max_len"], modalities=modalities,
                            aggregator=config["aggregator"], aggregator_options=config["aggregator_options"],

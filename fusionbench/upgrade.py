@@ -27,6 +27,11 @@ as it is (:class:`CannotTell`, reported with its reason). Steps:
 - :func:`text_source_step` (``features.text``, issue 22): runs of feature strategies whose ``text`` channel
   read texts get the dataset's original source, ``prefix`` on the Amazon folders (the default ``title``
   reads full titles); others get the default.
+- :func:`image_source_step` (``features.image``, issue 25): a dataset's image sources make an ``image``
+  channel that runs made before they existed did not have. Runs of feature strategies on such a dataset
+  (``toys``) that built every channel (``features.modalities`` empty) or named ``image`` read text and
+  attributes only, which no value of the option reproduces: they are kept as they are. All other runs were
+  the same under any value and get the default. Needs no data.
 - :func:`batching_step` (``train.batching``): runs of strategies that train on causal rows get ``length``,
   the grouping every such run used before the option existed (the default ``uniform`` draws batches at
   random); runs of strategies that train on prefix samples, which the option does not touch, get the default.
@@ -191,6 +196,25 @@ def text_source_step(config: dict, data: RunData) -> dict:
     return {**config, "features": {**features, "text": sources[0]}}
 
 
+def image_source_step(config: dict, data: RunData) -> dict:
+    """``features.image`` for a run made before it existed (module docstring, Steps). Needs no data."""
+    from fusionbench.data.datasets import declared_image_sources
+
+    features = config.get("features") or {}
+    if not features or "image" in features:
+        return config
+    if features.get("modalities") and "image" not in features["modalities"]:
+        return config                          # no image channel built: the source changes nothing
+    try:
+        sources = declared_image_sources(config["dataset"], config["dataset_options"])
+    except (UserInputError, KeyError):
+        return config                          # re-resolving reports it
+    if sources:
+        raise CannotTell(f"made before dataset {config['dataset']!r} had an image channel: it read every other "
+                         "channel and no image, which no features.image value reproduces")
+    return config
+
+
 def batching_step(config: dict, data: RunData) -> dict:
     """``train.batching`` for a run made before it existed (module docstring, Steps). Needs no data."""
     train = config.get("train") or {}
@@ -203,7 +227,8 @@ def batching_step(config: dict, data: RunData) -> dict:
     return {**config, "train": {**train, "batching": "length"}} if causal else config
 
 
-STEPS: tuple[Callable[[dict, RunData], dict], ...] = (attr_encoding_step, text_source_step, batching_step)
+STEPS: tuple[Callable[[dict, RunData], dict], ...] = (attr_encoding_step, text_source_step, image_source_step,
+                                                      batching_step)
 """Applied in order to every stored config before it is re-resolved (module docstring, Steps)."""
 
 

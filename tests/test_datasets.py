@@ -42,7 +42,9 @@ def test_bundled_copy_is_byte_identical_to_shared(shared_data, name):
 def test_shared_datasets_match_table1(shared_data, name):
     d = load_dataset(name, shared_data)
     assert counts(d) == TABLE1[name]
-    if name in ("sports", "toys"):
+    if name == "toys":
+        assert d.side.modality_names() == ["attr", "image", "text"]
+    elif name == "sports":
         assert d.side.modality_names() == ["attr", "text"]
     else:
         assert d.side.modality_names() == []

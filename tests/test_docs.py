@@ -53,3 +53,14 @@ def test_list_shows_every_option_group_of_the_harness_with_defaults_and_help():
     assert "train.lr (float) = 0.001" in only and "features." not in only and "strategies:" not in only
     wrong = CliRunner().invoke(main, ["list", "strategies", "--format", "md"])
     assert wrong.exit_code == 2 and "--format md prints the whole" in wrong.output
+
+
+def test_feature_options_table_names_every_option_with_its_default():
+    from fusionbench.runner import FeatureOptions
+
+    rows = [line for line in (DOCS / "features.md").read_text().splitlines() if line.startswith("| `")]
+    for name, _, default in FeatureOptions.describe():
+        row = [r for r in rows if r.startswith(f"| `{name}` |")]
+        assert len(row) == 1, f"docs/features.md has no row for features.{name}"
+        shown = "(all)" if default == "()" else f"`{default.strip(chr(39))}`" if default.startswith("'") else default
+        assert row[0].split("|")[2].strip() == shown, f"docs/features.md: default of features.{name} should be {shown}"

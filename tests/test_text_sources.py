@@ -86,7 +86,7 @@ def test_the_text_source_enters_only_the_features_block():
     ("beauty", {}, ("prefix", "title"), "title"),
     ("beauty", {"source": "root"}, ("prefix", "title"), "title"),
     ("sports", {}, ("prefix",), "prefix"),
-    ("toys", {}, ("prefix",), "prefix"),
+    ("toys", {}, ("prefix", "title", "title_description"), "title"),
     ("clothing", {}, (), "title"),
     ("kitchen", {}, (), "title"),
     ("phone", {}, (), "title"),
@@ -101,13 +101,14 @@ def test_each_dataset_declares_its_sources_and_the_default_reads_one(dataset, op
     for source in sources:                      # every declared name works, the default's too
         assert resolve(request(text=source))["features"]["text"] == source
     with pytest.raises(UserInputError, match=re.escape(
-            f"features: option 'text' = 'title_description': dataset {dataset!r} has no text source "
-            f"'title_description'; its text sources: {', '.join(sources) or 'none'}")):
-        resolve(request(text="title_description"))
+            f"features: option 'text' = 'summary': dataset {dataset!r} has no text source "
+            f"'summary'; its text sources: {', '.join(sources) or 'none'}")):
+        resolve(request(text="summary"))
 
 
 @pytest.mark.parametrize("name", ["sports", "toys"])
 def test_loaded_sources_are_the_declared_ones(shared_data, name):
+    """The original source (the one the data checksum covers) stays the prefix."""
     d = load_dataset(name, shared_data)
     assert tuple(d.side.text_sources()) == declared_text_sources(name, {}) and d.side.title_source == "prefix"
     assert non_empty(d.side.titles) == d.n_items

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,46 @@ def unknown_text_source(requested: str, available: Sequence[str], where: str = "
     """The error for a text source ``where`` does not have: it names the option and the sources there."""
     return UserInputError(f"features: option 'text' = {requested!r}: {where} has no text source {requested!r}; "
                           f"its text sources: {', '.join(available) or 'none'}")
+
+
+DEFAULT_IMAGE_SOURCE = "efficientnet"
+"""The image source a run reads unless ``features.image`` names another: the dataset's photos through the
+project's own encoder (EfficientNet-Lite0, ``fusionbench/features/image.py``)."""
+
+
+def pick_image_source(requested: str, available: Sequence[str], where: str = "this dataset") -> str:
+    """The image source a run asking for ``requested`` (``features.image``) reads, given the sources
+    ``available``. A source the data has is itself; the default (:data:`DEFAULT_IMAGE_SOURCE`) on data
+    without image sources stays as it is (an ``image`` channel given as features is used as given, and
+    without one there is no image channel). Anything else is an error naming the option and the sources."""
+    if requested in available or (requested == DEFAULT_IMAGE_SOURCE and not available):
+        return requested
+    raise unknown_image_source(requested, available, where)
+
+
+def unknown_image_source(requested: str, available: Sequence[str], where: str = "this dataset") -> UserInputError:
+    """The error for an image source ``where`` does not have: it names the option and the sources there."""
+    return UserInputError(f"features: option 'image' = {requested!r}: {where} has no image source {requested!r}; "
+                          f"its image sources: {', '.join(available) or 'none'}")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image source of the ``image`` channel (``features.image = name``), read only when a run uses it.
+
+    Attributes:
+        kind: ``"encoder"``: product photos in the folder ``path``, each named ``<key>.<jpg|jpeg|png|webp>``
+            by its item's key, encoded by the project's image encoder on first use and cached;
+            ``"file"``: a feature matrix ``.npy`` at ``path``, ``[n_items + 1, d]``, all-NaN rows = absent.
+        path: the folder or file.
+        keys: for ``"encoder"``: the key of each item id (index 0 unused, ``""`` = none), e.g. its ASIN.
+        key_column: the item-table column ``keys`` come from (for messages).
+    """
+
+    kind: Literal["encoder", "file"]
+    path: Path
+    keys: Optional[Sequence[str]] = None
+    key_column: str = "asin"
 
 
 @dataclass(frozen=True)
@@ -63,6 +104,8 @@ class ItemSide:
         asins: original item identifiers per item id (index 0 unused), or ``None``.
         title_source: name of the text source ``titles`` holds (``"prefix"`` for the Amazon title prefixes).
         extra_texts: further text sources, name -> text per item id (as ``titles``).
+        image_sources: name -> :class:`ImageSource` of the ``image`` channel (``features.image``); like
+            ``extra_texts`` they are not covered by the checksum (the image feature cache keys cover them).
     """
 
     titles: Optional[list[str]] = None
@@ -72,6 +115,7 @@ class ItemSide:
     asins: Optional[list[str]] = None
     title_source: str = DEFAULT_TEXT_SOURCE
     extra_texts: Mapping[str, list[str]] = field(default_factory=dict)
+    image_sources: Mapping[str, ImageSource] = field(default_factory=dict)
 
     def text_sources(self) -> dict[str, list[str]]:
         """Every text source, name -> text per item id: the original one first, then ``extra_texts``."""
@@ -80,8 +124,10 @@ class ItemSide:
 
     def modality_names(self) -> list[str]:
         """Channels this data can provide, sorted: ``text`` from text sources, ``attr`` from attributes,
-        plus every dense channel."""
+        ``image`` from image sources, plus every dense channel."""
         names = set(self.dense)
+        if self.image_sources:
+            names.add("image")
         if self.text_sources():
             names.add("text")
         if self.attributes is not None:

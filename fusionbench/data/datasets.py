@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from fusionbench.data.core import ItemSide, SequenceData
+from fusionbench.data.core import ImageSource, ItemSide, SequenceData
 from fusionbench.data.io import find_file, read_attribute_json, read_feature_matrix, read_item_table, read_sequences
 from fusionbench.errors import DataError
 from fusionbench.options import PluginOptions, require
@@ -87,11 +87,13 @@ def _check_counts(data: SequenceData, expected: tuple[int, int, int], where: str
 class TextSource:
     """A text source of the ``text`` channel (``features.text = name``): column ``column`` of the item
     table ``file`` (tab-separated, with ``item_id``; an empty cell = no text for that item). Tables with
-    an ``asin`` column are joined on item id and must agree on every item's ASIN."""
+    an ``asin`` column are joined on item id and must agree on every item's ASIN. ``more``: further columns
+    of the same table appended after ``column``, separated by one space (empty cells left out)."""
 
     name: str
     file: str
     column: str
+    more: tuple[str, ...] = ()
 
 
 PREFIX = TextSource("prefix", "items.tsv", "title_prefix")
@@ -118,14 +120,49 @@ def _read_texts(folder: Path, sources: tuple[TextSource, ...], n_items: int,
                     raise DataError(f"{path}: item {wrong[0]} has asin {other[wrong[0]]!r}, items.tsv says "
                                     f"{asins[wrong[0]]!r} ({len(wrong)} items disagree); the tables must share "
                                     "item ids")
-        if source.column not in tables[source.file]:
-            raise DataError(f"{path}:1: no column {source.column!r} (text source {source.name!r})")
-        texts[source.name] = tables[source.file][source.column]
+        table = tables[source.file]
+        for column in (source.column, *source.more):
+            if column not in table:
+                raise DataError(f"{path}:1: no column {column!r} (text source {source.name!r})")
+        if not source.more:
+            texts[source.name] = table[source.column]
+            continue
+        columns = [table[c] for c in (source.column, *source.more)]
+        texts[source.name] = [" ".join(cell.strip() for cell in cells if cell.strip()) for cells in zip(*columns)]
     return texts
 
 
+@dataclass(frozen=True)
+class ImageSpec:
+    """An image source of an Amazon folder (``features.image = name``): ``kind`` ``"encoder"``, a folder
+    ``path`` of photos named ``<asin>.<suffix>`` (the ``asin`` column of ``items.tsv``), or ``"file"``, a
+    feature matrix ``.npy`` at ``path`` (relative to the dataset folder). A path the folder lacks: the
+    source is absent when the data loads."""
+
+    name: str
+    kind: Literal["encoder", "file"]
+    path: str
+
+
+def _image_sources(folder: Path, specs: tuple[ImageSpec, ...], asins: Optional[list[str]]) -> dict[str, ImageSource]:
+    sources: dict[str, ImageSource] = {}
+    for spec in specs:
+        path = folder / spec.path
+        if spec.kind == "encoder":
+            if not path.is_dir():
+                continue
+            if asins is None:
+                raise DataError(f"{folder / 'items.tsv'}: an 'asin' column is needed to match the photos in {path} "
+                                f"to items (image source {spec.name!r})")
+            sources[spec.name] = ImageSource("encoder", path, tuple(asins), "asin")
+        elif path.is_file():
+            sources[spec.name] = ImageSource("file", path)
+    return sources
+
+
 def _load_amazon(folder: Path, name: str, sequence_file: str, attribute_file: Optional[str],
-                 expected: tuple[int, int, int], text_sources: tuple[TextSource, ...] = ()) -> SequenceData:
+                 expected: tuple[int, int, int], text_sources: tuple[TextSource, ...] = (),
+                 image_specs: tuple[ImageSpec, ...] = ()) -> SequenceData:
     flat, offsets = read_sequences(find_file(folder, sequence_file))
     n_items = int(flat.max())
     attributes = None
@@ -139,7 +176,8 @@ def _load_amazon(folder: Path, name: str, sequence_file: str, attribute_file: Op
         n_attributes = max((max(a) for a in attributes if a), default=0)
     original = text_sources[0].name if text_sources else PREFIX.name  # the one the data checksum covers
     side = ItemSide(titles=texts.get(original), attributes=attributes, n_attributes=n_attributes, asins=asins,
-                    title_source=original, extra_texts={k: v for k, v in texts.items() if k != original})
+                    title_source=original, extra_texts={k: v for k, v in texts.items() if k != original},
+                    image_sources=_image_sources(folder, image_specs, asins))
     data = SequenceData(name, n_items, flat, offsets, side, source=str(folder))
     _check_counts(data, expected, str(folder / sequence_file))
     return data
@@ -152,6 +190,7 @@ class _AmazonSpec:
     attribute_file: Optional[str]
     counts: tuple[int, int, int]  # users, items, interactions (MMSR Table 1 / standard 5-core)
     texts: tuple[TextSource, ...] = ()  # the original source (covered by the data checksum) first
+    images: tuple[ImageSpec, ...] = ()  # the default (DEFAULT_IMAGE_SOURCE) first
 
 
 AMAZON = {
@@ -160,7 +199,11 @@ AMAZON = {
     "sports": _AmazonSpec("amazon_sports", "Sports_and_Outdoors.txt", "Sports_and_Outdoors_item2attributes.json",
                           (35598, 18357, 296337), (PREFIX,)),
     "toys": _AmazonSpec("amazon_toys", "Toys_and_Games.txt", "Toys_and_Games_item2attributes.json",
-                        (19412, 11924, 167597), (PREFIX,)),
+                        (19412, 11924, 167597),
+                        (PREFIX, TextSource("title", "item_text.tsv", "title"),
+                         TextSource("title_description", "item_text.tsv", "title", ("description",))),
+                        (ImageSpec("efficientnet", "encoder", "images"),
+                         ImageSpec("clip", "file", "features/clip_vit_b32_image.npy"))),
     "clothing": _AmazonSpec("amazon_clothing", "Clothing.txt", None, (39387, 23033, 278677)),
     "kitchen": _AmazonSpec("amazon_kitchen", "Home_and_Kitchen.txt", None, (66519, 28237, 551682)),
     "phone": _AmazonSpec("amazon_phone", "Cell_Phones_and_Accessories.txt", None, (27879, 10429, 194439)),
@@ -186,8 +229,9 @@ class AmazonDataset:
     """Amazon 2014 5-core category in S3Rec/P5 format (see each folder's PROVENANCE.md).
 
     Channels: ``text`` (from the text sources of :data:`AMAZON`, see :meth:`text_sources`) and ``attr``
-    (brand/category attribute ids) where the folder has them; no image features exist for these data,
-    so ``image`` is absent.
+    (brand/category attribute ids) where the folder has them; ``image`` where :data:`AMAZON` names image
+    sources (``toys``: its product photos through EfficientNet-Lite0, or the shipped CLIP vectors; see
+    :meth:`image_sources`), absent elsewhere.
     """
 
     key = ""
@@ -205,12 +249,29 @@ class AmazonDataset:
         source first). A source whose file the folder lacks is absent when the data loads."""
         return tuple(source.name for source in AMAZON[self.key].texts)
 
+    def image_sources(self) -> tuple[str, ...]:
+        """Names of the image sources ``features.image`` may pick (known without loading; the default first).
+        A source whose folder or file the dataset folder lacks is absent when the data loads."""
+        return tuple(source.name for source in AMAZON[self.key].images)
+
     def load(self) -> SequenceData:
         spec = AMAZON[self.key]
         folder = self.folder()
         if not folder.is_dir():
             raise DataError(f"dataset {self.key!r}: folder {folder} not found")
-        return _load_amazon(folder, self.key, spec.sequence_file, spec.attribute_file, spec.counts, spec.texts)
+        return _load_amazon(folder, self.key, spec.sequence_file, spec.attribute_file, spec.counts, spec.texts,
+                            spec.images)
+
+    def item_column(self, column: str) -> tuple[list[str], int, str]:
+        """``(values, n, where)``: column ``column`` of the folder's item tables (``items.tsv``, then the
+        tables of the text sources) per item id 1..n (index 0 unused), n and the table it came from.
+        DataError naming the tables and their columns if none has it."""
+        folder = self.folder()
+        if not folder.is_dir():
+            raise DataError(f"dataset {self.key!r}: folder {folder} not found")
+        flat, _ = read_sequences(find_file(folder, AMAZON[self.key].sequence_file))
+        return _column_of(folder, list(dict.fromkeys(["items.tsv", *(t.file for t in AMAZON[self.key].texts)])),
+                          column, int(flat.max()))
 
 
 @DATASETS.register("beauty")
@@ -232,7 +293,8 @@ def _register_amazon(key: str, doc: str) -> None:
 
 
 _register_amazon("sports", "Amazon Sports and Outdoors 5-core (35,598 / 18,357 / 296,337); text (title prefix) + attr.")
-_register_amazon("toys", "Amazon Toys and Games 5-core (19,412 / 11,924 / 167,597); text (title prefix) + attr.")
+_register_amazon("toys", "Amazon Toys and Games 5-core (19,412 / 11,924 / 167,597); image (photos or CLIP), "
+                         "text (title, title + description, or title prefix) + attr.")
 _register_amazon("clothing", "Amazon Clothing, Shoes and Jewelry 5-core (39,387 / 23,033 / 278,677); IDs only.")
 _register_amazon("kitchen", "Amazon Home and Kitchen 5-core (66,519 / 28,237 / 551,682); IDs only.")
 _register_amazon("phone", "Amazon Cell Phones and Accessories 5-core (27,879 / 10,429 / 194,439); IDs only.")
@@ -270,6 +332,15 @@ class FolderDataset:
     def text_sources(self) -> tuple[str, ...]:
         """The one text source a folder can have: ``title`` (the ``title`` column of ``items.tsv``)."""
         return ("title",)
+
+    def item_column(self, column: str) -> tuple[list[str], int, str]:
+        """``(values, n, where)``: column ``column`` of ``items.tsv`` per original item id 1..n (n = the
+        largest id in ``sequences.txt``, the rows of ``features/<name>.npy``), and the file."""
+        folder = Path(self.opts.path)
+        if not folder.is_dir():
+            raise DataError(f"dataset folder {folder} not found")
+        flat, _ = read_sequences(find_file(folder, "sequences.txt"))
+        return _column_of(folder, ["items.tsv"], column, int(flat.max()))
 
     def load(self) -> SequenceData:
         folder = Path(self.opts.path)
@@ -310,9 +381,42 @@ class FolderDataset:
         return SequenceData(name, n_items, flat, offsets, side, source=str(folder))
 
 
+def _column_of(folder: Path, files: list[str], column: str, n_items: int) -> tuple[list[str], int, str]:
+    seen: list[str] = []
+    for name in files:
+        path = find_file(folder, name, required=False)
+        if path is None:
+            continue
+        table = read_item_table(path, n_items)
+        if column in table:
+            return table[column], n_items, str(path)
+        seen.append(f"{path.name} has {', '.join(['item_id', *table])}")
+    raise DataError(f"--id-column {column!r}: no item table of {folder} has a column {column!r} "
+                    f"({'; '.join(seen) or 'no items.tsv'})")
+
+
 def load_dataset(name: str, root: Optional[Path] = None, **options) -> SequenceData:
     """Load dataset ``name`` with its options (the one entry point the harness uses)."""
     return DATASETS.create(name, DatasetContext(root), **options).load()
+
+
+def declared_image_sources(name: str, options: dict) -> Optional[tuple[str, ...]]:
+    """The image sources dataset ``name`` declares (its plugin's ``image_sources()``, the default first), or
+    ``None`` for a plugin that declares none: then ``features.image`` is checked when the channel is built."""
+    plugin = DATASETS.create(name, DatasetContext(), **options)
+    declare = getattr(plugin, "image_sources", None)
+    return None if declare is None else tuple(declare())
+
+
+def item_keys(name: str, column: str, root: Optional[Path] = None, **options) -> tuple[list[str], int, str]:
+    """``(keys, n, where)``: column ``column`` of dataset ``name``'s item table per item id (index 0 unused),
+    in the ids a ``features/<name>.npy`` of that dataset is aligned to (a folder dataset: its original ids,
+    n = the largest in ``sequences.txt``), and the table read. DataError for a dataset without item tables."""
+    plugin = DATASETS.create(name, DatasetContext(root), **options)
+    read = getattr(plugin, "item_column", None)
+    if read is None:
+        raise DataError(f"dataset {name!r} has no item table to map image file names through (--id-column)")
+    return read(column)
 
 
 def declared_text_sources(name: str, options: dict) -> Optional[tuple[str, ...]]:

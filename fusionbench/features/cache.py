@@ -55,6 +55,11 @@ def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def read_cached(namespace: str, key: dict) -> dict[str, np.ndarray] | None:
+    """The arrays stored under (``namespace``, ``key``), or ``None`` when there is no readable entry."""
+    return _load(cache_path(namespace, key))
+
+
 def cached_arrays(namespace: str, key: dict,
                   compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Return the arrays stored under (``namespace``, ``key``), calling ``compute()`` only on a miss.

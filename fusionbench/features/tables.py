@@ -1,7 +1,8 @@
 """Modality tables of a dataset: features, presence and codes of every channel, cached on disk.
 
 Channels: ``text`` (one text source -> all-MiniLM-L6-v2, empty text = absent), ``attr`` (attribute sets, encoded
-as ``attr`` chooses, see below), and every dense channel the data brings (features as given). Text and
+as ``attr`` chooses, see below), ``image`` (one image source, ``image`` below), and every dense channel the data
+brings (features as given). Text and
 dense codes come from :func:`~fusionbench.features.codes.compute_codes`.
 
 ``attr`` encodings (:data:`ATTR_ENCODINGS`, the run option ``features.attr``):
@@ -16,6 +17,12 @@ Cache keys: dataset checksum, channel, encoder id, every parameter and :data:`CO
 and codes are cached separately, so a new ``n_clusters`` or ``k`` does not re-run the text encoder.
 ``text`` keys also name the text source and hash its texts (the data checksum covers only the data's
 original source, so that adding a source keeps every run's identity).
+``image`` sources (the run option ``features.image``): ``"encoder"`` sources are photo folders encoded by
+EfficientNet-Lite0 (:func:`~fusionbench.features.image.extract_image_channel`: resumable, cached under the
+folder fingerprint, the item -> file mapping and the encoder parameters; unreadable photos leave their item
+absent); ``"file"`` sources are feature matrices read as given (all-NaN rows absent; float16 is widened to
+float32), their codes keyed by the file's sha256. A dense channel named ``image`` that comes with the data is
+used as given whatever ``image`` says.
 ``attr`` under ``"ids"`` reads no cache (its codes are the attribute ids themselves); under ``"svd"`` its
 features are cached under encoder ``multi-hot-svd`` and its codes under that key plus the code parameters.
 """
@@ -28,7 +35,7 @@ import numpy as np
 import torch
 
 from fusionbench.context import ModalityTable
-from fusionbench.data.core import ItemSide, unknown_text_source
+from fusionbench.data.core import DEFAULT_IMAGE_SOURCE, ItemSide, unknown_image_source, unknown_text_source
 from fusionbench.errors import UserInputError
 from fusionbench.features.cache import cached_arrays
 from fusionbench.features.codes import CODES_VERSION, Reduce, attribute_codes, attribute_features, compute_codes
@@ -74,7 +81,7 @@ def _table(features: np.ndarray, present: np.ndarray, codes: np.ndarray, n_codes
 def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int = 30, k: int = 3,
                     reduce: Reduce = "ae", attr_max_codes: int = 8,
                     modalities: Optional[list[str]] = None, attr: str = "ids",
-                    text: Optional[str] = None) -> dict[str, ModalityTable]:
+                    text: Optional[str] = None, image: Optional[str] = None) -> dict[str, ModalityTable]:
     """Build (or read from cache) the :class:`ModalityTable` of each requested channel.
 
     Args:
@@ -89,11 +96,14 @@ def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int
         text: the text source ``text`` reads (a name in ``side.text_sources()``, as ``features.text``
             resolved for the run); ``None`` = the data's original one (``side.titles``), which every run
             read before text sources could be chosen. Items whose text is empty are absent.
+        image: the image source ``image`` reads (a name in ``side.image_sources``, ``features.image``);
+            ``None`` = :data:`~fusionbench.data.core.DEFAULT_IMAGE_SOURCE`.
 
     Returns:
         name -> table, sorted by name. ``text``: 384-d, C = ``n_clusters``; ``attr`` under ``"ids"``: 0-d,
         codes = attribute ids - 1, ``n_codes = n_attributes``; under ``"svd"``: ``min(128, n_attributes)``-d,
-        C = ``n_clusters``; dense: as given.
+        C = ``n_clusters``; ``image``: 1280-d (EfficientNet-Lite0) or the file's width, C = ``n_clusters``;
+        dense: as given.
     """
     if attr not in ATTR_ENCODINGS:
         raise UserInputError(f"option 'attr' must be one of {', '.join(ATTR_ENCODINGS)}, got {attr!r}")
@@ -131,6 +141,13 @@ def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int
             feats = cached_arrays("features", key, lambda: _text_features(titles))
             codes = _codes(name, feats["features"], feats["present"], key, n_clusters, k, reduce)
             tables[name] = _table(feats["features"], feats["present"], codes, n_clusters)
+        elif name == "image":
+            source = DEFAULT_IMAGE_SOURCE if image is None else image
+            if source not in side.image_sources:
+                raise unknown_image_source(source, list(side.image_sources))
+            features, present, key = _image_features(side.image_sources[source], source, n_items, base)
+            codes = _codes(name, features, present, key, n_clusters, k, reduce)
+            tables[name] = _table(features, present, codes, n_clusters)
         elif name == "attr":
             attributes = _aligned(side.attributes, n_items, "attributes")
             present = np.array([len(a) > 0 for a in attributes], dtype=bool)
@@ -146,6 +163,26 @@ def modality_tables(side: ItemSide, n_items: int, checksum: str, n_clusters: int
             codes = _codes(name, arrays["features"], arrays["present"], key, n_clusters, k, reduce)
             tables[name] = _table(arrays["features"], arrays["present"], codes, n_clusters)
     return tables
+
+
+def _image_features(source, name: str, n_items: int, base: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(features, present, cache key)`` of one image source (module docstring)."""
+    if source.kind == "file":
+        from fusionbench.data.io import read_feature_matrix
+
+        channel = read_feature_matrix(source.path, n_items)
+        digest = hashlib.sha256(source.path.read_bytes()).hexdigest()
+        key = {**base, "channel": "image", "encoder": "file", "image": name, "file_sha256": digest,
+               "dim": int(channel.features.shape[1])}
+        return channel.features, channel.present, key
+    from fusionbench.features.image import extract_image_channel, extraction_key, files_by_key
+
+    if source.keys is None or len(source.keys) != n_items + 1:
+        raise ValueError(f"image source {name!r}: expected n_items + 1 = {n_items + 1} keys")
+    files, _ = files_by_key(source.path, source.keys, source.key_column)
+    extracted = extract_image_channel(source.path, files, n_items, progress=True)
+    key = {**base, **extraction_key(files, n_items, source.path), "image": name}
+    return extracted.features, extracted.present, key
 
 
 def _aligned(values: Optional[list], n_items: int, what: str) -> list:
