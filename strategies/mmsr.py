@@ -39,8 +39,8 @@ from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.errors import UserInputError
 from fusionbench.options import OptionError, PluginOptions, require
 from fusionbench.registry import AGGREGATORS, STRATEGIES
+from fusionbench.strategy import Strategy
 from strategies.backbones import embedding_init_
-from strategies.base import Strategy
 from strategies.msgraph import MSGraph, build_msgraph, count_nodes
 
 UPDATES = ("gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he")
