@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from aggregators.attention import check_divisible, glorot_, masked_softmax, rela
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
+
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,24 @@ class GAT(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return zero_padded(out, node_mask)
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        """The sparse (DGL) path of ``forward``: edge softmax of LeakyReLU(a_dst W x_i + a_src W x_j) per head
+        on the batch's union graph; dgl is imported here only.
+
+        Shapes: h [V, d] (the real-node rows of :class:`~aggregators.dgl_backend.SparseBatch`) -> [V, d].
+        """
+        from dgl import ops
+
+        from aggregators.dgl_backend import attend
+
+        g = batch.union(None, self_loops=True if self.opts.self_loops else None).graph
+        z = self.lin(h).unflatten(-1, (self.heads, self.head_dim))                # [V, H, C]
+        s_src, s_dst = (z * self.att_src).sum(-1), (z * self.att_dst).sum(-1)   # [V, H]
+        logits = F.leaky_relu(ops.u_add_v(g, s_src, s_dst), self.opts.negative_slope)   # [E, H]
+        out = attend(g, logits, z, self.opts.attn_dropout, self.training)      # [V, H, C]
+        out = out.flatten(-2) if self.opts.concat else out.mean(1)
+        return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:
         return (f"{self.ctx.dim}, {self.ctx.dim}, heads={self.heads}, head_dim={self.head_dim}, "

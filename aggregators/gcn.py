@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,9 @@ from aggregators.base import heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions
 from fusionbench.registry import AGGREGATORS
+
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,20 @@ class GCN(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return zero_padded(out, node_mask)
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        r"""The sparse (DGL) path of ``forward``, by message passing on the batch's union graph:
+        :math:`x'_i = \hat d_i^{-1/2} \sum_{j \to i} \hat d_j^{-1/2} W^\top x_j + b` (:math:`\hat d`: in-degree).
+        dgl is imported here only.
+
+        Shapes: h [V, d] (the real-node rows of :class:`~aggregators.dgl_backend.SparseBatch`) -> [V, d].
+        """
+        from dgl import ops
+
+        g = batch.union(self.channels, self_loops=True if self.opts.self_loops else None).graph
+        norm = inv_sqrt_or_zero(g.in_degrees().to(h.dtype))[:, None]            # [V, 1]
+        out = norm * ops.copy_u_sum(g, norm * (h @ self.weight))
+        return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:
         return f"{self.ctx.dim}, {self.ctx.dim}, relations={self.opts.relations}, self_loops={self.opts.self_loops}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,9 @@ from aggregators.attention import check_divisible, glorot_, masked_softmax, pair
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
+
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,36 @@ def shortest_path_distances(a: Tensor, node_mask: Tensor, max_dist: int) -> Tens
     dist.masked_fill_((closure > 0) & ~reach, max_dist)
     return dist.masked_fill(~pair_mask(node_mask), max_dist + 1)
 
+
+
+def sparse_shortest_path_distances(batch: SparseBatch, g, max_dist: int) -> Tensor:
+    """:func:`shortest_path_distances` for the sparse path: bucketed distance from every node of a graph to
+    every node of the same graph, by breadth-first search along the edges of the DGL graph ``g`` over the
+    batch's V real nodes (``max_dist`` exact steps, then propagation to a fixed point for reachability);
+    dgl is imported here only.
+
+    Returns long ``[V, n_max]``: row i, column = local index of the source j within its graph.
+    """
+    from dgl import ops
+
+    width = int(batch.batch_num_nodes.max()) if batch.n_nodes else 1
+    own = torch.arange(batch.n_nodes, device=batch.src.device)
+    local = own - batch.complete()[2]
+    reach = torch.zeros(batch.n_nodes, width, device=batch.src.device)
+    reach[own, local] = 1.0
+    dist = torch.full((batch.n_nodes, width), max_dist + 1, dtype=torch.long, device=batch.src.device)
+    dist[own, local] = 0
+    for k in range(1, max_dist + 1):
+        grown = torch.maximum(reach, ops.copy_u_max(g, reach))
+        dist.masked_fill_((grown > reach), k)
+        reach = grown
+    exact = reach
+    while True:
+        grown = torch.maximum(reach, ops.copy_u_max(g, reach))
+        if torch.equal(grown, reach):
+            break
+        reach = grown
+    return dist.masked_fill_(reach > exact, max_dist)
 
 @AGGREGATORS.register("graphormer")
 class Graphormer(nn.Module):
@@ -124,6 +158,32 @@ class Graphormer(nn.Module):
         alpha = F.dropout(alpha, self.opts.attn_dropout, self.training)
         out = self.lin_o((alpha @ v).transpose(1, 2).flatten(-2))
         return zero_padded(out, node_mask)
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        """The sparse (DGL) path of ``forward``: attention over all node pairs of each graph (no sparsity to
+        gain there: P = sum_b n_b^2 pairs), degree embeddings and per-distance spatial biases from a
+        breadth-first search along the edges (:func:`sparse_shortest_path_distances`); dgl is imported here only.
+
+        Shapes: h [V, d] (the real-node rows of :class:`~aggregators.dgl_backend.SparseBatch`) -> [V, d].
+        """
+        from dgl import ops
+
+        from aggregators.dgl_backend import attend
+
+        opts = self.opts
+        g = batch.union(None, self_loops=False, symmetric=not opts.directed).graph
+        cap = opts.max_degree
+        h = h + self.in_degree(g.in_degrees().clamp_max(cap))
+        if self.out_degree is not None:
+            h = h + self.out_degree(g.out_degrees().clamp_max(cap))
+        dist = sparse_shortest_path_distances(batch, g, opts.max_dist)       # [V, n_max]
+        full, src_local, _ = batch.complete()
+        dst = full.edges()[1]
+        bias = self.spatial(dist[dst, src_local])                             # [P, H]
+        split = lambda t: t.unflatten(-1, (self.heads, self.head_dim))       # noqa: E731
+        q, k, v = split(self.lin_q(h)), split(self.lin_k(h)), split(self.lin_v(h))   # [V, H, C]
+        logits = ops.u_dot_v(full, k, q).squeeze(-1) / math.sqrt(self.head_dim) + bias
+        return self.lin_o(attend(full, logits, v, opts.attn_dropout, self.training).flatten(-2))
 
     def extra_repr(self) -> str:
         return (f"{self.ctx.dim}, {self.ctx.dim}, heads={self.heads}, max_dist={self.opts.max_dist}, "

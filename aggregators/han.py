@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,68 @@ from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
 
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
+
 UPDATES = ("gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he")
+NEEDS_HO = ("ho", "sync", "ni_hohe", "hohe", "gate")
+"""Update rules that read the phase-1 homogeneous output :math:`u^{ho}`."""
+NEEDS_HE = ("he", "sync", "ni_heho", "heho", "gate")
+"""Update rules that read the phase-1 heterogeneous output :math:`u^{he}`."""
+
+
+@dataclass
+class PhaseTwo:
+    """The second attention phase of a two-phase update rule, as one backend computes it.
+
+    Attributes:
+        homo: ``(scores, values) -> agg^ho``: homogeneous attention whose content scores are read from
+            ``scores`` (vectors already through :math:`W_V`), aggregating ``values``.
+        hetero: ``(states, values) -> agg^he``: heterogeneous attention whose queries and keys are the
+            typed maps :math:`W_Q, W_K` of ``states``, aggregating ``values``.
+        value: ``u -> W_V u`` (typed) in the space of the phase's sending nodes.
+        values: :math:`W_V h` of the sending nodes (the original values, which non-invasive rules keep).
+    """
+
+    homo: Callable[[Tensor, Tensor], Tensor]
+    hetero: Callable[[Tensor, Tensor], Tensor]
+    value: Callable[[Tensor], Tensor]
+    values: Tensor
+
+
+def apply_update(layer: "HAN", first_ho: Callable[[], Tensor], first_he: Callable[[], Tensor],
+                 second: Callable[[], PhaseTwo]) -> Tensor:
+    r"""HAN-GNN's update rule (``layer.opts.update``), written once for every path that computes it: the
+    dense ``forward``, ``forward_rows`` and the sparse (DGL) ``forward_sparse``. Each supplies its own
+    attentions; this function decides which run and how their outputs combine.
+
+    ``first_ho()`` and ``first_he()`` give :math:`u^{ho} = \operatorname{agg}^{ho}(h, h)` and
+    :math:`u^{he} = \operatorname{agg}^{he}(h, h)` for the nodes that phase 2 reads (each is called at most
+    once, ho before he, so dropout draws come in one order on every path); ``second()`` builds phase 2
+    (:class:`PhaseTwo`) and is called only by two-phase rules. Phase-2 scores always come from the phase-1
+    output; non-invasive rules aggregate the original values, invasive ones :math:`W_V u`; ``gate`` mixes
+    both non-invasive orders with ``layer.mix`` (Eq. 17), ``sync`` maps both phase-1 outputs with
+    ``layer.sync`` (Eq. 15)."""
+    update = layer.opts.update
+    u_ho = first_ho() if update in NEEDS_HO else None
+    u_he = first_he() if update in NEEDS_HE else None
+    if update == "ho":
+        return u_ho
+    if update == "he":
+        return u_he
+    if update == "sync":
+        return layer.sync(torch.cat([u_ho, u_he], -1))
+    two = second()
+    if update == "ni_hohe":
+        return two.hetero(u_ho, two.values)
+    if update == "ni_heho":
+        return two.homo(two.value(u_he), two.values)
+    if update == "hohe":
+        return two.hetero(u_ho, two.value(u_ho))
+    if update == "heho":
+        w = two.value(u_he)
+        return two.homo(w, w)
+    return layer.mix(two.hetero(u_ho, two.values), two.homo(two.value(u_he), two.values))
 
 
 @dataclass(frozen=True)
@@ -231,8 +292,7 @@ class HAN(nn.Module):
         neighbours. ``rows`` must be real nodes."""
         h = zero_padded(x, node_mask)
         at = torch.arange(x.shape[0], device=x.device)[:, None]
-        update = self.opts.update
-        if rows is None or update in ("ho", "he", "sync"):
+        if rows is None or self.opts.update in ("ho", "he", "sync"):
             first = rows                              # phase 1 is the last phase, or runs for every node
         else:
             first, real, row_slot = self.neighbourhoods(adj, rows)
@@ -251,39 +311,58 @@ class HAN(nn.Module):
             return self._attend(self.heterogeneous_logits(queries, keys), edges[2], values)
 
         edges_1 = self.edges(adj, node_mask, first)
-        if update in ("ho", "sync", "ni_hohe", "hohe", "gate"):
-            u_ho = homo(v, v, first, edges_1)
-        if update in ("he", "sync", "ni_heho", "heho", "gate"):
-            u_he = hetero(q, k, v, edges_1)
-        if update == "ho":
-            return u_ho
-        if update == "he":
-            return u_he
-        if update == "sync":
-            return self.sync(torch.cat([u_ho, u_he], -1))
 
-        # phase 2: over all nodes, or for the row over its neighbourhood (the K phase-1 states)
-        if rows is None:
-            types, values, idx, edges_2 = node_type, v, None, edges_1
-        else:
-            types, values, idx = node_type[at, first], v[at, first], row_slot
-            edges_2 = self.edges_from(self.edges(adj, node_mask, rows), first, real)
-        mapped = lambda u, weight: typed_linear(u, types, weight)                          # noqa: E731
+        def second() -> PhaseTwo:  # over all nodes, or for the row over its neighbourhood (K phase-1 states)
+            if rows is None:
+                types, values, idx, edges_2 = node_type, v, None, edges_1
+            else:
+                types, values, idx = node_type[at, first], v[at, first], row_slot
+                edges_2 = self.edges_from(self.edges(adj, node_mask, rows), first, real)
 
-        def query_key(u: Tensor) -> tuple[Tensor, Tensor]:  # queries of every node, keys of the receivers
-            queries, keys = mapped(u, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)
-            return queries, (keys if idx is None else keys[at, idx])
+            def query_key(u: Tensor) -> tuple[Tensor, Tensor]:  # queries of every node, keys of the receivers
+                queries, keys = typed_linear(u, types, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)
+                return queries, (keys if idx is None else keys[at, idx])
 
-        if update == "ni_hohe":
-            return hetero(*query_key(u_ho), values, edges_2)
-        if update == "ni_heho":
-            return homo(mapped(u_he, self.w_v), values, idx, edges_2)
-        if update == "hohe":
-            return hetero(*query_key(u_ho), mapped(u_ho, self.w_v), edges_2)
-        if update == "heho":
-            w = mapped(u_he, self.w_v)
-            return homo(w, w, idx, edges_2)
-        return self.mix(hetero(*query_key(u_ho), values, edges_2), homo(mapped(u_he, self.w_v), values, idx, edges_2))
+            return PhaseTwo(homo=lambda scores, values: homo(scores, values, idx, edges_2),
+                            hetero=lambda states, values: hetero(*query_key(states), values, edges_2),
+                            value=lambda u: typed_linear(u, types, self.w_v), values=values)
+
+        return apply_update(self, lambda: homo(v, v, first, edges_1), lambda: hetero(q, k, v, edges_1), second)
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        r"""The sparse (DGL) path of ``forward`` on the real-node rows of a
+        :class:`~aggregators.dgl_backend.SparseBatch`: content logits :math:`a_r^\top (v_i \odot v_j)` per typed
+        homogeneous edge, summed over the relations of a pair, and query-key logits per heterogeneous pair,
+        composed by the same update rule as the dense layer (:func:`apply_update`); dgl is imported here only.
+
+        Shapes: h [V, d] -> [V, d].
+        """
+        from dgl import ops
+
+        from aggregators.dgl_backend import attend
+
+        opts, nt = self.opts, batch.node_type
+        ho_pairs = batch.union(self.homo)
+        ho_slots = batch.slots(self.homo)
+        he_graph = batch.union(self.hetero).graph
+        value = lambda t: typed_linear(t, nt, self.w_v)                       # noqa: E731
+        v = value(h)
+
+        def homo(score_v: Tensor, values: Tensor) -> Tensor:
+            keyed = (score_v[:, None, :] * self.att_ho[None]).reshape(-1, score_v.shape[-1])   # slot (j, r)
+            per_edge = ops.u_dot_v(ho_slots.slot_to_node, keyed, score_v).squeeze(-1)        # [E_ho]
+            pair = per_edge.new_zeros(ho_pairs.graph.num_edges()).index_add_(0, ho_pairs.inverse, per_edge)
+            logits = F.leaky_relu(pair, opts.negative_slope)
+            return attend(ho_pairs.graph, logits[:, None], values, opts.attn_dropout, self.training)
+
+        def hetero(score_h: Tensor, values: Tensor) -> Tensor:
+            q, k = typed_linear(score_h, nt, self.w_q), typed_linear(score_h, nt, self.w_k)
+            e = ops.u_dot_v(he_graph, q, k)                                    # [E_he, 1]: q_j . k_i
+            e = e / math.sqrt(self.ctx.dim) if opts.scale else e
+            return attend(he_graph, F.leaky_relu(e, opts.negative_slope), values, opts.attn_dropout, self.training)
+
+        return apply_update(self, lambda: homo(v, v), lambda: hetero(h, v),
+                            lambda: PhaseTwo(homo=homo, hetero=hetero, value=value, values=v))
 
     def gate_weights(self, hohe: Tensor, heho: Tensor) -> Tensor:
         """β ``[B, N, 2]`` of the update gate (Eq. 16), from the two candidates ``[B, N, d]``."""

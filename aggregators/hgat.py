@@ -3,7 +3,7 @@ attention, after Wang et al.'s HAN (WWW 2019) with relations in place of meta-pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,9 @@ from aggregators.attention import glorot_, masked_adjacency, masked_softmax, typ
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
+
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,34 @@ class HGAT(nn.Module):
         beta = masked_softmax(w, has, dim=1)                                   # [B, R, N]
         out = (beta[..., None] * h).sum(1)
         return zero_padded(out, node_mask)
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        """The sparse (DGL) path of ``forward``: per (i, r) a node-level softmax over N_r(i) on relation slots,
+        then a softmax over the relations i has of the (graph-mean or per-node) semantic scores; dgl is
+        imported here only.
+
+        Shapes: h [V, d] (the real-node rows of :class:`~aggregators.dgl_backend.SparseBatch`) -> [V, d].
+        """
+        from dgl import ops
+
+        opts, s = self.opts, batch.slots()
+        v = h.shape[0]
+        z = typed_linear(h, batch.node_type, self.proj)                        # [V, d]
+        s_src = (z @ self.att_src.T).reshape(-1)                               # [V*R] at slot (j, r)
+        s_dst = (z @ self.att_dst.T).reshape(-1)
+        logits = F.leaky_relu(ops.u_add_v(s.slot_to_slot, s_src, s_dst), opts.negative_slope)
+        alpha = F.dropout(ops.edge_softmax(s.node_to_slot, logits), opts.attn_dropout, self.training)
+        hr = ops.u_mul_e_sum(s.node_to_slot, z, alpha[:, None]).view(v, s.width, -1)    # [V, R, d]
+        hr = {"elu": F.elu, "relu": F.relu, "none": lambda t: t}[opts.activation](hr)
+        has = (s.node_to_slot.in_degrees() > 0).view(v, s.width)              # [V, R]
+        w = torch.tanh(self.semantic(hr)) @ self.semantic_q                    # [V, R]
+        if opts.semantic_scope == "graph":
+            hasf = has.to(w.dtype)
+            total = ops.segment_reduce(batch.batch_num_nodes, w * hasf, "sum")     # [B, R]
+            count = ops.segment_reduce(batch.batch_num_nodes, hasf, "sum")
+            w = (total / count.clamp_min(1.0))[batch.node_graph]
+        beta = masked_softmax(w, has, dim=1)
+        return (beta[..., None] * hr).sum(1)
 
     def extra_repr(self) -> str:
         return (f"{self.ctx.dim}, {self.ctx.dim}, relations={self.ctx.n_relations}, "

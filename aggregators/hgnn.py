@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,9 @@ from aggregators.attention import adjacency_rows, glorot_, masked_adjacency, typ
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
+
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,23 @@ class HGNN(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        """The sparse (DGL) path of ``forward``: x'_i = root(x_i) + sum_r W_r^T (sum or mean over j in N_r(i) of
+        x_j) + b, per-relation sums on relation slots; dgl is imported here only.
+
+        Shapes: h [V, d] (the real-node rows of :class:`~aggregators.dgl_backend.SparseBatch`) -> [V, d].
+        """
+        from dgl import ops
+
+        s = batch.slots()
+        per_slot = ops.copy_u_sum(s.node_to_slot, h)                          # [V*R, d]
+        if self.opts.aggr == "mean":
+            per_slot = per_slot / s.node_to_slot.in_degrees().clamp_min(1).to(h.dtype)[:, None]
+        out = torch.einsum("vrd,rde->ve", per_slot.view(h.shape[0], s.width, -1), self.weight)
+        if self.root is not None:
+            out = out + (typed_linear(h, batch.node_type, self.root) if self.opts.typed_root else h @ self.root)
+        return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:
         return (f"{self.ctx.dim}, {self.ctx.dim}, relations={self.ctx.n_relations}, aggr={self.opts.aggr}, "

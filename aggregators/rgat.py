@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from aggregators.attention import (
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
+
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,30 @@ class RGAT(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        """The sparse (DGL) path of ``forward`` on relation slots (j, r): g^r_j = x_j W_r, logits from q = g Q at
+        (i, r) and k = g K at (j, r), softmax over all (r, j) of i (across-relation) or over j per (i, r)
+        (within-relation); dgl is imported here only.
+
+        Shapes: h [V, d] (the real-node rows of :class:`~aggregators.dgl_backend.SparseBatch`) -> [V, d].
+        """
+        from dgl import ops
+
+        opts, s = self.opts, batch.slots()
+        v = h.shape[0]
+        gr = torch.einsum("vd,rde->vre", h, self.weight)                       # [V, R, H*C]
+        q, k = (gr @ self.q).reshape(v * s.width, -1), (gr @ self.k).reshape(v * s.width, -1)   # [V*R, H]
+        if opts.mode == "additive":
+            logits = F.leaky_relu(ops.u_add_v(s.slot_to_slot, k, q), opts.negative_slope)
+        else:
+            logits = ops.u_mul_v(s.slot_to_slot, k, q)                        # [E, H]
+        group = s.slot_to_node if opts.mechanism == "across-relation" else s.slot_to_slot
+        alpha = F.dropout(ops.edge_softmax(group, logits), opts.attn_dropout, self.training)
+        values = gr.reshape(v * s.width, self.heads, self.head_dim)
+        out = ops.u_mul_e_sum(s.slot_to_node, values, alpha[..., None])       # [V, H, C]
+        out = out.flatten(-2) if opts.concat else out.mean(-2)
+        return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:
         return (f"{self.ctx.dim}, {self.ctx.dim}, relations={self.ctx.n_relations}, heads={self.heads}, "

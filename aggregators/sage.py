@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor, nn
 
@@ -10,6 +10,9 @@ from aggregators.attention import glorot_, relation_union, zero_padded
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions
 from fusionbench.registry import AGGREGATORS
+
+if TYPE_CHECKING:
+    from aggregators.dgl_backend import SparseBatch
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,21 @@ class SAGE(nn.Module):
         if self.lin_self is not None:
             out = out + self.lin_self(x)
         return zero_padded(out, node_mask)
+
+    def forward_sparse(self, h: Tensor, batch: SparseBatch) -> Tensor:
+        """The sparse (DGL) path of ``forward``: W_neigh (sum or mean over j -> i, j != i, of x_j) + W_self x_i
+        on the batch's union graph without self pairs; dgl is imported here only.
+
+        Shapes: h [V, d] (the real-node rows of :class:`~aggregators.dgl_backend.SparseBatch`) -> [V, d].
+        """
+        from dgl import ops
+
+        g = batch.union(None, self_loops=False).graph
+        neigh = ops.copy_u_sum(g, h)
+        if self.opts.aggr == "mean":
+            neigh = neigh / g.in_degrees().clamp_min(1).to(h.dtype)[:, None]
+        out = self.lin_neigh(neigh)
+        return out + self.lin_self(h) if self.lin_self is not None else out
 
     def extra_repr(self) -> str:
         return f"{self.ctx.dim}, {self.ctx.dim}, aggr={self.opts.aggr}, root_weight={self.opts.root_weight}"

@@ -456,18 +456,19 @@ def store() -> None:
 @report_errors
 def store_upgrade(store_path: Path, dry_run: bool, data_root: Optional[Path]) -> None:
     """Re-identify stored runs after options were added (new keys at their defaults, or at what an old run did
-    where the default would not reproduce it; see fusionbench/upgrade.py). Reads the runs' data where a step
-    needs it. Run it while no run of the store is in progress."""
+    where the default would not reproduce it) or folded into others; see fusionbench/upgrade.py. Reads the
+    runs' data where a step needs it. Run it while no run of the store is in progress."""
     from fusionbench.store import ResultStore
     from fusionbench.upgrade import upgrade_store
 
     if not store_path.exists():
         raise UserInputError(f"--store: no results file at {store_path}")
     results = upgrade_store(ResultStore(store_path), dry_run=dry_run, data_root=data_root)
-    rows = [[u.run_id, u.old_hash, u.new_hash or "", u.status, ", ".join(u.added) or u.reason]
+    rows = [[u.run_id, u.old_hash, u.new_hash or "", u.status,
+             ", ".join([*u.added, *(f"{key} (removed)" for key in u.removed)]) or u.reason]
             for u in results if u.status != "current"]
     if rows:
-        click.echo(tabulate(rows, headers=["run", "hash", "new hash", "status", "added keys / reason"]))
+        click.echo(tabulate(rows, headers=["run", "hash", "new hash", "status", "added / removed keys / reason"]))
     counts = {s: sum(u.status == s for u in results) for s in ("upgraded", "current", "kept")}
     verb = "would be upgraded" if dry_run else "upgraded"
     click.echo(f"{counts['upgraded']} {verb}, {counts['current']} already current, {counts['kept']} kept as they are")

@@ -16,7 +16,7 @@ from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.errors import TrainingError
 from fusionbench.metrics import NanScoresError, target_rank
-from strategies.base import Strategy
+from fusionbench.strategy import Strategy
 
 RANK_CHUNK = 32  # rows scored at a time: a [32, n] score block stays in cache for the counting pass
 # (on the 2-core machine with Beauty's 12,101 items, 32 and 64 rows beat 128 by 20-30 %; 16 is no better)

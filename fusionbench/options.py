@@ -84,6 +84,9 @@ class PluginOptions:
     every option) maps an option to one line that ``fusionbench list`` prints after its default."""
 
     HELP: ClassVar[dict[str, str]] = {}
+    REMOVED: ClassVar[dict[str, str]] = {}
+    """Options this plugin no longer has -> what to set instead (one phrase); giving one is an error that
+    says so, instead of the plain "unknown option"."""
 
     def check(self) -> None:
         """Range checks of one plugin; raise :class:`OptionError` naming the option."""
@@ -100,6 +103,9 @@ class PluginOptions:
         prefix = f"{where}: " if where else ""
         known = {name: tp for name, tp, _ in cls.fields()}
         unknown = sorted(set(given) - set(known))
+        removed = [name for name in unknown if name in cls.REMOVED]
+        if removed:
+            raise OptionError(f"{prefix}option {removed[0]!r} was removed: {cls.REMOVED[removed[0]]}")
         if unknown:
             listed = ", ".join(known) or "(none)"
             raise OptionError(f"{prefix}unknown option {unknown[0]!r}; known options: {listed}")

@@ -33,8 +33,8 @@ from fusionbench.data.splits import make_split
 from fusionbench.errors import UserInputError
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
+from fusionbench.strategy import Strategy
 from fusionbench.train import TrainOptions, first_epoch_batches, make_adam, seed_everything, train_step
-from strategies.base import Strategy
 
 STEP_PARTS = ("step.forward", "step.backward", "step.optimizer")
 

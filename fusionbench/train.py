@@ -33,7 +33,7 @@ from fusionbench.errors import TrainingError
 from fusionbench.evaluate import BatchView, rank_samples
 from fusionbench.metrics import DEFAULT_KS, METRICS, summarize
 from fusionbench.options import PluginOptions, require
-from strategies.base import Strategy
+from fusionbench.strategy import Strategy
 
 SELECTABLE = tuple(f"{m}@{k}" for m in METRICS for k in DEFAULT_KS)
 # "bf16": training forward passes run under bfloat16 autocast (matmuls in bf16, reductions and the

@@ -35,6 +35,11 @@ as it is (:class:`CannotTell`, reported with its reason). Steps:
 - :func:`batching_step` (``train.batching``): runs of strategies that train on causal rows get ``length``,
   the grouping every such run used before the option existed (the default ``uniform`` draws batches at
   random); runs of strategies that train on prefix samples, which the option does not touch, get the default.
+- :func:`han_update_step` (issue 23): MMSR's ``update`` is gone, the han aggregator's ``agg.update`` is the
+  one update option; a stored mmsr run's ``update`` is folded into ``agg.update`` as the code of that time
+  resolved the two (:func:`fold_mmsr_update`) and removed. This is the one kind of step that removes a key:
+  the stored values are compared with the re-resolved ones after the steps, and the report names the keys
+  a step removed.
 
 Archive import (``fusionbench store import``) copies runs as they were exported and applies no step:
 run ``store upgrade`` on the store afterwards.
@@ -58,7 +63,8 @@ from fusionbench.store import ResultStore, canonical_json, config_hash
 @dataclass(frozen=True)
 class Upgrade:
     """What happened to one stored run: ``status`` is "current" (nothing to do), "upgraded" (new
-    hash, ``added`` the new option keys) or "kept" (``reason`` says why it was not rewritten)."""
+    hash, ``added`` the new option keys, ``removed`` the keys a step removed) or "kept" (``reason`` says
+    why it was not rewritten)."""
 
     run_id: int
     old_hash: str
@@ -66,6 +72,7 @@ class Upgrade:
     status: str
     added: tuple[str, ...] = ()
     reason: str = ""
+    removed: tuple[str, ...] = ()
 
 
 def request_of(config: dict) -> RunRequest:
@@ -227,8 +234,38 @@ def batching_step(config: dict, data: RunData) -> dict:
     return {**config, "train": {**train, "batching": "length"}} if causal else config
 
 
+def fold_mmsr_update(config: dict) -> dict:
+    """A stored mmsr config with MMSR's former ``update`` option folded into the han aggregator's
+    ``agg.update``, as MMSR resolved the two before it lost the option: a config held both, each ``gate``
+    unless set, and the one that was not ``gate`` won (two different non-gate values, or a non-gate
+    ``update`` with another aggregator, never built a model). Other configs are returned as they are.
+    Pure (no data), so the reports read stored configs through it too (``report.collect.done_runs``).
+
+    Raises :class:`CannotTell` for the configs that never built a model."""
+    options = config.get("strategy_options") or {}
+    if config.get("strategy") != "mmsr" or "update" not in options:
+        return config
+    rule = options["update"]
+    kept = {k: v for k, v in options.items() if k != "update"}
+    if config.get("aggregator") != "han":
+        if rule != "gate":
+            raise CannotTell(f"mmsr's update={rule} with aggregator {config.get('aggregator')!r}, which never "
+                             "built a model (update applied to han only)")
+        return {**config, "strategy_options": kept}
+    agg = config.get("aggregator_options") or {}
+    if rule != "gate" and agg.get("update", "gate") not in ("gate", rule):
+        raise CannotTell(f"mmsr's update={rule} and agg.update={agg['update']} disagree, which never built a model")
+    effective = agg.get("update", "gate") if rule == "gate" else rule
+    return {**config, "strategy_options": kept, "aggregator_options": {**agg, "update": effective}}
+
+
+def han_update_step(config: dict, data: RunData) -> dict:
+    """MMSR's former ``update`` onto ``agg.update`` (module docstring, Steps; :func:`fold_mmsr_update`)."""
+    return fold_mmsr_update(config)
+
+
 STEPS: tuple[Callable[[dict, RunData], dict], ...] = (attr_encoding_step, text_source_step, image_source_step,
-                                                      batching_step)
+                                                      batching_step, han_update_step)
 """Applied in order to every stored config before it is re-resolved (module docstring, Steps)."""
 
 
@@ -254,7 +291,9 @@ def upgrade_store(store: ResultStore, dry_run: bool = False, data_root: Optional
             results.append(Upgrade(row.id, row.config_hash, None, "kept", reason=f"does not resolve: {err}"))
             continue
         new["dataset_checksum"] = old["dataset_checksum"]
-        added, changed = added_keys(old, new)
+        added = added_keys(old, new)[0]
+        removed = added_keys(new, old)[0]                  # keys a step removed (folded into others)
+        changed = added_keys(filled, new)[1]               # the steps' values and every other stored one
         digest = config_hash(new)
         if changed:
             results.append(Upgrade(row.id, row.config_hash, None, "kept",
@@ -265,7 +304,7 @@ def upgrade_store(store: ResultStore, dry_run: bool = False, data_root: Optional
             results.append(Upgrade(row.id, row.config_hash, None, "kept",
                                    reason=f"the upgraded config is already stored as run {digest}"))
         else:
-            results.append(Upgrade(row.id, row.config_hash, digest, "upgraded", tuple(added)))
+            results.append(Upgrade(row.id, row.config_hash, digest, "upgraded", tuple(added), removed=tuple(removed)))
             renames[row.config_hash] = (row.id, digest, canonical_json(new))
             trained[config_hash(training_config(old))] = config_hash(training_config(new))
     if renames and not dry_run:

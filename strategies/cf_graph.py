@@ -43,7 +43,7 @@ from torch import Tensor
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.data.core import SequenceData
 from fusionbench.errors import UserInputError
-from strategies.base import Strategy
+from fusionbench.strategy import Strategy
 
 NORMS = ("sym", "mean")
 

@@ -31,8 +31,8 @@ from torch import Tensor
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
+from fusionbench.strategy import CausalStrategy
 from strategies.backbones import embedding_init_
-from strategies.base import CausalStrategy
 from strategies.fusion import (
     ChannelFusion,
     IdChannelOptions,

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from fusionbench.context import ModalityTable, SeqBatch, StrategyContext
 from fusionbench.options import OptionError, PluginOptions, require
+from fusionbench.strategy import CausalStrategy
 from strategies.backbones import CausalGRU, CausalTransformer, embedding_init_, forward_positions
-from strategies.base import CausalStrategy
 
 FUSION_OPS = ("concat", "sum", "gate")
 ACTIVATIONS = ("identity", "gelu")

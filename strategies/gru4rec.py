@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import STRATEGIES
+from fusionbench.strategy import CausalStrategy
 from strategies.backbones import CausalGRU, embedding_init_
-from strategies.base import CausalStrategy
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,8 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.errors import UserInputError
 from fusionbench.options import require
 from fusionbench.registry import STRATEGIES
+from fusionbench.strategy import CausalStrategy
 from strategies.backbones import causal_allowed, embedding_init_, forward_positions, split_heads
-from strategies.base import CausalStrategy
 from strategies.fusion import ModalityChannel, SequenceOptions
 from strategies.item_graphs import (
     GraphPropagation,

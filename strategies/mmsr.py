@@ -17,8 +17,8 @@ node only), and items are scored against the input item embeddings:
 
 .. math:: \hat y_v = \langle h^{L}_{\mathrm{last}},\ e_v \rangle
 
-Options map to the paper's ablations (Table 4): ``update`` (han only), ``use_pos`` (w/o e^po),
-``use_type`` (w/o e^ty); Table 3 rows are ``--aggregator NAME``.
+Options map to the paper's ablations (Table 4): the han aggregator's ``agg.update`` (its update rules),
+``use_pos`` (w/o e^po), ``use_type`` (w/o e^ty); Table 3 rows are ``--aggregator NAME``.
 
 Shapes: items ``[B, W]`` -> graph of N nodes -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]``.
 """
@@ -39,16 +39,16 @@ from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.errors import UserInputError
 from fusionbench.options import OptionError, PluginOptions, require
 from fusionbench.registry import AGGREGATORS, STRATEGIES
+from fusionbench.strategy import Strategy
 from strategies.backbones import embedding_init_
-from strategies.base import Strategy
 from strategies.msgraph import MSGraph, build_msgraph, count_nodes
-
-UPDATES = ("gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he")
 
 
 @dataclass(frozen=True)
 class MMSROptions(PluginOptions):
-    """``update``: HAN-GNN update rule (Table 4 rows; han aggregator only). ``position``: count node
+    """The HAN-GNN update rule (Table 4 rows) is the han aggregator's option ``agg.update``; MMSR's own
+    ``update``, which duplicated it, is gone (``REMOVED``; ``fusionbench store upgrade`` moves it in stored
+    runs). ``position``: count node
     positions from the most "recent" item (default, invariant to padding) or from the "oldest" (the
     reference code). ``code_init``: code embeddings start from the mean feature of the items holding
     the code ("centroid") or at random. ``backend``: "dense" runs the aggregator on ``adj [B, R, N, N]``;
@@ -57,13 +57,14 @@ class MMSROptions(PluginOptions):
 
     dim: int = 128
     layers: int = 1
-    update: Literal["gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he"] = "gate"
     use_pos: bool = True
     use_type: bool = True
     dropout: float = 0.4
     position: Literal["recent", "oldest"] = "recent"
     code_init: Literal["centroid", "random"] = "centroid"
     backend: Literal["dense", "dgl"] = "dense"
+
+    REMOVED = {"update": "the HAN update rule is the han aggregator's option: --set agg.update=VALUE"}
 
     def check(self) -> None:
         if self.backend == "dgl" and importlib.util.find_spec("dgl") is None:
@@ -126,7 +127,7 @@ class MMSR(Strategy):
     train_defaults = {"lr": 0.002, "epochs": 100, "patience": 8, "lr_step": 40, "lr_gamma": 0.1}
     paper = "Hu, Guo, Liu, Kan, CIKM 2023"
     notes = (
-        "MSGraph per sequence + any aggregator (`--aggregator`, default `han`); Table 4 rows via `update`, `use_pos`,"
+        "MSGraph per sequence + any aggregator (`--aggregator`, default `han`); Table 4 rows via `agg.update`, `use_pos`,"
         " `use_type`; `backend` dense or dgl."
     )
 
@@ -144,29 +145,12 @@ class MMSR(Strategy):
         agg_ctx = AggregatorContext(dim=d, n_relations=n_relations_for(len(names)),
                                     n_node_types=FIRST_MODALITY_NODE_TYPE + len(names))
         agg_name = ctx.aggregator or self.default_aggregator
-        agg_options = dict(ctx.aggregator_options)
-        if agg_name == "han":
-            agg_options["update"] = self.han_update(opts.update, agg_options.get("update", "gate"))
-        elif opts.update != "gate":
-            raise OptionError(f"strategy 'mmsr': option 'update' applies to the han aggregator only "
-                              f"(aggregator is {agg_name!r})")
-        self.layers = nn.ModuleList(AGGREGATORS.create(agg_name, agg_ctx, **agg_options) for _ in range(opts.layers))
+        self.layers = nn.ModuleList(AGGREGATORS.create(agg_name, agg_ctx, **ctx.aggregator_options)
+                                    for _ in range(opts.layers))
         self.drop = nn.Dropout(opts.dropout)
         for m in names:  # table data, not parameters: never saved in or loaded from a state dict
             self.register_buffer(f"codes_{m}", ctx.modalities[m].codes, persistent=False)
         self.reset_parameters()
-
-    @staticmethod
-    def han_update(strategy_update: str, aggregator_update: str) -> str:
-        """The han update rule from the strategy option ``update`` and the aggregator option
-        ``agg.update``. A resolved config always holds both (each at its default ``gate`` unless set),
-        so the one that is not ``gate`` wins; two different non-default values are an error."""
-        if strategy_update == "gate":
-            return aggregator_update
-        if aggregator_update not in ("gate", strategy_update):
-            raise OptionError(f"strategy 'mmsr': option 'update={strategy_update}' and 'agg.update={aggregator_update}' "
-                              "disagree; set one of them")
-        return strategy_update
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import STRATEGIES
+from fusionbench.strategy import Strategy
 from strategies.backbones import embedding_init_
-from strategies.base import Strategy
 
 
 @dataclass

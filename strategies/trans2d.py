@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
+from fusionbench.strategy import CausalStrategy
 from strategies.backbones import causal_allowed, embedding_init_, forward_positions
-from strategies.base import CausalStrategy
 from strategies.fusion import ModalityInputs, SequenceOptions
 
 

@@ -6,6 +6,11 @@ determinism, reset_parameters, and no [B, N, N, d] tensor anywhere.
 """
 import copy
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -270,3 +275,29 @@ def test_heads_must_divide_dim_when_concatenated(name, opts):
     with pytest.raises(OptionError, match="heads"):
         AGGREGATORS.create(name, ctx, **opts)
     AGGREGATORS.create(name, ctx, **{**opts, "heads": 2})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_aggregator_holds_its_sparse_path(name):
+    """One home per operator: the class defines its sparse (DGL) path ``forward_sparse`` itself, beside its
+    dense ``forward`` (tests/with_dgl checks the two agree)."""
+    cls = AGGREGATORS.get(name)
+    assert "forward_sparse" in vars(cls) and "forward" in vars(cls)
+
+
+def test_dense_aggregators_never_import_dgl():
+    """dgl is optional: building and running every registered aggregator densely imports neither dgl nor the
+    sparse backend module (checked in a fresh interpreter, so it also holds where dgl is installed)."""
+    code = textwrap.dedent("""
+        import sys
+        from fusionbench.registry import AGGREGATORS
+        from test_aggregators_contract import typed_graph
+        for name in AGGREGATORS.names():
+            ctx, x, adj, node_type, node_mask = typed_graph()
+            AGGREGATORS.create(name, ctx)(x, adj, node_type, node_mask)
+        print(sorted(m for m in sys.modules if m.split('.')[0] == 'dgl' or m == 'aggregators.dgl_backend'))
+    """)
+    path = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": path})
+    assert out.stdout.strip() == "[]"

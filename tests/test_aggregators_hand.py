@@ -427,3 +427,19 @@ def test_typed_linear_maps_each_node_with_its_type_and_zeroes_padding():
             t = min(int(node_type[b, i]), 3)
             expected = torch.zeros(6) if t == 0 else x[b, i] @ weight[t]
             torch.testing.assert_close(out[b, i], expected)
+
+
+def test_han_update_rule_is_dispatched_in_one_place(monkeypatch):
+    """The dense forward and forward_rows compose their attentions through ``han.apply_update`` (the sparse
+    path too: tests/with_dgl), so a rule changed there changes on every path."""
+    import aggregators.han as han
+
+    calls = []
+    real = han.apply_update
+    monkeypatch.setattr(han, "apply_update", lambda *args: calls.append(args[0].opts.update) or real(*args))
+    adj, node_type, node_mask = msgraph()
+    model = han_model("ni_heho")
+    x = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    model(x, adj, node_type, node_mask)
+    model.forward_rows(x, adj, node_type, node_mask, torch.tensor([0]))
+    assert calls == ["ni_heho", "ni_heho"]

@@ -7,7 +7,7 @@ import torch
 
 from fusionbench.context import CODE_SENTINEL, ModalityTable, SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
-from strategies.base import CausalStrategy
+from fusionbench.strategy import CausalStrategy
 from strategies.difsr import code_sets
 
 S = CODE_SENTINEL

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
+from aggregators.han import UPDATES
 from fusionbench.context import CODE_SENTINEL, ModalityTable
 from fusionbench.options import OptionError
 from fusionbench.registry import AGGREGATORS, STRATEGIES
-from strategies.mmsr import UPDATES, code_centroids
+from strategies.mmsr import code_centroids
 from strategy_fixtures import N_ITEMS, tiny_batch, tiny_context, with_left_padding
 
 
@@ -22,7 +23,7 @@ def mmsr(ctx=None, aggregator=None, agg_options=None, **options):
 
 @pytest.mark.parametrize("update", UPDATES)
 def test_every_table4_update_row_runs(update):
-    model = mmsr(update=update)
+    model = mmsr(agg_options={"update": update})
     assert model.layers[0].opts.update == update
     model.eval()
     assert torch.isfinite(model.score(tiny_batch())[:, 1:]).all()
@@ -48,25 +49,33 @@ def test_readout_of_the_last_node_equals_the_full_last_layer(aggregator):
     torch.testing.assert_close(model.encode(batch), h[torch.arange(h.shape[0]), g.last_node])
 
 
-def test_update_from_the_strategy_or_the_aggregator_option():
-    assert mmsr(agg_options={"update": "ho"}).layers[0].opts.update == "ho"
-    assert mmsr(update="he", agg_options={"update": "he"}).layers[0].opts.update == "he"
-    with pytest.raises(OptionError, match="'update=he' and 'agg.update=ho' disagree"):
-        mmsr(update="he", agg_options={"update": "ho"})
-
-
 def test_update_reaches_han_through_a_resolved_run_config():
-    """`fusionbench run --strategy mmsr --set update=sync`: the resolved config also holds agg.update=gate."""
+    """`fusionbench run --strategy mmsr --set agg.update=sync`: the one update option is the aggregator's."""
     from fusionbench.data.splits import make_split
     from fusionbench.runner import RunRequest, build_context, load_data, resolve
 
-    config = resolve(RunRequest(strategy="mmsr", dataset="synthetic", strategy_options={"update": "sync", "dim": "16"},
+    config = resolve(RunRequest(strategy="mmsr", dataset="synthetic", strategy_options={"dim": "16"},
+                                aggregator_options={"update": "sync"},
                                 dataset_options={"n_users": "80", "n_codes": "3", "per_cell": "2", "max_len": "10"},
                                 feature_options={"reduce": "pca", "n_clusters": 4, "k": 2}))
-    assert config["aggregator_options"]["update"] == "gate" and config["strategy_options"]["update"] == "sync"
+    assert config["aggregator_options"]["update"] == "sync" and "update" not in config["strategy_options"]
     data = load_data(config, None)
     model = STRATEGIES.create("mmsr", build_context(config, data, make_split(data, "loo")), **config["strategy_options"])
     assert model.layers[0].opts.update == "sync" and model.layers[0].sync is not None
+
+
+def test_the_removed_update_option_names_the_one_to_use():
+    """MMSR's own ``update`` duplicated han's ``agg.update`` and is gone: giving it (flag, sweep file or Python)
+    is an error that names ``agg.update``, not a plain unknown option."""
+    from fusionbench.errors import UserInputError
+    from fusionbench.runner import RunRequest, resolve
+
+    with pytest.raises(OptionError, match=r"strategy 'mmsr': option 'update' was removed: .*--set agg.update="):
+        resolve(RunRequest(strategy="mmsr", dataset="synthetic", strategy_options={"update": "sync"}))
+    with pytest.raises(OptionError, match="option 'update' was removed"):
+        mmsr(update="sync")
+    with pytest.raises((OptionError, UserInputError), match="unknown option 'updat'"):
+        resolve(RunRequest(strategy="mmsr", dataset="synthetic", strategy_options={"updat": "sync"}))
 
 
 def test_training_defaults_follow_the_reference_configuration():
@@ -77,11 +86,6 @@ def test_training_defaults_follow_the_reference_configuration():
     train = resolve(RunRequest(strategy="mmsr", dataset="synthetic"))["train"]
     assert (train["lr"], train["epochs"], train["patience"], train["lr_step"], train["lr_gamma"]) == (0.002, 100, 8, 40, 0.1)
     assert resolve(RunRequest(strategy="mmsr", dataset="synthetic", train_options={"lr_step": "0"}))["train"]["lr_step"] == 0
-
-
-def test_update_is_only_for_han():
-    with pytest.raises(OptionError, match="'update' applies to the han aggregator only"):
-        mmsr(aggregator="gcn", update="sync")
 
 
 def test_pos_and_type_ablations_drop_their_part():

@@ -95,3 +95,21 @@ def test_third_party_plugin_found_through_entry_point(tmp_path, monkeypatch):
     assert fresh.names() == ["thirdparty-demo"]
     assert fresh.create("thirdparty-demo", None, size="5").opts.size == 5
     assert DATASETS.names() == builtin and "thirdparty-demo" not in builtin  # the real one is untouched
+
+
+def test_the_harness_imports_no_plugin_package():
+    """Layering: plugins import the harness, never the reverse. Importing every harness module that runs,
+    trains, evaluates or profiles a model loads neither ``strategies`` nor ``aggregators`` (the registries
+    import them on first use)."""
+    import subprocess
+
+    harness = ["fusionbench.cli", "fusionbench.runner", "fusionbench.plan", "fusionbench.train", "fusionbench.evaluate",
+               "fusionbench.profile", "fusionbench.perturb.plan", "fusionbench.strategy", "fusionbench.upgrade"]
+    code = textwrap.dedent(f"""
+        import importlib, sys
+        for name in {harness!r}:
+            importlib.import_module(name)
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('strategies', 'aggregators')))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

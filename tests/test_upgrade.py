@@ -124,3 +124,68 @@ def test_old_runs_of_causal_strategies_record_the_length_grouped_batches_they_tr
     found = run_experiment(request("sasrec", train_options={"epochs": 2, "lr": 0.01, "batching": "length"}),
                            ResultStore(path), progress=False)
     assert found.skipped and found.run_id == causal.run_id
+
+
+def mmsr_request(**overrides):
+    return request("mmsr", strategy_options={"dim": 16}, **overrides)
+
+
+def test_old_mmsr_runs_move_their_update_rule_to_the_han_aggregator_option(tmp_path):
+    """MMSR's own ``update`` is gone (issue 23). Stored mmsr runs held it beside ``agg.update``, the non-gate one
+    winning: the upgrade folds it into ``agg.update``, so the run of the default command and the run of a
+    Table 4 row are found again under the one option left; a pair that never built a model is kept."""
+    path = tmp_path / "r.db"
+    default = run_experiment(mmsr_request(), ResultStore(path), progress=False)
+    sync = run_experiment(mmsr_request(aggregator_options={"update": "sync"}), ResultStore(path), progress=False)
+    gcn = run_experiment(mmsr_request(aggregator="gcn"), ResultStore(path), progress=False)
+
+    def before(rule):
+        def edit(config):                       # as stored while MMSR had update, its table 4 rows set there
+            config["strategy_options"]["update"] = rule
+            if config["aggregator"] == "han":
+                config["aggregator_options"]["update"] = "gate"
+        return edit
+
+    old = {default.run_id: as_if_written_before(path, default.run_id, before("gate")),
+           sync.run_id: as_if_written_before(path, sync.run_id, before("sync")),
+           gcn.run_id: as_if_written_before(path, gcn.run_id, before("gate"))}
+    assert not set(old.values()) & {default.config_hash, sync.config_hash, gcn.config_hash}
+    labels_before = labels(path)
+    assert any(label.startswith("mmsr + han (") and "agg.update=sync" in label for label in labels_before)
+
+    out = CliRunner().invoke(main, ["store", "upgrade", "--store", str(path), "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "3 would be upgraded" in out.output and "strategy_options.update (removed)" in out.output
+
+    results = {u.run_id: u for u in upgrade_store(ResultStore(path))}
+    assert {u.status for u in results.values()} == {"upgraded"}
+    assert results[sync.run_id].removed == ("strategy_options.update",)
+    hashes = ResultStore(path).runs().set_index("id").config_hash
+    for run in (default, sync, gcn):
+        assert hashes[run.run_id] == run.config_hash
+    assert (tmp_path / "models" / f"{config_hash(training_config(sync.config))}.pt").exists()   # weights follow
+    again = run_experiment(mmsr_request(aggregator_options={"update": "sync"}), ResultStore(path), progress=False)
+    assert again.skipped and again.run_id == sync.run_id                                # found, not rerun
+    assert {u.status for u in upgrade_store(ResultStore(path))} == {"current"}
+    assert labels(path) == labels_before                  # reports label old and upgraded runs alike
+
+
+def labels(path):
+    """Leaderboard row labels of a store's done runs, in run order."""
+    from fusionbench.report.collect import done_runs, variant_labels
+
+    return variant_labels([run.config for run in sorted(done_runs(ResultStore(path), None, None), key=lambda r: r.run_id)])
+
+
+def test_an_old_mmsr_update_pair_that_never_built_a_model_is_kept(tmp_path):
+    path = tmp_path / "r.db"
+    run = run_experiment(mmsr_request(), ResultStore(path), progress=False)
+
+    def disagree(config):
+        config["strategy_options"]["update"] = "he"
+        config["aggregator_options"]["update"] = "ho"
+
+    old = as_if_written_before(path, run.run_id, disagree)
+    [result] = upgrade_store(ResultStore(path))
+    assert result.status == "kept" and "update=he and agg.update=ho disagree" in result.reason
+    assert list(ResultStore(path).runs().config_hash) == [old]

@@ -30,8 +30,8 @@ from fusionbench.errors import UserInputError
 from fusionbench.evaluate import BatchView
 from fusionbench.perturb.base import Perturbation, PerturbContext, check_severity
 from fusionbench.registry import PERTURBATIONS
+from fusionbench.strategy import Strategy
 from fusionbench.train import DataViews
-from strategies.base import Strategy
 
 APPLY_TO = ("train", "test", "both")
 

@@ -184,6 +184,18 @@ def _comparable(text: str) -> Any:
         return text
 
 
+def current_names(config: dict) -> dict:
+    """A stored config with options that were folded into others under the current names (a run stored
+    before ``store upgrade`` then labels and selects as the upgraded one will; ``upgrade.fold_mmsr_update``);
+    a config no fold applies to stays as stored."""
+    from fusionbench.upgrade import CannotTell, fold_mmsr_update
+
+    try:
+        return fold_mmsr_update(config)
+    except CannotTell:
+        return config
+
+
 def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str],
               selection: Selection = Selection()) -> list[Run]:
     """Every run with status ``done``, filtered by dataset and protocol (a value the store does not
@@ -200,7 +212,7 @@ def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str
             raise UserInputError(f"{option} {value!r}: no finished runs{scope} in {store.path}; "
                                  f"{column}s there: {', '.join(there)}")
         table = table[table[column] == value]
-    runs = [Run(int(r.id), r.config_hash, int(r.seed), json.loads(r.config)) for r in table.itertuples()]
+    runs = [Run(int(r.id), r.config_hash, int(r.seed), current_names(json.loads(r.config))) for r in table.itertuples()]
     return selection.apply(runs, str(store.path)) if selection != Selection() else runs
 
 
