@@ -12,7 +12,8 @@ returned to the OS and large blocks of changing sizes fragment the heap: the res
 profiles grew 1.2-1.7x, and a profile of MDSRec's whole epoch with its batches in increasing size order
 grew past 18 GB and was killed (docs/performance.md). So it is opt-in for training:
 ``FUSIONBENCH_MALLOC=keep``. ``fusionbench features image`` applies it always (``force``): its batches
-have one size, so the heap is reused as it is; on all Toys photos it took the command from 17 min (two thirds system time) to 4 min for 17 % more resident memory (docs/features.md).
+have one size, so the heap is reused as it is; on all Toys photos it took the command from 17 min (two thirds
+system time) to 4 min for 17 % more resident memory (docs/features.md).
 """
 from __future__ import annotations
 
