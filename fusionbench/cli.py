@@ -516,13 +516,15 @@ def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> Non
 @click.option("--ranks", type=click.Choice(["all", "test"]), default="all", show_default=True,
               help="Per-sample ranks of every split, or of the test split only (all that leaderboards and "
                    "robustness tables read; about half the archive).")
+@click.option("--since", default=None, metavar="ISO-TIME",
+              help="Only runs started at or after this time (e.g. 2026-12-04T14:00; UTC where no zone is given).")
 @report_errors
-def store_export(store_path: Path, out: Path, dataset: Optional[str], ranks: str) -> None:
+def store_export(store_path: Path, out: Path, dataset: Optional[str], ranks: str, since: Optional[str]) -> None:
     """Write the store's finished runs (config, run facts, metrics, per-sample ranks; not the kept weights) to a
     portable archive that `fusionbench store import` adds to another store."""
     from fusionbench.store_archive import export_runs
 
-    n = export_runs(store_path, out, dataset, ranks)
+    n = export_runs(store_path, out, dataset, ranks, since)
     click.echo(f"wrote {out}: {n} finished run{'s' if n != 1 else ''}")
 
 

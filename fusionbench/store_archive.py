@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
 
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
@@ -33,13 +34,17 @@ REQUIRED = {"config_hash": str, "config": str, "dataset": str, "protocol": str, 
             "status": str, "metrics": dict, "ranks": dict}
 
 
-def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None, ranks: str = "all") -> int:
-    """Write the finished runs of ``store_path`` (of ``dataset`` only, if given) to the archive ``out``
-    (atomically); returns how many. ``ranks``: the per-sample ranks of every split ("all") or of the
-    test split only ("test": leaderboards and robustness tables read no other, and the archive is about
-    half the size; the validation metrics are kept either way)."""
+def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None, ranks: str = "all",
+                since: Optional[str] = None) -> int:
+    """Write the finished runs of ``store_path`` (of ``dataset`` only, if given; started at or after the
+    ISO time ``since`` only, if given) to the archive ``out`` (atomically); returns how many. ``ranks``:
+    the per-sample ranks of every split ("all") or of the test split only ("test": leaderboards and
+    robustness tables read no other, and the archive is about half the size; the validation metrics are
+    kept either way)."""
     store = open_store(store_path)
     table = store.runs(status="done", **({"dataset": dataset} if dataset else {}))
+    if since is not None:
+        table = table[pd.to_datetime(table.started_at, utc=True) >= parse_time(since, "--since")]
     lines = [json.dumps({"fusionbench_archive": FORMAT, "runs": len(table)})]
     for record in store.records([int(i) for i in table.id]):
         record["ranks"] = {split: base64.b64encode(r.astype("<i4").tobytes()).decode("ascii")
@@ -48,6 +53,15 @@ def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None, rank
     payload = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
     atomic_write(Path(out), lambda f: f.write(payload))
     return len(table)
+
+
+def parse_time(text: str, option: str) -> pd.Timestamp:
+    """An ISO time as a UTC timestamp (a time without a zone is taken as UTC); a clear error otherwise."""
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        raise UserInputError(f"{option} expects an ISO time such as 2026-12-04T14:00, got {text!r}") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _decode(line: str, where: str, columns: set[str]) -> dict[str, Any]:

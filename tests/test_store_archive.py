@@ -129,3 +129,23 @@ def test_not_an_archive_and_missing_files_are_errors(tmp_path):
     assert result.exit_code == 2 and "ARCHIVE" in result.output and "no such file" in result.output
     result = invoke("store", "export", "--store", tmp_path / "none.db", "--out", tmp_path / "x.jsonl.gz")
     assert result.exit_code == 2 and "--store" in result.output and not (tmp_path / "x.jsonl.gz").exists()
+
+
+def test_since_keeps_the_runs_started_at_or_after_it(exported, tmp_path):
+    import sqlite3
+
+    path = tmp_path / "copy.db"
+    with sqlite3.connect(exported[0]) as source, sqlite3.connect(path) as db:
+        source.backup(db)
+        db.execute("UPDATE runs SET started_at = '2020-01-01T00:00:00+00:00' WHERE config_hash = ?",
+                    (exported[2].config_hash,))
+    later = tmp_path / "later.jsonl.gz"
+    result = invoke("store", "export", "--store", path, "--out", later, "--since", "2021-01-01T00:00")
+    assert result.exit_code == 0 and "1 finished run" in result.output, result.output
+    lines = gzip.decompress(later.read_bytes()).decode().splitlines()
+    assert json.loads(lines[0])["runs"] == 1 and json.loads(lines[1])["config_hash"] == exported[3].config_hash
+    both = invoke("store", "export", "--store", path, "--out", tmp_path / "both.jsonl.gz", "--since", "2020-01-01")
+    assert both.exit_code == 0 and "2 finished runs" in both.output           # a run at the cut is kept
+    bad = invoke("store", "export", "--store", path, "--out", tmp_path / "bad.jsonl.gz", "--since", "yesterday")
+    assert bad.exit_code == 2 and "--since expects an ISO time" in bad.output
+    assert not (tmp_path / "bad.jsonl.gz").exists()
