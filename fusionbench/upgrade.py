@@ -161,13 +161,20 @@ over the code set, and under ``svd`` the codes are clusters): :func:`attr_encodi
 as they are, so they are never found as runs of the current code."""
 
 
+def builds_unrecorded_channel(features: dict, channel: str) -> bool:
+    """Whether a stored run's ``features`` options lack the option named ``channel`` (``attr``, ``text``,
+    ``image``: each channel's option has its name) while the run built that channel (every channel, or
+    ``features.modalities`` naming it): only such runs need a step to tell what the channel read."""
+    if not features or channel in features:
+        return False
+    return not features.get("modalities") or channel in features["modalities"]
+
+
 def attr_encoding_step(config: dict, data: RunData) -> dict:
     """``features.attr`` for a run made before it existed (module docstring, Steps)."""
     features = config.get("features") or {}
-    if not features or "attr" in features:
+    if not builds_unrecorded_channel(features, "attr"):
         return config
-    if features.get("modalities") and "attr" not in features["modalities"]:
-        return config                          # no attr channel built: the default changes nothing
     side = data.side(config)
     if side.attributes is None or "attr" in side.dense:
         return config                          # no derived attr channel (a dense one is used as given)
@@ -190,10 +197,8 @@ def text_source_step(config: dict, data: RunData) -> dict:
     from fusionbench.data.datasets import declared_text_sources
 
     features = config.get("features") or {}
-    if not features or "text" in features:
+    if not builds_unrecorded_channel(features, "text"):
         return config
-    if features.get("modalities") and "text" not in features["modalities"]:
-        return config                          # no text channel built: the source changes nothing
     try:
         sources = declared_text_sources(config["dataset"], config["dataset_options"])
     except (UserInputError, KeyError):
@@ -208,10 +213,8 @@ def image_source_step(config: dict, data: RunData) -> dict:
     from fusionbench.data.datasets import declared_image_sources
 
     features = config.get("features") or {}
-    if not features or "image" in features:
+    if not builds_unrecorded_channel(features, "image"):
         return config
-    if features.get("modalities") and "image" not in features["modalities"]:
-        return config                          # no image channel built: the source changes nothing
     try:
         sources = declared_image_sources(config["dataset"], config["dataset_options"])
     except (UserInputError, KeyError):
