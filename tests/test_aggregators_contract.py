@@ -277,14 +277,6 @@ def test_heads_must_divide_dim_when_concatenated(name, opts):
     AGGREGATORS.create(name, ctx, **{**opts, "heads": 2})
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_each_aggregator_holds_its_sparse_path(name):
-    """One home per operator: the class defines its sparse (DGL) path ``forward_sparse`` itself, beside its
-    dense ``forward`` (tests/with_dgl checks the two agree)."""
-    cls = AGGREGATORS.get(name)
-    assert "forward_sparse" in vars(cls) and "forward" in vars(cls)
-
-
 def test_dense_aggregators_never_import_dgl():
     """dgl is optional: building and running every registered aggregator densely imports neither dgl nor the
     sparse backend module (checked in a fresh interpreter, so it also holds where dgl is installed)."""

@@ -443,3 +443,12 @@ def test_han_update_rule_is_dispatched_in_one_place(monkeypatch):
     model(x, adj, node_type, node_mask)
     model.forward_rows(x, adj, node_type, node_mask, torch.tensor([0]))
     assert calls == ["ni_heho", "ni_heho"]
+
+
+@pytest.mark.parametrize("name", AGGREGATORS.names())
+def test_each_builtin_aggregator_holds_its_sparse_path(name):
+    """One home per operator: a built-in aggregator defines its sparse (DGL) path ``forward_sparse`` itself,
+    beside its dense ``forward`` (tests/with_dgl checks the two agree). Not a contract item: a plugin may
+    ship the dense path only, and ``backend=dgl`` then refuses it by name (docs/plugins.md)."""
+    cls = AGGREGATORS.get(name)
+    assert "forward_sparse" in vars(cls) and "forward" in vars(cls)
