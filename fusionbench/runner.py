@@ -65,6 +65,9 @@ def group_options(options: dict[str, Any], where: str) -> dict[str, dict[str, An
     return groups
 
 
+NO_CHANNELS = "none"  # features.modalities=none: no channel at all, the strategy's ID-only form
+
+
 @dataclass(frozen=True)
 class FeatureOptions(PluginOptions):
     """How modality tables are made (``--set features.<name>=value``); see docs/features.md.
@@ -88,7 +91,7 @@ class FeatureOptions(PluginOptions):
         "k": "codes per item of those channels (its k nearest centres)",
         "reduce": "reduction before k-means: ae (autoencoder), pca or none",
         "attr_max_codes": "codes per item of attr under attr=ids (its first attribute ids)",
-        "modalities": "the channels to build, e.g. text,attr (empty: every channel the data has)",
+        "modalities": "the channels to build, e.g. text,attr (empty: every channel the data has; none: ID only)",
         "attr": "how every strategy sees the attr channel: ids (learned id embeddings) or svd (features)",
         "text": "the text source of the text channel (`fusionbench data info` lists a dataset's)",
         "image": "the image source of the image channel, e.g. efficientnet (photos encoded here) or clip",
@@ -103,11 +106,20 @@ class FeatureOptions(PluginOptions):
     text: str = DEFAULT_TEXT_SOURCE
     image: str = DEFAULT_IMAGE_SOURCE
 
+    def channels(self) -> Optional[list[str]]:
+        """The channels to build: ``None`` = every channel the data has, ``[]`` under ``none`` (ID only)."""
+        if not self.modalities:
+            return None
+        return [m for m in self.modalities if m != NO_CHANNELS]
+
     def check(self) -> None:
         require(self.n_clusters >= 1, f"option 'n_clusters' must be >= 1, got {self.n_clusters}")
         require(1 <= self.k <= self.n_clusters, f"option 'k' must be in 1..n_clusters, got {self.k}")
         require(self.reduce in ("ae", "pca", "none"), f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
         require(self.attr_max_codes >= 1, f"option 'attr_max_codes' must be >= 1, got {self.attr_max_codes}")
+        require(NO_CHANNELS not in self.modalities or len(self.modalities) == 1,
+                f"option 'modalities': {NO_CHANNELS!r} (ID only) cannot be combined with channels, "
+                f"got {','.join(self.modalities)!r}")
         require(self.text.isidentifier(),
                 f"option 'text' must be a text source name (title, prefix, ...), got {self.text!r}")
         require(self.image.isidentifier(),
@@ -213,7 +225,7 @@ def build_context(config: dict, data: SequenceData, split: Optional[Split] = Non
         opts = FeatureOptions.build(config["features"])
         modalities = modality_tables(
             data.side, data.n_items, data.checksum(), n_clusters=opts.n_clusters, k=opts.k, reduce=opts.reduce,
-            attr_max_codes=opts.attr_max_codes, modalities=list(opts.modalities) or None, attr=opts.attr,
+            attr_max_codes=opts.attr_max_codes, modalities=opts.channels(), attr=opts.attr,
             text=config["features"].get("text"),  # None: a config from before features.text, read the original text
             image=config["features"].get("image"),
         )
