@@ -66,6 +66,8 @@ class TrainOptions(PluginOptions):
         "grad_clip": "clip the gradient norm at this value (0 = off)",
         "precision": "fp32, or bf16 autocast of training forward passes (evaluation stays fp32)",
         "batching": "causal rows per batch: uniform (drawn at random) or length (grouped by length)",
+        "exclude_history": "rank only items outside each sample's history (validation and test; off: the paper's "
+                           "protocol, a repeat can be recommended)",
     }
 
     lr: float = 1e-3
@@ -80,6 +82,7 @@ class TrainOptions(PluginOptions):
     grad_clip: float = 0.0
     precision: str = "fp32"
     batching: str = "uniform"
+    exclude_history: bool = False
 
     def check(self) -> None:
         require(self.lr > 0, f"option 'lr' must be > 0, got {self.lr}")
@@ -342,7 +345,8 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             scheduler.step()
         seconds = time.perf_counter() - started
         try:
-            valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train))
+            valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train,
+                                               opts.exclude_history))
         except TrainingError as err:
             raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
         history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid})
@@ -375,9 +379,11 @@ def evaluate_trained(model: Strategy, data: SequenceData, split: Split, opts: Tr
     exactly as its clean run, so its trained model is evaluated instead of trained again)."""
     started = time.perf_counter()
     test_model = (model if views.test_model is None else views.test_model(model)).for_test()
-    test_ranks = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test)
+    test_ranks = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test,
+                              opts.exclude_history)
     eval_seconds = time.perf_counter() - started
-    valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train)
+    valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train,
+                               opts.exclude_history)
     test = summarize(test_ranks)
     if split.leaky:  # reference behaviour: every metric is its own maximum of test scores over epochs
         test = {name: max(h["valid"][name] for h in history) for name in test}
