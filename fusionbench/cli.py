@@ -514,8 +514,8 @@ def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> Non
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Archive to write (.jsonl.gz).")
 @click.option("--dataset", default=None, help="Only runs on this dataset.")
 @click.option("--ranks", type=click.Choice(["all", "test"]), default="all", show_default=True,
-              help="Per-sample ranks of every split, or of the test split only (all that leaderboards and "
-                   "robustness tables read; about half the archive).")
+              help="Per-sample ranks of every split, or of the test rankings only (test and test_unseen: all "
+                   "that leaderboards and robustness tables read; about half the archive).")
 @click.option("--since", default=None, metavar="ISO-TIME",
               help="Only runs started at or after this time (e.g. 2026-12-04T14:00; UTC where no zone is given).")
 @report_errors

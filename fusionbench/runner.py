@@ -36,10 +36,11 @@ from fusionbench.data.core import (
 from fusionbench.data.datasets import DatasetContext, declared_image_sources, declared_text_sources
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
+from fusionbench.metrics import summarize
 from fusionbench.options import PluginOptions, require
 from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation, training_view_of
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
-from fusionbench.store import ResultStore, config_hash
+from fusionbench.store import UNSEEN_TEST, ResultStore, config_hash
 from fusionbench.train import DataViews, TrainOptions, TrainResult, evaluate_trained, save_atomically, train
 
 DEFAULT_MAX_LEN = 50
@@ -346,8 +347,12 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
                    "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
                    "eval_seconds": result.eval_seconds, "history": result.history,
                    "trained_from": trained_digest if reuse else None}
-        store.finish(run_id, {"test": result.test, "valid": valid},
-                     {"test": result.test_ranks.numpy(), "valid": result.valid_ranks.numpy()}, summary)
+        metrics = {"test": result.test, "valid": valid}
+        ranks = {"test": result.test_ranks.numpy(), "valid": result.valid_ranks.numpy()}
+        if result.unseen_test_ranks is not None:  # the same model ranked among unseen items only
+            metrics[UNSEEN_TEST] = summarize(result.unseen_test_ranks)
+            ranks[UNSEEN_TEST] = result.unseen_test_ranks.numpy()
+        store.finish(run_id, metrics, ranks, summary)
         if checkpoint.exists():
             os.remove(checkpoint)
     return RunOutcome(config, digest, result.test, valid, result=result, run_id=run_id)

@@ -9,7 +9,7 @@ Tables:
                                                trained_from: hash of the training config whose kept
                                                weights this run evaluated (runner.training_config; the
                                                clean run's hash for a test-only cell; NULL: it trained)
-    metrics(run_id, split 'valid'|'test', metric, k, value)     values are fractions, not %
+    metrics(run_id, split 'valid'|'test'|'test_unseen', metric, k, value)     values are fractions, not %
     ranks(run_id, split, ranks BLOB int32 little-endian)        per-sample ranks, sample order
 
 A finished run's metrics, ranks and status are written in one transaction, so a crash never leaves
@@ -104,6 +104,8 @@ def _decode_ranks(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<i4").astype(np.int64)
 
 
+UNSEEN_TEST = "test_unseen"  # split of the test ranks among items outside each sample's history (when the
+# run ranked every item: train.exclude_history off), recorded beside "test" for the same model
 CHECKPOINTS = "checkpoints"
 """Folder beside the store holding the resume checkpoints of unfinished runs."""
 KEPT_WEIGHTS = "models"

@@ -109,6 +109,9 @@ class TrainResult:
         best_epoch: 1-based epoch whose state was restored.
         history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}``.
         valid_ranks, test_ranks: per-sample 0-based ranks of the restored state ``[S]``.
+        unseen_test_ranks: the same model's test ranks among the items outside each sample's history
+            (``evaluate.exclude_seen``), when the run ranked every item (``exclude_history`` off; else None:
+            its ``test_ranks`` are those).
         test: test metrics reported (per-metric maxima over epochs under ``ratio-paper``).
         eval_seconds: wall time of the final test evaluation.
         earlier_seconds: wall time that earlier processes of a resumed run spent on the epochs it
@@ -121,6 +124,7 @@ class TrainResult:
     test_ranks: Optional[torch.Tensor] = None
     test: dict[str, float] = field(default_factory=dict)
     eval_seconds: float = 0.0
+    unseen_test_ranks: Optional[torch.Tensor] = None
     earlier_seconds: float = 0.0
 
     @property
@@ -384,7 +388,10 @@ def evaluate_trained(model: Strategy, data: SequenceData, split: Split, opts: Tr
     eval_seconds = time.perf_counter() - started
     valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train,
                                opts.exclude_history)
+    unseen = None
+    if not opts.exclude_history and not split.leaky:  # the other ranking of the same model, for the record
+        unseen = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test, True)
     test = summarize(test_ranks)
     if split.leaky:  # reference behaviour: every metric is its own maximum of test scores over epochs
         test = {name: max(h["valid"][name] for h in history) for name in test}
-    return TrainResult(best_epoch, history, valid_ranks, test_ranks, test, eval_seconds)
+    return TrainResult(best_epoch, history, valid_ranks, test_ranks, test, eval_seconds, unseen_test_ranks=unseen)

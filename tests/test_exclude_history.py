@@ -70,3 +70,27 @@ def test_the_option_is_part_of_the_run_identity():
     excluded = resolve(RunRequest("sasrec", dataset="synthetic", train_options={"exclude_history": "true"}))
     assert plain["train"]["exclude_history"] is False and excluded["train"]["exclude_history"] is True
     assert config_hash(plain) != config_hash(excluded)
+
+
+def test_a_stored_run_records_its_test_ranks_among_unseen_items_beside_the_plain_ones(tmp_path):
+    """Every run that ranks all items also stores the same model's test ranks among unseen items
+    (split ``test_unseen``): never above the plain rank, and exactly what ``exclude_history`` ranks."""
+    from fusionbench.runner import run_experiment
+    from fusionbench.store import UNSEEN_TEST, ResultStore
+    from test_attr_encoding import TINY_SYNTHETIC
+
+    store = ResultStore(tmp_path / "runs.db")
+    request = RunRequest("sasrec", dataset="synthetic", dataset_options=dict(TINY_SYNTHETIC),
+                         strategy_options={"dim": "16", "heads": "1"}, train_options={"epochs": "1"})
+    outcome = run_experiment(request, store, progress=False)
+    plain, unseen = store.ranks(outcome.run_id, "test"), store.ranks(outcome.run_id, UNSEEN_TEST)
+    assert plain.shape == unseen.shape and (unseen <= plain).all()
+    assert torch.equal(torch.from_numpy(unseen).long(), outcome.result.unseen_test_ranks)
+    assert set(store.metrics(outcome.run_id, UNSEEN_TEST)) == set(store.metrics(outcome.run_id, "test"))
+    # a run made with the option on (one epoch: the same model) ranks unseen items in "test" itself and
+    # records nothing beside it
+    options = {"epochs": "1", "exclude_history": "true"}
+    excluded = run_experiment(RunRequest(**{**request.__dict__, "train_options": options}), store, progress=False)
+    assert torch.equal(torch.from_numpy(store.ranks(excluded.run_id, "test")).long(), outcome.result.unseen_test_ranks)
+    with pytest.raises(KeyError):
+        store.ranks(excluded.run_id, UNSEEN_TEST)

@@ -63,7 +63,10 @@ def test_an_archive_of_test_ranks_only_gives_the_same_reports(exported, tmp_path
     small = tmp_path / "test_ranks.jsonl.gz"
     assert invoke("store", "export", "--store", path, "--out", small, "--ranks", "test").exit_code == 0
     records = [json.loads(line) for line in gzip.decompress(small.read_bytes()).decode().splitlines()[1:]]
-    assert all(set(r["ranks"]) == {"test"} and set(r["metrics"]) == {"valid", "test"} for r in records)
+    # the test rankings (all items, and unseen items where the run ranked all) and every split's metrics
+    assert all(set(r["ranks"]) <= {"test", "test_unseen"} and "test" in r["ranks"] for r in records)
+    assert all({"valid", "test"} <= set(r["metrics"]) and set(r["ranks"]) <= set(r["metrics"]) for r in records)
+    assert any("test_unseen" in r["ranks"] for r in records)
     target = tmp_path / "copy.db"
     assert invoke("store", "import", small, "--store", target).exit_code == 0
     source, copy = ResultStore(path), ResultStore(target)
