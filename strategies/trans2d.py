@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.options import Ge, Lt
 from fusionbench.registry import STRATEGIES
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import causal_allowed, embedding_init_, forward_positions
@@ -117,7 +118,7 @@ class Block2D(nn.Module):
 class Trans2DOptions(SequenceOptions):
     """``target``: fused item embeddings (the readout Linear over the item's own channels) or ID only."""
 
-    dropout: float = 0.3
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
     target: Literal["fused", "id"] = "fused"
 
 

@@ -43,7 +43,7 @@ def test_ratio_paper_is_labelled_leaky(folder):
 
 def test_list_and_data_info(folder):
     out = invoke("list", "strategies")
-    assert out.exit_code == 0 and "sasrec" in out.output and "dim (int) = 64" in out.output
+    assert out.exit_code == 0 and "sasrec" in out.output and "dim (int, >= 1) = 64" in out.output
     info = invoke("data", "info", "beauty")
     assert info.exit_code == 0
     assert "22363" in info.output and re.search(r"modality image\s+absent", info.output)

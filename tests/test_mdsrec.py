@@ -236,7 +236,7 @@ def test_channels_option():
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("graph_layers", 3, "'graph_layers' must be 0 \\(graphs off\\), 1 or 2"),
+    ("graph_layers", 3, "'graph_layers' must be in \\[0, 2\\], got 3"),
     ("lambda_b", 1.5, "'lambda_b' must be in"),
     ("k_graph", 0, "'k_graph' must be >= 1"),
     ("beta", -0.1, "'beta' must be >= 0"),
