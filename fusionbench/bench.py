@@ -68,7 +68,8 @@ def quick_rounds(rounds: int, round_seconds: float) -> int:
 
 THREADS = 1
 TIMER = "time.process_time"
-"""The clock of the short suite: CPU seconds of the (one-threaded) process, not wall-clock seconds."""
+"""The clock of the short suite (pytest-benchmark's ``--benchmark-timer``, a dotted name): CPU seconds of the
+(one-threaded) process, not wall-clock seconds. tests/test_bench_check.py puts a fake clock here."""
 
 REFERENCE_MARK = "reference"
 """pytest marker of cases that time reference code for comparison within one run (a bare torch matmul,
