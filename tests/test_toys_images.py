@@ -209,6 +209,7 @@ def test_a_finished_extraction_is_a_cache_hit_until_the_folder_changes(photos, a
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)       # waits up to 600 s for the first chunk, then extracts 600 images
 def test_a_sigkilled_command_resumes(photos, shared_data, tmp_path, cache):
     """A real kill: the command in a subprocess, SIGKILLed once its first chunk is on disk, then run again."""
     out = tmp_path / "image.npy"
