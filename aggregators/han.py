@@ -266,7 +266,8 @@ class HAN(nn.Module):
         return adj_ho, adj_ho.any(1), adj[:, self.hetero].any(1) & pairs
 
     @staticmethod
-    def edges_from(edges: tuple[Tensor, Tensor, Tensor], columns: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def edges_from(edges: tuple[Tensor, Tensor, Tensor], columns: Tensor,
+                   keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`edges` restricted to the sending nodes ``columns`` (in that order), where ``keep``.
 
         Shapes: edges as :meth:`edges` gives them ([B, R_ho, Q, N], [B, Q, N], [B, Q, N]), columns [B, C]

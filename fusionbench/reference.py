@@ -103,8 +103,8 @@ def strategies_markdown() -> str:
         "code: [departures.md](departures.md); the protocol of the graph-CF baselines (`pop`, `lightgcn`,",
         "`mmgcn`, `mgat`, `bm3`): [graph-cf.md](graph-cf.md).",
         "",
-        "| strategy | paper | fusion stage | one causal pass | options (defaults, bounds) | training defaults (`train.*`) "
-        "| notes |",
+        "| strategy | paper | fusion stage | one causal pass | options (defaults, bounds) "
+        "| training defaults (`train.*`) | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in STRATEGIES.names():

@@ -105,7 +105,8 @@ class FeatureOptions(PluginOptions):
 
     def check(self) -> None:
         require(self.k <= self.n_clusters, f"option 'k' must be <= n_clusters ({self.n_clusters}), got {self.k}")
-        require(self.reduce in ("ae", "pca", "none"), f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
+        require(self.reduce in ("ae", "pca", "none"),
+                f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
         require(self.text.isidentifier(),
                 f"option 'text' must be a text source name (title, prefix, ...), got {self.text!r}")
         require(self.image.isidentifier(),

@@ -82,7 +82,8 @@ class TrainOptions(PluginOptions):
     batching: str = "uniform"
 
     def check(self) -> None:
-        require(self.select in SELECTABLE, f"option 'select' must be one of {', '.join(SELECTABLE)}, got {self.select!r}")
+        require(self.select in SELECTABLE,
+                f"option 'select' must be one of {', '.join(SELECTABLE)}, got {self.select!r}")
         require(self.precision in PRECISIONS, f"option 'precision' must be one of {', '.join(PRECISIONS)}, "
                 f"got {self.precision!r}")
         require(self.batching in BATCHINGS, f"option 'batching' must be one of {', '.join(BATCHINGS)}, "

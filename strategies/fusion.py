@@ -155,7 +155,8 @@ class IdChannelOptions:
 
     def check(self) -> None:
         super().check()
-        require(self.ids or self.target == "fused", "option 'ids=false' needs target='fused' (no ID embeddings to score)")
+        require(self.ids or self.target == "fused",
+                "option 'ids=false' needs target='fused' (no ID embeddings to score)")
 
 
 def id_and_modality_channels(ctx: StrategyContext, dim: int, ids: bool,

@@ -172,8 +172,8 @@ class MDSRecOptions(SequenceOptions):
     """``channels``: channels to model, ``id`` and modality names (empty = ``id`` and every modality of
     the data). ``k_sim``: similarity neighbours per item. ``k_graph``: graph edges kept per item.
     ``window``: co-occurrence window w. ``graph``: ``mix`` or ``intersect`` of similarity and behaviour.
-    ``lambda_b``: behaviour weight of ``mix``. ``graph_layers``: propagation depth (1 or 2; 0 = graphs off, the ablation).
-    ``center``: interest centre. ``readout``: centre-query attention or last state. ``fusion``:
+    ``lambda_b``: behaviour weight of ``mix``. ``graph_layers``: propagation depth (1 or 2; 0 = graphs off, the
+    ablation). ``center``: interest centre. ``readout``: centre-query attention or last state. ``fusion``:
     ``sum_scores``, ``gate_user`` or ``concat``. ``beta``: weight of the per-channel CE terms."""
 
     layers: Annotated[int, Ge(1)] = 1

@@ -124,8 +124,8 @@ class MMSR(Strategy):
     train_defaults = {"lr": 0.002, "epochs": 100, "patience": 8, "lr_step": 40, "lr_gamma": 0.1}
     paper = "Hu, Guo, Liu, Kan, CIKM 2023"
     notes = (
-        "MSGraph per sequence + any aggregator (`--aggregator`, default `han`); Table 4 rows via `agg.update`, `use_pos`,"
-        " `use_type`; `backend` dense or dgl."
+        "MSGraph per sequence + any aggregator (`--aggregator`, default `han`); Table 4 rows via `agg.update`, "
+        "`use_pos`, `use_type`; `backend` dense or dgl."
     )
 
     def __init__(self, ctx: StrategyContext, opts: MMSROptions):
