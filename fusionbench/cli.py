@@ -323,7 +323,8 @@ def data_info(name: str, sets: tuple[str, ...], data_root: Optional[Path]) -> No
     rows: list[list[Any]] = [
         ["users", d.n_users], ["items", d.n_items], ["interactions", d.n_interactions],
         ["avg length", f"{lengths.mean():.2f}"], ["median length", f"{lengths.median():.0f}"],
-        ["max length", int(lengths.max())], ["sparsity", f"{100 * (1 - d.n_interactions / (d.n_users * d.n_items)):.2f}%"],
+        ["max length", int(lengths.max())],
+        ["sparsity", f"{100 * (1 - d.n_interactions / (d.n_users * d.n_items)):.2f}%"],
     ]
     coverage = _coverage(d)
     for channel in ("image", "text", "attr"):

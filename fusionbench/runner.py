@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 
@@ -37,7 +37,7 @@ from fusionbench.data.datasets import DatasetContext, declared_image_sources, de
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
 from fusionbench.metrics import summarize
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, PluginOptions, require
 from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation, training_view_of
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
 from fusionbench.store import UNSEEN_TEST, ResultStore, config_hash
@@ -98,10 +98,10 @@ class FeatureOptions(PluginOptions):
         "image": "the image source of the image channel, e.g. efficientnet (photos encoded here) or clip",
     }
 
-    n_clusters: int = 30
-    k: int = 3
+    n_clusters: Annotated[int, Ge(1)] = 30
+    k: Annotated[int, Ge(1)] = 3
     reduce: str = "ae"
-    attr_max_codes: int = 8
+    attr_max_codes: Annotated[int, Ge(1)] = 8
     modalities: tuple[str, ...] = ()
     attr: Literal["ids", "svd"] = "ids"
     text: str = DEFAULT_TEXT_SOURCE
@@ -114,10 +114,9 @@ class FeatureOptions(PluginOptions):
         return [m for m in self.modalities if m != NO_CHANNELS]
 
     def check(self) -> None:
-        require(self.n_clusters >= 1, f"option 'n_clusters' must be >= 1, got {self.n_clusters}")
-        require(1 <= self.k <= self.n_clusters, f"option 'k' must be in 1..n_clusters, got {self.k}")
-        require(self.reduce in ("ae", "pca", "none"), f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
-        require(self.attr_max_codes >= 1, f"option 'attr_max_codes' must be >= 1, got {self.attr_max_codes}")
+        require(self.k <= self.n_clusters, f"option 'k' must be <= n_clusters ({self.n_clusters}), got {self.k}")
+        require(self.reduce in ("ae", "pca", "none"),
+                f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
         require(NO_CHANNELS not in self.modalities or len(self.modalities) == 1,
                 f"option 'modalities': {NO_CHANNELS!r} (ID only) cannot be combined with channels, "
                 f"got {','.join(self.modalities)!r}")

@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Annotated, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_bat
 from fusionbench.errors import TrainingError
 from fusionbench.evaluate import BatchView, rank_samples
 from fusionbench.metrics import DEFAULT_KS, METRICS, summarize
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Gt, Le, PluginOptions, require
 from fusionbench.strategy import Strategy
 
 SELECTABLE = tuple(f"{m}@{k}" for m in METRICS for k in DEFAULT_KS)
@@ -70,31 +70,23 @@ class TrainOptions(PluginOptions):
                            "protocol, a repeat can be recommended)",
     }
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    epochs: int = 200
-    patience: int = 10
+    lr: Annotated[float, Gt(0)] = 1e-3
+    weight_decay: Annotated[float, Ge(0)] = 0.0
+    batch_size: Annotated[int, Ge(1)] = 128
+    epochs: Annotated[int, Ge(1)] = 200
+    patience: Annotated[int, Ge(1)] = 10
     select: str = "NDCG@20"
-    eval_batch_size: int = 1024
-    lr_step: int = 0
-    lr_gamma: float = 0.1
-    grad_clip: float = 0.0
+    eval_batch_size: Annotated[int, Ge(1)] = 1024
+    lr_step: Annotated[int, Ge(0)] = 0
+    lr_gamma: Annotated[float, Gt(0), Le(1)] = 0.1
+    grad_clip: Annotated[float, Ge(0)] = 0.0
     precision: str = "fp32"
     batching: str = "uniform"
     exclude_history: bool = False
 
     def check(self) -> None:
-        require(self.lr > 0, f"option 'lr' must be > 0, got {self.lr}")
-        require(self.weight_decay >= 0, f"option 'weight_decay' must be >= 0, got {self.weight_decay}")
-        require(self.batch_size >= 1, f"option 'batch_size' must be >= 1, got {self.batch_size}")
-        require(self.eval_batch_size >= 1, f"option 'eval_batch_size' must be >= 1, got {self.eval_batch_size}")
-        require(self.epochs >= 1, f"option 'epochs' must be >= 1, got {self.epochs}")
-        require(self.patience >= 1, f"option 'patience' must be >= 1, got {self.patience}")
-        require(self.select in SELECTABLE, f"option 'select' must be one of {', '.join(SELECTABLE)}, got {self.select!r}")
-        require(self.lr_step >= 0, f"option 'lr_step' must be >= 0 (0 = constant lr), got {self.lr_step}")
-        require(0 < self.lr_gamma <= 1, f"option 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
-        require(self.grad_clip >= 0, f"option 'grad_clip' must be >= 0 (0 = off), got {self.grad_clip}")
+        require(self.select in SELECTABLE,
+                f"option 'select' must be one of {', '.join(SELECTABLE)}, got {self.select!r}")
         require(self.precision in PRECISIONS, f"option 'precision' must be one of {', '.join(PRECISIONS)}, "
                 f"got {self.precision!r}")
         require(self.batching in BATCHINGS, f"option 'batching' must be one of {', '.join(BATCHINGS)}, "

@@ -50,7 +50,8 @@ def test_imported_runs_match_and_give_the_same_leaderboard(exported, tmp_path):
             assert copy.metrics(b, split) == source.metrics(a, split)
             np.testing.assert_array_equal(copy.ranks(b, split), source.ranks(a, split))
         kept = ["config", "seed", "best_epoch", "epoch_seconds", "history", "trained_from", "git_rev", "versions"]
-        assert copy.runs(config_hash=outcome.config_hash)[kept].equals(source.runs(config_hash=outcome.config_hash)[kept])
+        digest = outcome.config_hash
+        assert copy.runs(config_hash=digest)[kept].equals(source.runs(config_hash=digest)[kept])
     assert_same_reports(target, path)
 
     again = invoke("store", "import", archive, "--store", target)

@@ -2,6 +2,7 @@
 (same stored results as the local one, weights shared within a task)."""
 import dataclasses
 import functools
+import re
 import textwrap
 from pathlib import Path
 
@@ -191,3 +192,31 @@ def test_the_beauty_sweep_trains_every_strategy_on_three_seeds():
     for name in STRATEGIES.names():
         assert {r.seed for r in clean if r.strategy == name} == {0, 1, 2}, \
             f"reports/sweeps/beauty.toml should run {name!r} on seeds 0, 1 and 2"
+
+
+def test_the_example_of_docs_sweeps_md_expands_as_the_page_says(tmp_path):
+    """docs/sweeps.md's complete example, through the real parser: the cell count the page states, the order
+    it describes, the duplicate run adding nothing and the test-only cells sharing the clean run's training."""
+    from fusionbench.runner import training_config
+    from fusionbench.store import config_hash
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    (example,) = re.findall(r"^```toml\n(.*?)^```$", page, flags=re.S | re.M)
+    (stated,) = re.findall(r"This file expands to \*\*(\d+) cells\*\*", page)
+    path = tmp_path / "example.toml"
+    path.write_text(example)
+    cells = read_sweep(path)
+    assert len(cells) == int(stated) == 20
+    assert [c.entry for c in cells] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 8        # run 5: duplicates only
+    key = [(c.request.strategy, c.request.seed) for c in cells]
+    assert key[:4] == [("sasrec", 0), ("sasrec", 1), ("late", 0), ("late", 1)]
+    assert [c.config["strategy_options"]["dim"] for c in cells[4:8]] == [64, 64, 128, 128]
+    grid = [(c.config["train"]["lr"], c.config["strategy_options"]["dropout"]) for c in cells[8:12]]
+    assert grid == [(0.001, 0.2), (0.001, 0.5), (0.002, 0.2), (0.002, 0.5)]
+    assert {(c.config["train"]["epochs"], c.config["train"]["precision"]) for c in cells[8:12]} == {(10, "bf16")}
+    stress = [(c.request.perturbation.name, c.request.perturbation.severity, c.request.seed) for c in cells[12:]]
+    assert stress == [(name, p, seed) for name, p in [("missing", 0), ("missing", 0.5), ("missing", 1),
+                                                      ("disorder", 0.5)] for seed in (0, 1)]
+    clean_late = {c.request.seed: config_hash(c.config) for c in cells[2:4]}
+    for cell in cells[12:18]:
+        assert config_hash(training_config(cell.config)) == clean_late[cell.request.seed]
