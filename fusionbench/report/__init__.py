@@ -122,7 +122,8 @@ def _views(results, dataset: Optional[str], protocol: Optional[str], metrics: st
         boards = leaderboard.build_leaderboards(results, dataset, protocol, published.columns_of(files), chosen,
                                                 selection, significance=False)
         found = published.build_comparisons(results, files, boards)
-        sections.append(published.render_markdown(found, published.not_run(files, found)) if fmt == "md"
+        missing = [m for m in published.not_run(files, found) if dataset is None or m[2] == dataset]
+        sections.append(published.render_markdown(found, missing) if fmt == "md"
                         else published.to_frame(found).to_csv(index=False))
     if inflation:
         tables = trajectory.build_inflation(results, dataset, protocol, parse_columns(metrics, ks), selection)
