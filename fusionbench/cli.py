@@ -267,9 +267,24 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
               help="Add a column per option key (as in --set, e.g. dim,layers,train.lr,train.precision, or "
                    "aggregator) with each row's resolved value from the stored configs (n/a: the strategy has "
                    "no such option).")
+@click.option("--published", "published_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Published numbers (reports/published/*.csv) beside ours: per row ours (mean ± std), the "
+                   "paper's value and ours/paper; columns are the file's metrics plus NDCG (ours only). Repeatable.")
+@click.option("--inflation", is_flag=True,
+              help="Runs trained with train.record_test=true: validation-selected vs test-selected (each metric's "
+                   "maximum over epochs) test metrics of the same models, and the difference.")
+@click.option("--across", is_flag=True,
+              help="Rank the rows per dataset × metric column (per protocol) over two or more datasets: Friedman "
+                   "test, Nemenyi critical difference, Holm-corrected pairwise Wilcoxon.")
+@click.option("--pool-protocols", is_flag=True, help="With --across: one analysis over every dataset × protocol table.")
+@click.option("--cd-plot", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --across: draw the critical-difference diagram here (.png, .svg or .pdf; one file per "
+                   "protocol, suffixed, when there are several).")
 @report_errors
 def leaderboard(**options: Any) -> None:
-    """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only."""
+    """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only;
+    or published numbers beside ours (--published), both selections of one trajectory (--inflation), ranks
+    over datasets (--across)."""
     from fusionbench.report import leaderboard_report
 
     text, written = leaderboard_report(**options, command=shlex.join(["fusionbench", *sys.argv[1:]]))

@@ -268,6 +268,13 @@ class ResultStore:
         rows = self._db.execute("SELECT metric, k, value FROM metrics WHERE run_id=? AND split=?", (run_id, split))
         return {f"{m}@{k}": v for m, k, v in rows}
 
+    def history(self, run_id: int) -> list[dict]:
+        """The run's per-epoch history (``train.TrainResult.history``) as stored; ``[]`` when none is."""
+        row = self._db.execute("SELECT history FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id}")
+        return json.loads(row[0]) if row[0] else []
+
     def ranks(self, run_id: int, split: str = "test") -> np.ndarray:
         row = self._db.execute("SELECT ranks FROM ranks WHERE run_id=? AND split=?", (run_id, split)).fetchone()
         if row is None:

@@ -7,11 +7,20 @@ follows the MMSR reference code (any of HR/MRR/NDCG @5/@20 improving resets the 
 reference's one-epoch lag: :func:`stale_epochs`) and the reported test metrics are per-metric maxima
 over the epochs run, as the reference reports them (labelled leaky).
 
+With ``record_test`` (``train.record_test=true``, ``loo`` and ``ratio``), the test samples are also
+ranked after every epoch and their metrics kept in the epoch's history entry under ``"test"``, apart
+from ``"valid"``: selection and early stopping read ``"valid"`` only (:func:`improvements`), and the
+ranking runs with the random number generators saved and restored (:func:`rng_preserved`), so the
+trajectory (losses, validation metrics, restored state) is the one the run has without the option. One
+run then gives both the validation-selected test metrics and the reference's test-selected ones (each
+metric's maximum over the epochs' test scores; :mod:`fusionbench.report.trajectory`).
+
 With ``checkpoint`` set, the full training state is written atomically after every epoch, and a
 run started again with the same checkpoint path resumes after the last finished epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -68,6 +77,8 @@ class TrainOptions(PluginOptions):
         "batching": "causal rows per batch: uniform (drawn at random) or length (grouped by length)",
         "exclude_history": "rank only items outside each sample's history (validation and test; off: the paper's "
                            "protocol, a repeat can be recommended)",
+        "record_test": "also rank the test split after every epoch, kept apart in the history (never read by "
+                       "selection or early stopping); loo and ratio, clean runs",
     }
 
     lr: Annotated[float, Gt(0)] = 1e-3
@@ -82,7 +93,8 @@ class TrainOptions(PluginOptions):
     grad_clip: Annotated[float, Ge(0)] = 0.0
     precision: str = "fp32"
     batching: str = "uniform"
-    exclude_history: bool = False
+    exclude_history: bool = False   # these two enter a resolved config only when true (runner.resolve), so
+    record_test: bool = False       # the hashes of runs without them did not change when they were added
 
     def check(self) -> None:
         require(self.select in SELECTABLE,
@@ -99,7 +111,8 @@ class TrainResult:
 
     Attributes:
         best_epoch: 1-based epoch whose state was restored.
-        history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}``.
+        history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}``, with ``record_test``
+            also ``"test": {metric: value}`` and ``"test_seconds"`` (never read by selection or stopping).
         valid_ranks, test_ranks: per-sample 0-based ranks of the restored state ``[S]``.
         unseen_test_ranks: the same model's test ranks among the items outside each sample's history
             (``evaluate.exclude_seen``), when the run ranked every item (``exclude_history`` off; else None:
@@ -148,6 +161,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def rng_preserved(device: torch.device):
+    """Run the block with Python's, NumPy's and torch's random states (the CPU generator and, on a CUDA
+    device, that device's) saved on entry and restored on exit: whatever the block draws, the code after
+    it draws what it would have drawn without the block."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def rank_test(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
+              views: DataViews = DataViews(), exclude_history: bool = False) -> torch.Tensor:
+    """0-based ranks ``[S]`` of the test samples by ``model`` as it is: through ``views.test_model`` and
+    ``views.test`` when given, and the model's ``for_test()`` view (graph-CF strategies: the test-time
+    graph); ``exclude_history``: among the items outside each sample's history. The one way the final test
+    rankings and the per-epoch ``record_test`` ranking are made."""
+    test_model = (model if views.test_model is None else views.test_model(model)).for_test()
+    return rank_samples(test_model, data, split.test, max_len, batch_size, views.test, exclude_history)
+
+
+def epoch_test_metrics(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
+                       views: DataViews = DataViews(), exclude_history: bool = False) -> dict[str, float]:
+    """``record_test``: the test metrics of ``model`` after an epoch (:func:`rank_test`), computed with
+    every random state preserved (:func:`rng_preserved`), so recording them leaves training unchanged."""
+    with rng_preserved(next(model.parameters()).device):
+        return summarize(rank_test(model, data, split, max_len, batch_size, views, exclude_history))
 
 
 def save_atomically(obj: dict, path: Path) -> None:
@@ -345,7 +391,16 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
                                                opts.exclude_history))
         except TrainingError as err:
             raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
-        history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid})
+        entry = {"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid}
+        if opts.record_test:   # kept apart: selection and stopping below read "valid" only
+            tested = time.perf_counter()
+            try:
+                entry["test"] = epoch_test_metrics(model, data, split, max_len, opts.eval_batch_size, views,
+                                                   opts.exclude_history)
+            except TrainingError as err:
+                raise TrainingError(f"{label}: epoch {epoch}, test (record_test): {err}") from None
+            entry["test_seconds"] = time.perf_counter() - tested
+        history.append(entry)
         if valid[opts.select] > best_value:   # the restored state: best ``select``, under every protocol
             best_value, best_epoch = valid[opts.select], epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -374,15 +429,13 @@ def evaluate_trained(model: Strategy, data: SequenceData, split: Split, opts: Tr
     so does a run that reuses weights trained earlier (``runner``: a test-only perturbation trains
     exactly as its clean run, so its trained model is evaluated instead of trained again)."""
     started = time.perf_counter()
-    test_model = (model if views.test_model is None else views.test_model(model)).for_test()
-    test_ranks = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test,
-                              opts.exclude_history)
+    test_ranks = rank_test(model, data, split, max_len, opts.eval_batch_size, views, opts.exclude_history)
     eval_seconds = time.perf_counter() - started
     valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train,
                                opts.exclude_history)
     unseen = None
     if not opts.exclude_history and not split.leaky:  # the other ranking of the same model, for the record
-        unseen = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test, True)
+        unseen = rank_test(model, data, split, max_len, opts.eval_batch_size, views, exclude_history=True)
     test = summarize(test_ranks)
     if split.leaky:  # reference behaviour: every metric is its own maximum of test scores over epochs
         test = {name: max(h["valid"][name] for h in history) for name in test}
