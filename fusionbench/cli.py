@@ -280,6 +280,9 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
 @click.option("--cd-plot", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="With --across: draw the critical-difference diagram here (.png, .svg or .pdf; one file per "
                    "protocol, suffixed, when there are several).")
+@click.option("--ranking", type=click.Choice(["all", "unseen"]), default="all", show_default=True,
+              help="Test ranks among all items (the paper's protocol), or among the items outside each sample's "
+                   "history (recorded beside them by every run; train.exclude_history).")
 @report_errors
 def leaderboard(**options: Any) -> None:
     """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only;

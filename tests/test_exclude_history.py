@@ -95,3 +95,44 @@ def test_a_stored_run_records_its_test_ranks_among_unseen_items_beside_the_plain
     assert torch.equal(torch.from_numpy(store.ranks(excluded.run_id, "test")).long(), outcome.result.unseen_test_ranks)
     with pytest.raises(KeyError):
         store.ranks(excluded.run_id, UNSEEN_TEST)
+
+
+def test_leaderboard_ranking_unseen_reads_the_recorded_ranks_and_names_a_run_without_them(tmp_path):
+    import io
+    import sqlite3
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from fusionbench.cli import main
+    from fusionbench.runner import run_experiment
+    from fusionbench.store import UNSEEN_TEST, ResultStore
+    from test_attr_encoding import TINY_SYNTHETIC
+
+    path = tmp_path / "runs.db"
+    store = ResultStore(path)
+    base = dict(dataset="synthetic", dataset_options=dict(TINY_SYNTHETIC), train_options={"epochs": "1"})
+    runs = {name: run_experiment(RunRequest(name, **base, strategy_options={"dim": "16"}), store, progress=False)
+            for name in ("sasrec", "gru4rec")}
+
+    def board(*extra):
+        return CliRunner().invoke(main, ["leaderboard", "--store", str(path), "--metrics", "HR,NDCG,MRR", "--k", "5,10",
+                                         "--format", "csv", *extra])
+
+    for ranking, split in (("unseen", UNSEEN_TEST), ("all", "test")):
+        result = board("--ranking", ranking)
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(io.StringIO(result.output)).set_index("strategy")
+        for name, outcome in runs.items():
+            stored = store.metrics(outcome.run_id, split)
+            for metric in ("HR@5", "NDCG@5", "MRR@10"):
+                assert table.loc[name, f"{metric}_mean"] == pytest.approx(100 * stored[metric])
+    assert any(store.metrics(o.run_id, "test") != store.metrics(o.run_id, UNSEEN_TEST) for o in runs.values())
+    md = CliRunner().invoke(main, ["leaderboard", "--store", str(path), "--ranking", "unseen"])
+    assert "among the items outside its history" in md.output
+    store.close()
+    # a run finished before the unseen ranks were recorded: the error names it
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM ranks WHERE split = ? AND run_id = ?", (UNSEEN_TEST, runs["gru4rec"].run_id))
+    missing = board("--ranking", "unseen")
+    assert missing.exit_code == 2 and runs["gru4rec"].config_hash in missing.output and "unseen" in missing.output

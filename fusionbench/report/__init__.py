@@ -30,7 +30,7 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        plot_dir: Optional[Path] = None, strategies: Optional[str] = None, where: tuple[str, ...] = (),
                        contrasts: tuple[str, ...] = (), settings: Optional[str] = None,
                        published_files: tuple[Path, ...] = (), inflation: bool = False, across: bool = False,
-                       pool_protocols: bool = False, cd_plot: Optional[Path] = None,
+                       pool_protocols: bool = False, cd_plot: Optional[Path] = None, ranking: str = "all",
                        command: Optional[str] = None) -> tuple[str, list[Path]]:
     """Build the leaderboards (with one column per option key of ``settings`` "KEY,KEY", e.g.
     "dim,train.lr") or, with ``robust``, the robustness tables and plots, and the drop contrasts of the
@@ -58,6 +58,11 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
         raise UserInputError("--pool-protocols needs --across")
     if cd_plot is not None and not across:
         raise UserInputError("--cd-plot needs --across (it draws the critical-difference diagram)")
+    if robust and ranking != "all":
+        raise UserInputError("--ranking unseen applies to leaderboards, not to --robustness tables")
+    if inflation and ranking != "all":
+        raise UserInputError("--ranking unseen applies to leaderboards, not to --inflation (per-epoch test metrics "
+                             "are recorded among all items)")
     if contrasts and not robust:
         raise UserInputError("--contrast needs --robustness (it compares drops under a perturbation)")
     if robust and significance is not None and not contrasts:
@@ -91,11 +96,11 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
         elif views:
             chosen = tuple(s.strip() for s in proposed.split(",") if s.strip())
             text = _views(results, dataset, protocol, metrics, ks, chosen, selection, fmt, published_files,
-                          inflation, across, pool_protocols, cd_plot, written)
+                          inflation, across, pool_protocols, cd_plot, written, ranking)
         else:
             chosen = tuple(s.strip() for s in proposed.split(",") if s.strip())
             boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
-                                                    selection, keys)
+                                                    selection, keys, ranking=ranking)
             text = (leaderboard.render_markdown(boards, chosen) if fmt == "md"
                     else leaderboard.to_frame(boards).to_csv(index=False))
             if significance is not None:
@@ -114,13 +119,13 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
 def _views(results, dataset: Optional[str], protocol: Optional[str], metrics: str, ks: str,
            chosen: tuple[str, ...], selection: Selection, fmt: str, published_files: tuple[Path, ...],
            inflation: bool, across: bool, pool_protocols: bool, cd_plot: Optional[Path],
-           written: list[Path]) -> str:
+           written: list[Path], ranking: str = "all") -> str:
     """The ``--published``, ``--inflation`` and ``--across`` sections of :func:`leaderboard_report`."""
     sections: list[str] = []
     if published_files:
         files = [published.load_published(Path(path)) for path in published_files]
         boards = leaderboard.build_leaderboards(results, dataset, protocol, published.columns_of(files), chosen,
-                                                selection, significance=False)
+                                                selection, significance=False, ranking=ranking)
         found = published.build_comparisons(results, files, boards)
         missing = [m for m in published.not_run(files, found) if dataset is None or m[2] == dataset]
         sections.append(published.render_markdown(found, missing) if fmt == "md"
@@ -131,7 +136,7 @@ def _views(results, dataset: Optional[str], protocol: Optional[str], metrics: st
                         else trajectory.to_frame(tables).to_csv(index=False))
     if across:
         boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
-                                                selection, significance=False)
+                                                selection, significance=False, ranking=ranking)
         analyses, skipped = across_tables.build_across(boards, pool_protocols)
         sections.append(across_tables.render_markdown(analyses, skipped) if fmt == "md"
                         else across_tables.to_frame(analyses).to_csv(index=False))

@@ -30,9 +30,10 @@ import torch
 from fusionbench.errors import UserInputError
 from fusionbench.metrics import METRICS, per_sample
 from fusionbench.registry import UnknownPluginError
-from fusionbench.store import ResultStore, canonical_json, config_hash
+from fusionbench.store import UNSEEN_TEST, ResultStore, canonical_json, config_hash
 
 LEAKY_PROTOCOL = "ratio-paper"
+RANKINGS = ("all", "unseen")  # --ranking: test ranks among all items, or among the items outside each history
 LEAKY_LABEL = "test-selected (leaky)"
 NOT_IDENTITY = ("seed", "perturbation", "dataset_checksum")  # config keys that do not define a row
 NOT_SET = "n/a"  # an option the row's strategy does not have
@@ -360,17 +361,34 @@ def variant_labels(configs: list[dict]) -> list[str]:
             for label, c in zip(labels, configs)]
 
 
-def load_ranks(store: ResultStore, groups: list[RunGroup], where: str) -> dict[str, np.ndarray]:
-    """Stored test ranks of every group's runs, ``{group.key: [n_seeds, S]}`` (int64). All runs of one
-    table must rank the same S samples (same split, same sample order), else an error says which."""
+def test_split(run: Run, ranking: str = "all") -> str:
+    """The stored split that holds ``run``'s test ranks under ``ranking`` (:data:`RANKINGS`): ``test``; or
+    for ``unseen``, ``test_unseen`` (recorded beside ``test`` by a run that ranked every item), or ``test``
+    itself of a run made with ``train.exclude_history``."""
+    if ranking == "all" or run.config["train"].get("exclude_history"):
+        return "test"
+    return UNSEEN_TEST
+
+
+def load_ranks(store: ResultStore, groups: list[RunGroup], where: str, ranking: str = "all") -> dict[str, np.ndarray]:
+    """Stored test ranks (under ``ranking``, :func:`test_split`) of every group's runs, ``{group.key:
+    [n_seeds, S]}`` (int64). All runs of one table must rank the same S samples (same split, same sample
+    order), else an error says which."""
     ranks: dict[str, np.ndarray] = {}
     lengths: dict[int, str] = {}
     for group in groups:
         stacked = []
         for run in group.runs:
+            split = test_split(run, ranking)
             try:
-                stacked.append(store.ranks(run.run_id, "test"))
+                stacked.append(store.ranks(run.run_id, split))
             except KeyError:
+                if split == UNSEEN_TEST:
+                    raise UserInputError(
+                        f"run {run.config_hash} ({group.label}, seed {run.seed}) has no ranks among unseen items in "
+                        f"{store.path}: it finished before they were recorded, or ranked under {LEAKY_PROTOCOL} "
+                        "(python reports/exclude_history_probe.py ranks older runs both ways from their kept "
+                        "weights; --strategy / --where leave runs out)") from None
                 raise UserInputError(f"run {run.config_hash} is done but has no test ranks in {store.path}") from None
             lengths.setdefault(len(stacked[-1]), f"{group.label} seed {run.seed}")
         if len(lengths) > 1:

@@ -29,6 +29,7 @@ from fusionbench.report.collect import (
     LEAKY_LABEL,
     LEAKY_PROTOCOL,
     NOT_SET,
+    RANKINGS,
     Column,
     RunGroup,
     Selection,
@@ -87,6 +88,7 @@ class Leaderboard:
     rows: list[Row]
     comparisons: list[Comparison]
     settings: tuple[str, ...] = ()  # option keys shown as columns (--columns)
+    ranking: str = "all"            # test ranks among all items or among unseen ones (collect.RANKINGS)
 
     @property
     def leaky(self) -> bool:
@@ -95,12 +97,16 @@ class Leaderboard:
 
 def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | None, columns: list[Column],
                        proposed: tuple[str, ...] = PROPOSED, selection: Selection = Selection(),
-                       settings: tuple[str, ...] = (), significance: bool = True) -> list[Leaderboard]:
+                       settings: tuple[str, ...] = (), significance: bool = True,
+                       ranking: str = "all") -> list[Leaderboard]:
     """One :class:`Leaderboard` per (dataset with its options, protocol) in the store, optionally filtered
     to one dataset name and one protocol, and to the runs ``selection`` keeps; ``settings`` are option keys
     (as ``--set`` names them, or ``aggregator``) to show per row, each an option of some run. Without
     ``significance`` the paired tests are skipped (no † marks, no comparisons): the reports that read only
-    the cells' means (``--published``, ``--across``) need none."""
+    the cells' means (``--published``, ``--across``) need none. ``ranking``: read the test ranks among all
+    items (``all``) or among the items outside each sample's history (``unseen``; ``collect.test_split``)."""
+    if ranking not in RANKINGS:
+        raise UserInputError(f"--ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
     runs = [run for run in done_runs(store, dataset, protocol, selection) if perturbation_of(run) is None]
     if not runs:
         raise UserInputError(f"{store.path}: every matching finished run is perturbed; "
@@ -109,16 +115,20 @@ def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | 
     tables: dict[tuple[str, str], list] = {}
     for run in runs:
         tables.setdefault((data_name(run.config), run.config["protocol"]), []).append(run)
-    return [_build(store, ds, pr, rs, columns, proposed, settings, significance)
+    if ranking != "all" and any(pr == LEAKY_PROTOCOL for _, pr in tables):
+        raise UserInputError(f"--ranking {ranking}: {LEAKY_PROTOCOL} runs record test metrics among all items "
+                             f"only; pick another --protocol")
+    return [_build(store, ds, pr, rs, columns, proposed, settings, significance, ranking)
             for (ds, pr), rs in sorted(tables.items())]
 
 
 def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns: list[Column],
-           proposed: tuple[str, ...], settings: tuple[str, ...], significance: bool = True) -> Leaderboard:
+           proposed: tuple[str, ...], settings: tuple[str, ...], significance: bool = True,
+           ranking: str = "all") -> Leaderboard:
     where = f"dataset {dataset!r}, protocol {protocol!r}"
     check_one_data_version(runs, where)
     groups = sorted(group_runs(runs), key=lambda g: (g.strategy in proposed, g.label))
-    ranks = load_ranks(store, groups, where)
+    ranks = load_ranks(store, groups, where, ranking)
     rows = []
     for g in groups:
         values = {c.name: seed_values(store, g.runs, ranks[g.key], c) for c in columns}
@@ -145,7 +155,7 @@ def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns:
             passed = {c.test for c in comparisons
                       if c.column == column.name and c.other == row.group.label and c.significant}
             row.cells[column.name].below_best = needed <= passed
-    return Leaderboard(dataset, protocol, columns, rows, comparisons, settings)
+    return Leaderboard(dataset, protocol, columns, rows, comparisons, settings, ranking)
 
 
 def _compare(best: Row, other: Row, column: Column, ranks: dict[str, np.ndarray]) -> list[Comparison]:
@@ -243,8 +253,10 @@ def render_markdown(boards: list[Leaderboard], proposed: tuple[str, ...] = PROPO
         selection = (f"{LEAKY_LABEL}: each metric is its own maximum over epochs on the test set; the tests use "
                      "the ranks of the checkpoint selected on test" if board.leaky
                      else "model selection on validation only")
-        caption = (f"Table: {board.dataset}, protocol {board.protocol} ({selection}). Test metrics in %, mean ± "
-                   f"std over the seeds counted in the last column.\n{budget_caption(board.rows)}")
+        ranked = ("" if board.ranking == "all" else
+                  ", each test target ranked among the items outside its history (--ranking unseen)")
+        caption = (f"Table: {board.dataset}, protocol {board.protocol} ({selection}{ranked}). Test metrics in %, "
+                   f"mean ± std over the seeds counted in the last column.\n{budget_caption(board.rows)}")
         key = (f"Bold: best per column; underlined: best baseline (strategies other than {', '.join(proposed)}); "
                f"{MARK}: significantly below the column's best row (two-sided α = {ALPHA}: paired t-test, Wilcoxon "
                "signed-rank with zsplit and, for HR, exact McNemar all reject after Holm–Bonferroni over the "
