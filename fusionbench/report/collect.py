@@ -125,8 +125,8 @@ def open_store(path: Path) -> ResultStore:
 class Selection:
     """Which finished runs a report reads, besides its dataset and protocol: runs of ``strategies``
     (empty: all) whose options equal every ``where`` pair. Keys are option keys as row labels and
-    ``--set`` name them (``update``, ``agg.relations``, ``train.epochs``, ``max_len``), ``aggregator``, or
-    ``apply_to`` (a perturbed run's split; a clean run has none, so ``apply_to!=both`` keeps it); values
+    ``--set`` name them (``update``, ``agg.relations``, ``train.epochs``, ``max_len``), ``aggregator``,
+    ``seed``, or ``apply_to`` (a perturbed run's split; a clean run has none, so ``apply_to!=both`` keeps it); values
     are compared as JSON where they parse as JSON (``5`` = 5, ``true`` = True), else as text;
     ``run_hashes`` (non-empty) keeps only the runs with these config hashes (``fusionbench compare``)."""
 
@@ -160,8 +160,8 @@ class Selection:
                 raise UserInputError(f"--strategy {unknown[0]!r}: no finished runs of it in {where}; "
                                      f"strategies there: {', '.join(sorted(there))}")
             runs = [run for run in runs if run.config["strategy"] in self.strategies]
-        options = [{**option_view(run.config), "apply_to": (run.config.get("perturbation") or {}).get("apply_to")}
-                   for run in runs]
+        options = [{**option_view(run.config), "seed": run.seed,
+                    "apply_to": (run.config.get("perturbation") or {}).get("apply_to")} for run in runs]
         for key, value, equal in self.where:
             if not any(key in flat for flat in options):
                 known = sorted({k for flat in options for k in flat})
