@@ -288,15 +288,17 @@ def check_keys(space: Mapping[str, Any], strategy_cls: Any, aggregator_cls: Any,
                                  f"{', '.join(known)}")
 
 
-def check_space(space: Mapping[str, Dimension], resolve_point: Any, where: str) -> None:
-    """Resolve every representative value of every key (:meth:`Dimension.probe`, the other keys at
-    their first value) before a trial runs, so a range the options reject fails now with its key named.
-    ``resolve_point(point)`` raises :class:`UserInputError` for a point that does not resolve."""
-    first = {key: dim.probe()[0] for key, dim in space.items()}
+def check_space(space: Mapping[str, Dimension], resolve_point: Any, where: str = "") -> None:
+    """Resolve every representative value of every key (:meth:`Dimension.probe`; the other options at
+    their defaults) before a trial runs, so a range the options reject fails now with its key named.
+    ``resolve_point(point)`` raises :class:`UserInputError` for a point that does not resolve. (Rules
+    between two searched options, such as ``dim`` divisible by ``heads``, show only in combinations:
+    tests/test_tune.py samples those of every built-in space.)"""
+    prefix = f"{where}: " if where else ""
     for key, dim in space.items():
         for value in dim.probe():
             try:
-                resolve_point({**first, key: value})
+                resolve_point({key: value})
             except UserInputError as err:
-                raise UserInputError(f"{where}: space key {key!r} ({dim.describe()}) reaches {value!r}, which "
-                                     f"does not resolve: {err}") from None
+                raise UserInputError(f"{prefix}space key {key!r} ({dim.describe()}) reaches {value!r}, which does "
+                                     f"not resolve: {err}") from None

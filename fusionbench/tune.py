@@ -160,13 +160,15 @@ class Part:
     budget: int
     where: str = ""
     key: str = field(init=False, repr=False)
+    aggregator: Optional[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.key = part_key(resolve(self.base))
+        config = resolve(self.base)
+        self.key, self.aggregator = part_key(config), config["aggregator"]
 
     @property
     def label(self) -> str:
-        return self.base.strategy + (f" + {self.base.aggregator}" if self.base.aggregator else "")
+        return self.base.strategy + (f" + {self.aggregator}" if self.aggregator else "")
 
     @property
     def n_trials(self) -> int:
@@ -227,7 +229,7 @@ def make_part(settings: TuneSettings, strategy: str, sets: dict[str, Any], overr
         base.train_options.update(epochs=min(default_epochs, settings.max_epochs), select=settings.metric)
         base.tune = settings.identity(space)
         part = Part(base, space, settings.budget, where)
-        check_space(space, lambda point: resolve(part.request(point)), "space")
+        check_space(space, lambda point: resolve(part.request(point)))
     except (UserInputError, UnknownPluginError) as err:
         raise UserInputError(f"{where} ({strategy}): {err}") from None
     return part
@@ -573,7 +575,7 @@ def parts_to_run(store: ResultStore, settings: TuneSettings, parts: Sequence[Par
     for part in parts:
         mine = [t for t in stored if part_key(t.config) == part.key]
         same_run = [t for t in stored if t not in mine and t.config["strategy"] == part.base.strategy
-                    and t.config.get("aggregator") == resolve(part.base)["aggregator"]
+                    and t.config.get("aggregator") == part.aggregator
                     and t.config["dataset"] == part.base.dataset and t.config["protocol"] == part.base.protocol]
         if same_run:
             from fusionbench.upgrade import added_keys
