@@ -249,7 +249,7 @@ TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets"
              strategy=dict(required=False, default=None, help="Strategies to tune, comma-separated (without FILE)."),
              aggregator=dict(help="Graph aggregator for the graph strategies among them."),
              dataset=dict(default=None, show_default=False, help="Dataset (default beauty)."),
-             protocol=dict(default=None, show_default=False, help="loo | ratio (default loo)."),
+             protocol=dict(default=None, show_default=False, help="loo | ratio (default loo; not the leaky ratio-paper)."),
              max_len=dict(default=None, show_default=False, help="Maximum input length L (default 50)."),
              set=dict(help="Fixed option (left out of the search), as for `fusionbench run`."))
 @click.option("--budget", type=int, default=None, help="Trials per strategy (default 16; 1 for nothing to search).")

@@ -59,6 +59,7 @@ from tabulate import tabulate
 from fusionbench.errors import TrainingError, UserInputError
 from fusionbench.plan import Cell
 from fusionbench.registry import STRATEGIES, UnknownPluginError
+from fusionbench.report.collect import LEAKY_PROTOCOL
 from fusionbench.runner import (
     RunRequest,
     build_context,
@@ -217,6 +218,9 @@ def make_part(settings: TuneSettings, strategy: str, sets: dict[str, Any], overr
     file, ``request`` the other :class:`RunRequest` fields (aggregator, dataset, ...). Every
     representative point of the space is resolved here, so a bad range fails before any trial runs."""
     try:
+        if request.get("protocol") == LEAKY_PROTOCOL:
+            raise UserInputError(f"protocol {LEAKY_PROTOCOL!r} selects on the test samples; a tune chooses on "
+                                 "validation only: use loo or ratio")
         for key, setting in FIXED_BY_TUNE.items():
             if key in sets or key in overrides:
                 raise UserInputError(f"{key!r} cannot be set or searched: the tune sets it from its {setting}")
@@ -605,7 +609,11 @@ def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, 
         finished = [t for t in trials if t.status in ("done", "failed")]
         outcome = PartOutcome(part, trials, None)
         if len(finished) < part.n_trials:
-            from fusionbench.tune_ray import tune_part
+            try:
+                from fusionbench.tune_ray import tune_part
+            except ImportError as err:
+                raise UserInputError(f"fusionbench tune runs its trials on Ray Tune, which is not installed here "
+                                     f"({err}): pip install 'fusionbench[tune]'") from None
 
             outcome.ran, outcome.replayed = tune_part(part, settings, trials, store, execution, cost, progress)
             outcome.trials = [t for t in stored_trials(store, settings.name) if part_key(t.config) == part.key]
@@ -655,7 +663,8 @@ def plan_lines(settings: TuneSettings, parts: Sequence[Part], store: ResultStore
     """What ``--dry-run`` prints: the settings, and per part its space and the trials already stored."""
     lines = [header(settings, parts)]
     stored = parts_to_run(store, settings, parts)
-    rows = [[p.label, f"{sum(t.status in ('done', 'failed') for t in trials)}/{p.n_trials}", describe_space(p.space)]
+    rows = [[p.label, f"{sum(t.status in ('done', 'failed') for t in trials)}/{p.n_trials}",
+             describe_space(p.space) if p.space else "nothing: one trial at its defaults"]
             for p, trials in zip(parts, stored)]
     lines.append(tabulate(rows, headers=["strategy", "trials finished", "space"], tablefmt="github",
                           disable_numparse=True))

@@ -192,7 +192,8 @@ def test_flags_and_files_do_not_mix_and_bad_flags_are_named(tmp_path):
                           (("--reduction-factor", "1"), "--reduction-factor must be >= 2"),
                           (("--gpus-per-trial", "-1"), "--gpus-per-trial must be >= 0"),
                           (("--set", "train.select=HR@5"), "'train.select' cannot be set or searched"),
-                          (("--name", "a b"), "--name must be a name")]:
+                          (("--name", "a b"), "--name must be a name"),
+                          (("--protocol", "ratio-paper"), "'ratio-paper' selects on the test samples")]:
         out = invoke("tune", "--strategy", "sasrec", "--dataset", "synthetic", "--store", tmp_path / "s.db", *args)
         assert out.exit_code == 2 and message in out.output, (args, out.output)
 
@@ -204,7 +205,7 @@ def test_dry_run_shows_each_space_and_runs_nothing(tmp_path):
     assert "tune 'synthetic_loo' on synthetic (loo): 2 strategies x 5 trials" in out.output
     rows = {line.split("|")[1].strip(): line for line in out.output.splitlines() if line.startswith("| ")}
     assert "0/5" in rows["sasrec"] and "train.lr log-uniform [0.0001, 0.01]" in rows["sasrec"]
-    assert "0/1" in rows["pop"] and "| nothing" in rows["pop"]
+    assert "0/1" in rows["pop"] and "| nothing: one trial at its defaults" in rows["pop"]
     assert ResultStore(tmp_path / "s.db").runs(status=None).empty
 
 
@@ -309,6 +310,18 @@ def test_the_choice_reads_validation_only_and_ignores_a_planted_test_best(tmp_pa
     # an ASHA-stopped trial can be chosen when its best epoch is the best
     stopped = store_trial(store, part, {**points[2], "layers": 2}, epochs(0.31), stopped=True)
     assert choose(stored_trials(store, "t")).run_id == stopped
+
+
+def test_store_upgrade_keeps_a_trial_current_and_a_trial_keeps_its_tune_in_its_identity(tmp_path):
+    from fusionbench.upgrade import upgrade_store
+
+    store = ResultStore(tmp_path / "s.db")
+    part = tiny_part()
+    point = {"train.lr": 0.001, "dropout": 0.1, "dim": 16, "layers": 1}
+    store_trial(store, part, point, epochs(0.1))
+    assert [u.status for u in upgrade_store(store)] == ["current"]
+    ordinary = {**{k: v for k, v in resolve(part.request(point)).items() if k != "tune"}, "dataset_checksum": "abc"}
+    assert config_hash(ordinary) != store.runs().config_hash.iloc[0]     # never the ordinary run's identity
 
 
 def test_a_store_from_before_tunes_gains_their_columns(tmp_path):
