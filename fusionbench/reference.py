@@ -151,10 +151,11 @@ def strategies_markdown() -> str:
         "own key knobs (the strategy's `search_space`), and for graph strategies its default aggregator's `agg.*`",
         "knobs. A tune file's `space` table replaces any of them; what `set` fixes is not searched.",
         "",
-        "| strategy | searched |",
-        "|---|---|",
+        "Strategies:",
+        "",
     ]
-    lines += [f"| `{name}` | {_cell(search_text('strategies', name))} |" for name in STRATEGIES.names()]
-    lines += ["", "| aggregator | searched (when it is a graph strategy's aggregator) |", "|---|---|"]
-    lines += [f"| `{name}` | {_cell(search_text('aggregators', name) or 'nothing')} |" for name in AGGREGATORS.names()]
+    lines += [f"- `{name}`: {search_text('strategies', name) or 'nothing (one trial at its defaults)'}"
+              for name in STRATEGIES.names()]
+    lines += ["", "Aggregators (searched as a graph strategy's aggregator):", ""]
+    lines += [f"- `{name}`: {search_text('aggregators', name) or 'nothing'}" for name in AGGREGATORS.names()]
     return "\n".join(lines) + "\n"
