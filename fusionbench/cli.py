@@ -332,11 +332,15 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
         click.echo(f"seed runs of the chosen configurations ({len(cells)}, {plan.skipped(cells)} already in {store}):")
         click.echo(plan.summary_table(cells, labels))
         click.echo(f"leaderboard: fusionbench leaderboard --store {store} --tuned {settings.name}")
+    problems = [f"{len(o.errors)} trials of {o.part.label} raised ({'; '.join(o.errors)})" for o in outcomes if o.errors]
     unchosen = [o.part.label for o in outcomes if o.chosen is None]
+    if unchosen:
+        problems.append(f"no trial finished for {', '.join(unchosen)}")
     failed = plan.failures(cells, sweeps.cell_labels(cells)) if cells else None
-    if unchosen or failed:
-        raise TrainingError("; ".join([*([f"no trial finished for {', '.join(unchosen)}"] if unchosen else []),
-                                       *([failed] if failed else [])]))
+    if failed:
+        problems.append(failed)
+    if problems:
+        raise TrainingError("; ".join(problems))
 
 
 @main.command()

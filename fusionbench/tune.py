@@ -522,6 +522,7 @@ class PartOutcome:
     chosen: Optional[Trial]
     ran: int = 0                 # trials trained (or resumed) by this invocation
     replayed: int = 0            # finished trials replayed to the search
+    errors: list[str] = field(default_factory=list)   # trials that raised (not a training failure)
 
 
 @dataclass
@@ -575,10 +576,11 @@ def parts_to_run(store: ResultStore, settings: TuneSettings, parts: Sequence[Par
     """Per part its stored trials, after checking that the store's trials of the same tune name were
     made with these settings (else an error saying what differs and to pick another ``--name``)."""
     stored = stored_trials(store, settings.name)
+    keys = {part.key for part in parts}
     out = []
     for part in parts:
         mine = [t for t in stored if part_key(t.config) == part.key]
-        same_run = [t for t in stored if t not in mine and t.config["strategy"] == part.base.strategy
+        same_run = [t for t in stored if part_key(t.config) not in keys and t.config["strategy"] == part.base.strategy
                     and t.config.get("aggregator") == part.aggregator
                     and t.config["dataset"] == part.base.dataset and t.config["protocol"] == part.base.protocol]
         if same_run:
@@ -615,7 +617,8 @@ def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, 
                 raise UserInputError(f"fusionbench tune runs its trials on Ray Tune, which is not installed here "
                                      f"({err}): pip install 'fusionbench[tune]'") from None
 
-            outcome.ran, outcome.replayed = tune_part(part, settings, trials, store, execution, cost, progress)
+            outcome.ran, outcome.replayed, outcome.errors = tune_part(part, settings, trials, store, execution, cost,
+                                                                      progress)
             outcome.trials = [t for t in stored_trials(store, settings.name) if part_key(t.config) == part.key]
         outcome.chosen = choose(outcome.trials)
         outcomes.append(outcome)

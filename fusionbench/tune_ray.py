@@ -231,10 +231,10 @@ def quiet_ray_logs() -> Iterator[None]:
 
 
 def tune_part(part: Part, settings: TuneSettings, trials: Sequence[Trial], store: ResultStore,
-              execution: Execution, cost: TuneCost, progress: bool) -> tuple[int, int]:
+              execution: Execution, cost: TuneCost, progress: bool) -> tuple[int, int, list[str]]:
     """Run the trials of ``part`` that are not finished in ``store`` (``trials``: its stored ones) on Ray
     Tune, finished ones replayed first and interrupted ones resumed from their checkpoints; returns
-    (trials trained by this call, trials replayed). Adds to ``cost``."""
+    (trials trained by this call, trials replayed, the errors of trials that raised). Adds to ``cost``."""
     start = start_ray(execution, progress)
     cost.ray_start_seconds += start
     finished = [t for t in trials if t.status in ("done", "failed")]
@@ -282,8 +282,4 @@ def tune_part(part: Part, settings: TuneSettings, trials: Sequence[Trial], store
     cost.slot_seconds += (start + wall) * width
     cost.startup_slot_seconds += (start + first) * width
     cost.trials += trained
-    if callback.errors:
-        from fusionbench.errors import TrainingError
-
-        raise TrainingError(f"{len(callback.errors)} trials raised: " + "; ".join(callback.errors))
-    return trained, len(finished)
+    return trained, len(finished), callback.errors

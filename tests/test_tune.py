@@ -450,3 +450,58 @@ def test_a_changed_setting_under_the_same_name_is_an_error(tmp_path):
                  "--store", store)
     assert out.exit_code == 2 and "tune 't' in" in out.output and "has trials of sasrec made with other settings" \
         in out.output and "tune.max_epochs" in out.output and "give another --name" in out.output
+
+
+def test_the_store_callback_makes_every_trial_a_run_and_marks_what_asha_stopped(tmp_path):
+    """The driver's side of a trial, without running Ray: results become a run's history epoch by epoch; a
+    trial that ends before its last epoch is ASHA-stopped; a failure result or a raised error is stored
+    as failed; a replay or a duplicate of a stored run writes nothing."""
+    pytest.importorskip("ray.tune", reason="ray[tune] is not installed: pip install 'fusionbench[tune]'")
+    from types import SimpleNamespace
+
+    from fusionbench.tune import TuneCost, failure_result
+    from fusionbench.tune_ray import StoreCallback
+
+    store = ResultStore(tmp_path / "s.db")
+    part = tiny_part()
+    cost = TuneCost()
+    callback = StoreCallback(part, store, "abc", tmp_path / "checkpoints", cost, SimpleNamespace(update=lambda n: None))
+    points = {name: {"train.lr": lr, "dropout": 0.1, "dim": 16, "layers": 1}
+              for name, lr in (("stopped", 0.001), ("whole", 0.002), ("failed", 0.003), ("raised", 0.004))}
+    trials = {name: SimpleNamespace(trial_id=name, config=point, error_file=None) for name, point in points.items()}
+
+    def result(epoch, value, last=False, **extra):
+        return {"epoch": epoch, "loss": 1.0, "seconds": 0.5, "valid": {"NDCG@20": value, "HR@20": 2 * value},
+                "last": last, "train_seconds": 0.6, "setup_seconds": 0.1, **extra}
+
+    for epoch, value in ((1, 0.1), (2, 0.3)):
+        callback.on_trial_result(0, [], trials["stopped"], result(epoch, value))
+    callback.on_trial_complete(0, [], trials["stopped"])
+    for epoch, value in ((1, 0.2), (2, 0.4), (3, 0.35)):
+        callback.on_trial_result(0, [], trials["whole"], result(epoch, value, last=epoch == 3))
+    duplicate = SimpleNamespace(trial_id="twin", config=points["whole"], error_file=None)
+    callback.on_trial_result(0, [], duplicate, result(1, 0.9))        # the same point while it runs: not stored
+    callback.on_trial_complete(0, [], duplicate)
+    callback.on_trial_complete(0, [], trials["whole"])
+    replay = SimpleNamespace(trial_id="replay", config=points["whole"], error_file=None)
+    callback.on_trial_result(0, [], replay, result(1, 0.2, replayed=True))     # a replay of a stored trial
+    callback.on_trial_complete(0, [], replay)
+    callback.on_trial_result(0, [], trials["failed"], result(1, 0.05))
+    callback.on_trial_result(0, [], trials["failed"], failure_result("non-finite loss at epoch 2", 2, None))
+    callback.on_trial_complete(0, [], trials["failed"])
+    callback.on_trial_error(0, [], trials["raised"])
+
+    runs = store.runs(status=None).set_index("id")
+    by_lr = {json.loads(row.config)["train"]["lr"]: row for row in runs.itertuples()}
+    stopped, whole, failed, raised = (by_lr[points[n]["train.lr"]] for n in ("stopped", "whole", "failed", "raised"))
+    assert (stopped.status, stopped.asha_stopped, stopped.best_epoch) == ("done", 1, 2)
+    assert (whole.status, whole.asha_stopped, whole.best_epoch) == ("done", 0, 2)
+    assert store.metrics(whole.Index, "valid") == {"NDCG@20": 0.4, "HR@20": 0.8}
+    assert store.metrics(whole.Index, "test") == {}
+    assert [e["valid"]["NDCG@20"] for e in json.loads(whole.history)] == [0.2, 0.4, 0.35]
+    assert failed.status == "failed" and failed.error == "non-finite loss at epoch 2"
+    assert len(json.loads(failed.history)) == 1
+    assert raised.status == "failed" and raised.error == "Ray trial failed: unknown error"
+    assert len(runs) == 4 and set(runs.tune) == {"t"}
+    assert callback.errors == [f"sasrec trial {raised.config_hash}: unknown error"]
+    assert cost.epochs == 7 and cost.training_seconds == pytest.approx(0.6 * 7)   # replays and failures: none
