@@ -250,6 +250,41 @@ def test_a_trial_reports_every_epoch_and_never_ranks_a_test_sample(monkeypatch, 
     assert [r["valid"] for r in replayed] == [r["valid"] for r in reports[:2]]
 
 
+def test_a_worker_loads_data_and_builds_tables_once_for_all_its_trials(monkeypatch, tmp_path):
+    import fusionbench.tune
+
+    calls = {"load_data": 0, "build_context": 0}
+    for name in calls:
+        real = getattr(fusionbench.tune, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(fusionbench.tune, name, counting)
+    part = make_part(settings(), "late", {**TINY, "data.seed": "7"}, {}, "test", dataset="synthetic")
+    for lr, dim in ((0.01, 16), (0.005, 32), (0.002, 16)):
+        point = {"train.lr": lr, "dropout": 0.1, "dim": dim, "layers": 1, "fusion": "sum", "feature_dropout": 0.0}
+        train_trial(point, TrialSpec(part, str(tmp_path)), lambda result: None)
+    assert calls == {"load_data": 1, "build_context": 1}
+
+
+def test_a_trial_whose_training_fails_reports_the_failure_with_every_metric_zero(monkeypatch, tmp_path):
+    from fusionbench.errors import TrainingError
+
+    def diverging(*args, on_epoch, **kwargs):
+        on_epoch({"epoch": 1, "loss": 2.0, "seconds": 0.1, "valid": {"NDCG@20": 0.2}}, False)
+        raise TrainingError("sasrec: non-finite loss nan at epoch 2, batch 0")
+
+    monkeypatch.setattr(fusionbench.train, "train", diverging)
+    reports = []
+    train_trial({"train.lr": 0.01, "dropout": 0.1, "dim": 16, "layers": 1}, TrialSpec(tiny_part(), str(tmp_path)),
+                reports.append)
+    assert [(r["epoch"], r["last"], r.get("error")) for r in reports] == \
+        [(1, False, None), (2, True, "sasrec: non-finite loss nan at epoch 2, batch 0")]
+    assert set(reports[1]["valid"].values()) == {0.0} and "NDCG@20" in reports[1]["valid"]
+
+
 def test_train_reports_restored_epochs_first_when_a_trial_resumes(tmp_path):
     """A killed trial resumes from its checkpoint: train() reports the restored epochs again (ASHA and the
     store see the whole history), then the new ones, with the same values as an uninterrupted run."""
