@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from aggregators.attention import check_divisible, glorot_, masked_softmax, relation_union, zero_padded
 from fusionbench.context import AggregatorContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Uniform
 
@@ -25,17 +25,12 @@ class GATOptions(PluginOptions):
     ``attn_dropout``: dropout on the normalised attention weights. ``self_loops``: give every real
     node exactly one self loop (as GATConv does). ``bias``: learnable output bias."""
 
-    heads: int = 1
+    heads: Annotated[int, Ge(1)] = 1
     concat: bool = False
-    negative_slope: float = 0.2
-    attn_dropout: float = 0.0
+    negative_slope: Annotated[float, Ge(0)] = 0.2
+    attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
     self_loops: bool = True
     bias: bool = True
-
-    def check(self) -> None:
-        require(self.heads >= 1, f"option 'heads' must be >= 1, got {self.heads}")
-        require(self.negative_slope >= 0, f"option 'negative_slope' must be >= 0, got {self.negative_slope}")
-        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
 
 
 @AGGREGATORS.register("gat")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from aggregators.attention import check_divisible, glorot_, masked_softmax, pair_mask, relation_union, zero_padded
 from fusionbench.context import AggregatorContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Uniform
 
@@ -27,17 +27,11 @@ class GraphormerOptions(PluginOptions):
     in/out-degree embeddings (default: the union graph is symmetrised, one degree embedding).
     ``attn_dropout``: dropout on attention weights."""
 
-    heads: int = 1
-    max_dist: int = 5
-    max_degree: int = 32
+    heads: Annotated[int, Ge(1)] = 1
+    max_dist: Annotated[int, Ge(1)] = 5
+    max_degree: Annotated[int, Ge(0)] = 32
     directed: bool = False
-    attn_dropout: float = 0.0
-
-    def check(self) -> None:
-        require(self.heads >= 1, f"option 'heads' must be >= 1, got {self.heads}")
-        require(self.max_dist >= 1, f"option 'max_dist' must be >= 1, got {self.max_dist}")
-        require(self.max_degree >= 0, f"option 'max_degree' must be >= 0, got {self.max_degree}")
-        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
+    attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
 
 
 def shortest_path_distances(a: Tensor, node_mask: Tensor, max_dist: int) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from aggregators.attention import adjacency_rows, glorot_, masked_softmax, typed_linear, zero_padded
 from aggregators.base import SELF, heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Choice, Uniform
 
@@ -94,12 +94,8 @@ class HANOptions(PluginOptions):
     update: Literal["gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he"] = "gate"
     gate: Literal["concat", "per_candidate"] = "concat"
     scale: bool = True
-    attn_dropout: float = 0.2
-    negative_slope: float = 0.1
-
-    def check(self) -> None:
-        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
-        require(self.negative_slope >= 0, f"option 'negative_slope' must be >= 0, got {self.negative_slope}")
+    attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.2
+    negative_slope: Annotated[float, Ge(0)] = 0.1
 
 
 @AGGREGATORS.register("han")
@@ -272,7 +268,8 @@ class HAN(nn.Module):
         return adj_ho, adj_ho.any(1), adj[:, self.hetero].any(1) & pairs
 
     @staticmethod
-    def edges_from(edges: tuple[Tensor, Tensor, Tensor], columns: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def edges_from(edges: tuple[Tensor, Tensor, Tensor], columns: Tensor,
+                   keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`edges` restricted to the sending nodes ``columns`` (in that order), where ``keep``.
 
         Shapes: edges as :meth:`edges` gives them ([B, R_ho, Q, N], [B, Q, N], [B, Q, N]), columns [B, C]

@@ -3,7 +3,7 @@ attention, after Wang et al.'s HAN (WWW 2019) with relations in place of meta-pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from aggregators.attention import glorot_, masked_adjacency, masked_softmax, typed_linear, zero_padded
 from fusionbench.context import AggregatorContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Uniform
 
@@ -27,16 +27,11 @@ class HGATOptions(PluginOptions):
     ELU). ``negative_slope``: LeakyReLU slope of node-level attention. ``attn_dropout``: dropout on
     node-level attention weights."""
 
-    semantic_dim: int = 64
+    semantic_dim: Annotated[int, Ge(1)] = 64
     semantic_scope: Literal["graph", "node"] = "graph"
     activation: Literal["elu", "relu", "none"] = "elu"
-    negative_slope: float = 0.2
-    attn_dropout: float = 0.0
-
-    def check(self) -> None:
-        require(self.semantic_dim >= 1, f"option 'semantic_dim' must be >= 1, got {self.semantic_dim}")
-        require(self.negative_slope >= 0, f"option 'negative_slope' must be >= 0, got {self.negative_slope}")
-        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
+    negative_slope: Annotated[float, Ge(0)] = 0.2
+    attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
 
 
 _ACTIVATIONS = {"elu": F.elu, "relu": F.relu, "none": lambda t: t}

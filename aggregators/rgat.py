@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from aggregators.attention import (
     zero_padded,
 )
 from fusionbench.context import AggregatorContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Choice, Uniform
 
@@ -33,18 +33,13 @@ class RGATOptions(PluginOptions):
     ``mode``: "additive" (LeakyReLU(q_i + k_j)) or "multiplicative" (q_i k_j). ``negative_slope``:
     LeakyReLU slope (additive mode). ``attn_dropout``: dropout on attention weights. ``bias``."""
 
-    heads: int = 1
+    heads: Annotated[int, Ge(1)] = 1
     concat: bool = True
     mechanism: Literal["across-relation", "within-relation"] = "across-relation"
     mode: Literal["additive", "multiplicative"] = "additive"
-    negative_slope: float = 0.2
-    attn_dropout: float = 0.0
+    negative_slope: Annotated[float, Ge(0)] = 0.2
+    attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
     bias: bool = True
-
-    def check(self) -> None:
-        require(self.heads >= 1, f"option 'heads' must be >= 1, got {self.heads}")
-        require(self.negative_slope >= 0, f"option 'negative_slope' must be >= 0, got {self.negative_slope}")
-        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
 
 
 @AGGREGATORS.register("rgat")

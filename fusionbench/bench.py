@@ -68,7 +68,8 @@ def quick_rounds(rounds: int, round_seconds: float) -> int:
 
 THREADS = 1
 TIMER = "time.process_time"
-"""The clock of the short suite: CPU seconds of the (one-threaded) process, not wall-clock seconds."""
+"""The clock of the short suite (pytest-benchmark's ``--benchmark-timer``, a dotted name): CPU seconds of the
+(one-threaded) process, not wall-clock seconds. tests/test_bench_check.py puts a fake clock here."""
 
 REFERENCE_MARK = "reference"
 """pytest marker of cases that time reference code for comparison within one run (a bare torch matmul,
@@ -240,14 +241,16 @@ def run_suite(suite: Path) -> dict:
     if not suite.exists():
         raise UserInputError(f"--suite: benchmark suite {suite} not found (run from the repository root, "
                              "or pass --suite and --baseline)")
-    # only pytest-benchmark is loaded: other installed plugins cost seconds of start-up per run
+    # only pytest-benchmark (and pytest-timeout, the test config's time limit) is loaded: other installed
+    # plugins cost seconds of start-up per run
     env = {**os.environ, QUICK_ENV: "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    timeout = ["-p", "pytest_timeout"] if importlib.util.find_spec("pytest_timeout") is not None else []
     with tempfile.TemporaryDirectory(prefix="fusionbench-bench-") as tmp:
         out = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pytest", str(suite), "-p", "pytest_benchmark.plugin", "-p", "no:cacheprovider",
                "-m", f"benchmark and not {REFERENCE_MARK}", "--benchmark-only", f"--benchmark-json={out}",
-               f"--benchmark-timer={TIMER}", "--benchmark-disable-gc", "-q"]
+               f"--benchmark-timer={TIMER}", "--benchmark-disable-gc", "-q", *timeout]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not out.exists():
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-40:])

@@ -249,14 +249,16 @@ TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets"
              strategy=dict(required=False, default=None, help="Strategies to tune, comma-separated (without FILE)."),
              aggregator=dict(help="Graph aggregator for the graph strategies among them."),
              dataset=dict(default=None, show_default=False, help="Dataset (default beauty)."),
-             protocol=dict(default=None, show_default=False, help="loo | ratio (default loo; not the leaky ratio-paper)."),
+             protocol=dict(default=None, show_default=False,
+                           help="loo | ratio (default loo; not the leaky ratio-paper)."),
              max_len=dict(default=None, show_default=False, help="Maximum input length L (default 50)."),
              set=dict(help="Fixed option (left out of the search), as for `fusionbench run`."))
 @click.option("--budget", type=int, default=None, help="Trials per strategy (default 16; 1 for nothing to search).")
 @click.option("--max-epochs", type=int, default=None,
               help="Most epochs of a trial and of a seed run, ASHA's maximum (default 50; a strategy's own lower "
                    "train.epochs wins).")
-@click.option("--grace-epochs", type=int, default=None, help="Epochs every trial runs before ASHA may stop it (default 4).")
+@click.option("--grace-epochs", type=int, default=None,
+              help="Epochs every trial runs before ASHA may stop it (default 4).")
 @click.option("--reduction-factor", type=int, default=None,
               help="ASHA keeps the best 1/F of the trials at each rung (default 4).")
 @click.option("--metric", default=None,
@@ -332,7 +334,8 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
         click.echo(f"seed runs of the chosen configurations ({len(cells)}, {plan.skipped(cells)} already in {store}):")
         click.echo(plan.summary_table(cells, labels))
         click.echo(f"leaderboard: fusionbench leaderboard --store {store} --tuned {settings.name}")
-    problems = [f"{len(o.errors)} trials of {o.part.label} raised ({'; '.join(o.errors)})" for o in outcomes if o.errors]
+    problems = [f"{len(o.errors)} trials of {o.part.label} raised ({'; '.join(o.errors)})"
+                for o in outcomes if o.errors]
     unchosen = [o.part.label for o in outcomes if o.chosen is None]
     if unchosen:
         problems.append(f"no trial finished for {', '.join(unchosen)}")
@@ -375,9 +378,24 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
 @click.option("--tuned", default=None, metavar="NAME",
               help="Only the seed runs of the configurations `fusionbench tune` chose in the tune NAME, under a "
                    "caption stating its budget.")
+@click.option("--published", "published_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Published numbers (reports/published/*.csv) beside ours: per row ours (mean ± std), the "
+                   "paper's value and ours/paper; columns are the file's metrics plus NDCG (ours only). Repeatable.")
+@click.option("--inflation", is_flag=True,
+              help="Runs trained with train.record_test=true: validation-selected vs test-selected (each metric's "
+                   "maximum over epochs) test metrics of the same models, and the difference.")
+@click.option("--across", is_flag=True,
+              help="Rank the rows per dataset × metric column (per protocol) over two or more datasets: Friedman "
+                   "test, Nemenyi critical difference, Holm-corrected pairwise Wilcoxon.")
+@click.option("--pool-protocols", is_flag=True, help="With --across: one analysis over every dataset × protocol table.")
+@click.option("--cd-plot", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --across: draw the critical-difference diagram here (.png, .svg or .pdf; one file per "
+                   "protocol, suffixed, when there are several).")
 @report_errors
 def leaderboard(**options: Any) -> None:
-    """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only."""
+    """Leaderboards (mean ± std over seeds, significance marks) or robustness tables, from the store only;
+    or published numbers beside ours (--published), both selections of one trajectory (--inflation), ranks
+    over datasets (--across)."""
     from fusionbench.report import leaderboard_report
 
     text, written = leaderboard_report(**options, command=shlex.join(["fusionbench", *sys.argv[1:]]))
@@ -431,7 +449,8 @@ def data_info(name: str, sets: tuple[str, ...], data_root: Optional[Path]) -> No
     rows: list[list[Any]] = [
         ["users", d.n_users], ["items", d.n_items], ["interactions", d.n_interactions],
         ["avg length", f"{lengths.mean():.2f}"], ["median length", f"{lengths.median():.0f}"],
-        ["max length", int(lengths.max())], ["sparsity", f"{100 * (1 - d.n_interactions / (d.n_users * d.n_items)):.2f}%"],
+        ["max length", int(lengths.max())],
+        ["sparsity", f"{100 * (1 - d.n_interactions / (d.n_users * d.n_items)):.2f}%"],
     ]
     coverage = _coverage(d)
     for channel in ("image", "text", "attr"):
@@ -622,8 +641,8 @@ def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> Non
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Archive to write (.jsonl.gz).")
 @click.option("--dataset", default=None, help="Only runs on this dataset.")
 @click.option("--ranks", type=click.Choice(["all", "test"]), default="all", show_default=True,
-              help="Per-sample ranks of every split, or of the test split only (all that leaderboards and "
-                   "robustness tables read; about half the archive).")
+              help="Per-sample ranks of every split, or of the test rankings only (test and test_unseen: all "
+                   "that leaderboards and robustness tables read; about half the archive).")
 @click.option("--since", default=None, metavar="ISO-TIME",
               help="Only runs started at or after this time (e.g. 2026-12-04T14:00; UTC where no zone is given).")
 @report_errors

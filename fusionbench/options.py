@@ -1,18 +1,29 @@
 """Option dataclasses shared by every plugin.
 
 Each plugin declares ``Options``, a frozen dataclass subclassing :class:`PluginOptions`. Field types
-(``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``tuple[str, ...]``) are checked generically;
-range checks live in the plugin's ``check()``. Values coming from the command line (``--set key=value``)
-are parsed from strings by the same type information, so the CLI, sweep files and ``fusionbench list``
-all read one declaration.
+(``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``tuple[str, ...]``) are checked generically, and
+so are the bounds a numeric field declares in its type: ``dim: Annotated[int, Ge(1)] = 64``,
+``dropout: Annotated[float, Ge(0), Lt(1)] = 0.5`` (``Ge``, ``Gt``, ``Le``, ``Lt`` and ``Interval`` of the
+``annotated-types`` package, re-exported here). :meth:`PluginOptions.build` is the one place that checks
+them; a plugin's ``check()`` holds only the rules that relate two options (``heads`` divides ``dim``).
+Values coming from the command line (``--set key=value``) are parsed from strings by the same type
+information, so the CLI, sweep files and ``fusionbench list`` all read one declaration.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+
+from annotated_types import Ge, GroupedMetadata, Gt, Interval, Le, Lt
 
 from fusionbench.errors import UserInputError
+
+__all__ = ["Annotated", "Ge", "Gt", "Interval", "Le", "Lt", "NoOptions", "OptionError", "PluginOptions", "require",
+           "bounds_text"]
+
+Bound = typing.Union[Ge, Gt, Le, Lt]
 
 
 class OptionError(UserInputError):
@@ -29,6 +40,51 @@ def _describe(tp: Any) -> str:
     if get_origin(tp) is tuple:
         return "comma-separated list"
     return getattr(tp, "__name__", str(tp))
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def bounds_text(bounds: tuple[Bound, ...]) -> str:
+    """``(Ge(0), Lt(1))`` -> ``"in [0, 1)"``; ``(Ge(1),)`` -> ``">= 1"``; ``()`` -> ``""``."""
+    lower = [b for b in bounds if isinstance(b, (Ge, Gt))]
+    upper = [b for b in bounds if isinstance(b, (Le, Lt))]
+    if len(lower) == 1 and len(upper) == 1:
+        (lo,), (hi,) = lower, upper
+        left = f"[{_number(lo.ge)}" if isinstance(lo, Ge) else f"({_number(lo.gt)}"
+        right = f"{_number(hi.le)}]" if isinstance(hi, Le) else f"{_number(hi.lt)})"
+        return f"in {left}, {right}"
+    words = {Ge: (">=", "ge"), Gt: (">", "gt"), Le: ("<=", "le"), Lt: ("<", "lt")}
+    return " and ".join(f"{words[type(b)][0]} {_number(getattr(b, words[type(b)][1]))}" for b in bounds)
+
+
+def _within(value: Any, bound: Bound) -> bool:
+    """Whether ``value`` meets ``bound`` (NaN meets none)."""
+    if isinstance(bound, Ge):
+        return value >= bound.ge
+    if isinstance(bound, Gt):
+        return value > bound.gt
+    if isinstance(bound, Le):
+        return value <= bound.le
+    return value < bound.lt
+
+
+@functools.cache
+def _bounds_of(cls: type) -> dict[str, tuple[Bound, ...]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if get_origin(hint) is not Annotated:
+            continue
+        found: list[Bound] = []
+        for meta in hint.__metadata__:
+            parts = list(meta) if isinstance(meta, GroupedMetadata) else [meta]
+            found += [part for part in parts if isinstance(part, (Ge, Gt, Le, Lt))]
+        if found:
+            out[f.name] = tuple(found)
+    return out
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -89,13 +145,28 @@ class PluginOptions:
     says so, instead of the plain "unknown option"."""
 
     def check(self) -> None:
-        """Range checks of one plugin; raise :class:`OptionError` naming the option."""
+        """Rules that relate options of one plugin (a bound of one option belongs in its type); raise
+        :class:`OptionError` naming the options."""
 
     @classmethod
     def fields(cls) -> list[tuple[str, Any, Any]]:
-        """``(name, type, default)`` for every option, in declaration order."""
+        """``(name, type, default)`` for every option, in declaration order (the type without its bounds)."""
         hints = typing.get_type_hints(cls, include_extras=False)
         return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def bounds(cls) -> dict[str, tuple[Bound, ...]]:
+        """The bounds each option declares in its type (``Annotated[int, Ge(1)]``), for the options that have
+        some: ``{"dim": (Ge(ge=1),), ...}``."""
+        return _bounds_of(cls)
+
+    def check_bounds(self) -> None:
+        """Raise :class:`OptionError` naming the first option outside its declared bounds, the bounds and
+        the value."""
+        for name, bounds in self.bounds().items():
+            value = getattr(self, name)
+            if not all(_within(value, bound) for bound in bounds):
+                raise OptionError(f"option {name!r} must be {bounds_text(bounds)}, got {value}")
 
     @classmethod
     def build(cls, given: dict[str, Any], where: str = "") -> "PluginOptions":
@@ -112,13 +183,14 @@ class PluginOptions:
         values = {k: _coerce(v, known[k], f"{prefix}option {k!r}") for k, v in given.items()}
         opts = cls(**values)
         try:
+            opts.check_bounds()
             opts.check()
         except OptionError as err:
             raise OptionError(f"{prefix}{err}") from None
         return opts
 
     def validate(self) -> "PluginOptions":
-        """Re-run type and range checks on an instance built directly in Python."""
+        """Re-run type, bound and cross-option checks on an instance built directly in Python."""
         return type(self).build(dataclasses.asdict(self))
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,8 +198,11 @@ class PluginOptions:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
-        """``(name, type, default)`` rows for ``fusionbench list``."""
-        return [(name, _describe(tp), repr(default)) for name, tp, default in cls.fields()]
+        """``(name, type, default)`` rows for ``fusionbench list``; the type names the option's bounds when it
+        has some (``int, >= 1``)."""
+        bounds = cls.bounds()
+        return [(name, ", ".join(filter(None, (_describe(tp), bounds_text(bounds.get(name, ()))))), repr(default))
+                for name, tp, default in cls.fields()]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Iterator, Optional
 
-from fusionbench.options import PluginOptions
+from fusionbench.options import PluginOptions, bounds_text
 from fusionbench.registry import AGGREGATORS, REGISTRIES, STRATEGIES
 
 
@@ -88,6 +88,13 @@ def _defaults(pairs) -> str:
     return ", ".join(f"`{key}={value}`" for key, value in pairs)
 
 
+def _options(options: type[PluginOptions]) -> str:
+    """``"`dim=64` >= 1, `dropout=0.5` in [0, 1), `norm='pre'`"``: every option, its default and its bounds."""
+    bounds = options.bounds()
+    return ", ".join(" ".join(filter(None, (f"`{name}={default}`", bounds_text(bounds.get(name, ())))))
+                     for name, _, default in options.fields())
+
+
 def strategies_markdown() -> str:
     """docs/strategies.md: every registered strategy and aggregator with its paper, options and defaults."""
     from fusionbench.train import TrainOptions
@@ -101,24 +108,24 @@ def strategies_markdown() -> str:
         "tests/test_docs.py fails while this page is stale -->",
         "",
         "Every registered strategy, its paper, where the modalities are fused, its options with their defaults",
-        "(`--set name=value`) and the training options (`--set train.name=value`) that its paper or reference",
-        f"code sets differently from the harness's own (`lr={harness.lr}`, `batch_size={harness.batch_size}`, "
-        f"`epochs={harness.epochs}`,",
-        f"`patience={harness.patience}`, no lr decay; \"harness\" where none differ). `fusionbench list` prints "
-        "the same, with",
-        "the harness's own option groups (`train.*`, `features.*`, `data.*`, `agg.*`). All of them take any set",
-        "of named modality channels and replace absent features with a learned missing vector; ID-only ones",
-        "(fusion stage `none`) skip feature extraction. Where each one departs from its paper or reference",
+        "and bounds (`--set name=value`; a value outside the bounds is an error naming them) and the training",
+        "options (`--set train.name=value`) that its paper or reference code sets differently from the harness's",
+        f"own (`lr={harness.lr}`, `batch_size={harness.batch_size}`, `epochs={harness.epochs}`, "
+        f"`patience={harness.patience}`, no lr decay; \"harness\" where",
+        "none differ). `fusionbench list` prints the same, with the harness's own option groups (`train.*`,",
+        "`features.*`, `data.*`, `agg.*`). All of them take any set of named modality channels and replace",
+        "absent features with a learned missing vector; ID-only ones (fusion stage `none`) skip feature",
+        "extraction. Where each one departs from its paper or reference",
         "code: [departures.md](departures.md); the protocol of the graph-CF baselines (`pop`, `lightgcn`,",
         "`mmgcn`, `mgat`, `bm3`): [graph-cf.md](graph-cf.md).",
         "",
-        "| strategy | paper | fusion stage | one causal pass | options (defaults) | training defaults (`train.*`) "
-        "| notes |",
+        "| strategy | paper | fusion stage | one causal pass | options (defaults, bounds) "
+        "| training defaults (`train.*`) | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in STRATEGIES.names():
         cls = STRATEGIES.get(name)
-        options = _defaults((field, default) for field, _, default in cls.Options.fields())
+        options = _options(cls.Options)
         training = _defaults(cls.train_defaults.items()) or "harness"
         lines.append(f"| `{name}` | {_cell(cls.paper)} | {cls.fusion_stage} | "
                      f"{'yes' if cls.causal_training else 'no'} | {options} | {training} | {_cell(cls.notes)} |")
@@ -135,13 +142,12 @@ def strategies_markdown() -> str:
         "on a CPU, `--set train.precision=bf16` cuts an MMSR epoch further",
         "(docs/performance.md).",
         "",
-        "| aggregator | what it computes | options (defaults) |",
+        "| aggregator | what it computes | options (defaults, bounds) |",
         "|---|---|---|",
     ]
     for name in AGGREGATORS.names():
         cls = AGGREGATORS.get(name)
-        options = _defaults((field, default) for field, _, default in cls.Options.fields())
-        lines.append(f"| `{name}` | {_cell(summary(cls))} | {options} |")
+        lines.append(f"| `{name}` | {_cell(summary(cls))} | {_options(cls.Options)} |")
     lines += [
         "",
         "## Search spaces",

@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 
@@ -36,10 +36,11 @@ from fusionbench.data.core import (
 from fusionbench.data.datasets import DatasetContext, declared_image_sources, declared_text_sources
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.errors import UserInputError
-from fusionbench.options import PluginOptions, require
+from fusionbench.metrics import summarize
+from fusionbench.options import Ge, PluginOptions, require
 from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation, training_view_of
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
-from fusionbench.store import ResultStore, config_hash
+from fusionbench.store import UNSEEN_TEST, ResultStore, config_hash
 from fusionbench.train import DataViews, TrainOptions, TrainResult, evaluate_trained, save_atomically, train
 
 DEFAULT_MAX_LEN = 50
@@ -65,6 +66,9 @@ def group_options(options: dict[str, Any], where: str) -> dict[str, dict[str, An
     return groups
 
 
+NO_CHANNELS = "none"  # features.modalities=none: no channel at all, the strategy's ID-only form
+
+
 @dataclass(frozen=True)
 class FeatureOptions(PluginOptions):
     """How modality tables are made (``--set features.<name>=value``); see docs/features.md.
@@ -88,26 +92,34 @@ class FeatureOptions(PluginOptions):
         "k": "codes per item of those channels (its k nearest centres)",
         "reduce": "reduction before k-means: ae (autoencoder), pca or none",
         "attr_max_codes": "codes per item of attr under attr=ids (its first attribute ids)",
-        "modalities": "the channels to build, e.g. text,attr (empty: every channel the data has)",
+        "modalities": "the channels to build, e.g. text,attr (empty: every channel the data has; none: ID only)",
         "attr": "how every strategy sees the attr channel: ids (learned id embeddings) or svd (features)",
         "text": "the text source of the text channel (`fusionbench data info` lists a dataset's)",
         "image": "the image source of the image channel, e.g. efficientnet (photos encoded here) or clip",
     }
 
-    n_clusters: int = 30
-    k: int = 3
+    n_clusters: Annotated[int, Ge(1)] = 30
+    k: Annotated[int, Ge(1)] = 3
     reduce: str = "ae"
-    attr_max_codes: int = 8
+    attr_max_codes: Annotated[int, Ge(1)] = 8
     modalities: tuple[str, ...] = ()
     attr: Literal["ids", "svd"] = "ids"
     text: str = DEFAULT_TEXT_SOURCE
     image: str = DEFAULT_IMAGE_SOURCE
 
+    def channels(self) -> Optional[list[str]]:
+        """The channels to build: ``None`` = every channel the data has, ``[]`` under ``none`` (ID only)."""
+        if not self.modalities:
+            return None
+        return [m for m in self.modalities if m != NO_CHANNELS]
+
     def check(self) -> None:
-        require(self.n_clusters >= 1, f"option 'n_clusters' must be >= 1, got {self.n_clusters}")
-        require(1 <= self.k <= self.n_clusters, f"option 'k' must be in 1..n_clusters, got {self.k}")
-        require(self.reduce in ("ae", "pca", "none"), f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
-        require(self.attr_max_codes >= 1, f"option 'attr_max_codes' must be >= 1, got {self.attr_max_codes}")
+        require(self.k <= self.n_clusters, f"option 'k' must be <= n_clusters ({self.n_clusters}), got {self.k}")
+        require(self.reduce in ("ae", "pca", "none"),
+                f"option 'reduce' must be 'ae', 'pca' or 'none', got {self.reduce!r}")
+        require(NO_CHANNELS not in self.modalities or len(self.modalities) == 1,
+                f"option 'modalities': {NO_CHANNELS!r} (ID only) cannot be combined with channels, "
+                f"got {','.join(self.modalities)!r}")
         require(self.text.isidentifier(),
                 f"option 'text' must be a text source name (title, prefix, ...), got {self.text!r}")
         require(self.image.isidentifier(),
@@ -182,7 +194,27 @@ def resolve(request: RunRequest) -> dict:
         config["perturbation"] = resolve_perturbation(request.perturbation, request.protocol)
     if request.tune is not None:  # ordinary runs have no such key, so their hashes are unchanged
         config["tune"] = dict(request.tune)
+    record_test_entry(config)
+    if not config["train"].pop("exclude_history"):  # kept only when true: earlier runs keep their hashes
+        return config
+    config["train"]["exclude_history"] = True
     return config
+
+
+def record_test_entry(config: dict) -> None:
+    """``train.record_test`` in a resolved ``config`` (in place): kept only when true, so every run without
+    it keeps the hash it had before the option existed (no ``store upgrade``), while a run with it, which
+    stores more (per-epoch test metrics in its history), is never taken for one without it; the key is in
+    the training config too, so kept weights carry the history they were trained with. It applies to
+    clean runs under ``loo`` and ``ratio`` (under ``ratio-paper`` every epoch is scored on test already)."""
+    if not config["train"].pop("record_test"):
+        return
+    if config["protocol"] not in ("loo", "ratio"):
+        raise UserInputError(f"train.record_test applies to protocols loo and ratio; under {config['protocol']!r} "
+                             "every epoch is already scored on the test split")
+    if "perturbation" in config:
+        raise UserInputError("train.record_test applies to clean runs, not to a perturbed run")
+    config["train"]["record_test"] = True
 
 
 def resolved_text_source(config: dict) -> str:
@@ -218,7 +250,7 @@ def build_context(config: dict, data: SequenceData, split: Optional[Split] = Non
         opts = FeatureOptions.build(config["features"])
         modalities = modality_tables(
             data.side, data.n_items, data.checksum(), n_clusters=opts.n_clusters, k=opts.k, reduce=opts.reduce,
-            attr_max_codes=opts.attr_max_codes, modalities=list(opts.modalities) or None, attr=opts.attr,
+            attr_max_codes=opts.attr_max_codes, modalities=opts.channels(), attr=opts.attr,
             text=config["features"].get("text"),  # None: a config from before features.text, read the original text
             image=config["features"].get("image"),
         )
@@ -339,8 +371,12 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
                    "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
                    "eval_seconds": result.eval_seconds, "history": result.history,
                    "trained_from": trained_digest if reuse else None}
-        store.finish(run_id, {"test": result.test, "valid": valid},
-                     {"test": result.test_ranks.numpy(), "valid": result.valid_ranks.numpy()}, summary)
+        metrics = {"test": result.test, "valid": valid}
+        ranks = {"test": result.test_ranks.numpy(), "valid": result.valid_ranks.numpy()}
+        if result.unseen_test_ranks is not None:  # the same model ranked among unseen items only
+            metrics[UNSEEN_TEST] = summarize(result.unseen_test_ranks)
+            ranks[UNSEEN_TEST] = result.unseen_test_ranks.numpy()
+        store.finish(run_id, metrics, ranks, summary)
         if checkpoint.exists():
             os.remove(checkpoint)
     return RunOutcome(config, digest, result.test, valid, result=result, run_id=run_id)

@@ -14,7 +14,7 @@ Tables:
                                                (its config's tune.name; NULL for other runs);
                                                asha_stopped: of a finished trial, 1 when the tune's ASHA
                                                scheduler stopped it, 0 when it trained to its end
-    metrics(run_id, split 'valid'|'test', metric, k, value)     values are fractions, not %; a tune's
+    metrics(run_id, split 'valid'|'test'|'test_unseen', metric, k, value)     values are fractions, not %; a tune's
                                                                 trials have 'valid' only (fusionbench.tune)
     ranks(run_id, split, ranks BLOB int32 little-endian)        per-sample ranks, sample order
 
@@ -112,6 +112,8 @@ def _decode_ranks(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<i4").astype(np.int64)
 
 
+UNSEEN_TEST = "test_unseen"  # split of the test ranks among items outside each sample's history (when the
+# run ranked every item: train.exclude_history off), recorded beside "test" for the same model
 ADDED_COLUMNS = {"trained_from": "TEXT", "tune": "TEXT", "asha_stopped": "INTEGER"}
 """Columns of ``runs`` added after the first schema, in the order they were added."""
 CHECKPOINTS = "checkpoints"
@@ -284,6 +286,13 @@ class ResultStore:
     def metrics(self, run_id: int, split: str = "test") -> dict[str, float]:
         rows = self._db.execute("SELECT metric, k, value FROM metrics WHERE run_id=? AND split=?", (run_id, split))
         return {f"{m}@{k}": v for m, k, v in rows}
+
+    def history(self, run_id: int) -> list[dict]:
+        """The run's per-epoch history (``train.TrainResult.history``) as stored; ``[]`` when none is."""
+        row = self._db.execute("SELECT history FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id}")
+        return json.loads(row[0]) if row[0] else []
 
     def ranks(self, run_id: int, split: str = "test") -> np.ndarray:
         row = self._db.execute("SELECT ranks FROM ranks WHERE run_id=? AND split=?", (run_id, split)).fetchone()

@@ -27,9 +27,10 @@ import pandas as pd
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import open_store
-from fusionbench.store import ResultStore, canonical_json, config_hash
+from fusionbench.store import UNSEEN_TEST, ResultStore, canonical_json, config_hash
 
 FORMAT = 1
+TEST_SPLITS = ("test", UNSEEN_TEST)  # what --ranks test keeps
 REQUIRED = {"config_hash": str, "config": str, "dataset": str, "protocol": str, "strategy": str, "seed": int,
             "status": str, "metrics": dict, "ranks": dict}
 
@@ -38,9 +39,9 @@ def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None, rank
                 since: Optional[str] = None) -> int:
     """Write the finished runs of ``store_path`` (of ``dataset`` only, if given; started at or after the
     ISO time ``since`` only, if given) to the archive ``out`` (atomically); returns how many. ``ranks``:
-    the per-sample ranks of every split ("all") or of the test split only ("test": leaderboards and
-    robustness tables read no other, and the archive is about half the size; the validation metrics are
-    kept either way)."""
+    the per-sample ranks of every split ("all") or of the test rankings only ("test": ``test`` and
+    ``test_unseen``, all that leaderboards and robustness tables read, in about half the archive; the
+    validation metrics are kept either way)."""
     store = open_store(store_path)
     table = store.runs(status="done", **({"dataset": dataset} if dataset else {}))
     if since is not None:
@@ -48,7 +49,7 @@ def export_runs(store_path: Path, out: Path, dataset: Optional[str] = None, rank
     lines = [json.dumps({"fusionbench_archive": FORMAT, "runs": len(table)})]
     for record in store.records([int(i) for i in table.id]):
         record["ranks"] = {split: base64.b64encode(r.astype("<i4").tobytes()).decode("ascii")
-                           for split, r in record["ranks"].items() if ranks in ("all", split)}
+                           for split, r in record["ranks"].items() if ranks == "all" or split in TEST_SPLITS}
         lines.append(json.dumps(record, sort_keys=True))
     payload = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
     atomic_write(Path(out), lambda f: f.write(payload))

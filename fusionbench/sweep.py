@@ -1,32 +1,8 @@
 """``fusionbench sweep``: many runs from one TOML file, on this machine or on a Ray cluster.
 
-A sweep file lists configurations; each runs for every seed, every point of its ``grid`` and every
-severity of its perturbation::
-
-    [defaults]                      # optional: any run key (a run's own value wins)
-    dataset = "beauty"
-    seeds = [0, 1, 2]
-
-    [[run]]
-    strategy = "mmsr"
-    aggregator = "han"
-    set = { "train.precision" = "bf16" }
-
-    [[run]]
-    strategy = "difsr"
-    set = { "train.precision" = "bf16" }
-    grid = { aap_weight = [0, 1] }   # one configuration per value (the product over several keys)
-
-    [[run]]
-    strategy = ["early", "late"]
-    perturbation = [{ name = "disorder", severity = [0, 0.3, 0.7, 1] },
-                    { name = "mismatch", severity = [0.3, 0.7, 1], apply_to = "test", options = { mode = "swap" } }]
-
-Run keys: ``strategy`` (required; a name or a list of names), ``aggregator``, ``dataset``, ``protocol``,
-``seeds``, ``max_len``, ``set`` (option overrides, keys as ``--set``: strategy options bare, ``train.*``,
-``agg.*``, ``data.*``, ``features.*``), ``grid`` (the same keys, each with a list of values),
-``perturbation`` (a table, or a list of them: ``name``, ``severity``: a number or a list, ``apply_to``
-(default ``test``), ``options``). A run's ``set`` adds to the defaults'.
+A sweep file lists configurations (``[[run]]`` tables, with shared ``[defaults]``); each runs for every
+seed, every point of its ``grid`` and every severity of its perturbation. The format (keys, defaults, the
+order of the cells, when two cells are the same) is docs/sweeps.md, whose example a test parses.
 Every cell is resolved (validated) before the first one runs; identical cells run once.
 
 Every cell is one stored run (:func:`fusionbench.runner.run_experiment`), so the store makes a sweep

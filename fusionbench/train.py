@@ -7,11 +7,20 @@ follows the MMSR reference code (any of HR/MRR/NDCG @5/@20 improving resets the 
 reference's one-epoch lag: :func:`stale_epochs`) and the reported test metrics are per-metric maxima
 over the epochs run, as the reference reports them (labelled leaky).
 
+With ``record_test`` (``train.record_test=true``, ``loo`` and ``ratio``), the test samples are also
+ranked after every epoch and their metrics kept in the epoch's history entry under ``"test"``, apart
+from ``"valid"``: selection and early stopping read ``"valid"`` only (:func:`improvements`), and the
+ranking runs with the random number generators saved and restored (:func:`rng_preserved`), so the
+trajectory (losses, validation metrics, restored state) is the one the run has without the option. One
+run then gives both the validation-selected test metrics and the reference's test-selected ones (each
+metric's maximum over the epochs' test scores; :mod:`fusionbench.report.trajectory`).
+
 With ``checkpoint`` set, the full training state is written atomically after every epoch, and a
 run started again with the same checkpoint path resumes after the last finished epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -19,7 +28,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Annotated, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -32,7 +41,7 @@ from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_bat
 from fusionbench.errors import TrainingError
 from fusionbench.evaluate import BatchView, rank_samples
 from fusionbench.metrics import DEFAULT_KS, METRICS, summarize
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Gt, Le, PluginOptions, require
 from fusionbench.strategy import Strategy
 
 SELECTABLE = tuple(f"{m}@{k}" for m in METRICS for k in DEFAULT_KS)
@@ -66,32 +75,30 @@ class TrainOptions(PluginOptions):
         "grad_clip": "clip the gradient norm at this value (0 = off)",
         "precision": "fp32, or bf16 autocast of training forward passes (evaluation stays fp32)",
         "batching": "causal rows per batch: uniform (drawn at random) or length (grouped by length)",
+        "exclude_history": "rank only items outside each sample's history (validation and test; off: the paper's "
+                           "protocol, a repeat can be recommended)",
+        "record_test": "also rank the test split after every epoch, kept apart in the history (never read by "
+                       "selection or early stopping); loo and ratio, clean runs",
     }
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    epochs: int = 200
-    patience: int = 10
+    lr: Annotated[float, Gt(0)] = 1e-3
+    weight_decay: Annotated[float, Ge(0)] = 0.0
+    batch_size: Annotated[int, Ge(1)] = 128
+    epochs: Annotated[int, Ge(1)] = 200
+    patience: Annotated[int, Ge(1)] = 10
     select: str = "NDCG@20"
-    eval_batch_size: int = 1024
-    lr_step: int = 0
-    lr_gamma: float = 0.1
-    grad_clip: float = 0.0
+    eval_batch_size: Annotated[int, Ge(1)] = 1024
+    lr_step: Annotated[int, Ge(0)] = 0
+    lr_gamma: Annotated[float, Gt(0), Le(1)] = 0.1
+    grad_clip: Annotated[float, Ge(0)] = 0.0
     precision: str = "fp32"
     batching: str = "uniform"
+    exclude_history: bool = False   # these two enter a resolved config only when true (runner.resolve), so
+    record_test: bool = False       # the hashes of runs without them did not change when they were added
 
     def check(self) -> None:
-        require(self.lr > 0, f"option 'lr' must be > 0, got {self.lr}")
-        require(self.weight_decay >= 0, f"option 'weight_decay' must be >= 0, got {self.weight_decay}")
-        require(self.batch_size >= 1, f"option 'batch_size' must be >= 1, got {self.batch_size}")
-        require(self.eval_batch_size >= 1, f"option 'eval_batch_size' must be >= 1, got {self.eval_batch_size}")
-        require(self.epochs >= 1, f"option 'epochs' must be >= 1, got {self.epochs}")
-        require(self.patience >= 1, f"option 'patience' must be >= 1, got {self.patience}")
-        require(self.select in SELECTABLE, f"option 'select' must be one of {', '.join(SELECTABLE)}, got {self.select!r}")
-        require(self.lr_step >= 0, f"option 'lr_step' must be >= 0 (0 = constant lr), got {self.lr_step}")
-        require(0 < self.lr_gamma <= 1, f"option 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
-        require(self.grad_clip >= 0, f"option 'grad_clip' must be >= 0 (0 = off), got {self.grad_clip}")
+        require(self.select in SELECTABLE,
+                f"option 'select' must be one of {', '.join(SELECTABLE)}, got {self.select!r}")
         require(self.precision in PRECISIONS, f"option 'precision' must be one of {', '.join(PRECISIONS)}, "
                 f"got {self.precision!r}")
         require(self.batching in BATCHINGS, f"option 'batching' must be one of {', '.join(BATCHINGS)}, "
@@ -104,8 +111,12 @@ class TrainResult:
 
     Attributes:
         best_epoch: 1-based epoch whose state was restored.
-        history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}``.
+        history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}``, with ``record_test``
+            also ``"test": {metric: value}`` and ``"test_seconds"`` (never read by selection or stopping).
         valid_ranks, test_ranks: per-sample 0-based ranks of the restored state ``[S]``.
+        unseen_test_ranks: the same model's test ranks among the items outside each sample's history
+            (``evaluate.exclude_seen``), when the run ranked every item (``exclude_history`` off; else None:
+            its ``test_ranks`` are those).
         test: test metrics reported (per-metric maxima over epochs under ``ratio-paper``).
         eval_seconds: wall time of the final test evaluation.
         earlier_seconds: wall time that earlier processes of a resumed run spent on the epochs it
@@ -118,6 +129,7 @@ class TrainResult:
     test_ranks: Optional[torch.Tensor] = None
     test: dict[str, float] = field(default_factory=dict)
     eval_seconds: float = 0.0
+    unseen_test_ranks: Optional[torch.Tensor] = None
     earlier_seconds: float = 0.0
 
     @property
@@ -149,6 +161,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def rng_preserved(device: torch.device):
+    """Run the block with Python's, NumPy's and torch's random states (the CPU generator and, on a CUDA
+    device, that device's) saved on entry and restored on exit: whatever the block draws, the code after
+    it draws what it would have drawn without the block."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def rank_test(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
+              views: DataViews = DataViews(), exclude_history: bool = False) -> torch.Tensor:
+    """0-based ranks ``[S]`` of the test samples by ``model`` as it is: through ``views.test_model`` and
+    ``views.test`` when given, and the model's ``for_test()`` view (graph-CF strategies: the test-time
+    graph); ``exclude_history``: among the items outside each sample's history. The one way the final test
+    rankings and the per-epoch ``record_test`` ranking are made."""
+    test_model = (model if views.test_model is None else views.test_model(model)).for_test()
+    return rank_samples(test_model, data, split.test, max_len, batch_size, views.test, exclude_history)
+
+
+def epoch_test_metrics(model: Strategy, data: SequenceData, split: Split, max_len: int, batch_size: int,
+                       views: DataViews = DataViews(), exclude_history: bool = False) -> dict[str, float]:
+    """``record_test``: the test metrics of ``model`` after an epoch (:func:`rank_test`), computed with
+    every random state preserved (:func:`rng_preserved`), so recording them leaves training unchanged."""
+    with rng_preserved(next(model.parameters()).device):
+        return summarize(rank_test(model, data, split, max_len, batch_size, views, exclude_history))
 
 
 def save_atomically(obj: dict, path: Path) -> None:
@@ -305,7 +350,7 @@ EpochCallback = Callable[[dict, bool], None]
 def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, seed: int, max_len: int,
           checkpoint: Optional[Path] = None, progress: bool = True, label: str = "",
           views: DataViews = DataViews(), on_epoch: Optional[EpochCallback] = None,
-          rank_test: bool = True) -> TrainResult:
+          final_ranking: bool = True) -> TrainResult:
     """Train ``model`` on ``split.train``, select on ``split.valid``, rank ``split.test`` once
     (``views``: what training/validation and test see, when not the plain data).
 
@@ -314,7 +359,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
     ``on_epoch(entry, last)`` is called with every epoch's history entry once it is checkpointed (a
     resumed run's restored epochs first, in order), ``last`` telling whether training stops after it
     (:func:`finished`); ``fusionbench tune`` reports each epoch to its scheduler from here. With
-    ``rank_test=False`` (a tune's trials) the run ends with the best state restored and nothing ranked:
+    ``final_ranking=False`` (a tune's trials) the run ends with the best state restored and nothing ranked:
     the result has the history and best epoch only, and the test samples are never scored."""
     seed_everything(seed)
     model.reset_parameters()
@@ -361,10 +406,20 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             scheduler.step()
         seconds = time.perf_counter() - started
         try:
-            valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train))
+            valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train,
+                                               opts.exclude_history))
         except TrainingError as err:
             raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
-        history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid})
+        entry = {"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid}
+        if opts.record_test:   # kept apart: selection and stopping below read "valid" only
+            tested = time.perf_counter()
+            try:
+                entry["test"] = epoch_test_metrics(model, data, split, max_len, opts.eval_batch_size, views,
+                                                   opts.exclude_history)
+            except TrainingError as err:
+                raise TrainingError(f"{label}: epoch {epoch}, test (record_test): {err}") from None
+            entry["test_seconds"] = time.perf_counter() - tested
+        history.append(entry)
         if valid[opts.select] > best_value:   # the restored state: best ``select``, under every protocol
             best_value, best_epoch = valid[opts.select], epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -384,7 +439,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
             on_epoch(history[-1], finished(history, opts, split.leaky))
 
     model.load_state_dict(best_state)
-    if not rank_test:
+    if not final_ranking:
         return TrainResult(best_epoch, history, earlier_seconds=earlier_seconds)
     result = evaluate_trained(model, data, split, opts, max_len, history, best_epoch, views)
     return replace(result, earlier_seconds=earlier_seconds)
@@ -397,11 +452,14 @@ def evaluate_trained(model: Strategy, data: SequenceData, split: Split, opts: Tr
     so does a run that reuses weights trained earlier (``runner``: a test-only perturbation trains
     exactly as its clean run, so its trained model is evaluated instead of trained again)."""
     started = time.perf_counter()
-    test_model = (model if views.test_model is None else views.test_model(model)).for_test()
-    test_ranks = rank_samples(test_model, data, split.test, max_len, opts.eval_batch_size, views.test)
+    test_ranks = rank_test(model, data, split, max_len, opts.eval_batch_size, views, opts.exclude_history)
     eval_seconds = time.perf_counter() - started
-    valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train)
+    valid_ranks = rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train,
+                               opts.exclude_history)
+    unseen = None
+    if not opts.exclude_history and not split.leaky:  # the other ranking of the same model, for the record
+        unseen = rank_test(model, data, split, max_len, opts.eval_batch_size, views, exclude_history=True)
     test = summarize(test_ranks)
     if split.leaky:  # reference behaviour: every metric is its own maximum of test scores over epochs
         test = {name: max(h["valid"][name] for h in history) for name in test}
-    return TrainResult(best_epoch, history, valid_ranks, test_ranks, test, eval_seconds)
+    return TrainResult(best_epoch, history, valid_ranks, test_ranks, test, eval_seconds, unseen_test_ranks=unseen)

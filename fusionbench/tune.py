@@ -229,7 +229,10 @@ def make_part(settings: TuneSettings, strategy: str, sets: dict[str, Any], overr
             raise UserInputError(f"{both[0]!r} is both fixed (set) and searched (space)")
         space = strategy_space(strategy, request.get("aggregator"), parse_space(overrides, "space"), tuple(sets))
         base = RunRequest(strategy=strategy, seed=settings.seed, **request, **group_options(sets, "set"))
-        default_epochs = resolve(base)["train"]["epochs"]
+        resolved = resolve(base)
+        if "train.record_test" in overrides or resolved["train"].get("record_test"):
+            raise UserInputError("'train.record_test' ranks the test samples every epoch; a tune's trials rank none")
+        default_epochs = resolved["train"]["epochs"]
         base.train_options.update(epochs=min(default_epochs, settings.max_epochs), select=settings.metric)
         base.tune = settings.identity(space)
         part = Part(base, space, settings.budget, where)
@@ -434,7 +437,7 @@ def train_trial(point: dict[str, Any], spec: TrialSpec, report: Callable[[dict],
     training since the previous report (``train_seconds``: building the model, epochs and validation) and
     preparing (``setup_seconds``: data, split and tables, cached per process). A trial whose run is among
     ``spec.replays`` (finished in an earlier invocation) reports its stored epochs and trains nothing.
-    The test split is never ranked (``train(..., rank_test=False)``). A :class:`TrainingError` ends the
+    The test split is never ranked (``train(..., final_ranking=False)``). A :class:`TrainingError` ends the
     trial with :func:`failure_result`."""
     import torch
 
@@ -474,7 +477,7 @@ def train_trial(point: dict[str, Any], spec: TrialSpec, report: Callable[[dict],
     label = f"{config['strategy']}/{config['dataset']}/trial {digest[:8]}"
     try:
         train(model, data, split, TrainOptions.build(config["train"]), config["seed"], config["max_len"],
-              checkpoint=checkpoint, progress=False, label=label, on_epoch=on_epoch, rank_test=False)
+              checkpoint=checkpoint, progress=False, label=label, on_epoch=on_epoch, final_ranking=False)
     except TrainingError as err:
         report(failure_result(str(err), clock["epochs"] + 1, digest))
 
@@ -676,7 +679,8 @@ def plan_lines(settings: TuneSettings, parts: Sequence[Part], store: ResultStore
 
 def header(settings: TuneSettings, parts: Sequence[Part]) -> str:
     data = {f"{p.base.dataset} ({p.base.protocol})" for p in parts}
-    return (f"tune {settings.name!r} on {', '.join(sorted(data))}: {len(parts)} strateg{'y' if len(parts) == 1 else 'ies'}"
-            f" x {settings.budget} trials, {settings.search} search (seed {settings.seed}), ASHA (grace "
+    count = f"{len(parts)} strateg{'y' if len(parts) == 1 else 'ies'}"
+    return (f"tune {settings.name!r} on {', '.join(sorted(data))}: {count} x {settings.budget} trials, "
+            f"{settings.search} search (seed {settings.seed}), ASHA (grace "
             f"{settings.grace_epochs}, reduction factor {settings.reduction_factor}, max epochs "
             f"{settings.max_epochs}) on validation {settings.metric}; seeds {','.join(map(str, settings.seeds))}")

@@ -248,7 +248,9 @@ def tune_part(part: Part, settings: TuneSettings, trials: Sequence[Trial], store
     config = resolve(part.base)
     checksum = data_of(config, part.base.data_root)[1]
     epochs = config["train"]["epochs"]
-    resources = {"cpu": execution.cpus_per_trial, **({"gpu": execution.gpus_per_trial} if execution.gpus_per_trial else {})}
+    resources = {"cpu": execution.cpus_per_trial}
+    if execution.gpus_per_trial:
+        resources["gpu"] = execution.gpus_per_trial
     bar = tqdm(total=part.n_trials, initial=0, desc=f"tune {part.label}", unit="trial",
                disable=None if progress else True)
     callback = StoreCallback(part, store, checksum, checkpoints, cost, bar)

@@ -35,14 +35,14 @@ Shapes: encode ``[B, d]``; item_embeddings ``[n_items + 1, d]``; graph ``[N, N]`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
 from strategies.cf_graph import FEATURE_CF_SKIPS, GraphCFStrategy, InteractionGraph, register_graph_buffer
@@ -54,17 +54,11 @@ from strategies.lightgcn import light_propagate
 class BM3Options(PluginOptions):
     """``layers``: LightGCN depth L. ``dropout``: target-side dropout. ``reg``: λ. ``cl_weight``: c."""
 
-    dim: int = 64
-    layers: int = 1
-    dropout: float = 0.3
-    reg: float = 0.1
-    cl_weight: float = 2.0
-
-    def check(self) -> None:
-        require(self.dim >= 1, f"option 'dim' must be >= 1, got {self.dim}")
-        require(self.layers >= 0, f"option 'layers' must be >= 0, got {self.layers}")
-        require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
-        require(self.reg >= 0 and self.cl_weight >= 0, "options 'reg' and 'cl_weight' must be >= 0")
+    dim: Annotated[int, Ge(1)] = 64
+    layers: Annotated[int, Ge(0)] = 1
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
+    reg: Annotated[float, Ge(0)] = 0.1
+    cl_weight: Annotated[float, Ge(0)] = 2.0
 
 
 def neg_cos(online: Tensor, target: Tensor) -> Tensor:

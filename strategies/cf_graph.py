@@ -129,7 +129,8 @@ def sample_negatives(keys: Tensor, user: Tensor, n_items: int, max_rounds: int =
 
 
 def bpr_loss(u: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-    """``u, pos, neg [B, d]`` -> scalar mean of :math:`-\\log\\sigma(\\langle u, pos\\rangle - \\langle u, neg\\rangle)`."""
+    """``u, pos, neg [B, d]`` -> scalar mean of
+    :math:`-\\log\\sigma(\\langle u, pos\\rangle - \\langle u, neg\\rangle)`."""
     return -F.logsigmoid((u * pos).sum(-1) - (u * neg).sum(-1)).mean()
 
 

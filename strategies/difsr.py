@@ -42,14 +42,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import CODE_SENTINEL, SeqBatch, StrategyContext
-from fusionbench.options import require
+from fusionbench.options import Ge, Lt, require
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import Choice, IntRange
 from strategies.backbones import ScoredTransformer, split_heads
@@ -115,22 +115,19 @@ class DIFSROptions(SequenceOptions):
     streams. ``attn_dropout``: on attention probabilities. ``fusion``: the score fusion.
     ``aap_weight``: λ of the auxiliary attribute (code) predictor (0 disables it)."""
 
-    dim: int = 256
-    layers: int = 4
-    heads: int = 8
-    dropout: float = 0.5
-    attribute_dim: int = 64
-    attn_dropout: float = 0.3
+    dim: Annotated[int, Ge(1)] = 256
+    layers: Annotated[int, Ge(1)] = 4
+    heads: Annotated[int, Ge(1)] = 8
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.5
+    attribute_dim: Annotated[int, Ge(1)] = 64
+    attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
     fusion: Literal["sum", "concat", "gate"] = "gate"
-    aap_weight: float = 10.0
+    aap_weight: Annotated[float, Ge(0)] = 10.0
 
     def check(self) -> None:
         super().check()
-        require(self.attribute_dim >= 1, f"option 'attribute_dim' must be >= 1, got {self.attribute_dim}")
         require(self.attribute_dim % self.heads == 0,
                 f"option 'attribute_dim' ({self.attribute_dim}) must be divisible by 'heads' ({self.heads})")
-        require(0.0 <= self.attn_dropout < 1.0, f"option 'attn_dropout' must be in [0, 1), got {self.attn_dropout}")
-        require(self.aap_weight >= 0, f"option 'aap_weight' must be >= 0, got {self.aap_weight}")
 
 
 @STRATEGIES.register("difsr")

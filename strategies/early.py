@@ -14,8 +14,8 @@ operators: ``sum`` and ``gate``. Item side (``target="fused"``, the default):
 
 or the ID embeddings only (``target="id"``, SASRec^F's choice). ``ids=False`` drops the ID channel
 :math:`e_v` from both sides (modality channels only: the fusion stage is then the only way to combine
-information about an item, which the synthetic testbed's early-vs-late comparison needs). Trained with one causal pass per
-sequence and full-softmax cross-entropy at every position that has a target.
+information about an item, which the synthetic testbed's early-vs-late comparison needs). Trained with one causal
+pass per sequence and full-softmax cross-entropy at every position that has a target.
 
 Shapes:
     items ``[B, L]`` -> channels ``[B, L, 1 + M, d]`` (``[B, L, M, d]`` with ``ids=False``) -> inputs ``[B, L, d]``

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Annotated, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import ModalityTable, SeqBatch, StrategyContext
-from fusionbench.options import OptionError, PluginOptions, require
+from fusionbench.options import Ge, Lt, OptionError, PluginOptions, require
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import CausalGRU, CausalTransformer, embedding_init_, forward_positions
 
@@ -155,7 +155,8 @@ class IdChannelOptions:
 
     def check(self) -> None:
         super().check()
-        require(self.ids or self.target == "fused", "option 'ids=false' needs target='fused' (no ID embeddings to score)")
+        require(self.ids or self.target == "fused",
+                "option 'ids=false' needs target='fused' (no ID embeddings to score)")
 
 
 def id_and_modality_channels(ctx: StrategyContext, dim: int, ids: bool,
@@ -252,21 +253,15 @@ class SequenceOptions(PluginOptions):
     ``dropout``: on inputs and sub-layers. ``ffn_mult``: FFN hidden size = ffn_mult * d.
     ``feature_dropout``: on the projected modality features."""
 
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.5
-    ffn_mult: int = 1
-    feature_dropout: float = 0.1
+    dim: Annotated[int, Ge(1)] = 64
+    layers: Annotated[int, Ge(1)] = 2
+    heads: Annotated[int, Ge(1)] = 2
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.5
+    ffn_mult: Annotated[int, Ge(1)] = 1
+    feature_dropout: Annotated[float, Ge(0), Lt(1)] = 0.1
 
     def check(self) -> None:
-        for name in ("dim", "layers", "heads", "ffn_mult"):
-            value = getattr(self, name)
-            require(value >= 1, f"option {name!r} must be >= 1, got {value}")
         require(self.dim % self.heads == 0, f"option 'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
-        for name in ("dropout", "feature_dropout"):
-            value = getattr(self, name)
-            require(0.0 <= value < 1.0, f"option {name!r} must be in [0, 1), got {value}")
 
 
 class AttentionLevelStrategy(CausalStrategy):

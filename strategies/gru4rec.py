@@ -15,11 +15,12 @@ Shapes: items ``[B, L]`` -> states ``[B, L, d]`` -> encode ``[B, d]``; item_embe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import CausalGRU, embedding_init_
@@ -30,15 +31,10 @@ class GRU4RecOptions(PluginOptions):
     """``dim``: d (embedding and hidden size). ``layers``: GRU layers. ``dropout``: on the input
     embeddings. ``dense``: Linear(d -> d) after the GRU."""
 
-    dim: int = 64
-    layers: int = 1
-    dropout: float = 0.3
+    dim: Annotated[int, Ge(1)] = 64
+    layers: Annotated[int, Ge(1)] = 1
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
     dense: bool = True
-
-    def check(self) -> None:
-        require(self.dim >= 1, f"option 'dim' must be >= 1, got {self.dim}")
-        require(self.layers >= 1, f"option 'layers' must be >= 1, got {self.layers}")
-        require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
 
 
 @STRATEGIES.register("gru4rec")

@@ -159,9 +159,8 @@ def channel_edges(behaviour: tuple[Tensor, Tensor, Tensor], n_nodes: int, k_grap
             row, col, weight = b_row, b_col, b_sim
         else:
             s_row, s_col, s_sim = cosine_topk(features, present, k_sim)
-            row, col, weight = max_merge(torch.cat([s_row, b_row]), torch.cat([s_col, b_col]),
-                                         torch.cat([(1 - lambda_b) * s_sim, lambda_b * b_norm + (1 - lambda_b) * b_sim]),
-                                         n_nodes)
+            mixed = torch.cat([(1 - lambda_b) * s_sim, lambda_b * b_norm + (1 - lambda_b) * b_sim])
+            row, col, weight = max_merge(torch.cat([s_row, b_row]), torch.cat([s_col, b_col]), mixed, n_nodes)
     positive = weight > 0
     row, col, weight = row[positive], col[positive], weight[positive]
     keep = topk_per_row(row, weight, k_graph)
@@ -177,7 +176,8 @@ def normalised_adjacency(row: Tensor, col: Tensor, weight: Tensor, n_nodes: int)
     weight = torch.cat([weight, torch.ones(n_nodes)])
     inv_sqrt = torch.zeros(n_nodes).index_add_(0, row, weight).rsqrt()
     values = inv_sqrt[row] * weight * inv_sqrt[col]
-    return torch.sparse_coo_tensor(torch.stack([row, col]), values, (n_nodes, n_nodes), check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([row, col]), values, (n_nodes, n_nodes),
+                                   check_invariants=True).coalesce()
 
 
 class GraphPropagation(nn.Module):

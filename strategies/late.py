@@ -29,12 +29,13 @@ Shapes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.options import Ge, Lt
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import Choice, Uniform
 from fusionbench.strategy import CausalStrategy
@@ -126,8 +127,8 @@ class GRU4RecFOptions(LateOptions):
     """GRU4Rec^F: parallel GRUs over IDs and merged features, concatenated, ID item side
     (hyperparameters as GRU4Rec: d = 64, 1 layer, dropout 0.3)."""
 
-    layers: int = 1
-    dropout: float = 0.3
+    layers: Annotated[int, Ge(1)] = 1
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
     backbone: Literal["sasrec", "gru4rec"] = "gru4rec"
     features: Literal["separate", "merged"] = "merged"
     target: Literal["fused", "id"] = "id"

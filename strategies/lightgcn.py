@@ -17,12 +17,13 @@ sparse CSR, N = users + n_items + 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
 from strategies.cf_graph import GraphCFStrategy, InteractionGraph, bpr_loss, register_graph_buffer
@@ -32,14 +33,9 @@ from strategies.cf_graph import GraphCFStrategy, InteractionGraph, bpr_loss, reg
 class LightGCNOptions(PluginOptions):
     """``layers``: propagation depth L. ``reg``: λ of the ego-embedding L2 term."""
 
-    dim: int = 64
-    layers: int = 3
-    reg: float = 1e-4
-
-    def check(self) -> None:
-        require(self.dim >= 1, f"option 'dim' must be >= 1, got {self.dim}")
-        require(self.layers >= 0, f"option 'layers' must be >= 0, got {self.layers}")
-        require(self.reg >= 0, f"option 'reg' must be >= 0, got {self.reg}")
+    dim: Annotated[int, Ge(1)] = 64
+    layers: Annotated[int, Ge(0)] = 3
+    reg: Annotated[float, Ge(0)] = 1e-4
 
 
 def light_propagate(adj: Tensor, ego: Tensor, layers: int) -> Tensor:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.errors import UserInputError
-from fusionbench.options import require
+from fusionbench.options import Ge, Le, Lt, require
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import Choice, LogUniform, Uniform
 from fusionbench.strategy import CausalStrategy
@@ -173,33 +173,26 @@ class MDSRecOptions(SequenceOptions):
     """``channels``: channels to model, ``id`` and modality names (empty = ``id`` and every modality of
     the data). ``k_sim``: similarity neighbours per item. ``k_graph``: graph edges kept per item.
     ``window``: co-occurrence window w. ``graph``: ``mix`` or ``intersect`` of similarity and behaviour.
-    ``lambda_b``: behaviour weight of ``mix``. ``graph_layers``: propagation depth (1 or 2; 0 = graphs off, the ablation).
-    ``center``: interest centre. ``readout``: centre-query attention or last state. ``fusion``:
+    ``lambda_b``: behaviour weight of ``mix``. ``graph_layers``: propagation depth (1 or 2; 0 = graphs off, the
+    ablation). ``center``: interest centre. ``readout``: centre-query attention or last state. ``fusion``:
     ``sum_scores``, ``gate_user`` or ``concat``. ``beta``: weight of the per-channel CE terms."""
 
-    layers: int = 1
-    dropout: float = 0.3
+    layers: Annotated[int, Ge(1)] = 1
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
     channels: tuple[str, ...] = ()
-    k_sim: int = 10
-    k_graph: int = 10
-    window: int = 1
+    k_sim: Annotated[int, Ge(1)] = 10
+    k_graph: Annotated[int, Ge(1)] = 10
+    window: Annotated[int, Ge(1)] = 1
     graph: Literal["mix", "intersect"] = "mix"
-    lambda_b: float = 0.5
-    graph_layers: int = 1
+    lambda_b: Annotated[float, Ge(0), Le(1)] = 0.5
+    graph_layers: Annotated[int, Ge(0), Le(2)] = 1
     center: Literal["mean", "last", "learned"] = "mean"
     readout: Literal["center", "last"] = "center"
     fusion: Literal["sum_scores", "gate_user", "concat"] = "sum_scores"
-    beta: float = 0.1
+    beta: Annotated[float, Ge(0)] = 0.1
 
     def check(self) -> None:
         super().check()
-        for name in ("k_sim", "k_graph", "window"):
-            value = getattr(self, name)
-            require(value >= 1, f"option {name!r} must be >= 1, got {value}")
-        require(0.0 <= self.lambda_b <= 1.0, f"option 'lambda_b' must be in [0, 1], got {self.lambda_b}")
-        require(self.graph_layers in (0, 1, 2),
-                f"option 'graph_layers' must be 0 (graphs off), 1 or 2, got {self.graph_layers}")
-        require(self.beta >= 0.0, f"option 'beta' must be >= 0, got {self.beta}")
         require(len(set(self.channels)) == len(self.channels),
                 f"option 'channels' names a channel twice: {', '.join(self.channels)}")
 

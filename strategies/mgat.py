@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
 from strategies.cf_graph import InteractionGraph, register_graph_buffer
@@ -42,15 +43,10 @@ from strategies.mmgcn import MultiBranchCF
 class MGATOptions(PluginOptions):
     """``layers``: gated-attention layers per channel. ``hidden``: feature MLP hidden size. ``reg``: λ."""
 
-    dim: int = 64
-    layers: int = 2
-    hidden: int = 256
-    reg: float = 1e-5
-
-    def check(self) -> None:
-        require(self.dim >= 1 and self.hidden >= 1, "options 'dim' and 'hidden' must be >= 1")
-        require(self.layers >= 1, f"option 'layers' must be >= 1, got {self.layers}")
-        require(self.reg >= 0, f"option 'reg' must be >= 0, got {self.reg}")
+    dim: Annotated[int, Ge(1)] = 64
+    layers: Annotated[int, Ge(1)] = 2
+    hidden: Annotated[int, Ge(1)] = 256
+    reg: Annotated[float, Ge(0)] = 1e-5
 
 
 def segment_softmax(score: Tensor, index: Tensor, n: int) -> Tensor:

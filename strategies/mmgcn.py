@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
 from strategies.cf_graph import FEATURE_CF_SKIPS, GraphCFStrategy, InteractionGraph, bpr_loss, register_graph_buffer
@@ -50,15 +50,10 @@ from strategies.fusion import ModalityChannel
 class MMGCNOptions(PluginOptions):
     """``layers``: graph layers per channel. ``hidden``: the feature MLP's hidden size. ``reg``: λ."""
 
-    dim: int = 64
-    layers: int = 3
-    hidden: int = 256
-    reg: float = 1e-5
-
-    def check(self) -> None:
-        require(self.dim >= 1 and self.hidden >= 1, "options 'dim' and 'hidden' must be >= 1")
-        require(self.layers >= 1, f"option 'layers' must be >= 1, got {self.layers}")
-        require(self.reg >= 0, f"option 'reg' must be >= 0, got {self.reg}")
+    dim: Annotated[int, Ge(1)] = 64
+    layers: Annotated[int, Ge(1)] = 3
+    hidden: Annotated[int, Ge(1)] = 256
+    reg: Annotated[float, Ge(0)] = 1e-5
 
 
 class MMGCNLayer(nn.Module):
@@ -184,4 +179,4 @@ class MMGCN(MultiBranchCF):
         "MLP, mean aggregation, shared ID embedding in the combination), branches averaged; BPR. The shipped code's "
         "untrained ID/preference tensors are parameters here. Graph-CF protocol: [graph-cf.md](graph-cf.md)."
     )
-    train_defaults = {"batch_size": 1024}
+    train_defaults = {"lr": 1e-4, "batch_size": 1024}  # the authors' main.py defaults (--l_r, --batch_size)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from fusionbench.context import AggregatorContext, ModalityTable, SeqBatch, Stra
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.errors import UserInputError
-from fusionbench.options import OptionError, PluginOptions, require
+from fusionbench.options import Ge, Lt, OptionError, PluginOptions
 from fusionbench.registry import AGGREGATORS, STRATEGIES
 from fusionbench.space import Choice
 from fusionbench.strategy import Strategy
@@ -56,11 +56,11 @@ class MMSROptions(PluginOptions):
     "dgl" runs the same aggregator modules through DGL's sparse message passing over the real nodes
     (CPU only; for large graphs, see docs/dgl.md)."""
 
-    dim: int = 128
-    layers: int = 1
+    dim: Annotated[int, Ge(1)] = 128
+    layers: Annotated[int, Ge(1)] = 1
     use_pos: bool = True
     use_type: bool = True
-    dropout: float = 0.4
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.4
     position: Literal["recent", "oldest"] = "recent"
     code_init: Literal["centroid", "random"] = "centroid"
     backend: Literal["dense", "dgl"] = "dense"
@@ -71,9 +71,6 @@ class MMSROptions(PluginOptions):
         if self.backend == "dgl" and importlib.util.find_spec("dgl") is None:
             raise OptionError("option 'backend=dgl' needs the dgl package, which lives in its own "
                               "environment (torch 2.2.1): run it there, e.g. `tox -e dgl`, or use backend=dense")
-        require(self.dim >= 1, f"option 'dim' must be >= 1, got {self.dim}")
-        require(self.layers >= 1, f"option 'layers' must be >= 1, got {self.layers}")
-        require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
 
 
 def centroid_features(table: ModalityTable) -> Tensor:
@@ -129,8 +126,8 @@ class MMSR(Strategy):
     train_defaults = {"lr": 0.002, "epochs": 100, "patience": 8, "lr_step": 40, "lr_gamma": 0.1}
     paper = "Hu, Guo, Liu, Kan, CIKM 2023"
     notes = (
-        "MSGraph per sequence + any aggregator (`--aggregator`, default `han`); Table 4 rows via `agg.update`, `use_pos`,"
-        " `use_type`; `backend` dense or dgl."
+        "MSGraph per sequence + any aggregator (`--aggregator`, default `han`); Table 4 rows via `agg.update`, "
+        "`use_pos`, `use_type`; `backend` dense or dgl."
     )
 
     def __init__(self, ctx: StrategyContext, opts: MMSROptions):

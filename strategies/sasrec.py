@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Lt, PluginOptions, require
 from fusionbench.registry import STRATEGIES
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import CausalTransformer, embedding_init_, normal_init_
@@ -33,19 +33,16 @@ from strategies.backbones import CausalTransformer, embedding_init_, normal_init
 
 @dataclass(frozen=True)
 class SASRecOptions(PluginOptions):
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.5
-    ffn_mult: int = 1
+    dim: Annotated[int, Ge(1)] = 64
+    layers: Annotated[int, Ge(1)] = 2
+    heads: Annotated[int, Ge(1)] = 2
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.5
+    ffn_mult: Annotated[int, Ge(1)] = 1
     norm: Literal["pre", "post"] = "pre"
     init: Literal["scaled", "normal"] = "scaled"
 
     def check(self) -> None:
-        require(self.dim >= 1 and self.layers >= 1 and self.heads >= 1 and self.ffn_mult >= 1,
-                "dim, layers, heads and ffn_mult must be >= 1")
         require(self.dim % self.heads == 0, f"option 'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
-        require(0.0 <= self.dropout < 1.0, f"option 'dropout' must be in [0, 1), got {self.dropout}")
 
 
 @STRATEGIES.register("sasrec")

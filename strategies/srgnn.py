@@ -31,12 +31,13 @@ item_embeddings ``[n_items + 1, d]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import Choice, IntRange
 from fusionbench.strategy import Strategy
@@ -115,12 +116,8 @@ class GatedSessionGNN(nn.Module):
 class SRGNNOptions(PluginOptions):
     """``dim``: d. ``steps``: GNN propagation steps T."""
 
-    dim: int = 100
-    steps: int = 1
-
-    def check(self) -> None:
-        require(self.dim >= 1, f"option 'dim' must be >= 1, got {self.dim}")
-        require(self.steps >= 1, f"option 'steps' must be >= 1, got {self.steps}")
+    dim: Annotated[int, Ge(1)] = 100
+    steps: Annotated[int, Ge(1)] = 1
 
 
 @STRATEGIES.register("srgnn")

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.options import Ge, Lt
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import Uniform
 from fusionbench.strategy import CausalStrategy
@@ -118,7 +119,7 @@ class Block2D(nn.Module):
 class Trans2DOptions(SequenceOptions):
     """``target``: fused item embeddings (the readout Linear over the item's own channels) or ID only."""
 
-    dropout: float = 0.3
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
     target: Literal["fused", "id"] = "fused"
 
 
@@ -140,7 +141,8 @@ class Trans2D(CausalStrategy):
         self.n_channels = c = 1 + len(self.side)
         self.pos = nn.Embedding(ctx.max_len, d)
         self.drop = nn.Dropout(opts.dropout)
-        self.blocks = nn.ModuleList(Block2D(c, d, opts.heads, opts.dropout, opts.ffn_mult * d) for _ in range(opts.layers))
+        self.blocks = nn.ModuleList(Block2D(c, d, opts.heads, opts.dropout, opts.ffn_mult * d)
+                                    for _ in range(opts.layers))
         self.norm = nn.LayerNorm(d)
         self.readout = nn.Linear(c * d, d)
         self.scale = math.sqrt(d)

@@ -81,3 +81,25 @@ def test_every_channel_given_reaches_the_scores_or_the_loss(name, channels):
         if torch.allclose(other_scores, scores) and torch.allclose(other_loss, loss):
             unused.append(channel)
     assert not unused, f"{name} ignores {unused} when given {channels}"
+
+
+def test_modalities_none_builds_no_channel_and_cannot_be_mixed():
+    """``features.modalities=none`` is the ID-only row of a modality ablation: a run of a feature strategy
+    with it gets a context without any channel (and a hash of its own); ``none`` next to a channel is an
+    error naming the option."""
+    from fusionbench.errors import UserInputError
+    from fusionbench.runner import RunRequest, build_context, load_data, resolve
+    from fusionbench.store import config_hash
+    from test_attr_encoding import TINY_SYNTHETIC
+
+    request = RunRequest("late", dataset="synthetic", dataset_options=dict(TINY_SYNTHETIC),
+                         feature_options={"modalities": "none"})
+    config = resolve(request)
+    data = load_data(config, None)
+    assert build_context(config, data).modalities == {}
+    everything = resolve(RunRequest("late", dataset="synthetic", dataset_options=dict(TINY_SYNTHETIC),
+                                    feature_options={"n_clusters": "3", "k": "1"}))
+    assert build_context(everything, data).modalities, "the default builds the data's channels"
+    assert config_hash(config) != config_hash(everything)
+    with pytest.raises(UserInputError, match="modalities.*'none'.*cannot be combined"):
+        resolve(RunRequest("late", dataset="synthetic", feature_options={"modalities": "none,text"}))

@@ -138,7 +138,7 @@ def test_every_strategy_trains_on_either_encoding(name, encoding):
 def test_list_shows_the_feature_options():
     out = CliRunner().invoke(main, ["list", "features"])
     assert out.exit_code == 0, out.output
-    assert "attr ('ids' | 'svd') = 'ids'" in out.output and "n_clusters (int) = 30" in out.output
+    assert "attr ('ids' | 'svd') = 'ids'" in out.output and "n_clusters (int, >= 1) = 30" in out.output
     assert "strategies:" not in out.output
     assert "attr ('ids' | 'svd') = 'ids'" in CliRunner().invoke(main, ["list"]).output
 

@@ -43,7 +43,7 @@ def test_ratio_paper_is_labelled_leaky(folder):
 
 def test_list_and_data_info(folder):
     out = invoke("list", "strategies")
-    assert out.exit_code == 0 and "sasrec" in out.output and "dim (int) = 64" in out.output
+    assert out.exit_code == 0 and "sasrec" in out.output and "dim (int, >= 1) = 64" in out.output
     info = invoke("data", "info", "beauty")
     assert info.exit_code == 0
     assert "22363" in info.output and re.search(r"modality image\s+absent", info.output)
@@ -76,7 +76,8 @@ def test_bad_data_files_name_file_and_line(folder):
     assert out.exit_code == 2
     assert "sequences.txt:2: item id 'four' is not an integer" in out.output
     (folder / "sequences.txt").unlink()
-    out = CliRunner().invoke(main, ["run", "--strategy", "sasrec", "--dataset", "folder", "--set", f"data.path={folder}"])
+    out = CliRunner().invoke(main, ["run", "--strategy", "sasrec", "--dataset", "folder",
+                                    "--set", f"data.path={folder}"])
     assert out.exit_code == 2 and "missing file" in out.output and "sequences.txt" in out.output
 
 
@@ -89,8 +90,8 @@ def test_wrong_feature_shape_is_reported(folder):
 
 
 def test_nan_loss_exits_1_with_a_message(folder):
-    out = CliRunner().invoke(main, ["run", "--strategy", "sasrec", "--dataset", "folder", "--set", f"data.path={folder}",
-                                    "--epochs", "2", "--set", "train.lr=1e30", "--quiet"])
+    out = CliRunner().invoke(main, ["run", "--strategy", "sasrec", "--dataset", "folder", "--epochs", "2",
+                                    "--set", f"data.path={folder}", "--set", "train.lr=1e30", "--quiet"])
     assert out.exit_code == 1
     assert "error: training failed: sasrec/folder/loo/seed0: epoch 1" in out.output
     assert "non-finite loss" in out.output or "NaN scores" in out.output

@@ -20,7 +20,8 @@ def invoke(*args):
 
 
 def test_cells_are_strategy_major_and_only_graph_strategies_get_the_aggregator():
-    base = RunRequest(strategy="sasrec", dataset="synthetic", aggregator="gcn", aggregator_options={"self_loops": False})
+    base = RunRequest(strategy="sasrec", dataset="synthetic", aggregator="gcn",
+                      aggregator_options={"self_loops": False})
     cells = plan_cells(base, ["sasrec", "mmsr"], [0, 1])
     assert [(c.request.strategy, c.request.seed) for c in cells] == [("sasrec", 0), ("sasrec", 1), ("mmsr", 0),
                                                                       ("mmsr", 1)]

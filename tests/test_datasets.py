@@ -128,7 +128,8 @@ def test_missing_files_and_bad_feature_shapes(tmp_path):
     with pytest.raises(DataError, match=r"missing file .*sequences.txt"):
         load_dataset("folder", path=str(tmp_path))
     folder = write_folder(tmp_path / "f", features=np.zeros((5, 3), dtype=np.float32))
-    with pytest.raises(DataError, match=r"image.npy: expected .* shape \[n_items \+ 1, d\] = \[7, d\], got shape \[5, 3\]"):
+    with pytest.raises(DataError,
+                       match=r"image.npy: expected .* shape \[n_items \+ 1, d\] = \[7, d\], got shape \[5, 3\]"):
         load_dataset("folder", path=str(folder), min_count=1)
     half = np.zeros((7, 3), dtype=np.float32)
     half[2, 1] = np.nan

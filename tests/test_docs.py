@@ -5,11 +5,19 @@ import pytest
 from click.testing import CliRunner
 
 from fusionbench.cli import main
+from fusionbench.options import bounds_text
 from fusionbench.reference import COMMAND, harness_groups, strategies_markdown
 from fusionbench.registry import AGGREGATORS, STRATEGIES
 from fusionbench.runner import OPTION_GROUPS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def listed_options(options) -> str:
+    """How the reference lists a plugin's options: `name=default`, then its bounds where it has some."""
+    bounds = options.bounds()
+    return ", ".join(f"`{field}={default}`" + (f" {bounds_text(bounds[field])}" if field in bounds else "")
+                     for field, _, default in options.fields())
 
 
 def test_docs_strategies_md_is_the_generated_reference():
@@ -26,7 +34,7 @@ def test_the_reference_has_one_row_per_strategy_with_its_own_paper_stage_options
         f"strategy {name!r} must state its own `paper` and `notes` (docs/strategies.md reads them)"
     rows = [line for line in strategies_markdown().splitlines() if line.startswith(f"| `{name}` |")]
     assert len(rows) == 1
-    options = ", ".join(f"`{field}={default}`" for field, _, default in cls.Options.fields())
+    options = listed_options(cls.Options)
     training = ", ".join(f"`{key}={value}`" for key, value in cls.train_defaults.items()) or "harness"
     assert rows[0].startswith(f"| `{name}` | {cls.paper} | {cls.fusion_stage} | ")
     assert f"| {options} | {training} |" in rows[0]
@@ -36,7 +44,7 @@ def test_the_reference_has_one_row_per_strategy_with_its_own_paper_stage_options
 def test_the_reference_names_every_aggregator_with_its_options():
     text = strategies_markdown()
     for name in AGGREGATORS.names():
-        options = ", ".join(f"`{field}={default}`" for field, _, default in AGGREGATORS.get(name).Options.fields())
+        options = listed_options(AGGREGATORS.get(name).Options)
         assert any(line.startswith(f"| `{name}` |") and line.endswith(f"| {options} |") for line in text.splitlines())
 
 
@@ -50,7 +58,7 @@ def test_list_shows_every_option_group_of_the_harness_with_defaults_and_help():
             assert f"      {prefix}.{opt} ({tp}) = {default}  {options.HELP[opt]}\n" in out
     assert "      features.modalities (comma-separated list) = ()  " in out
     only = CliRunner().invoke(main, ["list", "train"], catch_exceptions=False).output
-    assert "train.lr (float) = 0.001" in only and "features." not in only and "strategies:" not in only
+    assert "train.lr (float, > 0) = 0.001" in only and "features." not in only and "strategies:" not in only
     wrong = CliRunner().invoke(main, ["list", "strategies", "--format", "md"])
     assert wrong.exit_code == 2 and "--format md prints the whole" in wrong.output
 

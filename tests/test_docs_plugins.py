@@ -164,4 +164,4 @@ def test_the_pages_run_commands_run(page_plugins, strategy):
 
 def test_list_shows_the_example_plugins(page_plugins):
     out = CliRunner().invoke(main, ["list"], catch_exceptions=False).output
-    assert STRATEGY in out and AGGREGATOR in out and "dim (int) = 32" in out
+    assert STRATEGY in out and AGGREGATOR in out and "dim (int, >= 1) = 32" in out

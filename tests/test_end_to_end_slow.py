@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from fusionbench.cli import main
 from fusionbench.store import ResultStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]   # full Beauty epochs: minutes each on 2 cores
 
 
 @pytest.mark.parametrize("strategy", ["sasrec", "mmsr"])

@@ -68,8 +68,9 @@ def test_without_ids_an_item_is_only_its_modalities(name):
     """``ids=False``: two items with the same features, presence and codes are the same item to the
     model, in the history and as candidates; with the ID channel (the default) they are not."""
     ctx = all_present(tiny_context())
-    twin = ctx.with_modalities({m: t.replace(features=t.features.clone().index_copy_(0, torch.tensor([4]), t.features[[3]]),
-                                             codes=t.codes.clone().index_copy_(0, torch.tensor([4]), t.codes[[3]]))
+    item4 = torch.tensor([4])
+    twin = ctx.with_modalities({m: t.replace(features=t.features.clone().index_copy_(0, item4, t.features[[3]]),
+                                             codes=t.codes.clone().index_copy_(0, item4, t.codes[[3]]))
                                 for m, t in ctx.modalities.items()})
     batch = tiny_batch()
     swapped = SeqBatch(items=torch.where(batch.items == 3, 4, batch.items), target=batch.target)

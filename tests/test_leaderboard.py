@@ -401,7 +401,8 @@ def test_a_cell_reads_its_change_with_the_sign_of_better_or_worse(drop, text):
 
 def test_drop_contrast_by_hand():
     # A falls from 2 of 4 samples to 1 (D_A = 0.5), B keeps its 2 (D_B = 0): Δ = 0.5.
-    # ψ = (b^p - 1 b^0) / 0.5 - (a^p - 0.5 a^0) / 0.5 = 0 - [-1, 0, 1, 0] = [1, 0, -1, 0]: sd sqrt(2/3), SE sqrt(2/3) / 2
+    # ψ = (b^p - 1 b^0) / 0.5 - (a^p - 0.5 a^0) / 0.5 = 0 - [-1, 0, 1, 0] = [1, 0, -1, 0]:
+    # sd sqrt(2/3), SE sqrt(2/3) / 2
     a0, ap = np.array([1.0, 0, 1, 0]), np.array([0.0, 0, 1, 0])
     b0 = np.array([1.0, 1, 0, 0])
     drop_a, drop_b, delta, se = relative_drop_contrast(a0, ap, b0, b0.copy())

@@ -1,5 +1,6 @@
 """``fusionbench.memory.keep_freed_memory`` (``FUSIONBENCH_MALLOC=keep``): large freed blocks are reused
-without page faults, and a run's results are the same as with glibc's defaults."""
+without page faults (marked ``memory``, opt-in: ``tox -e memory`` or ``pytest -m memory``), and a run's
+results are the same as with glibc's defaults."""
 import os
 import platform
 import subprocess
@@ -32,6 +33,7 @@ def faults_over_last_steps(malloc: str) -> tuple[bool, int]:
     return applied == "True", int(faults)
 
 
+@pytest.mark.memory       # page faults depend on the allocator and the machine's memory pressure: opt-in
 def test_freed_blocks_are_reused_without_faulting_pages_in_again():
     applied, kept = faults_over_last_steps("keep")
     not_applied, system = faults_over_last_steps("")      # the default: glibc's settings

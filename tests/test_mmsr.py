@@ -60,7 +60,8 @@ def test_update_reaches_han_through_a_resolved_run_config():
                                 feature_options={"reduce": "pca", "n_clusters": 4, "k": 2}))
     assert config["aggregator_options"]["update"] == "sync" and "update" not in config["strategy_options"]
     data = load_data(config, None)
-    model = STRATEGIES.create("mmsr", build_context(config, data, make_split(data, "loo")), **config["strategy_options"])
+    ctx = build_context(config, data, make_split(data, "loo"))
+    model = STRATEGIES.create("mmsr", ctx, **config["strategy_options"])
     assert model.layers[0].opts.update == "sync" and model.layers[0].sync is not None
 
 
@@ -84,8 +85,10 @@ def test_training_defaults_follow_the_reference_configuration():
     from fusionbench.runner import RunRequest, resolve
 
     train = resolve(RunRequest(strategy="mmsr", dataset="synthetic"))["train"]
-    assert (train["lr"], train["epochs"], train["patience"], train["lr_step"], train["lr_gamma"]) == (0.002, 100, 8, 40, 0.1)
-    assert resolve(RunRequest(strategy="mmsr", dataset="synthetic", train_options={"lr_step": "0"}))["train"]["lr_step"] == 0
+    schedule = (train["lr"], train["epochs"], train["patience"], train["lr_step"], train["lr_gamma"])
+    assert schedule == (0.002, 100, 8, 40, 0.1)
+    constant = resolve(RunRequest(strategy="mmsr", dataset="synthetic", train_options={"lr_step": "0"}))
+    assert constant["train"]["lr_step"] == 0
 
 
 def test_pos_and_type_ablations_drop_their_part():

@@ -1,25 +1,28 @@
 """Registries and option dataclasses: clear errors, listing, third-party entry points."""
 import dataclasses
+import math
 import sys
 import textwrap
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 
-from fusionbench.options import OptionError, PluginOptions, require
-from fusionbench.registry import DATASETS, STRATEGIES, Registry, UnknownPluginError
+from fusionbench.options import Ge, Gt, Interval, Le, Lt, OptionError, PluginOptions, bounds_text, require
+from fusionbench.reference import harness_groups
+from fusionbench.registry import DATASETS, REGISTRIES, STRATEGIES, Registry, UnknownPluginError
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoOptions(PluginOptions):
-    heads: int = 2
-    dropout: float = 0.1
+    heads: Annotated[int, Ge(1)] = 2
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.1
     mode: Literal["a", "b"] = "a"
     flag: bool = False
     names: tuple[str, ...] = ()
+    width: int = 4
 
     def check(self):
-        require(self.heads >= 1, f"option 'heads' must be >= 1, got {self.heads}")
+        require(self.width % self.heads == 0, f"option 'heads' ({self.heads}) must divide 'width' ({self.width})")
 
 
 def test_unknown_name_lists_known_ones():
@@ -55,6 +58,53 @@ def test_options_parse_strings_and_validate():
         DemoOptions(heads=0).validate()
 
 
+@pytest.mark.parametrize("given, message", [
+    ({"heads": "0"}, "option 'heads' must be >= 1, got 0"),
+    ({"dropout": "1"}, r"option 'dropout' must be in \[0, 1\), got 1.0"),
+    ({"dropout": "-0.5"}, r"option 'dropout' must be in \[0, 1\), got -0.5"),
+    ({"dropout": "nan"}, r"option 'dropout' must be in \[0, 1\), got nan"),            # NaN meets no bound
+    ({"heads": "3"}, r"option 'heads' \(3\) must divide 'width' \(4\)"),                 # cross-option rule: check()
+    ({"heads": "0", "width": "3"}, "option 'heads' must be >= 1, got 0"),                 # bounds first: no 3 % 0
+])
+def test_bounds_in_the_types_are_checked_with_the_option_the_bound_and_the_value(given, message):
+    with pytest.raises(OptionError, match=f"^demo: {message}$"):
+        DemoOptions.build(given, where="demo")
+
+
+def test_bounds_text_and_grouped_bounds():
+    assert bounds_text((Ge(0), Lt(1))) == "in [0, 1)" and bounds_text((Gt(0), Le(1))) == "in (0, 1]"
+    assert bounds_text((Ge(1),)) == ">= 1" and bounds_text((Lt(2.5),)) == "< 2.5" and bounds_text(()) == ""
+    assert bounds_text((Ge(0), Lt(math.inf))) == "in [0, inf)"
+
+    @dataclasses.dataclass(frozen=True)
+    class Grouped(PluginOptions):
+        rate: Annotated[float, Interval(gt=0, le=1), "other metadata is ignored"] = 0.5
+
+    assert Grouped.bounds() == {"rate": (Gt(0), Le(1))}
+    assert Grouped.describe() == [("rate", "float, in (0, 1]", "0.5")]
+    with pytest.raises(OptionError, match=r"option 'rate' must be in \(0, 1\], got 0.0"):
+        Grouped.build({"rate": 0})
+
+
+def all_option_classes():
+    """Every options class a run can be given values for: each registered plugin's and the harness's groups."""
+    classes = {f"{kind} {name}": registry.get(name).Options for kind, registry in REGISTRIES.items()
+               for name in registry.names()}
+    return {**classes, **{f"{prefix}.*": options for prefix, _, options in harness_groups() if options}}
+
+
+@pytest.mark.parametrize("where, options", sorted(all_option_classes().items()))
+def test_every_default_lies_within_its_bounds_and_an_override_keeps_the_bounds(where, options):
+    """A subclass that gives an option another default redeclares its type: it must keep the base class's
+    bounds (`layers: int = 1` under a base's `Annotated[int, Ge(1)]` would drop them silently)."""
+    options().check_bounds()
+    for base in options.__mro__[1:]:
+        if not (isinstance(base, type) and issubclass(base, PluginOptions) and dataclasses.is_dataclass(base)):
+            continue
+        for name, bounds in base.bounds().items():
+            assert options.bounds().get(name) == bounds, f"{where}: option {name!r} drops {base.__name__}'s bounds"
+
+
 def test_create_validates_through_the_registry():
     with pytest.raises(OptionError, match=r"strategy 'sasrec': option 'dim' \(60\) must be divisible by 'heads'"):
         STRATEGIES.options("sasrec", dim=60, heads=7)
@@ -62,7 +112,9 @@ def test_create_validates_through_the_registry():
 
 
 def test_describe_lists_defaults():
-    assert ("heads", "int", "2") in DemoOptions.describe()
+    assert ("heads", "int, >= 1", "2") in DemoOptions.describe()
+    assert ("dropout", "float, in [0, 1)", "0.1") in DemoOptions.describe()
+    assert ("width", "int", "4") in DemoOptions.describe()
     assert ("mode", "'a' | 'b'", "'a'") in DemoOptions.describe()
 
 

@@ -50,7 +50,8 @@ def test_imported_runs_match_and_give_the_same_leaderboard(exported, tmp_path):
             assert copy.metrics(b, split) == source.metrics(a, split)
             np.testing.assert_array_equal(copy.ranks(b, split), source.ranks(a, split))
         kept = ["config", "seed", "best_epoch", "epoch_seconds", "history", "trained_from", "git_rev", "versions"]
-        assert copy.runs(config_hash=outcome.config_hash)[kept].equals(source.runs(config_hash=outcome.config_hash)[kept])
+        digest = outcome.config_hash
+        assert copy.runs(config_hash=digest)[kept].equals(source.runs(config_hash=digest)[kept])
     assert_same_reports(target, path)
 
     again = invoke("store", "import", archive, "--store", target)
@@ -63,7 +64,10 @@ def test_an_archive_of_test_ranks_only_gives_the_same_reports(exported, tmp_path
     small = tmp_path / "test_ranks.jsonl.gz"
     assert invoke("store", "export", "--store", path, "--out", small, "--ranks", "test").exit_code == 0
     records = [json.loads(line) for line in gzip.decompress(small.read_bytes()).decode().splitlines()[1:]]
-    assert all(set(r["ranks"]) == {"test"} and set(r["metrics"]) == {"valid", "test"} for r in records)
+    # the test rankings (all items, and unseen items where the run ranked all) and every split's metrics
+    assert all(set(r["ranks"]) <= {"test", "test_unseen"} and "test" in r["ranks"] for r in records)
+    assert all({"valid", "test"} <= set(r["metrics"]) and set(r["ranks"]) <= set(r["metrics"]) for r in records)
+    assert any("test_unseen" in r["ranks"] for r in records)
     target = tmp_path / "copy.db"
     assert invoke("store", "import", small, "--store", target).exit_code == 0
     source, copy = ResultStore(path), ResultStore(target)

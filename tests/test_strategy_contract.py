@@ -40,7 +40,8 @@ def test_gradient_reaches_every_parameter(name):
     model = build(name)
     model.train()
     model.loss(tiny_batch()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing, f"no gradient for {missing}"
 
 
@@ -102,7 +103,8 @@ def test_id_only_context_works(name):
 def test_causal_loss_equals_mean_prefix_loss(name):
     """One causal pass scores the same (prefix, target) pairs as the all-prefixes samples."""
     g = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(1, N_ITEMS + 1, (int(n),), generator=g).tolist() for n in torch.randint(5, 14, (12,), generator=g)]
+    lengths = torch.randint(5, 14, (12,), generator=g)
+    seqs = [torch.randint(1, N_ITEMS + 1, (int(n),), generator=g).tolist() for n in lengths]
     data = from_sequences("t", seqs, N_ITEMS)
     split = make_split(data, "loo")
     model = build(name)

@@ -2,6 +2,7 @@
 (same stored results as the local one, weights shared within a task)."""
 import dataclasses
 import functools
+import re
 import textwrap
 from pathlib import Path
 
@@ -191,3 +192,76 @@ def test_the_beauty_sweep_trains_every_strategy_on_three_seeds():
     for name in STRATEGIES.names():
         assert {r.seed for r in clean if r.strategy == name} == {0, 1, 2}, \
             f"reports/sweeps/beauty.toml should run {name!r} on seeds 0, 1 and 2"
+
+
+def test_the_example_of_docs_sweeps_md_expands_as_the_page_says(tmp_path):
+    """docs/sweeps.md's complete example, through the real parser: the cell count the page states, the order
+    it describes, the duplicate run adding nothing and the test-only cells sharing the clean run's training."""
+    from fusionbench.runner import training_config
+    from fusionbench.store import config_hash
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    (example,) = re.findall(r"^```toml\n(.*?)^```$", page, flags=re.S | re.M)
+    (stated,) = re.findall(r"This file expands to \*\*(\d+) cells\*\*", page)
+    path = tmp_path / "example.toml"
+    path.write_text(example)
+    cells = read_sweep(path)
+    assert len(cells) == int(stated) == 20
+    assert [c.entry for c in cells] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 8        # run 5: duplicates only
+    key = [(c.request.strategy, c.request.seed) for c in cells]
+    assert key[:4] == [("sasrec", 0), ("sasrec", 1), ("late", 0), ("late", 1)]
+    assert [c.config["strategy_options"]["dim"] for c in cells[4:8]] == [64, 64, 128, 128]
+    grid = [(c.config["train"]["lr"], c.config["strategy_options"]["dropout"]) for c in cells[8:12]]
+    assert grid == [(0.001, 0.2), (0.001, 0.5), (0.002, 0.2), (0.002, 0.5)]
+    assert {(c.config["train"]["epochs"], c.config["train"]["precision"]) for c in cells[8:12]} == {(10, "bf16")}
+    stress = [(c.request.perturbation.name, c.request.perturbation.severity, c.request.seed) for c in cells[12:]]
+    assert stress == [(name, p, seed) for name, p in [("missing", 0), ("missing", 0.5), ("missing", 1),
+                                                      ("disorder", 0.5)] for seed in (0, 1)]
+    clean_late = {c.request.seed: config_hash(c.config) for c in cells[2:4]}
+    for cell in cells[12:18]:
+        assert config_hash(training_config(cell.config)) == clean_late[cell.request.seed]
+
+
+def _cell_group(cell):
+    from fusionbench.report.collect import Run, RunGroup
+
+    return RunGroup("", [Run(0, "", cell.request.seed, cell.config)])
+
+
+def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_toys_then_sports():
+    """reports/sweeps/paper_tables.toml: every row of the published Tables 3 and 4 on beauty and of Table 2 on
+    beauty, toys and sports, under ratio with record_test on seeds 0-2, in that order; exact ratio-paper
+    (without record_test) for mmsr and two baselines per dataset."""
+    from fusionbench.report.published import load_published, matches
+
+    cells = list(committed_sweep("paper_tables"))
+    published = [load_published(SWEEPS.parent / "published" / f"mmsr_table{n}.csv") for n in (2, 3, 4)]
+    wanted = [e for p in published for e in p.entries
+              if e.dataset in (("beauty", "toys", "sports") if e.table == "Table 2" else ("beauty",))]
+    recorded = [c for c in cells if c.config["protocol"] == "ratio"]
+    assert all(c.config["train"].get("record_test") is True for c in recorded)
+    for entry in wanted:
+        seeds = {c.request.seed for c in recorded
+                 if c.request.dataset == entry.dataset and matches(entry, _cell_group(c))}
+        assert seeds == {0, 1, 2}, f"{entry.table} {entry.paper_row} ({entry.config_text}) on {entry.dataset}"
+    leaky = [c for c in cells if c.config["protocol"] == "ratio-paper"]
+    assert all("record_test" not in c.config["train"] for c in leaky)
+    for dataset in ("beauty", "toys", "sports"):
+        mine = [c for c in leaky if c.request.dataset == dataset]
+        assert {c.request.strategy for c in mine} >= {"mmsr"} and len({c.request.strategy for c in mine}) == 3
+        assert all({c.request.seed for c in mine if c.request.strategy == s} == {0, 1, 2} for s in
+                   {c.request.strategy for c in mine})
+    datasets = [c.request.dataset for c in cells]
+    assert datasets == sorted(datasets, key=("beauty", "toys", "sports").index)      # beauty, then toys, then sports
+    tables34 = [i for i, c in enumerate(cells) if c.request.dataset == "beauty" and c.request.strategy == "mmsr"
+                and c.config["protocol"] == "ratio"]
+    others = [i for i, c in enumerate(cells) if c.request.dataset == "beauty" and c.request.strategy != "mmsr"]
+    assert max(tables34) < min(others) and cells[0].request.seed == 0
+    assert {c.request.seed for c in cells[:len(tables34) // 3]} == {0}                # seed 0 of every row first
+
+
+def test_the_paper_tables_sweep_dry_run_lists_its_cells(shared_data, tmp_path):
+    out = CliRunner().invoke(main, ["sweep", str(SWEEPS / "paper_tables.toml"), "--store", str(tmp_path / "p.db"),
+                                    "--dry-run", "--data-root", str(shared_data)])
+    assert out.exit_code == 0, out.output
+    assert f"{len(committed_sweep('paper_tables'))} cells, 0 done" in out.output

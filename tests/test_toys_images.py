@@ -209,6 +209,7 @@ def test_a_finished_extraction_is_a_cache_hit_until_the_folder_changes(photos, a
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)       # waits up to 600 s for the first chunk, then extracts 600 images
 def test_a_sigkilled_command_resumes(photos, shared_data, tmp_path, cache):
     """A real kill: the command in a subprocess, SIGKILLed once its first chunk is on disk, then run again."""
     out = tmp_path / "image.npy"
@@ -346,12 +347,14 @@ def test_data_info_reports_the_coverage_of_every_toys_channel(shared_data, toys_
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--images", "{tmp}/none", "--out", "{tmp}/x.npy", "--dataset", "toys"], "--images: image folder {tmp}/none not found"),
+    (["--images", "{tmp}/none", "--out", "{tmp}/x.npy", "--dataset", "toys"],
+     "--images: image folder {tmp}/none not found"),
     (["--images", "{tmp}/none", "--out", "{tmp}/x.npy"], "image folder {tmp}/none not found"),
     (["--images", "{photos}", "--out", "{tmp}/x.npy", "--dataset", "toys", "--id-column", "sku"],
      "--id-column 'sku': no item table of {data}/amazon_toys has a column 'sku' (items.tsv has item_id, asin, "
      "title_prefix; item_text.tsv has item_id, asin, title, description)"),
-    (["--images", "{photos}", "--out", "{tmp}/x.npy", "--id-column", "asin"], "--id-column and --set apply with --dataset"),
+    (["--images", "{photos}", "--out", "{tmp}/x.npy", "--id-column", "asin"],
+     "--id-column and --set apply with --dataset"),
     (["--images", "{photos}", "--out", "{tmp}/x.bin", "--dataset", "toys"],
      "--out {tmp}/x.bin: the output file must end in .npy"),
 ])

@@ -172,7 +172,8 @@ def test_a_tune_file_gives_settings_and_one_part_per_strategy(tmp_path):
     ("[[run]]\nstrategy='sasrec'\nseeds=[0]\n", "[[run]] 1: unknown key(s) seeds"),
     ("[[run]]\nstrategy='nope'\n", "[[run]] 1 (nope): unknown strategy 'nope'"),
     ("[[run]]\nstrategy='sasrec'\nset={'train.epochs'=3}\n", "'train.epochs' cannot be set or searched"),
-    ("[[run]]\nstrategy='sasrec'\nset={dim=32}\nspace={dim={choice=[8,16]}}\n", "'dim' is both fixed (set) and searched"),
+    ("[[run]]\nstrategy='sasrec'\nset={dim=32}\nspace={dim={choice=[8,16]}}\n",
+     "'dim' is both fixed (set) and searched"),
     ("[[run]]\nstrategy='sasrec'\nspace={dim={choice=[33, 64]}}\n", "space key 'dim' (one of 33, 64) reaches 33"),
     ("[[run]]\nstrategy='sasrec'\n[[run]]\nstrategy='sasrec'\n", "[[run]] 2 (sasrec) repeats the tune of"),
 ])
@@ -193,7 +194,8 @@ def test_flags_and_files_do_not_mix_and_bad_flags_are_named(tmp_path):
                           (("--gpus-per-trial", "-1"), "--gpus-per-trial must be >= 0"),
                           (("--set", "train.select=HR@5"), "'train.select' cannot be set or searched"),
                           (("--name", "a b"), "--name must be a name"),
-                          (("--protocol", "ratio-paper"), "'ratio-paper' selects on the test samples")]:
+                          (("--protocol", "ratio-paper"), "'ratio-paper' selects on the test samples"),
+                          (("--set", "train.record_test=true"), "'train.record_test' ranks the test samples")]:
         out = invoke("tune", "--strategy", "sasrec", "--dataset", "synthetic", "--store", tmp_path / "s.db", *args)
         assert out.exit_code == 2 and message in out.output, (args, out.output)
 
@@ -299,7 +301,7 @@ def test_train_reports_restored_epochs_first_when_a_trial_resumes(tmp_path):
         opts = fusionbench.train.TrainOptions.build({**config["train"], "epochs": epochs})
         result = fusionbench.train.train(model, data, split, opts, 0, config["max_len"], checkpoint=checkpoint,
                                          progress=False, on_epoch=lambda e, last: seen.append((e, last)),
-                                         rank_test=False)
+                                         final_ranking=False)
         assert result.test_ranks is None and result.test == {}
         return seen
 
@@ -481,8 +483,8 @@ def test_a_changed_setting_under_the_same_name_is_an_error(tmp_path):
     part = tiny_part()
     store_trial(ResultStore(store), part, {"train.lr": 0.001, "dropout": 0.1, "dim": 16, "layers": 1}, epochs(0.1))
     out = invoke("tune", "--strategy", "sasrec", "--dataset", "synthetic", "--name", "t", "--budget", "4",
-                 "--max-epochs", "5", "--grace-epochs", "1", *(a for k, v in TINY.items() for a in ("--set", f"{k}={v}")),
-                 "--store", store)
+                 "--max-epochs", "5", "--grace-epochs", "1",
+                 *(a for k, v in TINY.items() for a in ("--set", f"{k}={v}")), "--store", store)
     assert out.exit_code == 2 and "tune 't' in" in out.output and "has trials of sasrec made with other settings" \
         in out.output and "tune.max_epochs" in out.output and "give another --name" in out.output
 

@@ -62,9 +62,11 @@ def test_upgrade_gives_old_runs_the_identity_the_current_code_gives_them(tmp_pat
     assert (results[clean.run_id].old_hash, results[clean.run_id].new_hash) == (old_clean, clean.config_hash)
     assert results[clean.run_id].added == ("strategy_options.ids", "train.grad_clip")
     runs = ResultStore(path).runs().set_index("id")
-    assert runs.config_hash[clean.run_id] == clean.config_hash and runs.config_hash[stressed.run_id] == stressed.config_hash
+    assert runs.config_hash[clean.run_id] == clean.config_hash
+    assert runs.config_hash[stressed.run_id] == stressed.config_hash
     assert runs.trained_from[stressed.run_id] == clean.config_hash                       # references follow
-    assert json.loads(runs.config[clean.run_id]) == {**clean.config, "dataset_checksum": clean.config["dataset_checksum"]}
+    stored = json.loads(runs.config[clean.run_id])
+    assert stored == {**clean.config, "dataset_checksum": clean.config["dataset_checksum"]}
     assert (tmp_path / "models" / f"{clean.config_hash}.pt").exists()
     again = run_experiment(request("early"), ResultStore(path), progress=False)
     assert again.skipped and again.run_id == clean.run_id                                # found, not rerun
@@ -174,7 +176,8 @@ def labels(path):
     """Leaderboard row labels of a store's done runs, in run order."""
     from fusionbench.report.collect import done_runs, variant_labels
 
-    return variant_labels([run.config for run in sorted(done_runs(ResultStore(path), None, None), key=lambda r: r.run_id)])
+    runs = sorted(done_runs(ResultStore(path), None, None), key=lambda r: r.run_id)
+    return variant_labels([run.config for run in runs])
 
 
 def test_an_old_mmsr_update_pair_that_never_built_a_model_is_kept(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch
 from fusionbench.data.core import ImageSource, ItemSide, SequenceData
 from fusionbench.data.io import find_file, read_attribute_json, read_feature_matrix, read_item_table, read_sequences
 from fusionbench.errors import DataError
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, PluginOptions, require
 from fusionbench.registry import DATASETS
 
 BUNDLED = Path(__file__).parent / "bundled"
@@ -305,11 +305,10 @@ class FolderOptions(PluginOptions):
     """``path``: the dataset folder; ``min_count``: k of the iterated k-core filter (1 = none)."""
 
     path: str = ""
-    min_count: int = 5
+    min_count: Annotated[int, Ge(1)] = 5
 
     def check(self) -> None:
         require(bool(self.path), "option 'path' is required: the dataset folder (--set path=DIR)")
-        require(self.min_count >= 1, f"option 'min_count' must be >= 1, got {self.min_count}")
 
 
 @DATASETS.register("folder")

