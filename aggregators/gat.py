@@ -12,6 +12,7 @@ from aggregators.attention import check_divisible, glorot_, masked_softmax, rela
 from fusionbench.context import AggregatorContext
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
+from fusionbench.space import Uniform
 
 if TYPE_CHECKING:
     from aggregators.dgl_backend import SparseBatch
@@ -54,6 +55,7 @@ class GAT(nn.Module):
     """
 
     Options = GATOptions
+    search_space = {"attn_dropout": Uniform(0.0, 0.5)}
 
     def __init__(self, ctx: AggregatorContext, opts: GATOptions):
         super().__init__()

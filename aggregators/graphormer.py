@@ -13,6 +13,7 @@ from aggregators.attention import check_divisible, glorot_, masked_softmax, pair
 from fusionbench.context import AggregatorContext
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
+from fusionbench.space import Uniform
 
 if TYPE_CHECKING:
     from aggregators.dgl_backend import SparseBatch
@@ -114,6 +115,7 @@ class Graphormer(nn.Module):
     """
 
     Options = GraphormerOptions
+    search_space = {"attn_dropout": Uniform(0.0, 0.5)}
 
     def __init__(self, ctx: AggregatorContext, opts: GraphormerOptions):
         super().__init__()

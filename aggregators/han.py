@@ -15,6 +15,7 @@ from aggregators.base import SELF, heterogeneous_relations, homogeneous_relation
 from fusionbench.context import AggregatorContext
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
+from fusionbench.space import Choice, Uniform
 
 if TYPE_CHECKING:
     from aggregators.dgl_backend import SparseBatch
@@ -142,6 +143,7 @@ class HAN(nn.Module):
     """
 
     Options = HANOptions
+    search_space = {"update": Choice(("gate", "sync", "ni_hohe", "ni_heho")), "attn_dropout": Uniform(0.0, 0.5)}
 
     def __init__(self, ctx: AggregatorContext, opts: HANOptions):
         super().__init__()

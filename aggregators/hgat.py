@@ -13,6 +13,7 @@ from aggregators.attention import glorot_, masked_adjacency, masked_softmax, typ
 from fusionbench.context import AggregatorContext
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
+from fusionbench.space import Uniform
 
 if TYPE_CHECKING:
     from aggregators.dgl_backend import SparseBatch
@@ -71,6 +72,7 @@ class HGAT(nn.Module):
     """
 
     Options = HGATOptions
+    search_space = {"attn_dropout": Uniform(0.0, 0.5)}
 
     def __init__(self, ctx: AggregatorContext, opts: HGATOptions):
         super().__init__()

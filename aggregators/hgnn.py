@@ -11,6 +11,7 @@ from aggregators.attention import adjacency_rows, glorot_, masked_adjacency, typ
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions, require
 from fusionbench.registry import AGGREGATORS
+from fusionbench.space import Choice
 
 if TYPE_CHECKING:
     from aggregators.dgl_backend import SparseBatch
@@ -51,6 +52,7 @@ class HGNN(nn.Module):
     """
 
     Options = HGNNOptions
+    search_space = {"aggr": Choice(("mean", "sum"))}
 
     def __init__(self, ctx: AggregatorContext, opts: HGNNOptions):
         super().__init__()

@@ -19,6 +19,7 @@ from aggregators.attention import (
 from fusionbench.context import AggregatorContext
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
+from fusionbench.space import Choice, Uniform
 
 if TYPE_CHECKING:
     from aggregators.dgl_backend import SparseBatch
@@ -71,6 +72,7 @@ class RGAT(nn.Module):
     """
 
     Options = RGATOptions
+    search_space = {"attn_dropout": Uniform(0.0, 0.5), "mechanism": Choice(("across-relation", "within-relation"))}
 
     def __init__(self, ctx: AggregatorContext, opts: RGATOptions):
         super().__init__()

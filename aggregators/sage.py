@@ -10,6 +10,7 @@ from aggregators.attention import glorot_, relation_union, zero_padded
 from fusionbench.context import AggregatorContext
 from fusionbench.options import PluginOptions
 from fusionbench.registry import AGGREGATORS
+from fusionbench.space import Choice
 
 if TYPE_CHECKING:
     from aggregators.dgl_backend import SparseBatch
@@ -45,6 +46,7 @@ class SAGE(nn.Module):
     """
 
     Options = SAGEOptions
+    search_space = {"aggr": Choice(("mean", "sum"))}
 
     def __init__(self, ctx: AggregatorContext, opts: SAGEOptions):
         super().__init__()

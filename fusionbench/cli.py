@@ -238,6 +238,114 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
         raise TrainingError(failed)
 
 
+TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets", "budget", "max_epochs",
+              "grace_epochs", "reduction_factor", "metric", "search", "seed", "seeds")
+"""``fusionbench tune`` options that a tune FILE sets instead (giving both is an error)."""
+
+
+@main.command("tune")
+@click.argument("tune_file", type=click.Path(path_type=Path), required=False)
+@run_options("strategy", "aggregator", "dataset", "protocol", "max_len", "set",
+             strategy=dict(required=False, default=None, help="Strategies to tune, comma-separated (without FILE)."),
+             aggregator=dict(help="Graph aggregator for the graph strategies among them."),
+             dataset=dict(default=None, show_default=False, help="Dataset (default beauty)."),
+             protocol=dict(default=None, show_default=False,
+                           help="loo | ratio (default loo; not the leaky ratio-paper)."),
+             max_len=dict(default=None, show_default=False, help="Maximum input length L (default 50)."),
+             set=dict(help="Fixed option (left out of the search), as for `fusionbench run`."))
+@click.option("--budget", type=int, default=None, help="Trials per strategy (default 16; 1 for nothing to search).")
+@click.option("--max-epochs", type=int, default=None,
+              help="Most epochs of a trial and of a seed run, ASHA's maximum (default 50; a strategy's own lower "
+                   "train.epochs wins).")
+@click.option("--grace-epochs", type=int, default=None,
+              help="Epochs every trial runs before ASHA may stop it (default 4).")
+@click.option("--reduction-factor", type=int, default=None,
+              help="ASHA keeps the best 1/F of the trials at each rung (default 4).")
+@click.option("--metric", default=None,
+              help="Validation metric of ASHA, early stopping and the choice (default NDCG@20).")
+@click.option("--search", type=click.Choice(["auto", "tpe", "random"]), default=None,
+              help="Optuna's TPE or random sampling (default auto: tpe where Optuna is installed).")
+@click.option("--seed", type=int, default=None, help="Seed of the search and of every trial (default 0).")
+@click.option("--seeds", default=None, help="Seeds of the chosen configurations' runs (default 0,1,2).")
+@click.option("--name", default=None,
+              help="The tune's name in the store (default: the FILE's stem, else DATASET_PROTOCOL).")
+@click.option("--store", type=click.Path(path_type=Path), default=Path("runs/tune.db"), show_default=True,
+              help="SQLite results store: trials and seed runs; a rerun resumes the tune.")
+@click.option("--address", default=None, help="Ray cluster address ('auto' = the running cluster; default: start "
+                                              "a Ray instance on this machine).")
+@click.option("--cpus-per-trial", type=int, default=1, show_default=True, help="CPUs (and torch threads) per trial.")
+@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True,
+              help="GPUs per trial; a fraction (0.25) lets several trials share one GPU. > 0 trains on cuda.")
+@click.option("--concurrent", type=int, default=None, help="At most this many trials at a time (default: as many "
+                                                           "as the CPUs and GPUs allow).")
+@click.option("--scratch", default=None, help="Folder on each node for trial checkpoints and the seed runs' task "
+                                              "store (default: beside --store, and ~/.cache/fusionbench/sweep).")
+@click.option("--dry-run", is_flag=True, help="Show each strategy's search space and its stored trials; run nothing.")
+@run_options("data_root", "quiet")
+@report_errors
+def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], address: Optional[str],
+                 cpus_per_trial: int, gpus_per_trial: float, concurrent: Optional[int], scratch: Optional[str],
+                 dry_run: bool, data_root: Optional[Path], quiet: bool, **flags: Any) -> None:
+    """Tune every strategy on validation with the same budget (Ray Tune: seeded TPE or random search, ASHA),
+    then run each chosen configuration on the seeds; resumable. FILE: a tune file (docs/tuning.md)."""
+    from fusionbench import plan
+    from fusionbench import sweep as sweeps
+    from fusionbench import tune as tuning
+    from fusionbench.compare import parse_strategies
+    from fusionbench.store import ResultStore
+
+    execution = tuning.Execution(address, cpus_per_trial, gpus_per_trial, concurrent, scratch)
+    execution.check()
+    root = data_root.resolve() if data_root is not None else None
+    if tune_file is not None:
+        given = [key for key in TUNE_FLAGS if flags[key] not in (None, ())]
+        if given:
+            flag = "--set" if given[0] == "sets" else "--" + given[0].replace("_", "-")
+            raise UserInputError(f"{flag} applies without FILE: {tune_file} sets it ([tune] or [[run]] tables)")
+        settings, parts = tuning.read_tune_file(tune_file, root, execution.device, name)
+    else:
+        if flags["strategy"] is None:
+            raise UserInputError("give a tune FILE or --strategy a,b (with --dataset, --budget, ...)")
+        dataset, protocol = flags["dataset"] or "beauty", flags["protocol"] or "loo"
+        values = {key: flags[key] for key in ("budget", "max_epochs", "grace_epochs", "reduction_factor", "metric",
+                                              "search", "seed")}
+        values["seeds"] = tuple(plan.parse_seeds(flags["seeds"])) if flags["seeds"] is not None else None
+        settings = tuning.TuneSettings.build({"name": name or f"{dataset}_{protocol}", **values},
+                                             lambda key: "--" + key.replace("_", "-"))
+        parts = tuning.parts_from_flags(settings, parse_strategies(flags["strategy"]),
+                                        parse_pairs(flags["sets"], "--set"), aggregator=flags["aggregator"],
+                                        dataset=dataset, protocol=protocol,
+                                        max_len=flags["max_len"] if flags["max_len"] is not None else 50,
+                                        data_root=root, device=execution.device)
+    results = ResultStore(store)
+    if dry_run:
+        for line in tuning.plan_lines(settings, parts, results):
+            click.echo(line)
+        return
+    click.echo(tuning.header(settings, parts))
+    outcomes, cost = tuning.run_tune(settings, parts, results, execution, progress=not quiet)
+    click.echo(tuning.trials_table(outcomes, settings.metric))
+    click.echo(cost.line())
+    cells = tuning.seed_cells(outcomes, settings, root, execution.device)
+    if cells:
+        sweeps.run_ray(cells, results, address, cpus_per_trial, scratch, progress=not quiet,
+                       gpus_per_cell=gpus_per_trial, desc="seed runs (ray)")
+        labels = sweeps.cell_labels(cells)
+        click.echo(f"seed runs of the chosen configurations ({len(cells)}, {plan.skipped(cells)} already in {store}):")
+        click.echo(plan.summary_table(cells, labels))
+        click.echo(f"leaderboard: fusionbench leaderboard --store {store} --tuned {settings.name}")
+    problems = [f"{len(o.errors)} trials of {o.part.label} raised ({'; '.join(o.errors)})"
+                for o in outcomes if o.errors]
+    unchosen = [o.part.label for o in outcomes if o.chosen is None]
+    if unchosen:
+        problems.append(f"no trial finished for {', '.join(unchosen)}")
+    failed = plan.failures(cells, sweeps.cell_labels(cells)) if cells else None
+    if failed:
+        problems.append(failed)
+    if problems:
+        raise TrainingError("; ".join(problems))
+
+
 @main.command()
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="SQLite results store to read.")
 @click.option("--dataset", default=None, help="Only this dataset (default: one table per dataset in the store).")
@@ -267,6 +375,9 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
               help="Add a column per option key (as in --set, e.g. dim,layers,train.lr,train.precision, or "
                    "aggregator) with each row's resolved value from the stored configs (n/a: the strategy has "
                    "no such option).")
+@click.option("--tuned", default=None, metavar="NAME",
+              help="Only the seed runs of the configurations `fusionbench tune` chose in the tune NAME, under a "
+                   "caption stating its budget.")
 @click.option("--published", "published_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Published numbers (reports/published/*.csv) beside ours: per row ours (mean ± std), the "
                    "paper's value and ours/paper; columns are the file's metrics plus NDCG (ours only). Repeatable.")

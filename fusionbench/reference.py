@@ -43,6 +43,22 @@ def plugin_lines(kind: str) -> Iterator[str]:
             yield f"      {opt} ({tp}) = {default}"
         for opt, default in getattr(obj, "train_defaults", {}).items():
             yield f"      train.{opt} = {default}  (this model's training default)"
+        searched = search_text(kind, name)
+        if searched:
+            yield f"      searched by fusionbench tune: {searched}"
+
+
+def search_text(kind: str, name: str) -> str:
+    """What ``fusionbench tune`` searches for a strategy (with its default aggregator's ``agg.*`` keys) or
+    an aggregator (its own keys, as ``agg.*``); empty for other plugins (:mod:`fusionbench.space`)."""
+    from fusionbench.space import aggregator_space, describe_space, strategy_space
+
+    if kind == "strategies":
+        return describe_space(strategy_space(name))
+    if kind == "aggregators":
+        space = aggregator_space(AGGREGATORS.get(name))
+        return describe_space(space) if space else ""
+    return ""
 
 
 def group_lines(prefixes: Optional[list[str]] = None) -> Iterator[str]:
@@ -132,4 +148,20 @@ def strategies_markdown() -> str:
     for name in AGGREGATORS.names():
         cls = AGGREGATORS.get(name)
         lines.append(f"| `{name}` | {_cell(summary(cls))} | {_options(cls.Options)} |")
+    lines += [
+        "",
+        "## Search spaces",
+        "",
+        "What `fusionbench tune` searches ([tuning.md](tuning.md)): the shared knobs (`train.lr` for every strategy;",
+        "`dropout`, `dim`, `layers` where its options have them) with the ranges the strategy keeps or replaces, its",
+        "own key knobs (the strategy's `search_space`), and for graph strategies its default aggregator's `agg.*`",
+        "knobs. A tune file's `space` table replaces any of them; what `set` fixes is not searched.",
+        "",
+        "Strategies:",
+        "",
+    ]
+    lines += [f"- `{name}`: {search_text('strategies', name) or 'nothing (one trial at its defaults)'}"
+              for name in STRATEGIES.names()]
+    lines += ["", "Aggregators (searched as a graph strategy's aggregator):", ""]
+    lines += [f"- `{name}`: {search_text('aggregators', name) or 'nothing'}" for name in AGGREGATORS.names()]
     return "\n".join(lines) + "\n"

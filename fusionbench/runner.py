@@ -144,6 +144,9 @@ class RunRequest:
     data_root: Optional[Path] = None
     device: str = "cpu"
     perturbation: Optional[PerturbationRequest] = None
+    tune: Optional[dict[str, Any]] = None
+    """A trial of ``fusionbench tune``: the tune's name and settings (``fusionbench.tune``), kept in the
+    config as ``"tune"``, so a trial never shares its identity with an ordinary run of the same options."""
 
 
 @dataclass
@@ -189,6 +192,8 @@ def resolve(request: RunRequest) -> dict:
         config["features"]["image"] = resolved_image_source(config)
     if request.perturbation is not None:  # clean runs keep the hash they had before perturbations existed
         config["perturbation"] = resolve_perturbation(request.perturbation, request.protocol)
+    if request.tune is not None:  # ordinary runs have no such key, so their hashes are unchanged
+        config["tune"] = dict(request.tune)
     record_test_entry(config)
     if not config["train"].pop("exclude_history"):  # kept only when true: earlier runs keep their hashes
         return config

@@ -4,12 +4,18 @@ Tables:
     runs(id, config_hash UNIQUE, config JSON, dataset, protocol, strategy, aggregator, seed,
          status 'running'|'done'|'failed', dataset_checksum, versions JSON, git_rev, started_at,
          finished_at, wall_seconds, peak_memory_mb, best_epoch, epoch_seconds, eval_seconds,
-         history JSON, error, trained_from)   wall_seconds: of a resumed run, with the wall time its
+         history JSON, error, trained_from, tune, asha_stopped)
+                                              wall_seconds: of a resumed run, with the wall time its
                                                earlier processes spent on the epochs it restored;
                                                trained_from: hash of the training config whose kept
                                                weights this run evaluated (runner.training_config; the
-                                               clean run's hash for a test-only cell; NULL: it trained)
-    metrics(run_id, split 'valid'|'test'|'test_unseen', metric, k, value)     values are fractions, not %
+                                               clean run's hash for a test-only cell; NULL: it trained);
+                                               tune: for a trial of `fusionbench tune`, the tune's name
+                                               (its config's tune.name; NULL for other runs);
+                                               asha_stopped: of a finished trial, 1 when the tune's ASHA
+                                               scheduler stopped it, 0 when it trained to its end
+    metrics(run_id, split 'valid'|'test'|'test_unseen', metric, k, value)     values are fractions, not %; a tune's
+                                                                trials have 'valid' only (fusionbench.tune)
     ranks(run_id, split, ranks BLOB int32 little-endian)        per-sample ranks, sample order
 
 A finished run's metrics, ranks and status are written in one transaction, so a crash never leaves
@@ -57,7 +63,9 @@ CREATE TABLE IF NOT EXISTS runs (
     eval_seconds REAL,
     history TEXT,
     error TEXT,
-    trained_from TEXT
+    trained_from TEXT,
+    tune TEXT,
+    asha_stopped INTEGER
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -106,6 +114,8 @@ def _decode_ranks(blob: bytes) -> np.ndarray:
 
 UNSEEN_TEST = "test_unseen"  # split of the test ranks among items outside each sample's history (when the
 # run ranked every item: train.exclude_history off), recorded beside "test" for the same model
+ADDED_COLUMNS = {"trained_from": "TEXT", "tune": "TEXT", "asha_stopped": "INTEGER"}
+"""Columns of ``runs`` added after the first schema, in the order they were added."""
 CHECKPOINTS = "checkpoints"
 """Folder beside the store holding the resume checkpoints of unfinished runs."""
 KEPT_WEIGHTS = "models"
@@ -125,9 +135,12 @@ class ResultStore:
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
-        """Bring a store written by an earlier version up to the schema (columns are only ever added)."""
-        if "trained_from" not in self.run_columns():
-            self._db.execute("ALTER TABLE runs ADD COLUMN trained_from TEXT")
+        """Bring a store written by an earlier version up to the schema (columns are only ever added, NULL
+        in the runs already there: those trained their own weights and none was a tune's trial)."""
+        have = self.run_columns()
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -168,24 +181,30 @@ class ResultStore:
             db.execute("DELETE FROM runs WHERE config_hash = ?", (digest,))
             cursor = db.execute(
                 "INSERT INTO runs (config_hash, config, dataset, protocol, strategy, aggregator, seed, status,"
-                " dataset_checksum, versions, git_rev, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " dataset_checksum, versions, git_rev, started_at, tune) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (digest, canonical_json(config), config["dataset"], config["protocol"], config["strategy"],
                  config.get("aggregator"), config["seed"], "running", dataset_checksum, json.dumps(versions),
-                 git_rev, _now()),
+                 git_rev, _now(), (config.get("tune") or {}).get("name")),
             )
             return int(cursor.lastrowid)
 
+    def progress(self, run_id: int, history: list[dict]) -> None:
+        """Record the epochs a running run has finished so far (a tune's trials, epoch by epoch)."""
+        self._db.execute("UPDATE runs SET history=? WHERE id=? AND status='running'", (json.dumps(history), run_id))
+
     def finish(self, run_id: int, metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndarray],
                summary: dict[str, Any]) -> None:
-        """Write metrics (``{split: {"HR@5": v}}``), per-sample ranks and run facts; mark done."""
+        """Write metrics (``{split: {"HR@5": v}}``), per-sample ranks and run facts; mark done.
+        ``summary["asha_stopped"]`` (a tune's trials only) records whether its scheduler stopped it."""
+        stopped = summary.get("asha_stopped")
         with self._transaction() as db:
             _write_results(db, run_id, metrics, ranks)
             db.execute(
                 "UPDATE runs SET status='done', finished_at=?, wall_seconds=?, peak_memory_mb=?, best_epoch=?,"
-                " epoch_seconds=?, eval_seconds=?, history=?, trained_from=? WHERE id=?",
+                " epoch_seconds=?, eval_seconds=?, history=?, trained_from=?, asha_stopped=? WHERE id=?",
                 (_now(), summary.get("wall_seconds"), summary.get("peak_memory_mb"), summary.get("best_epoch"),
                  summary.get("epoch_seconds"), summary.get("eval_seconds"), json.dumps(summary.get("history", [])),
-                 summary.get("trained_from"), run_id),
+                 summary.get("trained_from"), None if stopped is None else int(stopped), run_id),
             )
 
     def rekey(self, renames: dict[str, tuple[int, str, str]], trained: dict[str, str]) -> None:

@@ -25,11 +25,19 @@ def _perturbation_text(config: dict) -> str:
     return f"{spec['name']} p={spec['severity']:g} ({spec['apply_to']}{options})"
 
 
+def _tune_text(run) -> str:
+    """A trial's tune (``fusionbench tune``) and whether its scheduler stopped it; empty for other runs."""
+    if not isinstance(run.tune, str):
+        return ""
+    return run.tune + (", ASHA-stopped" if run.asha_stopped == 1 else "")
+
+
 def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optional[str] = None) -> list[dict]:
-    """The runs of a store as table rows (dicts, in id order), labelled as the leaderboard labels them."""
+    """The runs of a store as table rows (dicts, in id order), labelled as the leaderboard labels them;
+    a tune's trial is labelled by its options like any run, its tune named in the ``tune`` column."""
     store = open_store(store_path)
     table = store.runs(status=status, **({"dataset": dataset} if dataset else {}))
-    configs = [json.loads(text) for text in table.config]
+    configs = [{k: v for k, v in json.loads(text).items() if k != "tune"} for text in table.config]
     groups: dict[tuple, dict[str, dict]] = {}       # (data, protocol) -> variants, labelled per table
     for c in configs:
         groups.setdefault((data_name(c), c["protocol"]), {})[row_key(c)] = c
@@ -45,7 +53,8 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
             epochs = (run.error or "").splitlines()[-1][:60] if run.error else ""
         where = (data_name(config), config["protocol"])
         rows.append({"id": run.id, "status": run.status, "data": f"{where[0]} / {where[1]}",
-                     "run": label[where, row_key(config)], "perturbation": _perturbation_text(config), "seed": run.seed,
+                     "run": label[where, row_key(config)], "perturbation": _perturbation_text(config),
+                     "tune": _tune_text(run), "seed": run.seed,
                      "epochs (best / run)": epochs,
                      "s / epoch": "" if run.epoch_seconds != run.epoch_seconds or run.epoch_seconds is None
                      else f"{run.epoch_seconds:.1f}",

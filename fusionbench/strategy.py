@@ -21,6 +21,7 @@ from fusionbench.options import PluginOptions
 if TYPE_CHECKING:
     from fusionbench.data.core import SequenceData
     from fusionbench.data.splits import Samples
+    from fusionbench.space import Dimension
 
 
 class Strategy(nn.Module):
@@ -36,6 +37,11 @@ class Strategy(nn.Module):
         train_defaults: training options this model's paper or reference code uses (e.g. its lr);
             applied before the user's ``--set train.*`` overrides.
         default_aggregator: for graph strategies, the aggregator used when none is named.
+        search_space: what ``fusionbench tune`` searches beyond the shared knobs
+            (:data:`fusionbench.space.SHARED`: ``train.lr``, and ``dropout``, ``dim``, ``layers`` where the
+            options have them): option key (``--set`` form) -> :class:`fusionbench.space.Dimension`, or
+            ``None`` to leave a shared knob out. An aggregator class may declare one too (its own keys,
+            searched as ``agg.*`` for the graph strategies it is the default of).
         paper: the paper (authors, venue) or reference code it implements, one line.
         notes: one paragraph (Markdown) on how this implementation reads its paper: its row of
             docs/strategies.md (``fusionbench list --format md``).
@@ -48,6 +54,7 @@ class Strategy(nn.Module):
     contract_skips: ClassVar[dict[str, str]] = {}
     train_defaults: ClassVar[dict[str, object]] = {}
     default_aggregator: ClassVar[Optional[str]] = None
+    search_space: ClassVar[dict[str, Optional["Dimension"]]] = {}
     paper: ClassVar[str] = ""
     notes: ClassVar[str] = ""
 

@@ -136,9 +136,12 @@ def _perturbations(spec: Any, where: str) -> list[Optional[PerturbationRequest]]
 
 # -- the Ray engine ---------------------------------------------------------------------------------
 def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None, cpus_per_cell: int = 1,
-            scratch: Optional[str] = None, progress: bool = True) -> None:
+            scratch: Optional[str] = None, progress: bool = True, gpus_per_cell: float = 0.0,
+            desc: str = "sweep cells (ray)") -> None:
     """Run the cells not yet done in ``store`` as Ray tasks (module docstring), adding each finished
-    run to ``store`` as its task returns. Cells already done get their stored outcome."""
+    run to ``store`` as its task returns. Cells already done get their stored outcome. ``gpus_per_cell``
+    (a fraction shares a GPU) is what each task reserves besides its CPUs (``fusionbench tune``'s seed
+    runs on GPUs)."""
     try:
         import ray
     except ImportError:
@@ -159,9 +162,9 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
     groups = submission_order(todo, trains)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=progress)
-    task = ray.remote(num_cpus=cpus_per_cell, max_retries=0)(run_group)
+    task = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=0)(run_group)
     pending = {task.remote([c.request for c, _ in group], scratch, cpus_per_cell): group for group in groups}
-    bar = tqdm(total=sum(map(len, groups)), desc="sweep cells (ray)", unit="cell",
+    bar = tqdm(total=sum(map(len, groups)), desc=desc, unit="cell",
                disable=None if progress else True)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through

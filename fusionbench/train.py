@@ -337,13 +337,30 @@ def train_step(model: Strategy, optimizer: torch.optim.Optimizer, batch: SeqBatc
     return loss.item()
 
 
+def finished(history: list[dict], opts: TrainOptions, leaky: bool) -> bool:
+    """Whether training stops after the epochs of ``history``: ``opts.epochs`` ran, or early stopping's
+    count (:func:`stale_epochs`) reached ``opts.patience``."""
+    return len(history) >= opts.epochs or stale_epochs(history, opts.select, leaky) >= opts.patience
+
+
+EpochCallback = Callable[[dict, bool], None]
+"""``on_epoch(entry, last)`` of :func:`train`: one epoch's history entry, and whether it is the last."""
+
+
 def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions, seed: int, max_len: int,
           checkpoint: Optional[Path] = None, progress: bool = True, label: str = "",
-          views: DataViews = DataViews()) -> TrainResult:
+          views: DataViews = DataViews(), on_epoch: Optional[EpochCallback] = None,
+          final_ranking: bool = True) -> TrainResult:
     """Train ``model`` on ``split.train``, select on ``split.valid``, rank ``split.test`` once
     (``views``: what training/validation and test see, when not the plain data).
 
-    Batches are assembled on the CPU and moved to the device the model's parameters live on."""
+    Batches are assembled on the CPU and moved to the device the model's parameters live on.
+
+    ``on_epoch(entry, last)`` is called with every epoch's history entry once it is checkpointed (a
+    resumed run's restored epochs first, in order), ``last`` telling whether training stops after it
+    (:func:`finished`); ``fusionbench tune`` reports each epoch to its scheduler from here. With
+    ``final_ranking=False`` (a tune's trials) the run ends with the best state restored and nothing ranked:
+    the result has the history and best epoch only, and the test samples are never scored."""
     seed_everything(seed)
     model.reset_parameters()
     device = next(model.parameters()).device
@@ -368,9 +385,11 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         first_epoch = len(history) + 1
         # checkpoints written before "elapsed" was kept: their epochs' training time, a lower bound
         earlier_seconds = state.get("elapsed", sum(h["seconds"] for h in history))
+    for number, entry in enumerate(history if on_epoch is not None else []):
+        on_epoch(entry, number == len(history) - 1 and finished(history, opts, split.leaky))
 
     for epoch in range(first_epoch, opts.epochs + 1):
-        if stale_epochs(history, opts.select, split.leaky) >= opts.patience:
+        if finished(history, opts, split.leaky):
             break
         model.train()
         started, total, count = time.perf_counter(), 0.0, 0
@@ -416,8 +435,12 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
                           # not read back (recomputed from the history); kept in the checkpoint's layout
                           "bad_epochs": stale_epochs(history, opts.select, split.leaky),
                           "elapsed": earlier_seconds + time.perf_counter() - run_started}, checkpoint)
+        if on_epoch is not None:
+            on_epoch(history[-1], finished(history, opts, split.leaky))
 
     model.load_state_dict(best_state)
+    if not final_ranking:
+        return TrainResult(best_epoch, history, earlier_seconds=earlier_seconds)
     result = evaluate_trained(model, data, split, opts, max_len, history, best_epoch, views)
     return replace(result, earlier_seconds=earlier_seconds)
 

@@ -90,6 +90,7 @@ def request_of(config: dict) -> RunRequest:
         feature_options=dict(config["features"]),
         perturbation=PerturbationRequest(spec["name"], spec["severity"], spec["apply_to"], dict(spec["options"]))
         if spec else None,
+        tune=config.get("tune"),
     )
 
 

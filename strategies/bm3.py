@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import LogUniform
 from strategies.cf_graph import FEATURE_CF_SKIPS, GraphCFStrategy, InteractionGraph, register_graph_buffer
 from strategies.fusion import ModalityChannel
 from strategies.lightgcn import light_propagate
@@ -68,6 +69,7 @@ def neg_cos(online: Tensor, target: Tensor) -> Tensor:
 @STRATEGIES.register("bm3")
 class BM3(GraphCFStrategy):
     Options = BM3Options
+    search_space = {"reg": LogUniform(0.01, 1.0), "cl_weight": LogUniform(0.1, 10.0)}
     fusion_stage = "late"
     paper = "Zhou, Zhou, Zhang, Liu, Zhang, Miao, WWW 2023"
     notes = (

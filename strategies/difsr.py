@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from fusionbench.context import CODE_SENTINEL, SeqBatch, StrategyContext
 from fusionbench.options import Ge, Lt, require
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import Choice, IntRange
 from strategies.backbones import ScoredTransformer, split_heads
 from strategies.fusion import AttentionLevelStrategy, SequenceOptions
 
@@ -134,6 +135,8 @@ class DIFSR(AttentionLevelStrategy):
     """DIF-SR (SIGIR 2022): decoupled per-stream attention + auxiliary attribute prediction."""
 
     Options = DIFSROptions
+    search_space = {"dim": Choice((64, 128, 256)), "layers": IntRange(1, 4),
+                    "aap_weight": Choice((0.0, 1.0, 5.0, 10.0, 20.0)), "fusion": Choice(("sum", "concat", "gate"))}
     fusion_stage = "attention"
     # no training defaults of its own: the reference's lr 1e-4 goes with its batch of 2,048 sequences; at the
     # harness's batch of 128 it lagged far behind lr 1e-3 on validation (Beauty, loo, seed 0, NDCG@20:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import Choice, Uniform
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import embedding_init_
 from strategies.fusion import (
@@ -61,6 +62,7 @@ class Early(CausalStrategy):
     """Early fusion: fuse each item's channels, then run one sequence encoder."""
 
     Options = EarlyOptions
+    search_space = {"fusion": Choice(("concat", "sum", "gate")), "feature_dropout": Uniform(0.0, 0.5)}
     fusion_stage = "early"
     paper = "Hu, Guo, Liu, Kan, CIKM 2023 (MMSR), Eqs. 3-4"
     notes = (

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, Lt
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import Choice, Uniform
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import embedding_init_
 from strategies.fusion import (
@@ -70,6 +71,7 @@ class Late(CausalStrategy):
     """Late fusion: one sequence encoder per channel, states fused at the end."""
 
     Options = LateOptions
+    search_space = {"fusion": Choice(("concat", "sum", "gate")), "feature_dropout": Uniform(0.0, 0.5)}
     fusion_stage = "late"
     paper = "Hu, Guo, Liu, Kan, CIKM 2023 (MMSR), Eqs. 5-6"
     notes = "One encoder per channel, then fused; same `backbone` / `fusion` choices as `early`."

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import LogUniform
 from strategies.cf_graph import GraphCFStrategy, InteractionGraph, bpr_loss, register_graph_buffer
 
 
@@ -49,6 +50,7 @@ def light_propagate(adj: Tensor, ego: Tensor, layers: int) -> Tensor:
 @STRATEGIES.register("lightgcn")
 class LightGCN(GraphCFStrategy):
     Options = LightGCNOptions
+    search_space = {"reg": LogUniform(1e-5, 1e-2)}
     fusion_stage = "none"
     uses_modalities = False
     paper = "He, Deng, Wang, Li, Zhang, Wang, SIGIR 2020"

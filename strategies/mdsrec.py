@@ -46,6 +46,7 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.errors import UserInputError
 from fusionbench.options import Ge, Le, Lt, require
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import Choice, LogUniform, Uniform
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import causal_allowed, embedding_init_, forward_positions, split_heads
 from strategies.fusion import ModalityChannel, SequenceOptions
@@ -220,6 +221,8 @@ class MDSRec(CausalStrategy):
     channel), ``graph_seconds`` (wall time of building the graphs)."""
 
     Options = MDSRecOptions
+    search_space = {"lambda_b": Uniform(0.0, 1.0), "beta": LogUniform(0.01, 1.0),
+                    "fusion": Choice(("sum_scores", "gate_user", "concat"))}
     fusion_stage = "late"
     train_defaults = {"lr": 1e-3, "batch_size": 256}
     paper = "Li, Guo, Li, Zou, arXiv 2412.08103 (abstract only; our design marked [A] in docs/mdsrec.md)"

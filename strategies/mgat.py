@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import LogUniform
 from strategies.cf_graph import InteractionGraph, register_graph_buffer
 from strategies.mmgcn import MultiBranchCF
 
@@ -95,6 +96,7 @@ class GatedAttentionLayer(nn.Module):
 @STRATEGIES.register("mgat")
 class MGAT(MultiBranchCF):
     Options = MGATOptions
+    search_space = {"reg": LogUniform(1e-6, 1e-3)}
     paper = "Tao, Wei, Wang, He, Huang, Chua, IP&M 2020"
     notes = (
         "As `mmgcn` with gated attention per layer (degree-scaled sigmoid gate on the attention logits, L2-normalised"

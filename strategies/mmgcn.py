@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import LogUniform
 from strategies.cf_graph import FEATURE_CF_SKIPS, GraphCFStrategy, InteractionGraph, bpr_loss, register_graph_buffer
 from strategies.fusion import ModalityChannel
 
@@ -171,6 +172,7 @@ class MultiBranchCF(GraphCFStrategy):
 @STRATEGIES.register("mmgcn")
 class MMGCN(MultiBranchCF):
     Options = MMGCNOptions
+    search_space = {"reg": LogUniform(1e-6, 1e-3)}
     paper = "Wei, Wang, Nie, He, Hong, Chua, ACM MM 2019"
     notes = (
         "One GCN branch per modality channel on the training user–item graph (user preference vectors, item feature "

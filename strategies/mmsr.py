@@ -39,6 +39,7 @@ from fusionbench.data.splits import Samples, sample_batch
 from fusionbench.errors import UserInputError
 from fusionbench.options import Ge, Lt, OptionError, PluginOptions
 from fusionbench.registry import AGGREGATORS, STRATEGIES
+from fusionbench.space import Choice
 from fusionbench.strategy import Strategy
 from strategies.backbones import embedding_init_
 from strategies.msgraph import MSGraph, build_msgraph, count_nodes
@@ -117,6 +118,7 @@ class MMSR(Strategy):
     """MMSR (CIKM 2023): modality-code graphs per sequence with an adaptive fusion order."""
 
     Options = MMSROptions
+    search_space = {"dim": Choice((64, 128, 256))}   # and the han aggregator's agg.update, agg.attn_dropout
     fusion_stage = "graph"
     default_aggregator = "han"
     # the reference configuration (specs/mmsr.md §7): StepLR every 40 epochs, with the decay 0.1 of

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from fusionbench.context import StrategyContext
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import Choice, Uniform
 from strategies.backbones import ScoredTransformer, split_heads
 from strategies.fusion import AttentionLevelStrategy, ChannelFusion, SequenceOptions
 
@@ -70,6 +71,7 @@ class NOVA(AttentionLevelStrategy):
     """NOVA (AAAI 2021): side information in queries and keys, pure item stream in values."""
 
     Options = NOVAOptions
+    search_space = {"fusion": Choice(("sum", "concat", "gate")), "feature_dropout": Uniform(0.0, 0.5)}
     fusion_stage = "attention"
     paper = "Liu, Li, Cai, Dong, Zhu, Shang, AAAI 2021"
     notes = "Side information enters queries and keys only; values from item IDs."

@@ -31,6 +31,7 @@ class PopOptions(PluginOptions):
 @STRATEGIES.register("pop")
 class Pop(GraphCFStrategy):
     Options = PopOptions
+    search_space = {"train.lr": None}   # nothing to search: the ranking is the popularity count
     fusion_stage = "none"
     uses_modalities = False
     paper = "most popular (MMSR Table 2 floor)"

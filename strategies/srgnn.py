@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import Choice, IntRange
 from fusionbench.strategy import Strategy
 from strategies.backbones import embedding_init_
 
@@ -124,6 +125,7 @@ class SRGNN(Strategy):
     """SR-GNN (AAAI 2019): gated GNN on the session graph, attention readout."""
 
     Options = SRGNNOptions
+    search_space = {"dim": Choice((50, 100, 200)), "steps": IntRange(1, 3)}
     fusion_stage = "none"
     uses_modalities = False
     train_defaults = {"batch_size": 100, "lr": 1e-3, "lr_step": 3, "lr_gamma": 0.1, "weight_decay": 1e-5}

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, Lt
 from fusionbench.registry import STRATEGIES
+from fusionbench.space import Uniform
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import causal_allowed, embedding_init_, forward_positions
 from strategies.fusion import ModalityInputs, SequenceOptions
@@ -127,6 +128,7 @@ class Trans2D(CausalStrategy):
     """Trans2D (WSDM 2022): Linear2D + full Attention2D over positions x channels."""
 
     Options = Trans2DOptions
+    search_space = {"feature_dropout": Uniform(0.0, 0.5)}
     fusion_stage = "holistic"
     paper = "Singer et al., WSDM 2022 (arXiv 2110.11072)"
     notes = "Attention over positions x channels jointly."

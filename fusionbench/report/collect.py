@@ -199,11 +199,17 @@ def current_names(config: dict) -> dict:
 
 def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str],
               selection: Selection = Selection()) -> list[Run]:
-    """Every run with status ``done``, filtered by dataset and protocol (a value the store does not
-    hold is an error naming the option and listing what is there) and by ``selection``."""
+    """Every run with status ``done`` that is not a tune's trial, filtered by dataset and protocol (a value
+    the store does not hold is an error naming the option and listing what is there) and by ``selection``.
+    A trial (``fusionbench tune``) is a run with the store's ``tune`` column set: it ranked no test sample,
+    and the reports read the chosen configuration's seed runs instead (``leaderboard --tuned``)."""
     table = store.runs(status="done")
     if table.empty:
         raise UserInputError(f"--store {store.path}: no finished runs in it")
+    table = table[table.tune.isna()]
+    if table.empty:
+        raise UserInputError(f"--store {store.path}: its finished runs are all trials of tunes, which are not "
+                             "reported; `fusionbench tune` runs the chosen configurations on their seeds")
     for option, column, value in (("--dataset", "dataset", dataset), ("--protocol", "protocol", protocol)):
         if value is None:
             continue

@@ -1,0 +1,544 @@
+"""`fusionbench tune` (issue 26): search spaces beside the options, trials as stored runs that never rank a
+test sample, the choice on validation only, resuming, the seed runs and `leaderboard --tuned`.
+
+The tests without Ray build parts and run one trial in this process (`train_trial` with a list as its
+reporter); the Ray tests (skipped where `ray.tune` is not importable) run the command itself."""
+import json
+import random
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import fusionbench.train
+from fusionbench.cli import main
+from fusionbench.errors import UserInputError
+from fusionbench.registry import AGGREGATORS, STRATEGIES
+from fusionbench.runner import RunRequest, resolve
+from fusionbench.space import (
+    Choice,
+    IntRange,
+    LogUniform,
+    Uniform,
+    check_space,
+    dimension_of,
+    parse_space,
+    space_from_table,
+    space_table,
+    strategy_space,
+)
+from fusionbench.store import ResultStore, config_hash
+from fusionbench.tune import (
+    TrialSpec,
+    TuneSettings,
+    choose,
+    make_part,
+    point_of,
+    prepared,
+    read_tune_file,
+    stored_trials,
+    train_trial,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"data.n_users": "80", "data.n_codes": "3", "data.per_cell": "2", "data.max_len": "10",
+        "features.reduce": "pca", "features.n_clusters": "4", "features.k": "2"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def settings(**changes):
+    return TuneSettings.build({"name": "t", "budget": 4, "max_epochs": 3, "grace_epochs": 1, "seeds": [0],
+                               **changes}, lambda key: key)
+
+
+def tiny_part(strategy="sasrec", **changes):
+    return make_part(settings(**changes), strategy, dict(TINY), {}, "test", dataset="synthetic")
+
+
+# -- search spaces ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_every_point_of_every_strategy_space_resolves(name):
+    """A space's ranges must be ones its options accept: the representative values of every key, and
+    random combinations of them (cross-option rules such as dim divisible by heads), all resolve."""
+    space = strategy_space(name)
+    base = RunRequest(strategy=name, dataset="synthetic")
+
+    def resolve_point(point):
+        groups = {"strategy_options": {}, "train_options": {}, "aggregator_options": {}, "feature_options": {}}
+        for key, value in point.items():
+            prefix, _, option = key.rpartition(".")
+            groups[{"": "strategy_options", "train": "train_options", "agg": "aggregator_options",
+                    "features": "feature_options"}[prefix]][option] = value
+        return resolve(RunRequest(strategy=name, dataset="synthetic", **groups))
+
+    check_space(space, resolve_point, name)
+    rng = random.Random(0)
+    for _ in range(20):
+        resolve_point({key: rng.choice(dim.probe()) for key, dim in space.items()})
+    assert resolve(base)   # the defaults too
+    if name != "pop":
+        assert "train.lr" in space and isinstance(space["train.lr"], LogUniform)
+
+
+def test_shared_knobs_strategy_knobs_and_aggregator_knobs_make_a_strategy_space():
+    assert list(strategy_space("sasrec")) == ["train.lr", "dropout", "dim", "layers"]
+    difsr = strategy_space("difsr")
+    assert difsr["aap_weight"] == Choice((0.0, 1.0, 5.0, 10.0, 20.0)) and difsr["layers"] == IntRange(1, 4)
+    mmsr = strategy_space("mmsr")
+    assert mmsr["agg.update"] == AGGREGATORS.get("han").search_space["update"]
+    assert "agg.update" not in strategy_space("mmsr", "gcn")         # another aggregator, its own knobs
+    assert strategy_space("pop") == {}                                # nothing to search: one trial
+    assert "dropout" not in strategy_space("srgnn")                   # no such option, no shared knob
+    fixed = strategy_space("sasrec", overrides={"dim": Choice((8, 16)), "layers": None}, fixed=("dropout",))
+    assert fixed == {"train.lr": LogUniform(1e-4, 1e-2), "dim": Choice((8, 16))}
+
+
+def test_space_tables_round_trip_and_bad_tables_name_the_key():
+    space = {"train.lr": LogUniform(1e-4, 1e-2), "dropout": Uniform(0.0, 0.5), "layers": IntRange(1, 3),
+             "fusion": Choice(("sum", "gate"))}
+    assert space_from_table(json.loads(json.dumps(space_table(space)))) == space
+    assert parse_space({"dim": "default"}, "f: space") == {"dim": None}
+    for table, message in [({"dim": [1, 2]}, "f: space.dim must be a table with one of"),
+                           ({"lr": {"log_uniform": [0, 1]}}, "f: space.lr: log_uniform needs 0 < low < high"),
+                           ({"layers": {"int": [1.5, 3]}}, "f: space.layers: int needs integers"),
+                           ({"fusion": {"choice": ["sum"]}}, "f: space.fusion: choice needs two or more"),
+                           ({"dropout": {"uniform": [0.5]}}, "f: space.dropout: uniform takes [low, high]")]:
+        with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            parse_space(table, "f: space")
+    with pytest.raises(UserInputError, match="cannot search 'width', not an option of this run"):
+        strategy_space("sasrec", overrides={"width": Choice((1, 2))})
+    assert dimension_of({"int": [1, 3]}, "x").describe() == "int 1..3"
+
+
+def test_a_range_the_options_reject_fails_before_any_trial_with_its_key_named():
+    with pytest.raises(UserInputError, match=r"space key 'dropout' \(uniform \[0, 1.5\]\) reaches 1.5"):
+        make_part(settings(), "sasrec", {}, {"dropout": {"uniform": [0.0, 1.5]}}, "f.toml: [[run]] 1",
+                  dataset="synthetic")
+
+
+def test_list_shows_each_strategy_space():
+    out = invoke("list", "strategies").output
+    assert "      searched by fusionbench tune: train.lr log-uniform [0.0001, 0.01], dropout uniform [0, 0.5]" in out
+    assert "aap_weight one of 0, 1, 5, 10, 20" in out and "agg.update one of gate, sync" in out
+    assert "      searched by fusionbench tune: agg.update one of gate" in invoke("list", "aggregators").output
+
+
+# -- tune files and flags --------------------------------------------------------------------------
+def tune_file(tmp_path, body):
+    path = tmp_path / "my_tune.toml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_a_tune_file_gives_settings_and_one_part_per_strategy(tmp_path):
+    path = tune_file(tmp_path, """
+        [tune]
+        budget = 8
+        max_epochs = 20
+        seeds = [1, 2]
+        [defaults]
+        dataset = "synthetic"
+        [[run]]
+        strategy = ["sasrec", "gru4rec"]
+        set = { dim = 32 }
+        [[run]]
+        strategy = "mmsr"
+        space = { "agg.update" = { choice = ["gate", "ho"] }, layers = "default" }
+    """)
+    settings, parts = read_tune_file(path)
+    assert (settings.name, settings.budget, settings.max_epochs, settings.seeds) == ("my_tune", 8, 20, (1, 2))
+    assert [p.label for p in parts] == ["sasrec", "gru4rec", "mmsr + han"]
+    sasrec = resolve(parts[0].base)
+    assert "dim" not in parts[0].space and sasrec["strategy_options"]["dim"] == 32
+    assert sasrec["train"]["epochs"] == 20 and sasrec["train"]["select"] == "NDCG@20"
+    assert sasrec["tune"]["name"] == "my_tune" and sasrec["tune"]["space"]["train.lr"] == {"log_uniform": [1e-4, 1e-2]}
+    assert parts[2].space["agg.update"] == Choice(("gate", "ho")) and "layers" not in parts[2].space
+    _, renamed = read_tune_file(path, name="other")
+    assert resolve(renamed[0].base)["tune"]["name"] == "other"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[tunes]\n", "unknown top-level key(s) tunes"),
+    ("[tune]\nbudgets = 3\n[[run]]\nstrategy='sasrec'\n", "[tune]: unknown key(s) budgets"),
+    ("[tune]\nbudget = 0\n[[run]]\nstrategy='sasrec'\n", "[tune] budget must be >= 1, got 0"),
+    ("[tune]\ngrace_epochs = 60\n[[run]]\nstrategy='sasrec'\n", "[tune] grace_epochs must be in 1..max_epochs (50)"),
+    ("[tune]\nmetric = 'AUC'\n[[run]]\nstrategy='sasrec'\n", "[tune] metric must be one of"),
+    ("[[run]]\nstrategy='sasrec'\nseeds=[0]\n", "[[run]] 1: unknown key(s) seeds"),
+    ("[[run]]\nstrategy='nope'\n", "[[run]] 1 (nope): unknown strategy 'nope'"),
+    ("[[run]]\nstrategy='sasrec'\nset={'train.epochs'=3}\n", "'train.epochs' cannot be set or searched"),
+    ("[[run]]\nstrategy='sasrec'\nset={dim=32}\nspace={dim={choice=[8,16]}}\n",
+     "'dim' is both fixed (set) and searched"),
+    ("[[run]]\nstrategy='sasrec'\nspace={dim={choice=[33, 64]}}\n", "space key 'dim' (one of 33, 64) reaches 33"),
+    ("[[run]]\nstrategy='sasrec'\n[[run]]\nstrategy='sasrec'\n", "[[run]] 2 (sasrec) repeats the tune of"),
+])
+def test_tune_file_errors_name_the_file_the_table_and_the_key(tmp_path, body, message):
+    path = tune_file(tmp_path, body)
+    out = invoke("tune", path, "--store", tmp_path / "s.db", "--dry-run")
+    assert out.exit_code == 2 and message in out.output and str(path) in out.output, out.output
+
+
+def test_flags_and_files_do_not_mix_and_bad_flags_are_named(tmp_path):
+    path = tune_file(tmp_path, "[[run]]\nstrategy = 'sasrec'\n")
+    mixed = invoke("tune", path, "--budget", "3", "--store", tmp_path / "s.db")
+    assert mixed.exit_code == 2 and "--budget applies without FILE" in mixed.output
+    nothing = invoke("tune", "--store", tmp_path / "s.db")
+    assert nothing.exit_code == 2 and "give a tune FILE or --strategy" in nothing.output
+    for args, message in [(("--budget", "0"), "--budget must be >= 1"),
+                          (("--reduction-factor", "1"), "--reduction-factor must be >= 2"),
+                          (("--gpus-per-trial", "-1"), "--gpus-per-trial must be >= 0"),
+                          (("--set", "train.select=HR@5"), "'train.select' cannot be set or searched"),
+                          (("--name", "a b"), "--name must be a name"),
+                          (("--protocol", "ratio-paper"), "'ratio-paper' selects on the test samples"),
+                          (("--set", "train.record_test=true"), "'train.record_test' ranks the test samples")]:
+        out = invoke("tune", "--strategy", "sasrec", "--dataset", "synthetic", "--store", tmp_path / "s.db", *args)
+        assert out.exit_code == 2 and message in out.output, (args, out.output)
+
+
+def test_dry_run_shows_each_space_and_runs_nothing(tmp_path):
+    out = invoke("tune", "--strategy", "sasrec,pop", "--dataset", "synthetic", "--budget", "5",
+                 "--store", tmp_path / "s.db", "--dry-run")
+    assert out.exit_code == 0, out.output
+    assert "tune 'synthetic_loo' on synthetic (loo): 2 strategies x 5 trials" in out.output
+    rows = {line.split("|")[1].strip(): line for line in out.output.splitlines() if line.startswith("| ")}
+    assert "0/5" in rows["sasrec"] and "train.lr log-uniform [0.0001, 0.01]" in rows["sasrec"]
+    assert "0/1" in rows["pop"] and "| nothing: one trial at its defaults" in rows["pop"]
+    assert ResultStore(tmp_path / "s.db").runs(status=None).empty
+
+
+def test_the_beauty_tune_file_tunes_every_registered_strategy_with_one_budget():
+    settings, parts = read_tune_file(REPO / "reports" / "sweeps" / "beauty_tune.toml")
+    assert sorted(p.base.strategy for p in parts) == STRATEGIES.names()
+    assert {(p.base.dataset, p.base.protocol, p.budget) for p in parts} == {("beauty", "loo", settings.budget)}
+    assert settings.seeds == (0, 1, 2) and settings.name == "beauty_tune"
+
+
+# -- one trial, in this process --------------------------------------------------------------------
+def test_a_trial_reports_every_epoch_and_never_ranks_a_test_sample(monkeypatch, tmp_path):
+    part = tiny_part("late")
+    point = {"train.lr": 0.01, "dropout": 0.2, "dim": 32, "layers": 1, "fusion": "gate", "feature_dropout": 0.1}
+    config = resolve(part.request(point))
+    _, checksum, split, _ = prepared(config, None)
+    ranked = []
+    real = fusionbench.train.rank_samples
+
+    def spy(model, data, samples, *args, **kwargs):
+        ranked.append(samples)
+        return real(model, data, samples, *args, **kwargs)
+
+    monkeypatch.setattr(fusionbench.train, "rank_samples", spy)
+    monkeypatch.setattr(fusionbench.train, "evaluate_trained", lambda *a, **k: pytest.fail("a trial ranked test"))
+    reports = []
+    train_trial(point, TrialSpec(part, str(tmp_path / "checkpoints")), reports.append)
+    assert [r["epoch"] for r in reports] == [1, 2, 3] and [r["last"] for r in reports] == [False, False, True]
+    assert ranked and all(samples is split.valid for samples in ranked)      # validation only, every epoch
+    assert {r["run_hash"] for r in reports} == {config_hash({**config, "dataset_checksum": checksum})}
+    assert all(set(r["valid"]) >= {"NDCG@20", "HR@5"} and r["train_seconds"] > 0 for r in reports)
+    assert config["strategy_options"]["fusion"] == "gate" and config["tune"]["name"] == "t"
+
+    # a finished trial is replayed from its stored epochs, and nothing trains
+    monkeypatch.setattr(fusionbench.train, "train", lambda *a, **k: pytest.fail("a replay trained"))
+    history = [{k: r[k] for k in ("epoch", "loss", "seconds", "valid")} for r in reports[:2]]
+    digest = reports[0]["run_hash"]
+    replayed = []
+    train_trial(point, TrialSpec(part, str(tmp_path), {digest: {"history": history, "last": False, "error": None}}),
+                replayed.append)
+    assert [(r["epoch"], r["last"], r["replayed"]) for r in replayed] == [(1, False, True), (2, False, True)]
+    assert [r["valid"] for r in replayed] == [r["valid"] for r in reports[:2]]
+
+
+def test_a_worker_loads_data_and_builds_tables_once_for_all_its_trials(monkeypatch, tmp_path):
+    import fusionbench.tune
+
+    calls = {"load_data": 0, "build_context": 0}
+    for name in calls:
+        real = getattr(fusionbench.tune, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(fusionbench.tune, name, counting)
+    part = make_part(settings(), "late", {**TINY, "data.seed": "7"}, {}, "test", dataset="synthetic")
+    for lr, dim in ((0.01, 16), (0.005, 32), (0.002, 16)):
+        point = {"train.lr": lr, "dropout": 0.1, "dim": dim, "layers": 1, "fusion": "sum", "feature_dropout": 0.0}
+        train_trial(point, TrialSpec(part, str(tmp_path)), lambda result: None)
+    assert calls == {"load_data": 1, "build_context": 1}
+
+
+def test_a_trial_whose_training_fails_reports_the_failure_with_every_metric_zero(monkeypatch, tmp_path):
+    from fusionbench.errors import TrainingError
+
+    def diverging(*args, on_epoch, **kwargs):
+        on_epoch({"epoch": 1, "loss": 2.0, "seconds": 0.1, "valid": {"NDCG@20": 0.2}}, False)
+        raise TrainingError("sasrec: non-finite loss nan at epoch 2, batch 0")
+
+    monkeypatch.setattr(fusionbench.train, "train", diverging)
+    reports = []
+    train_trial({"train.lr": 0.01, "dropout": 0.1, "dim": 16, "layers": 1}, TrialSpec(tiny_part(), str(tmp_path)),
+                reports.append)
+    assert [(r["epoch"], r["last"], r.get("error")) for r in reports] == \
+        [(1, False, None), (2, True, "sasrec: non-finite loss nan at epoch 2, batch 0")]
+    assert set(reports[1]["valid"].values()) == {0.0} and "NDCG@20" in reports[1]["valid"]
+
+
+def test_train_reports_restored_epochs_first_when_a_trial_resumes(tmp_path):
+    """A killed trial resumes from its checkpoint: train() reports the restored epochs again (ASHA and the
+    store see the whole history), then the new ones, with the same values as an uninterrupted run."""
+    part = tiny_part()
+    config = resolve(part.request({"train.lr": 0.01, "dropout": 0.1, "dim": 16, "layers": 1}))
+    data, _, split, ctx = prepared(config, None)
+    options = fusionbench.train.TrainOptions.build(config["train"])
+
+    def run(epochs, checkpoint):
+        seen = []
+        model = STRATEGIES.create("sasrec", ctx, **config["strategy_options"])
+        opts = fusionbench.train.TrainOptions.build({**config["train"], "epochs": epochs})
+        result = fusionbench.train.train(model, data, split, opts, 0, config["max_len"], checkpoint=checkpoint,
+                                         progress=False, on_epoch=lambda e, last: seen.append((e, last)),
+                                         final_ranking=False)
+        assert result.test_ranks is None and result.test == {}
+        return seen
+
+    whole = run(options.epochs, None)
+    run(2, tmp_path / "c.pt")                              # killed after two epochs (its checkpoint stays)
+    resumed = run(options.epochs, tmp_path / "c.pt")
+    assert [(e["epoch"], last) for e, last in resumed] == [(1, False), (2, False), (3, True)]
+    assert [e["valid"] for e, _ in resumed] == [e["valid"] for e, _ in whole]
+
+
+# -- the choice ------------------------------------------------------------------------------------
+def store_trial(store, part, point, history, stopped=False, test=None):
+    """A finished trial of ``part`` stored as the tune stores one; ``test`` plants test metrics on it."""
+    config = resolve(part.request(point))
+    config["dataset_checksum"] = "abc"
+    run_id = store.start(config, "abc", {}, "rev")
+    metric = config["tune"]["metric"]
+    best = max(range(len(history)), key=lambda i: history[i]["valid"][metric])
+    metrics = {"valid": history[best]["valid"], **({"test": test} if test else {})}
+    store.finish(run_id, metrics, {}, {"best_epoch": best + 1, "history": history, "asha_stopped": stopped})
+    return run_id
+
+
+def epochs(*values):
+    return [{"epoch": i, "loss": 1.0, "seconds": 0.1, "valid": {"NDCG@20": v, "HR@20": v}}
+            for i, v in enumerate(values, start=1)]
+
+
+def test_the_choice_reads_validation_only_and_ignores_a_planted_test_best(tmp_path):
+    store = ResultStore(tmp_path / "s.db")
+    part = tiny_part()
+    points = [{"train.lr": lr, "dropout": 0.1, "dim": 16, "layers": 1} for lr in (0.001, 0.002, 0.003)]
+    perfect = dict.fromkeys(["HR@20", "NDCG@20", "MRR@20", "HR@5", "NDCG@5", "MRR@5"], 1.0)
+    planted = store_trial(store, part, points[0], epochs(0.10, 0.20), test=perfect)       # best on test
+    valid_best = store_trial(store, part, points[1], epochs(0.25, 0.30, 0.28), test=dict.fromkeys(perfect, 0.01))
+    store_trial(store, part, points[2], epochs(0.05), stopped=True)
+    trials = stored_trials(store, "t")
+    assert [t.asha_stopped for t in trials] == [False, False, True]
+    assert store.metrics(planted, "test")["NDCG@20"] == 1.0           # the plant is there to be read
+    chosen = choose(trials)
+    assert chosen.run_id == valid_best and chosen.best() == 0.30
+    assert point_of(chosen.config, list(part.space)) == points[1]
+    # an ASHA-stopped trial can be chosen when its best epoch is the best
+    stopped = store_trial(store, part, {**points[2], "layers": 2}, epochs(0.31), stopped=True)
+    assert choose(stored_trials(store, "t")).run_id == stopped
+
+
+def test_store_upgrade_keeps_a_trial_current_and_a_trial_keeps_its_tune_in_its_identity(tmp_path):
+    from fusionbench.upgrade import upgrade_store
+
+    store = ResultStore(tmp_path / "s.db")
+    part = tiny_part()
+    point = {"train.lr": 0.001, "dropout": 0.1, "dim": 16, "layers": 1}
+    store_trial(store, part, point, epochs(0.1))
+    assert [u.status for u in upgrade_store(store)] == ["current"]
+    ordinary = {**{k: v for k, v in resolve(part.request(point)).items() if k != "tune"}, "dataset_checksum": "abc"}
+    assert config_hash(ordinary) != store.runs().config_hash.iloc[0]     # never the ordinary run's identity
+
+
+def test_a_store_from_before_tunes_gains_their_columns(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""CREATE TABLE runs (id INTEGER PRIMARY KEY, config_hash TEXT UNIQUE NOT NULL, config TEXT
+        NOT NULL, dataset TEXT NOT NULL, protocol TEXT NOT NULL, strategy TEXT NOT NULL, aggregator TEXT, seed INTEGER
+        NOT NULL, status TEXT NOT NULL, dataset_checksum TEXT, versions TEXT, git_rev TEXT, started_at TEXT,
+        finished_at TEXT, wall_seconds REAL, peak_memory_mb REAL, best_epoch INTEGER, epoch_seconds REAL,
+        eval_seconds REAL, history TEXT, error TEXT);
+        INSERT INTO runs (config_hash, config, dataset, protocol, strategy, seed, status)
+        VALUES ('h', '{}', 'synthetic', 'loo', 'sasrec', 0, 'done');""")
+    db.commit()
+    db.close()
+    store = ResultStore(path)
+    assert store.run_columns()[-3:] == ["trained_from", "tune", "asha_stopped"]
+    row = store.runs().iloc[0]
+    assert pd.isna(row.tune) and pd.isna(row.asha_stopped) and pd.isna(row.trained_from)
+
+
+# -- the command on Ray ----------------------------------------------------------------------------
+TUNE = ("tune", "--strategy", "sasrec,late", "--dataset", "synthetic", "--budget", "4", "--max-epochs", "3",
+        "--grace-epochs", "1", "--seeds", "0", *(a for k, v in TINY.items() for a in ("--set", f"{k}={v}")),
+        "--quiet")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    pytest.importorskip("ray.tune", reason="ray[tune] is not installed: pip install 'fusionbench[tune]'")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def trial_rows(path):
+    return ResultStore(path).runs(status=None).query("tune == tune")        # trials: tune is not NULL
+
+
+def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, tmp_path):
+    """The done-when command of issue 26 on a tiny synthetic set: 4 trials of sasrec and late, each a
+    stored run with its epochs and no test metric; the chosen configurations then run on seed 0; a
+    killed tune resumes without training its finished trials again; a planted test-best trial is not
+    chosen; `leaderboard --tuned` and an exported store show the same rows."""
+    store = tmp_path / "tune.db"
+    args = (*TUNE, "--store", store, "--scratch", tmp_path / "scratch")
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    trials = trial_rows(store)
+    assert len(trials) == 8 and set(trials.status) == {"done"} and set(trials.tune) == {"synthetic_loo"}
+    results = ResultStore(store)
+    for row in trials.itertuples():
+        history = json.loads(row.history)
+        assert 1 <= len(history) <= 3 and json.loads(row.config)["train"]["epochs"] == 3
+        assert results.metrics(row.id, "test") == {} and results.metrics(row.id, "valid")       # never tested
+        assert row.asha_stopped in (0, 1) and (row.asha_stopped == 0 or len(history) < 3)
+        with pytest.raises(KeyError):
+            results.ranks(row.id, "test")
+    assert "tune cost: 8 trials trained" in first.output
+    seeds = results.runs(status=None).query("tune != tune")
+    assert sorted(seeds.strategy) == ["late", "sasrec"] and set(seeds.status) == {"done"}
+    for strategy in ("sasrec", "late"):
+        chosen = choose([t for t in stored_trials(results, "synthetic_loo") if t.config["strategy"] == strategy])
+        seed_config = json.loads(seeds[seeds.strategy == strategy].config.iloc[0])
+        assert seed_config == {**{k: v for k, v in chosen.config.items() if k != "tune"}, "seed": 0}
+
+    # a kill: one sasrec trial was still running (no checkpoint), another had not started
+    sasrec = trials[trials.strategy == "sasrec"].sort_values("id")
+    running, gone, kept = sasrec.id.iloc[0], sasrec.id.iloc[1], sasrec.id.iloc[2:]
+    db = sqlite3.connect(store)
+    db.execute("UPDATE runs SET status='running' WHERE id=?", (int(running),))
+    db.execute("DELETE FROM runs WHERE id=?", (int(gone),))
+    db.commit()
+    db.close()
+    before = trial_rows(store).set_index("id")
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "tune cost: 2 trials trained" in again.output          # the killed one and one new; nothing else
+    after = trial_rows(store).set_index("id")
+    for run_id in [*kept, *trials[trials.strategy == "late"].id]:
+        assert after.loc[run_id].finished_at == before.loc[run_id].finished_at     # not trained again
+    assert (after.strategy == "sasrec").sum() == 4 and set(after.status) == {"done"}
+
+    # a planted configuration, best on test but worse on validation than the chosen one, is not chosen
+    results = ResultStore(store)
+    late = [t for t in stored_trials(results, "synthetic_loo") if t.config["strategy"] == "late"]
+    chosen = choose(late)
+    plant = min(late, key=lambda t: t.best())
+    db = sqlite3.connect(store)
+    db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)",
+                   [(plant.run_id, "test", m, k, 1.0) for m in ("HR", "NDCG", "MRR") for k in (5, 10, 20)])
+    db.commit()
+    db.close()
+    third = invoke(*args)
+    assert third.exit_code == 0 and "tune cost: no trial trained" in third.output, third.output
+    assert choose([t for t in stored_trials(ResultStore(store), "synthetic_loo")
+                   if t.config["strategy"] == "late"]).run_id == chosen.run_id != plant.run_id
+
+    board = invoke("leaderboard", "--store", store, "--tuned", "synthetic_loo", "--k", "5,10")
+    assert board.exit_code == 0, board.output
+    assert "Tuned (`synthetic_loo`): each row is the configuration chosen for its strategy by validation NDCG@20" \
+        in board.output and "from 4 trials per strategy, tpe search, ASHA scheduler" in board.output
+    rows = [line for line in board.output.splitlines() if line.startswith("| late") or line.startswith("| sasrec")]
+    assert len(rows) == 2
+    plain = invoke("leaderboard", "--store", store, "--k", "5,10")          # trials are never rows
+    ordinary = ResultStore(store).runs().query("tune != tune")
+    assert plain.exit_code == 0 and len([ln for ln in plain.output.splitlines() if ln.startswith("| ")]) \
+        == 1 + len(ordinary)
+
+    shown = invoke("store", "show", "--store", store)
+    assert shown.output.count("| synthetic_loo") == 8 and "synthetic_loo, ASHA-stopped" in shown.output
+    archive = tmp_path / "a.jsonl.gz"
+    assert invoke("store", "export", "--store", store, "--out", archive, "--ranks", "test").exit_code == 0
+    assert invoke("store", "import", archive, "--store", tmp_path / "copy.db").exit_code == 0
+    copied = invoke("leaderboard", "--store", tmp_path / "copy.db", "--tuned", "synthetic_loo", "--k", "5,10")
+    assert copied.output.split("\n", 1)[1] == board.output.split("\n", 1)[1]
+
+
+def test_a_changed_setting_under_the_same_name_is_an_error(tmp_path):
+    store = tmp_path / "tune.db"
+    part = tiny_part()
+    store_trial(ResultStore(store), part, {"train.lr": 0.001, "dropout": 0.1, "dim": 16, "layers": 1}, epochs(0.1))
+    out = invoke("tune", "--strategy", "sasrec", "--dataset", "synthetic", "--name", "t", "--budget", "4",
+                 "--max-epochs", "5", "--grace-epochs", "1",
+                 *(a for k, v in TINY.items() for a in ("--set", f"{k}={v}")), "--store", store)
+    assert out.exit_code == 2 and "tune 't' in" in out.output and "has trials of sasrec made with other settings" \
+        in out.output and "tune.max_epochs" in out.output and "give another --name" in out.output
+
+
+def test_the_store_callback_makes_every_trial_a_run_and_marks_what_asha_stopped(tmp_path):
+    """The driver's side of a trial, without running Ray: results become a run's history epoch by epoch; a
+    trial that ends before its last epoch is ASHA-stopped; a failure result or a raised error is stored
+    as failed; a replay or a duplicate of a stored run writes nothing."""
+    pytest.importorskip("ray.tune", reason="ray[tune] is not installed: pip install 'fusionbench[tune]'")
+    from types import SimpleNamespace
+
+    from fusionbench.tune import TuneCost, failure_result
+    from fusionbench.tune_ray import StoreCallback
+
+    store = ResultStore(tmp_path / "s.db")
+    part = tiny_part()
+    cost = TuneCost()
+    callback = StoreCallback(part, store, "abc", tmp_path / "checkpoints", cost, SimpleNamespace(update=lambda n: None))
+    points = {name: {"train.lr": lr, "dropout": 0.1, "dim": 16, "layers": 1}
+              for name, lr in (("stopped", 0.001), ("whole", 0.002), ("failed", 0.003), ("raised", 0.004))}
+    trials = {name: SimpleNamespace(trial_id=name, config=point, error_file=None) for name, point in points.items()}
+
+    def result(epoch, value, last=False, **extra):
+        return {"epoch": epoch, "loss": 1.0, "seconds": 0.5, "valid": {"NDCG@20": value, "HR@20": 2 * value},
+                "last": last, "train_seconds": 0.6, "setup_seconds": 0.1, **extra}
+
+    for epoch, value in ((1, 0.1), (2, 0.3)):
+        callback.on_trial_result(0, [], trials["stopped"], result(epoch, value))
+    callback.on_trial_complete(0, [], trials["stopped"])
+    for epoch, value in ((1, 0.2), (2, 0.4), (3, 0.35)):
+        callback.on_trial_result(0, [], trials["whole"], result(epoch, value, last=epoch == 3))
+    duplicate = SimpleNamespace(trial_id="twin", config=points["whole"], error_file=None)
+    callback.on_trial_result(0, [], duplicate, result(1, 0.9))        # the same point while it runs: not stored
+    callback.on_trial_complete(0, [], duplicate)
+    callback.on_trial_complete(0, [], trials["whole"])
+    replay = SimpleNamespace(trial_id="replay", config=points["whole"], error_file=None)
+    callback.on_trial_result(0, [], replay, result(1, 0.2, replayed=True))     # a replay of a stored trial
+    callback.on_trial_complete(0, [], replay)
+    callback.on_trial_result(0, [], trials["failed"], result(1, 0.05))
+    callback.on_trial_result(0, [], trials["failed"], failure_result("non-finite loss at epoch 2", 2, None))
+    callback.on_trial_complete(0, [], trials["failed"])
+    callback.on_trial_error(0, [], trials["raised"])
+
+    runs = store.runs(status=None).set_index("id")
+    by_lr = {json.loads(row.config)["train"]["lr"]: row for row in runs.itertuples()}
+    stopped, whole, failed, raised = (by_lr[points[n]["train.lr"]] for n in ("stopped", "whole", "failed", "raised"))
+    assert (stopped.status, stopped.asha_stopped, stopped.best_epoch) == ("done", 1, 2)
+    assert (whole.status, whole.asha_stopped, whole.best_epoch) == ("done", 0, 2)
+    assert store.metrics(whole.Index, "valid") == {"NDCG@20": 0.4, "HR@20": 0.8}
+    assert store.metrics(whole.Index, "test") == {}
+    assert [e["valid"]["NDCG@20"] for e in json.loads(whole.history)] == [0.2, 0.4, 0.35]
+    assert failed.status == "failed" and failed.error == "non-finite loss at epoch 2"
+    assert len(json.loads(failed.history)) == 1
+    assert raised.status == "failed" and raised.error == "Ray trial failed: unknown error"
+    assert len(runs) == 4 and set(runs.tune) == {"t"}
+    assert callback.errors == [f"sasrec trial {raised.config_hash}: unknown error"]
+    assert cost.epochs == 7 and cost.training_seconds == pytest.approx(0.6 * 7)   # replays and failures: none
