@@ -399,6 +399,7 @@ def trial_rows(path):
     return ResultStore(path).runs(status=None).query("tune == tune")        # trials: tune is not NULL
 
 
+@pytest.mark.timeout(1200)   # about 50 s on an idle 2-core machine; Ray's start-up and trials slow down under load
 def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, tmp_path):
     """The done-when command of issue 26 on a tiny synthetic set: 4 trials of sasrec and late, each a
     stored run with its epochs and no test metric; the chosen configurations then run on seed 0; a
