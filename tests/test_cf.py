@@ -283,3 +283,111 @@ def test_evaluation_never_reads_a_stale_propagation():
     target = data.flat[data.offsets[:-1][split.valid.user] + split.valid.pos] - 1
     t = fresh.gather(1, target[:, None])
     assert torch.equal(after, (fresh >= t).sum(1) - 1) and not torch.equal(before, after)
+
+
+# ---- the sparse-kernel MGAT layer against its per-edge form (issue 24, speed) -------------------------
+
+def random_bipartite(n_users=40, n_items=30, n_pairs=150, seed=0):
+    """A random user–item graph with isolated users and items (no pair reaches the last 5 of either), as
+    ``InteractionGraph.edges`` gives it: ``dst, src`` (both directions), ``degree`` and the node count."""
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(0, n_users - 5, (n_pairs,), generator=g)
+    item = torch.randint(1, n_items - 5, (n_pairs,), generator=g)
+    keys = torch.unique(user * (n_items + 1) + item)
+    graph = InteractionGraph(n_users, n_items, keys // (n_items + 1), keys % (n_items + 1),
+                             torch.zeros(n_items + 1, dtype=torch.long))
+    dst, src = graph.edges()
+    degree = graph.degree()
+    assert (degree == 0).sum() >= 10   # isolated nodes (and the padding item) included
+    return dst, src, degree, graph.n_nodes
+
+
+def test_sampled_dot_and_edge_weighted_sum_equal_their_gathered_forms_with_gradients():
+    from strategies.cf_graph import EdgePattern, edge_weighted_sum, sampled_dot
+    dst, src, _, n = random_bipartite()
+    perm = torch.randperm(dst.numel(), generator=torch.Generator().manual_seed(1))   # any edge order
+    pattern = EdgePattern.from_edges(dst[perm], src[perm], n)
+    assert torch.equal(pattern.row, pattern.row.sort().values)
+    assert set(zip(pattern.row.tolist(), pattern.col.tolist())) == set(zip(dst.tolist(), src.tolist()))
+    torch.manual_seed(0)
+    a, b = torch.randn(n, 6, dtype=torch.double), torch.randn(n, 6, dtype=torch.double)
+    w = torch.randn(dst.numel(), dtype=torch.double)
+    row, col = pattern.row, pattern.col
+
+    def both(fast, slow, *inputs):
+        fast_in = [t.clone().requires_grad_() for t in inputs]
+        slow_in = [t.clone().requires_grad_() for t in inputs]
+        out_fast, out_slow = fast(*fast_in), slow(*slow_in)
+        torch.testing.assert_close(out_fast, out_slow)
+        weight = torch.randn_like(out_slow)
+        (out_fast * weight).sum().backward()
+        (out_slow * weight).sum().backward()
+        for f, s in zip(fast_in, slow_in):
+            torch.testing.assert_close(f.grad, s.grad)
+
+    both(lambda a_, b_: sampled_dot(a_, b_, pattern), lambda a_, b_: (a_[row] * b_[col]).sum(-1), a, b)
+    both(lambda w_, b_: edge_weighted_sum(w_, b_, pattern),
+         lambda w_, b_: torch.zeros_like(b_).index_add(0, row, w_[:, None] * b_[col]), w, b)
+    assert torch.autograd.gradcheck(lambda a_, b_: sampled_dot(a_, b_, pattern),
+                                    (a[:, :2].clone().requires_grad_(), b[:, :2].clone().requires_grad_()))
+    assert torch.autograd.gradcheck(lambda w_, b_: edge_weighted_sum(w_, b_, pattern),
+                                    (w.clone().requires_grad_(), b[:, :2].clone().requires_grad_()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mgat_layer_equals_its_per_edge_form_with_gradients(dtype):
+    """Outputs and the gradients of every parameter and input against ``tests/mgat_reference.py`` (the
+    gathered ``[2E, d]`` products and ``index_add`` the layer used to compute), on a random graph with
+    isolated nodes, the edges in a shuffled order, a pattern built by the layer and one given to it."""
+    from mgat_reference import gated_attention_per_edge
+    from strategies.cf_graph import EdgePattern
+    from strategies.mgat import GatedAttentionLayer
+    dst, src, degree, n = random_bipartite()
+    perm = torch.randperm(dst.numel(), generator=torch.Generator().manual_seed(2))
+    dst, src = dst[perm], src[perm]
+    torch.manual_seed(0)
+    layer = GatedAttentionLayer(8).to(dtype)
+    x0, e0 = torch.randn(n, 8, dtype=dtype), torch.randn(n, 8, dtype=dtype)
+    results = []
+    for run in ("sparse", "sparse, given pattern", "per-edge"):
+        layer.zero_grad(set_to_none=True)
+        x, e_id = x0.clone().requires_grad_(), e0.clone().requires_grad_()
+        if run == "per-edge":
+            out = gated_attention_per_edge(layer, x, dst, src, degree, e_id)
+        else:
+            pattern = EdgePattern.from_edges(dst, src, n) if "given" in run else None
+            out = layer(x, dst, src, degree, e_id, pattern)
+        out.pow(3).sum().backward()
+        results.append([out.detach(), x.grad, e_id.grad] + [p.grad for p in layer.parameters()])
+    tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for fast in results[:2]:
+        for got, want in zip(fast, results[2]):
+            torch.testing.assert_close(got, want, **tol)
+    isolated = degree == 0
+    torch.testing.assert_close(results[0][0][isolated], results[2][0][isolated])
+
+
+def test_mgat_model_equals_its_per_edge_form_through_a_training_loss(monkeypatch):
+    """The whole model (two channels, two layers, the graph buffers MGAT registers) on a small split:
+    loss and every parameter's gradient as with the per-edge layer."""
+    from mgat_reference import gated_attention_per_edge
+    from strategies.mgat import GatedAttentionLayer
+    data = from_sequences("hand", [[1, 2, 3, 4, 2], [2, 3, 5, 6], [4, 1, 3], [7, 8, 1, 2]], 10)  # items 9, 10 unseen
+    split = make_split(data, "loo")
+    ctx = tiny_feature_context(build_context(BARE, data, split), 10)
+    torch.manual_seed(0)
+    model = STRATEGIES.create("mgat", ctx).double()
+    batch = sample_batch(data, split.train, 8)
+    grads = []
+    for per_edge in (False, True):
+        if per_edge:
+            monkeypatch.setattr(GatedAttentionLayer, "forward",
+                                lambda self, x, dst, src, degree, e_id, pattern=None:
+                                gated_attention_per_edge(self, x, dst, src, degree, e_id))
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)                     # the same negatives
+        loss = model.loss(batch)
+        loss.backward()
+        grads.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
