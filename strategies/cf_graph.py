@@ -113,11 +113,32 @@ class InteractionGraph:
                                            (self.n_nodes, self.n_nodes), is_coalesced=True,
                                            check_invariants=False).to_sparse_csr()
 
+    def adjacency_t(self, norm: str) -> Tensor:
+        """Sparse CSR ``[N, N]``: the transpose of :meth:`adjacency` (the same for ``"sym"``)."""
+        adj = self.adjacency(norm)
+        if norm == "sym":
+            return adj
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return adj.t().to_sparse_csr()
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, n: int) -> Tensor:
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, n: int, n_cols: Optional[int] = None) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, values, (n, n), check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, values, (n, n if n_cols is None else n_cols),
+                                       check_invariants=False)
+
+
+def csr_rows(adj: Tensor, rows: Tensor) -> Tensor:
+    """Sparse CSR ``[R, n]``: the rows ``rows [R]`` (long, any order, repeats allowed) of the sparse CSR
+    ``adj [m, n]``, their entries in the same order as in ``adj``."""
+    crow, col, values = adj.crow_indices(), adj.col_indices(), adj.values()
+    start, count = crow[rows], crow[rows + 1] - crow[rows]
+    sub_crow = torch.zeros(rows.numel() + 1, dtype=crow.dtype, device=crow.device)
+    sub_crow[1:] = count.cumsum(0)
+    take = torch.repeat_interleave(start - sub_crow[:-1], count) + torch.arange(int(sub_crow[-1]), device=crow.device)
+    return _csr(sub_crow, col[take], values[take], rows.numel(), adj.shape[1])
 
 
 class EdgePattern(NamedTuple):
@@ -225,6 +246,29 @@ def edge_weighted_sum(weight: Tensor, x: Tensor, pattern: EdgePattern) -> Tensor
     dtype = _kernel_dtype(weight, x)
     out = _EdgeWeightedSum.apply(weight.to(dtype), x.to(dtype), pattern)
     return out.to(torch.promote_types(weight.dtype, x.dtype))
+
+
+class _SparseDense(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, adj: Tensor, adj_t: Tensor) -> Tensor:
+        ctx.adj_t = adj_t
+        with torch.autocast(x.device.type, enabled=False):
+            return adj @ x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        return ctx.adj_t @ grad.contiguous(), None, None
+
+
+def sparse_dense(adj: Tensor, x: Tensor, adj_t: Optional[Tensor] = None) -> Tensor:
+    """``adj @ x`` for a constant sparse ``adj [n, n]`` (no gradient) and ``x [n, d]``. ``adj_t``: the transpose
+    of ``adj`` (sparse CSR), built once per graph; the backward is then ``adj_t @ grad``, where torch's own
+    backward transposes ``adj`` (a sort of its entries) on every call. Inputs of another dtype than ``adj``
+    (autocast) are cast to it."""
+    if adj_t is None:
+        return adj @ x
+    return _SparseDense.apply(x.to(adj.dtype), adj, adj_t).to(x.dtype)
 
 
 def sample_negatives(keys: Tensor, user: Tensor, n_items: int, max_rounds: int = 50) -> Tensor:

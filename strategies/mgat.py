@@ -141,5 +141,6 @@ class MGAT(MultiBranchCF):
     def item_activation(self, x: Tensor) -> Tensor:
         return torch.tanh(x)
 
-    def layer(self, layer: nn.Module, x: Tensor, e_id: Tensor) -> Tensor:
-        return layer(x, self.dst, self.src, self.degree, e_id, self.pattern())
+    def layer(self, layer: nn.Module, x: Tensor, e_id: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        out = layer(x, self.dst, self.src, self.degree, e_id, self.pattern())
+        return out if rows is None else out[rows]
