@@ -265,9 +265,10 @@ def sparse_dense(adj: Tensor, x: Tensor, adj_t: Optional[Tensor] = None) -> Tens
     """``adj @ x`` for a constant sparse ``adj [n, n]`` (no gradient) and ``x [n, d]``. ``adj_t``: the transpose
     of ``adj`` (sparse CSR), built once per graph; the backward is then ``adj_t @ grad``, where torch's own
     backward transposes ``adj`` (a sort of its entries) on every call. Inputs of another dtype than ``adj``
-    (autocast) are cast to it."""
+    (autocast) are cast to it, and the result back to theirs."""
     if adj_t is None:
-        return adj @ x
+        with torch.autocast(x.device.type, enabled=False):
+            return (adj @ x.to(adj.dtype)).to(x.dtype)
     return _SparseDense.apply(x.to(adj.dtype), adj, adj_t).to(x.dtype)
 
 

@@ -98,7 +98,7 @@ class MMGCNLayer(nn.Module):
         if rows is None:
             h = F.leaky_relu(sparse_dense(adj, self.w1(x), adj_t), self.slope)
         else:
-            h = F.leaky_relu(csr_rows(adj, rows) @ self.w1(x), self.slope)
+            h = F.leaky_relu(sparse_dense(csr_rows(adj, rows), self.w1(x)), self.slope)
             x, e_id = x[rows], e_id[rows]
         own = F.leaky_relu(self.w2(x), self.slope) + e_id
         return F.leaky_relu(self.w3(torch.cat([h, own], -1)), self.slope)

@@ -501,3 +501,22 @@ def test_mmgcn_layer_with_the_pretransposed_adjacency_equals_torchs_backward():
         results.append([out.detach(), x.grad, e_id.grad] + [p.grad for p in layer.parameters()])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["mgat", "mmgcn"])
+def test_mgat_and_mmgcn_train_under_bf16_autocast(name):
+    """``train.precision=bf16``: the sparse kernels run in float32 inside the autocast region (CPU
+    ``sampled_addmm`` and CSR products have no bfloat16 kernel); the loss stays near the float32 one."""
+    from fusionbench.train import make_adam, train_step
+    data = from_sequences("hand", [[1, 2, 3, 4, 2], [2, 3, 5, 6], [4, 1, 3], [7, 8, 1, 2]], 10)
+    split = make_split(data, "loo")
+    ctx = tiny_feature_context(build_context(BARE, data, split), 10)
+    batch = sample_batch(data, split.train, 8)
+    losses = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = STRATEGIES.create(name, ctx)
+        model.train()
+        losses.append(train_step(model, make_adam(model.parameters(), 1e-3), batch, bf16))
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(losses[1]) and abs(losses[1] - losses[0]) < 0.05, losses
