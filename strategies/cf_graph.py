@@ -32,13 +32,15 @@ first item (a sample's target is never position 0), which is in the graph all th
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.data.core import SequenceData
@@ -110,6 +112,164 @@ class InteractionGraph:
             return torch.sparse_coo_tensor(torch.stack([dst[order], src[order]]), value[order],
                                            (self.n_nodes, self.n_nodes), is_coalesced=True,
                                            check_invariants=False).to_sparse_csr()
+
+    def adjacency_t(self, norm: str) -> Tensor:
+        """Sparse CSR ``[N, N]``: the transpose of :meth:`adjacency` (the same for ``"sym"``)."""
+        adj = self.adjacency(norm)
+        if norm == "sym":
+            return adj
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return adj.t().to_sparse_csr()
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, n: int, n_cols: Optional[int] = None) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, (n, n if n_cols is None else n_cols),
+                                       check_invariants=False)
+
+
+def csr_rows(adj: Tensor, rows: Tensor) -> Tensor:
+    """Sparse CSR ``[R, n]``: the rows ``rows [R]`` (long, any order, repeats allowed) of the sparse CSR
+    ``adj [m, n]``, their entries in the same order as in ``adj``."""
+    crow, col, values = adj.crow_indices(), adj.col_indices(), adj.values()
+    start, count = crow[rows], crow[rows + 1] - crow[rows]
+    sub_crow = torch.zeros(rows.numel() + 1, dtype=crow.dtype, device=crow.device)
+    sub_crow[1:] = count.cumsum(0)
+    take = torch.repeat_interleave(start - sub_crow[:-1], count) + torch.arange(int(sub_crow[-1]), device=crow.device)
+    return _csr(sub_crow, col[take], values[take], rows.numel(), adj.shape[1])
+
+
+class EdgePattern(NamedTuple):
+    r"""A directed edge list ``src -> dst`` on ``n`` nodes in CSR order (rows ``dst``, columns ``src``), with
+    its transpose, for per-edge values ``[M]`` kept in that order (:func:`sampled_dot`,
+    :func:`edge_weighted_sum`): the per-edge work of graph attention as sparse kernels instead of gathered
+    ``[M, d]`` operands.
+
+    Attributes:
+        n: the number of nodes. crow ``[n + 1]``, col ``[M]``: the CSR pattern; row ``[M]``: each edge's
+        dst (sorted). crow_t, col_t ``[n + 1]``, ``[M]``: the transposed pattern (rows ``src``); perm_t ``[M]``: the
+        CSR-order position of each entry of the transpose (values of the transpose: ``values[perm_t]``).
+    """
+
+    n: int
+    crow: Tensor
+    col: Tensor
+    row: Tensor
+    crow_t: Tensor
+    col_t: Tensor
+    perm_t: Tensor
+
+    @classmethod
+    def from_edges(cls, dst: Tensor, src: Tensor, n: int) -> "EdgePattern":
+        """From ``dst, src [M]`` long node ids (edge src -> dst), any order."""
+        order = torch.argsort(dst * n + src, stable=True)
+        row, col = dst[order], src[order]
+        perm_t = torch.argsort(col * n + row, stable=True)
+        return cls(n, cls._crow(row, n), col, row, cls._crow(col[perm_t], n), row[perm_t], perm_t)
+
+    @staticmethod
+    def _crow(sorted_rows: Tensor, n: int) -> Tensor:
+        crow = torch.zeros(n + 1, dtype=torch.long, device=sorted_rows.device)
+        crow[1:] = torch.bincount(sorted_rows, minlength=n).cumsum(0)
+        return crow
+
+    def matrix(self, values: Tensor) -> Tensor:
+        """Sparse CSR ``[n, n]`` with ``values [M]`` (CSR order) at (dst, src)."""
+        return _csr(self.crow, self.col, values, self.n)
+
+    def transposed(self, values: Tensor) -> Tensor:
+        """Sparse CSR ``[n, n]``: the transpose of :meth:`matrix` (``values`` in CSR order)."""
+        return _csr(self.crow_t, self.col_t, values[self.perm_t], self.n)
+
+
+class _SampledDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, pattern: EdgePattern) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.pattern = pattern
+        zeros = torch.zeros(pattern.col.shape, dtype=a.dtype, device=a.device)
+        with torch.autocast(a.device.type, enabled=False):
+            return torch.sparse.sampled_addmm(pattern.matrix(zeros), a, b.T, beta=0.0).values().clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        pattern, grad = ctx.pattern, grad.contiguous()
+        grad_a = pattern.matrix(grad) @ b if ctx.needs_input_grad[0] else None
+        grad_b = pattern.transposed(grad) @ a if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None
+
+
+class _EdgeWeightedSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor, x: Tensor, pattern: EdgePattern) -> Tensor:
+        ctx.save_for_backward(weight, x)
+        ctx.pattern = pattern
+        with torch.autocast(x.device.type, enabled=False):
+            return pattern.matrix(weight) @ x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        weight, x = ctx.saved_tensors
+        pattern, grad = ctx.pattern, grad.contiguous()
+        grad_w = sampled_dot(grad, x, pattern) if ctx.needs_input_grad[0] else None
+        grad_x = pattern.transposed(weight) @ grad if ctx.needs_input_grad[1] else None
+        return grad_w, grad_x, None
+
+
+def _kernel_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype the sparse kernels run in: the inputs' common one, float32 in place of bfloat16 or half
+    (CPU ``sampled_addmm`` has no bfloat16 kernel; under autocast the inputs can differ)."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def sampled_dot(a: Tensor, b: Tensor, pattern: EdgePattern) -> Tensor:
+    r"""``[M]``: :math:`\langle a_{dst}, b_{src}\rangle` of every edge in CSR order, for ``a, b [n, d]``, without
+    gathering ``[M, d]`` operands (``torch.sparse.sampled_addmm``; backward: two sparse-dense products).
+    Equals ``(a[pattern.row] * b[pattern.col]).sum(-1)`` up to float rounding. Low-precision inputs (autocast)
+    are computed in float32 and the result cast back to their common dtype."""
+    dtype = _kernel_dtype(a, b)
+    out = _SampledDot.apply(a.to(dtype), b.to(dtype), pattern)
+    return out.to(torch.promote_types(a.dtype, b.dtype))
+
+
+def edge_weighted_sum(weight: Tensor, x: Tensor, pattern: EdgePattern) -> Tensor:
+    r"""``[n, d]``: :math:`\sum_{w \to v} \mathrm{weight}_{vw}\, x_w` for every node v (zeros where v has no
+    in-edge), ``weight [M]`` in CSR order, ``x [n, d]``: one sparse-dense product (backward: one more and a
+    :func:`sampled_dot`). Equals ``zeros.index_add(0, pattern.row, weight[:, None] * x[pattern.col])`` up to
+    float rounding; dtypes as in :func:`sampled_dot`."""
+    dtype = _kernel_dtype(weight, x)
+    out = _EdgeWeightedSum.apply(weight.to(dtype), x.to(dtype), pattern)
+    return out.to(torch.promote_types(weight.dtype, x.dtype))
+
+
+class _SparseDense(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, adj: Tensor, adj_t: Tensor) -> Tensor:
+        ctx.adj_t = adj_t
+        with torch.autocast(x.device.type, enabled=False):
+            return adj @ x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        return ctx.adj_t @ grad.contiguous(), None, None
+
+
+def sparse_dense(adj: Tensor, x: Tensor, adj_t: Optional[Tensor] = None) -> Tensor:
+    """``adj @ x`` for a constant sparse ``adj [n, n]`` (no gradient) and ``x [n, d]``. ``adj_t``: the transpose
+    of ``adj`` (sparse CSR), built once per graph; the backward is then ``adj_t @ grad``, where torch's own
+    backward transposes ``adj`` (a sort of its entries) on every call. Inputs of another dtype than ``adj``
+    (autocast) are cast to it, and the result back to theirs."""
+    if adj_t is None:
+        with torch.autocast(x.device.type, enabled=False):
+            return (adj @ x.to(adj.dtype)).to(x.dtype)
+    return _SparseDense.apply(x.to(adj.dtype), adj, adj_t).to(x.dtype)
 
 
 def sample_negatives(keys: Tensor, user: Tensor, n_items: int, max_rounds: int = 50) -> Tensor:

@@ -20,13 +20,14 @@ code silently ran one layer). Ranking is the harness's full ranking (the shipped
 1,000 sampled negatives: not reproduced).
 
 Shapes: x ``[N, d]``, edges ``dst, src [2E]`` (both directions of every user–item pair),
-degree ``[N]``, e_id ``[N, d]`` -> ``[N, d]``; per-edge tensors ``[2E]`` and ``[2E, d]``, never ``[N, N]``.
+degree ``[N]``, e_id ``[N, d]`` -> ``[N, d]``; per-edge tensors ``[2E]`` only (no gathered ``[2E, d]``
+operands: sparse kernels, :class:`GatedAttentionLayer`), never ``[N, N]``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
-from strategies.cf_graph import InteractionGraph, register_graph_buffer
+from strategies.cf_graph import EdgePattern, InteractionGraph, edge_weighted_sum, register_graph_buffer, sampled_dot
 from strategies.mmgcn import MultiBranchCF
 
 
@@ -63,7 +64,16 @@ class GatedAttentionLayer(nn.Module):
     Args: dim: d. negative_slope: of every LeakyReLU (0.01).
 
     Shapes: x ``[N, d]``, dst / src ``[2E]`` long (edge src -> dst), degree ``[N]`` float, e_id ``[N, d]``
-    -> ``[N, d]``. A node without neighbours gets :math:`h_v = b / \lVert b \rVert`.
+    -> ``[N, d]``. A node without neighbours gets :math:`h_v = b / \lVert b \rVert`. ``pattern``: the
+    :class:`~strategies.cf_graph.EdgePattern` of (dst, src), built from them when not given (MGAT builds it
+    once per graph).
+
+    The per-edge work runs as sparse kernels on that pattern, never on gathered ``[2E, d]`` operands: the
+    logits :math:`s_{vw}` by a sampled dense-dense product of :math:`Wx` and :math:`\mathrm{LReLU}(Wx)`
+    (the LeakyReLU applied once per node), the aggregation :math:`\sum_w \alpha_{vw} W x_w` as a
+    sparse (values α) times dense product; gate and softmax are ``[2E]`` vectors. The per-edge form
+    (gather, multiply, ``index_add``) is ``tests/mgat_reference.py``; the parity tests of
+    ``tests/test_cf.py`` hold the two to float rounding, outputs and gradients.
     """
 
     def __init__(self, dim: int, negative_slope: float = 0.01):
@@ -80,17 +90,23 @@ class GatedAttentionLayer(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
         nn.init.normal_(self.bias, std=1.0 / math.sqrt(self.dim))
 
-    def forward(self, x: Tensor, dst: Tensor, src: Tensor, degree: Tensor, e_id: Tensor) -> Tensor:
+    def forward(self, x: Tensor, dst: Tensor, src: Tensor, degree: Tensor, e_id: Tensor,
+                pattern: Optional[EdgePattern] = None) -> Tensor:
+        if pattern is None:
+            pattern = EdgePattern.from_edges(dst, src, x.shape[0])
         wx = self.w(x)
-        s = (wx[dst] * F.leaky_relu(wx[src], self.slope)).sum(-1)                    # [2E]
-        gate = torch.sigmoid(s / degree[dst].clamp(min=1).sqrt())
-        alpha = segment_softmax(s * gate, dst, x.shape[0])
-        agg = torch.zeros_like(wx).index_add(0, dst, alpha[:, None] * wx[src])
+        s = sampled_dot(wx, F.leaky_relu(wx, self.slope), pattern)                  # [2E], CSR order
+        gate = torch.sigmoid(s / degree[pattern.row].clamp(min=1).sqrt())
+        alpha = segment_softmax(s * gate, pattern.row, x.shape[0])
+        agg = edge_weighted_sum(alpha, wx, pattern)
         h = F.normalize(agg + self.bias, dim=-1)
         return F.leaky_relu(self.w_g(h) + F.leaky_relu(self.w_l(x), self.slope) + e_id, self.slope)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dim})"
+
+
+PATTERN_BUFFERS = EdgePattern._fields[1:]  # every field but n
 
 
 @STRATEGIES.register("mgat")
@@ -111,9 +127,17 @@ class MGAT(MultiBranchCF):
         register_graph_buffer(self, "dst", dst)
         register_graph_buffer(self, "src", src)
         register_graph_buffer(self, "degree", graph.degree())
+        pattern = EdgePattern.from_edges(dst, src, graph.n_nodes)
+        for name in PATTERN_BUFFERS:
+            register_graph_buffer(self, f"pattern_{name}", getattr(pattern, name))
+
+    def pattern(self) -> EdgePattern:
+        """The graph's :class:`~strategies.cf_graph.EdgePattern`, from buffers (they follow ``.to(device)``)."""
+        return EdgePattern(self.degree.shape[0], *(getattr(self, f"pattern_{name}") for name in PATTERN_BUFFERS))
 
     def item_activation(self, x: Tensor) -> Tensor:
         return torch.tanh(x)
 
-    def layer(self, layer: nn.Module, x: Tensor, e_id: Tensor) -> Tensor:
-        return layer(x, self.dst, self.src, self.degree, e_id)
+    def layer(self, layer: nn.Module, x: Tensor, e_id: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        out = layer(x, self.dst, self.src, self.degree, e_id, self.pattern())
+        return out if rows is None else out[rows]

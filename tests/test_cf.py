@@ -284,3 +284,240 @@ def test_evaluation_never_reads_a_stale_propagation():
     target = data.flat[data.offsets[:-1][split.valid.user] + split.valid.pos] - 1
     t = fresh.gather(1, target[:, None])
     assert torch.equal(after, (fresh >= t).sum(1) - 1) and not torch.equal(before, after)
+
+
+# ---- the sparse-kernel MGAT layer against its per-edge form (issue 24, speed) -------------------------
+
+def random_bipartite_graph(n_users=40, n_items=30, n_pairs=150, seed=0) -> InteractionGraph:
+    """A random user–item graph with isolated users and items (no pair reaches the last 5 of either)."""
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(0, n_users - 5, (n_pairs,), generator=g)
+    item = torch.randint(1, n_items - 5, (n_pairs,), generator=g)
+    keys = torch.unique(user * (n_items + 1) + item)
+    return InteractionGraph(n_users, n_items, keys // (n_items + 1), keys % (n_items + 1),
+                            torch.zeros(n_items + 1, dtype=torch.long))
+
+
+def random_bipartite(**kwargs):
+    """:func:`random_bipartite_graph` as ``InteractionGraph.edges`` gives it: ``dst, src`` (both directions),
+    ``degree`` and the node count."""
+    graph = random_bipartite_graph(**kwargs)
+    dst, src = graph.edges()
+    degree = graph.degree()
+    assert (degree == 0).sum() >= 10   # isolated nodes (and the padding item) included
+    return dst, src, degree, graph.n_nodes
+
+
+def test_sampled_dot_and_edge_weighted_sum_equal_their_gathered_forms_with_gradients():
+    from strategies.cf_graph import EdgePattern, edge_weighted_sum, sampled_dot
+    dst, src, _, n = random_bipartite()
+    perm = torch.randperm(dst.numel(), generator=torch.Generator().manual_seed(1))   # any edge order
+    pattern = EdgePattern.from_edges(dst[perm], src[perm], n)
+    assert torch.equal(pattern.row, pattern.row.sort().values)
+    assert set(zip(pattern.row.tolist(), pattern.col.tolist())) == set(zip(dst.tolist(), src.tolist()))
+    torch.manual_seed(0)
+    a, b = torch.randn(n, 6, dtype=torch.double), torch.randn(n, 6, dtype=torch.double)
+    w = torch.randn(dst.numel(), dtype=torch.double)
+    row, col = pattern.row, pattern.col
+
+    def both(fast, slow, *inputs):
+        fast_in = [t.clone().requires_grad_() for t in inputs]
+        slow_in = [t.clone().requires_grad_() for t in inputs]
+        out_fast, out_slow = fast(*fast_in), slow(*slow_in)
+        torch.testing.assert_close(out_fast, out_slow)
+        weight = torch.randn_like(out_slow)
+        (out_fast * weight).sum().backward()
+        (out_slow * weight).sum().backward()
+        for f, s in zip(fast_in, slow_in):
+            torch.testing.assert_close(f.grad, s.grad)
+
+    both(lambda a_, b_: sampled_dot(a_, b_, pattern), lambda a_, b_: (a_[row] * b_[col]).sum(-1), a, b)
+    both(lambda w_, b_: edge_weighted_sum(w_, b_, pattern),
+         lambda w_, b_: torch.zeros_like(b_).index_add(0, row, w_[:, None] * b_[col]), w, b)
+    assert torch.autograd.gradcheck(lambda a_, b_: sampled_dot(a_, b_, pattern),
+                                    (a[:, :2].clone().requires_grad_(), b[:, :2].clone().requires_grad_()))
+    assert torch.autograd.gradcheck(lambda w_, b_: edge_weighted_sum(w_, b_, pattern),
+                                    (w.clone().requires_grad_(), b[:, :2].clone().requires_grad_()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mgat_layer_equals_its_per_edge_form_with_gradients(dtype):
+    """Outputs and the gradients of every parameter and input against ``tests/mgat_reference.py`` (the
+    gathered ``[2E, d]`` products and ``index_add`` the layer used to compute), on a random graph with
+    isolated nodes, the edges in a shuffled order, a pattern built by the layer and one given to it."""
+    from mgat_reference import gated_attention_per_edge
+    from strategies.cf_graph import EdgePattern
+    from strategies.mgat import GatedAttentionLayer
+    dst, src, degree, n = random_bipartite()
+    perm = torch.randperm(dst.numel(), generator=torch.Generator().manual_seed(2))
+    dst, src = dst[perm], src[perm]
+    torch.manual_seed(0)
+    layer = GatedAttentionLayer(8).to(dtype)
+    x0, e0 = torch.randn(n, 8, dtype=dtype), torch.randn(n, 8, dtype=dtype)
+    results = []
+    for run in ("sparse", "sparse, given pattern", "per-edge"):
+        layer.zero_grad(set_to_none=True)
+        x, e_id = x0.clone().requires_grad_(), e0.clone().requires_grad_()
+        if run == "per-edge":
+            out = gated_attention_per_edge(layer, x, dst, src, degree, e_id)
+        else:
+            pattern = EdgePattern.from_edges(dst, src, n) if "given" in run else None
+            out = layer(x, dst, src, degree, e_id, pattern)
+        out.pow(3).sum().backward()
+        results.append([out.detach(), x.grad, e_id.grad] + [p.grad for p in layer.parameters()])
+    tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for fast in results[:2]:
+        for got, want in zip(fast, results[2]):
+            torch.testing.assert_close(got, want, **tol)
+    isolated = degree == 0
+    torch.testing.assert_close(results[0][0][isolated], results[2][0][isolated])
+
+
+def full_propagation_loss(model, batch):
+    """``MultiBranchCF.loss`` as the models computed it before (issue 24, speed): BPR and reg read from a
+    full propagation."""
+    from strategies.cf_graph import bpr_loss
+    users, items = model.propagate()
+    u, pos, neg = model.users_of(batch), batch.target, model.negatives(batch)
+    e = model.id_emb
+    reg = (e[u].pow(2).sum(-1) + e[model.n_users + pos].pow(2).sum(-1) + e[model.n_users + neg].pow(2).sum(-1)
+           + model.preference[:, u].pow(2).sum((0, 2))).mean()
+    return bpr_loss(users[u], items[pos], items[neg]) + model.opts.reg * reg
+
+
+@pytest.mark.parametrize("name", ["mgat", "mmgcn"])
+def test_cf_model_loss_and_gradients_equal_the_former_computation(name, monkeypatch):
+    """The whole model (a code channel and two dense ones, every layer, the graph buffers the model
+    registers) on a small split with unseen items: the loss, read at the batch's nodes only, and every
+    parameter's gradient equal those of the former computation: a full propagation through the per-edge
+    MGAT layer (``tests/mgat_reference.py``) or torch's own sparse backward (MMGCN), the code channel by
+    ``ModalityChannel.table``."""
+    import strategies.mmgcn as mmgcn
+    from fusionbench.context import CODE_SENTINEL
+    from mgat_reference import gated_attention_per_edge
+    from strategies.mgat import GatedAttentionLayer
+    data = from_sequences("hand", [[1, 2, 3, 4, 2], [2, 3, 5, 6], [4, 1, 3], [7, 8, 1, 2], [3, 5, 7]], 10)
+    split = make_split(data, "loo")                      # items 9, 10: never in the graph
+    ctx = tiny_feature_context(build_context(BARE, data, split), 10)
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 5, (11, 3), generator=g)
+    codes[torch.rand(11, 3, generator=g) < 0.3] = CODE_SENTINEL
+    codes[0] = CODE_SENTINEL
+    present = (codes >= 0).any(1)
+    ctx = ctx.with_modalities({**ctx.modalities, "attr": ModalityTable(torch.zeros(11, 0), present, codes, 5)})
+    torch.manual_seed(0)
+    model = STRATEGIES.create(name, ctx, layers=3).double()
+    batch = sample_batch(data, split.train, 12)
+    results = []
+    for former in (False, True):
+        if former:
+            monkeypatch.setattr(mmgcn, "channel_table", lambda channel: channel.table())
+            monkeypatch.setattr(GatedAttentionLayer, "forward",
+                                lambda self, x, dst, src, degree, e_id, pattern=None:
+                                gated_attention_per_edge(self, x, dst, src, degree, e_id))
+            monkeypatch.setattr(mmgcn.MMGCN, "layer", lambda self, layer, x, e_id, rows=None:
+                                layer(x, self.adj, e_id))
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)                     # the same negatives
+        loss = full_propagation_loss(model, batch) if former else model.loss(batch)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad for p in model.parameters()])
+    assert all(grad is not None for grad in results[0][1:])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+def test_csr_rows_takes_rows_of_a_sparse_matrix():
+    from strategies.cf_graph import csr_rows
+    graph = random_bipartite_graph()
+    adj = graph.adjacency("mean")
+    rows = torch.tensor([5, 0, 70, 5, 38, 40])          # any order, a repeat, isolated nodes (38, 40, 70)
+    assert graph.degree()[[38, 40, 70]].eq(0).all() and graph.degree()[5] > 0
+    sub = csr_rows(adj, rows)
+    assert sub.layout == torch.sparse_csr and sub.shape == (6, adj.shape[1])
+    torch.testing.assert_close(sub.to_dense(), adj.to_dense()[rows], rtol=0, atol=0)
+    assert csr_rows(adj, rows[:0]).shape == (0, adj.shape[1])
+
+
+def test_mmgcn_layer_at_some_rows_equals_those_rows_of_its_full_output():
+    from strategies.mmgcn import MMGCNLayer
+    graph = random_bipartite_graph()
+    torch.manual_seed(0)
+    layer = MMGCNLayer(5).double()
+    x0, e0 = torch.randn(graph.n_nodes, 5, dtype=torch.double), torch.randn(graph.n_nodes, 5, dtype=torch.double)
+    adj = graph.adjacency("mean").double()
+    rows = torch.tensor([3, 40, 0, 63, 41, 3])
+    results = []
+    for at_rows in (True, False):
+        layer.zero_grad(set_to_none=True)
+        x, e_id = x0.clone().requires_grad_(), e0.clone().requires_grad_()
+        out = layer(x, adj, e_id, rows=rows) if at_rows else layer(x, adj, e_id)[rows]
+        out.pow(3).sum().backward()
+        results.append([out.detach(), x.grad, e_id.grad] + [p.grad for p in layer.parameters()])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_cf_item_input_reads_a_code_channel_as_modality_channel_table_does():
+    """``strategies.mmgcn.channel_table`` (one embedding_bag) against ``ModalityChannel.table`` (gathered code
+    vectors, summed): values and gradients, with items lacking some, all or every code and absent items."""
+    from fusionbench.context import CODE_SENTINEL
+    from strategies.fusion import ModalityChannel
+    from strategies.mmgcn import channel_table
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 7, (12, 4), generator=g)
+    codes[torch.rand(12, 4, generator=g) < 0.4] = CODE_SENTINEL
+    codes[3] = CODE_SENTINEL                                   # no code at all
+    present = torch.ones(12, dtype=torch.bool)
+    present[[0, 5]] = False                                    # padding row and an absent item
+    torch.manual_seed(0)
+    channel = ModalityChannel(ModalityTable(torch.zeros(12, 0), present, codes, 7), 6, 0.0)
+    assert channel.uses_codes
+    outs = []
+    for fn in (channel_table, lambda ch: ch.table()):
+        channel.zero_grad(set_to_none=True)
+        out = fn(channel)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum().backward()
+        outs.append([out.detach()] + [p.grad for p in channel.parameters()])
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want)
+
+
+def test_mmgcn_layer_with_the_pretransposed_adjacency_equals_torchs_backward():
+    """The backward through ``adj_t`` (``cf_graph.sparse_dense``) against torch's own, on a random graph with
+    isolated nodes: outputs and every gradient."""
+    from strategies.mmgcn import MMGCNLayer
+    graph = random_bipartite_graph()
+    torch.manual_seed(0)
+    layer = MMGCNLayer(5).double()
+    x0, e0 = torch.randn(graph.n_nodes, 5, dtype=torch.double), torch.randn(graph.n_nodes, 5, dtype=torch.double)
+    adj, adj_t = graph.adjacency("mean").double(), graph.adjacency_t("mean").double()
+    torch.testing.assert_close(adj_t.to_dense(), adj.to_dense().T)
+    results = []
+    for transposed in (adj_t, None):
+        layer.zero_grad(set_to_none=True)
+        x, e_id = x0.clone().requires_grad_(), e0.clone().requires_grad_()
+        out = layer(x, adj, e_id, transposed)
+        out.pow(3).sum().backward()
+        results.append([out.detach(), x.grad, e_id.grad] + [p.grad for p in layer.parameters()])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["mgat", "mmgcn"])
+def test_mgat_and_mmgcn_train_under_bf16_autocast(name):
+    """``train.precision=bf16``: the sparse kernels run in float32 inside the autocast region (CPU
+    ``sampled_addmm`` and CSR products have no bfloat16 kernel); the loss stays near the float32 one."""
+    from fusionbench.train import make_adam, train_step
+    data = from_sequences("hand", [[1, 2, 3, 4, 2], [2, 3, 5, 6], [4, 1, 3], [7, 8, 1, 2]], 10)
+    split = make_split(data, "loo")
+    ctx = tiny_feature_context(build_context(BARE, data, split), 10)
+    batch = sample_batch(data, split.train, 8)
+    losses = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = STRATEGIES.create(name, ctx)
+        model.train()
+        losses.append(train_step(model, make_adam(model.parameters(), 1e-3), batch, bf16))
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(losses[1]) and abs(losses[1] - losses[0]) < 0.05, losses
