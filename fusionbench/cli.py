@@ -586,10 +586,10 @@ def store() -> None:
 @report_errors
 def store_upgrade(store_path: Path, dry_run: bool, data_root: Optional[Path]) -> None:
     """Re-identify stored runs after options were added (new keys at their defaults, or at what an old run did
-    where the default would not reproduce it) or folded into others; see fusionbench/upgrade.py. Reads the
+    where the default would not reproduce it) or folded into others; see fusionbench/store/upgrade.py. Reads the
     runs' data where a step needs it. Run it while no run of the store is in progress."""
     from fusionbench.store import ResultStore
-    from fusionbench.upgrade import upgrade_store
+    from fusionbench.store.upgrade import upgrade_store
 
     if not store_path.exists():
         raise UserInputError(f"--store: no results file at {store_path}")
@@ -615,7 +615,7 @@ def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) 
     epoch, wall minutes (of a resumed run: with its earlier processes' epochs). A run whose process died
     stays 'running': its command resumes it from its checkpoint ('resumable'), `fusionbench store remove`
     forgets it."""
-    from fusionbench.store_admin import describe_runs
+    from fusionbench.store.admin import describe_runs
 
     rows = describe_runs(store_path, status, dataset)
     if not rows:
@@ -633,7 +633,7 @@ def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) 
 def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> None:
     """Forget runs: their metrics, ranks and resume checkpoint go, and kept trained weights that no remaining
     run refers to, so the same command trains the run afresh."""
-    from fusionbench.store_admin import remove_runs
+    from fusionbench.store.admin import remove_runs
 
     removed = remove_runs(store_path, list(run_ids), force)
     click.echo(f"removed {len(removed)} run{'s' if len(removed) != 1 else ''}: {', '.join(removed)}")
@@ -652,7 +652,7 @@ def store_remove(store_path: Path, run_ids: tuple[int, ...], force: bool) -> Non
 def store_export(store_path: Path, out: Path, dataset: Optional[str], ranks: str, since: Optional[str]) -> None:
     """Write the store's finished runs (config, run facts, metrics, per-sample ranks; not the kept weights) to a
     portable archive that `fusionbench store import` adds to another store."""
-    from fusionbench.store_archive import export_runs
+    from fusionbench.store.archive import export_runs
 
     n = export_runs(store_path, out, dataset, ranks, since)
     click.echo(f"wrote {out}: {n} finished run{'s' if n != 1 else ''}")
@@ -666,7 +666,7 @@ def store_export(store_path: Path, out: Path, dataset: Optional[str], ranks: str
 def store_import(archive: Path, store_path: Path) -> None:
     """Add the runs of ARCHIVE (from `fusionbench store export`) to a store, in one transaction; runs already
     done there are kept as they are."""
-    from fusionbench.store_archive import import_runs
+    from fusionbench.store.archive import import_runs
 
     added, present = import_runs(archive, store_path)
     click.echo(f"added {added} run{'s' if added != 1 else ''} to {store_path}, {present} already there")

@@ -40,7 +40,7 @@ from fusionbench.metrics import summarize
 from fusionbench.options import Ge, PluginOptions, require
 from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation, training_view_of
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
-from fusionbench.store import UNSEEN_TEST, ResultStore, config_hash
+from fusionbench.store import UNSEEN_TEST, ResultStore, RunSummary, config_hash
 from fusionbench.train import DataViews, TrainOptions, TrainResult, evaluate_trained, save_atomically, train
 
 DEFAULT_MAX_LEN = 50
@@ -366,11 +366,10 @@ def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, pro
             save_atomically({"model": model.state_dict(), "history": result.history,
                              "best_epoch": result.best_epoch}, trained_model)
         # a resumed run's wall time includes what its earlier processes spent on the epochs it restored
-        summary = {"wall_seconds": time.perf_counter() - started + result.earlier_seconds,
-                   "peak_memory_mb": peak_memory_mb(),
-                   "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
-                   "eval_seconds": result.eval_seconds, "history": result.history,
-                   "trained_from": trained_digest if reuse else None}
+        summary = RunSummary(wall_seconds=time.perf_counter() - started + result.earlier_seconds,
+                             peak_memory_mb=peak_memory_mb(), best_epoch=result.best_epoch,
+                             epoch_seconds=result.epoch_seconds, eval_seconds=result.eval_seconds,
+                             history=result.history, trained_from=trained_digest if reuse else None)
         metrics = {"test": result.test, "valid": valid}
         ranks = {"test": result.test_ranks.numpy(), "valid": result.valid_ranks.numpy()}
         if result.unseen_test_ranks is not None:  # the same model ranked among unseen items only

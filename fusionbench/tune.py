@@ -587,7 +587,7 @@ def parts_to_run(store: ResultStore, settings: TuneSettings, parts: Sequence[Par
                     and t.config.get("aggregator") == part.aggregator
                     and t.config["dataset"] == part.base.dataset and t.config["protocol"] == part.base.protocol]
         if same_run:
-            from fusionbench.upgrade import added_keys
+            from fusionbench.store.upgrade import added_keys
 
             old = json.loads(part_key(same_run[0].config))
             added, changed = added_keys(old, json.loads(part.key))
@@ -631,7 +631,7 @@ def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, 
 def seed_cells(outcomes: Sequence[PartOutcome], settings: TuneSettings, data_root: Optional[Path],
                device: str) -> list[Cell]:
     """The final runs: each part's chosen configuration on every seed of the tune, as ordinary runs."""
-    from fusionbench.upgrade import request_of
+    from fusionbench.store.upgrade import request_of
 
     cells = []
     for outcome in outcomes:

@@ -27,7 +27,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from tqdm import tqdm
 
 from fusionbench.runner import git_revision, resolve, versions
-from fusionbench.store import ResultStore, config_hash
+from fusionbench.store import ResultStore, RunSummary, config_hash
 from fusionbench.tune import (
     Execution,
     Part,
@@ -201,9 +201,9 @@ class StoreCallback(Callback):
             best = values.index(max(values)) + 1
             seconds = [entry["seconds"] for entry in record.history]
             self.store.finish(record.run_id, {"valid": record.history[best - 1]["valid"]}, {},
-                              {"wall_seconds": record.wall, "peak_memory_mb": record.peak, "best_epoch": best,
-                               "epoch_seconds": sum(seconds) / len(seconds), "history": record.history,
-                               "asha_stopped": not record.last})
+                              RunSummary(wall_seconds=record.wall, peak_memory_mb=record.peak, best_epoch=best,
+                                         epoch_seconds=sum(seconds) / len(seconds), history=record.history,
+                                         asha_stopped=not record.last))
         (self.checkpoints / f"{record.digest}.pt").unlink(missing_ok=True)
 
 

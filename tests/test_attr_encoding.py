@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import fusionbench.upgrade as upgrade
+import fusionbench.store.upgrade as upgrade
 from fusionbench.cli import main
 from fusionbench.context import CODE_SENTINEL, ModalityTable, StrategyContext
 from fusionbench.data.core import ItemSide
@@ -16,7 +16,7 @@ from fusionbench.features import codes as C
 from fusionbench.features.tables import modality_tables
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, load_data, resolve, run_experiment
-from fusionbench.store import ResultStore, config_hash
+from fusionbench.store import ResultStore, RunSummary, config_hash
 from strategies.mmsr import code_centroids
 from strategy_fixtures import N_ITEMS, tiny_batch, tiny_context
 
@@ -170,7 +170,7 @@ def store_as_before_the_option(store, request):
     old = copy.deepcopy(config)
     old["features"].pop("attr", None)
     run_id = store.start(old, old["dataset_checksum"], {"fusionbench": "0.1.0"}, "old")
-    store.finish(run_id, {"test": {"HR@5": 0.5}}, {"test": np.array([3, 0, 7])}, {"best_epoch": 1})
+    store.finish(run_id, {"test": {"HR@5": 0.5}}, {"test": np.array([3, 0, 7])}, RunSummary(best_epoch=1))
     return run_id, config_hash(old)
 
 

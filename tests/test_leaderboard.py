@@ -57,7 +57,7 @@ def add_run(store, strategy, seed, ranks, protocol="loo", perturbation=None, che
         config["perturbation"] = perturbation
     run = store.start(config, checksum, {}, "rev")
     ranks = np.asarray(ranks)
-    store.finish(run, {"test": test_metrics or summarize(torch.from_numpy(ranks))}, {"test": ranks}, {})
+    store.finish(run, {"test": test_metrics or summarize(torch.from_numpy(ranks))}, {"test": ranks})
     return run
 
 
@@ -326,7 +326,7 @@ def test_other_dataset_options_make_their_own_table(store):
     config["dataset_checksum"] = "c1"
     ranks = np.asarray(RANKS["sasrec"][0])
     store.finish(store.start(config, "c1", {}, "rev"), {"test": summarize(torch.from_numpy(ranks))},
-                 {"test": ranks}, {})
+                 {"test": ranks})
     boards = build_leaderboards(store, "beauty", "loo", COLUMNS)
     assert [b.dataset for b in boards] == ["beauty", "beauty (root=elsewhere)"]
     assert [len(b.rows) for b in boards] == [len(RANKS), 1]

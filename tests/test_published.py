@@ -31,7 +31,7 @@ from fusionbench.report.published import (
 )
 from fusionbench.report.trajectory import build_inflation
 from fusionbench.runner import RunRequest, resolve
-from fusionbench.store import ResultStore
+from fusionbench.store import ResultStore, RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "reports" / "published"
@@ -160,7 +160,7 @@ def add(store, strategy, seed, ranks, protocol="loo", aggregator=None, train=Non
     run = store.start(config, config["dataset_checksum"], {}, "rev")
     ranks = np.asarray(ranks)
     store.finish(run, {"test": metrics or summarize(torch.from_numpy(ranks))}, {"test": ranks},
-                 {"history": history or []})
+                 RunSummary(history=history or []))
     return run
 
 

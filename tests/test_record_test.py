@@ -13,8 +13,8 @@ from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import resolve, run_experiment, training_config
 from fusionbench.store import ResultStore, config_hash
+from fusionbench.store.upgrade import upgrade_store
 from fusionbench.train import SELECTABLE, TrainOptions, train
-from fusionbench.upgrade import upgrade_store
 from test_stopping import STALLED_NDCG
 from test_stress import request
 from test_train_store import cyclic_data

@@ -106,7 +106,7 @@ def test_remove_keeps_shared_weights_while_a_run_of_their_training_config_remain
 def test_runs_show_remove_and_upgrade_find_a_runs_files_where_the_store_names_them(tmp_path, monkeypatch):
     """The store alone says where a run's checkpoint and kept weights live: move them elsewhere there and
     training, `store show`, `store upgrade` and `store remove` all follow."""
-    from fusionbench.upgrade import upgrade_store
+    from fusionbench.store.upgrade import upgrade_store
     from test_upgrade import as_if_written_before
 
     monkeypatch.setattr(ResultStore, "checkpoint_path", lambda self, h: self.path.parent / "resume" / f"{h}.state")

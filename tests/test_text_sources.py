@@ -17,8 +17,8 @@ from fusionbench.data.datasets import declared_text_sources, load_dataset
 from fusionbench.errors import DataError, UserInputError
 from fusionbench.features.tables import modality_tables
 from fusionbench.runner import RunRequest, build_context, resolve
-from fusionbench.store import ResultStore, config_hash
-from fusionbench.upgrade import RunData, request_of, text_source_step, upgrade_store
+from fusionbench.store import ResultStore, RunSummary, config_hash
+from fusionbench.store.upgrade import RunData, request_of, text_source_step, upgrade_store
 
 BEAUTY_CHECKSUM = "ed26fb14fb1638a1b10bbe9189fea3f257b5dc97ba6f2166937220a2bb6c8eb0"
 """``SequenceData.checksum()`` of bundled beauty since the first archived run: it keys every stored run."""
@@ -234,7 +234,7 @@ def test_upgrade_gives_an_old_beauty_run_the_prefix_it_read(tmp_path):
     store = ResultStore(tmp_path / "r.db")
     run_id = store.start(old, BEAUTY_CHECKSUM, {}, "old")
     store.finish(run_id, {"test": {"HR@5": 0.25}, "valid": {"HR@5": 0.5}},
-                 {"test": np.arange(4), "valid": np.arange(4)}, {"best_epoch": 1})
+                 {"test": np.arange(4), "valid": np.arange(4)}, RunSummary(best_epoch=1))
 
     (result,) = upgrade_store(ResultStore(tmp_path / "r.db"))
     prefix = {**resolve(RunRequest("early", feature_options={"text": "prefix"})), "dataset_checksum": BEAUTY_CHECKSUM}

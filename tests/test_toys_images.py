@@ -25,7 +25,7 @@ from fusionbench.features import image
 from fusionbench.features.tables import modality_tables
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
 from fusionbench.store import config_hash
-from fusionbench.upgrade import CannotTell, RunData, image_source_step
+from fusionbench.store.upgrade import CannotTell, RunData, image_source_step
 
 TOYS_CHECKSUM = "8c97ddb327bb44f39bb8d3283d3ca0fcfc85d1e76f0448c1402af27002ab5b05"
 """``SequenceData.checksum()`` of toys before it had image sources and full-title text sources."""

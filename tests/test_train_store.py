@@ -1,6 +1,7 @@
 """Trainer (determinism, selection on validation only, resume, NaN, the Adam it builds) and the SQLite
 results store. Early stopping rules: test_stopping.py."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from fusionbench.data.core import from_sequences
 from fusionbench.data.splits import make_split
 from fusionbench.errors import TrainingError
 from fusionbench.registry import STRATEGIES
-from fusionbench.store import ResultStore, config_hash
+from fusionbench.store import ResultStore, RunSummary, config_hash
 from fusionbench.train import TrainOptions, epoch_batches, fused_adam_supported, make_adam, train
 
 
@@ -178,7 +179,7 @@ def test_store_round_trip_and_done_skip(tmp_path):
     run = store.start(CONFIG, "abc", {"torch": "x"}, "rev")
     assert store.status(digest) == "running"
     ranks = np.array([0, 3, 25])
-    store.finish(run, {"test": {"HR@5": 0.5, "NDCG@20": 0.25}}, {"test": ranks}, {"best_epoch": 2, "history": []})
+    store.finish(run, {"test": {"HR@5": 0.5, "NDCG@20": 0.25}}, {"test": ranks}, RunSummary(best_epoch=2))
     assert store.status(digest) == "done"
     assert store.metrics(run) == {"HR@5": 0.5, "NDCG@20": 0.25}
     np.testing.assert_array_equal(store.ranks(run), ranks)
@@ -191,12 +192,23 @@ def test_store_failed_finish_leaves_nothing_half_written(tmp_path):
     store = ResultStore(tmp_path / "r.db")
     run = store.start(CONFIG, "abc", {}, "rev")
     with pytest.raises(TypeError):  # metrics are written, then the ranks fail: the whole write rolls back
-        store.finish(run, {"test": {"HR@5": 0.5}}, {"test": object()}, {})
+        store.finish(run, {"test": {"HR@5": 0.5}}, {"test": object()})
     assert store.status(config_hash(CONFIG)) == "running"
     assert store.metrics(run) == {}
     with pytest.raises(KeyError):
         store.ranks(run)
     # a rerun replaces the unfinished attempt
     run2 = store.start(CONFIG, "abc", {}, "rev")
-    store.finish(run2, {"test": {"HR@5": 0.5}}, {"test": np.array([1])}, {})
+    store.finish(run2, {"test": {"HR@5": 0.5}}, {"test": np.array([1])})
     assert len(store.runs(status=None)) == 1
+
+
+def test_finish_takes_a_typed_run_summary(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    run = store.start({"strategy": "sasrec", "dataset": "d", "protocol": "loo", "seed": 0}, "c", {}, "rev")
+    with pytest.raises(TypeError, match="RunSummary"):
+        store.finish(run, {"test": {"HR@5": 0.5}}, {"test": np.array([1])}, {"best_epoch": 1})
+    assert store.status(config_hash({"strategy": "sasrec", "dataset": "d", "protocol": "loo", "seed": 0})) == "running"
+    store.finish(run, {"test": {"HR@5": 0.5}}, {"test": np.array([1])}, RunSummary(best_epoch=3, wall_seconds=2.0))
+    row = store.runs(status="done").iloc[0]
+    assert row.best_epoch == 3 and row.wall_seconds == 2.0 and pd.isna(row.asha_stopped)   # not a tune's trial

@@ -30,7 +30,7 @@ from fusionbench.space import (
     space_table,
     strategy_space,
 )
-from fusionbench.store import ResultStore, config_hash
+from fusionbench.store import ResultStore, RunSummary, config_hash
 from fusionbench.tune import (
     TrialSpec,
     TuneSettings,
@@ -321,7 +321,7 @@ def store_trial(store, part, point, history, stopped=False, test=None):
     metric = config["tune"]["metric"]
     best = max(range(len(history)), key=lambda i: history[i]["valid"][metric])
     metrics = {"valid": history[best]["valid"], **({"test": test} if test else {})}
-    store.finish(run_id, metrics, {}, {"best_epoch": best + 1, "history": history, "asha_stopped": stopped})
+    store.finish(run_id, metrics, {}, RunSummary(best_epoch=best + 1, history=history, asha_stopped=stopped))
     return run_id
 
 
@@ -350,7 +350,7 @@ def test_the_choice_reads_validation_only_and_ignores_a_planted_test_best(tmp_pa
 
 
 def test_store_upgrade_keeps_a_trial_current_and_a_trial_keeps_its_tune_in_its_identity(tmp_path):
-    from fusionbench.upgrade import upgrade_store
+    from fusionbench.store.upgrade import upgrade_store
 
     store = ResultStore(tmp_path / "s.db")
     part = tiny_part()

@@ -9,7 +9,7 @@ from fusionbench.cli import main
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.runner import run_experiment, training_config
 from fusionbench.store import ResultStore, canonical_json, config_hash
-from fusionbench.upgrade import added_keys, upgrade_store
+from fusionbench.store.upgrade import added_keys, upgrade_store
 from test_stress import request
 
 

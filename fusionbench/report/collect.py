@@ -189,7 +189,7 @@ def current_names(config: dict) -> dict:
     """A stored config with options that were folded into others under the current names (a run stored
     before ``store upgrade`` then labels and selects as the upgraded one will; ``upgrade.fold_mmsr_update``);
     a config no fold applies to stays as stored."""
-    from fusionbench.upgrade import CannotTell, fold_mmsr_update
+    from fusionbench.store.upgrade import CannotTell, fold_mmsr_update
 
     try:
         return fold_mmsr_update(config)

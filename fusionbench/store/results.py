@@ -33,6 +33,7 @@ import hashlib
 import json
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -91,6 +92,31 @@ def canonical_json(config: dict) -> str:
 
 def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run records beside its metrics and ranks (the ``runs`` columns of the same names).
+
+    Attributes:
+        wall_seconds: wall time of the run; of a resumed run, with what its earlier processes spent on the
+            epochs it restored.
+        peak_memory_mb: peak resident memory of the process.
+        best_epoch: 1-based epoch whose state was kept (selected on validation).
+        epoch_seconds, eval_seconds: mean training time per epoch; time of the final test ranking.
+        history: per epoch ``{"epoch", "loss", "seconds", "valid": {...}}`` (``train.TrainResult.history``).
+        trained_from: hash of the training config whose kept weights this run evaluated (None: it trained).
+        asha_stopped: a tune's trial only: whether its scheduler stopped it early (None: not a trial).
+    """
+
+    wall_seconds: Optional[float] = None
+    peak_memory_mb: Optional[float] = None
+    best_epoch: Optional[int] = None
+    epoch_seconds: Optional[float] = None
+    eval_seconds: Optional[float] = None
+    history: list = field(default_factory=list)
+    trained_from: Optional[str] = None
+    asha_stopped: Optional[bool] = None
 
 
 def _now() -> str:
@@ -193,24 +219,26 @@ class ResultStore:
         self._db.execute("UPDATE runs SET history=? WHERE id=? AND status='running'", (json.dumps(history), run_id))
 
     def finish(self, run_id: int, metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndarray],
-               summary: dict[str, Any]) -> None:
-        """Write metrics (``{split: {"HR@5": v}}``), per-sample ranks and run facts; mark done.
-        ``summary["asha_stopped"]`` (a tune's trials only) records whether its scheduler stopped it."""
-        stopped = summary.get("asha_stopped")
+               summary: "RunSummary | None" = None) -> None:
+        """Write metrics (``{split: {"HR@5": v}}``), per-sample ranks and the run's :class:`RunSummary`;
+        mark done."""
+        s = RunSummary() if summary is None else summary
+        if not isinstance(s, RunSummary):
+            raise TypeError(f"finish: summary must be a RunSummary, got {type(s).__name__}")
+        stopped = None if s.asha_stopped is None else int(s.asha_stopped)
         with self._transaction() as db:
             _write_results(db, run_id, metrics, ranks)
             db.execute(
                 "UPDATE runs SET status='done', finished_at=?, wall_seconds=?, peak_memory_mb=?, best_epoch=?,"
                 " epoch_seconds=?, eval_seconds=?, history=?, trained_from=?, asha_stopped=? WHERE id=?",
-                (_now(), summary.get("wall_seconds"), summary.get("peak_memory_mb"), summary.get("best_epoch"),
-                 summary.get("epoch_seconds"), summary.get("eval_seconds"), json.dumps(summary.get("history", [])),
-                 summary.get("trained_from"), None if stopped is None else int(stopped), run_id),
+                (_now(), s.wall_seconds, s.peak_memory_mb, s.best_epoch, s.epoch_seconds, s.eval_seconds,
+                 json.dumps(s.history), s.trained_from, stopped, run_id),
             )
 
     def rekey(self, renames: dict[str, tuple[int, str, str]], trained: dict[str, str]) -> None:
         """Give runs new identities in one transaction: ``renames`` = ``{old hash: (run id, new hash, new
         config JSON)}``; ``trained`` = ``{old: new}`` hashes of training configs, which ``trained_from``
-        references follow (``fusionbench.upgrade``)."""
+        references follow (``fusionbench.store.upgrade``)."""
         with self._transaction() as db:
             for run_id, new, config in renames.values():
                 db.execute("UPDATE runs SET config_hash=?, config=? WHERE id=?", (new, config, run_id))
