@@ -672,7 +672,7 @@ def store_import(archive: Path, store_path: Path) -> None:
     click.echo(f"added {added} run{'s' if added != 1 else ''} to {store_path}, {present} already there")
 
 
-from fusionbench.bench import bench  # noqa: E402  (speed regression check, its own module)
+from fusionbench.devtools.bench import bench  # noqa: E402  (speed regression check, its own module)
 
 main.add_command(bench)
 
@@ -695,7 +695,7 @@ def bench_profile(strategy: str, aggregator: Optional[str], dataset: str, protoc
                   sets: tuple[str, ...], every: int, repeats: int, parts: tuple[str, ...], top: int, shapes: bool,
                   data_root: Optional[Path]) -> None:
     """Time and profile a strategy's training step on a sample of its first epoch (CPU; docs/performance.md)."""
-    from fusionbench.profile import profile_training, render
+    from fusionbench.devtools.profile import profile_training, render
     from fusionbench.runner import RunRequest
 
     request = RunRequest(strategy=strategy, dataset=dataset, protocol=protocol, seed=seed, aggregator=aggregator,

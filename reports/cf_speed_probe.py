@@ -1,6 +1,6 @@
 """Training-step speed of ``mgat`` and ``mmgcn`` before and after their sparse-kernel changes (issue 24), as
 ratios measured in one process: the same model, optimizer and sampled first-epoch batches
-(``fusionbench.profile.sample_batches``), the two variants' passes alternated (ABBA...), each pass's process
+(``fusionbench.devtools.profile.sample_batches``), the two variants' passes alternated (ABBA...), each pass's process
 CPU time and wall time recorded, the minimum of each variant kept (docs/graph-cf.md, "Speed").
 
 ``after`` is the code as it is. ``before`` swaps in, on the same weights, what the code did before:
@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import strategies.mmgcn as mmgcn  # noqa: E402
 from fusionbench.data.splits import make_split  # noqa: E402
-from fusionbench.profile import sample_batches  # noqa: E402
+from fusionbench.devtools.profile import sample_batches  # noqa: E402
 from fusionbench.registry import STRATEGIES  # noqa: E402
 from fusionbench.runner import RunRequest, build_context, load_data, resolve  # noqa: E402
 from fusionbench.train import TrainOptions, make_adam, seed_everything, train_step  # noqa: E402

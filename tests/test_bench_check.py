@@ -9,7 +9,8 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from fusionbench.bench import (
+from fusionbench.cli import main
+from fusionbench.devtools.bench import (
     CALIBRATION_GROUP,
     Measurement,
     SuiteError,
@@ -23,7 +24,6 @@ from fusionbench.bench import (
     slower_of,
     with_cases,
 )
-from fusionbench.cli import main
 from fusionbench.errors import UserInputError
 
 BASELINE = {"msgraph_build[batched]": 0.5, "train_step[mmsr]": 2.0, "aggregator[han]": 4.0}
@@ -204,7 +204,7 @@ def tiny_suite(tmp_path, monkeypatch):
     (suite / "fakeclock.py").write_text(textwrap.dedent(FAKE_CLOCK))
     (suite / "test_tiny.py").write_text(textwrap.dedent(TINY_SUITE))
     (suite / "pytest.ini").write_text("[pytest]\nmarkers =\n    benchmark: tiny suite\n    reference: unguarded\n")
-    monkeypatch.setattr("fusionbench.bench.TIMER", "fakeclock.now")
+    monkeypatch.setattr("fusionbench.devtools.bench.TIMER", "fakeclock.now")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(suite), os.environ.get("PYTHONPATH")])))
     baseline = tmp_path / "baseline.json"
 

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from fusionbench.cli import main
 from fusionbench.data.splits import make_split
+from fusionbench.devtools.profile import STEP_PARTS, labelled_parts, part_target, profile_training, sample_batches
 from fusionbench.errors import UserInputError
-from fusionbench.profile import STEP_PARTS, labelled_parts, part_target, profile_training, sample_batches
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
 from fusionbench.train import epoch_batches, train_step

@@ -156,7 +156,8 @@ def test_the_harness_imports_no_plugin_package():
     import subprocess
 
     harness = ["fusionbench.cli", "fusionbench.runner", "fusionbench.plan", "fusionbench.train", "fusionbench.evaluate",
-               "fusionbench.profile", "fusionbench.perturb.plan", "fusionbench.strategy", "fusionbench.store.upgrade"]
+               "fusionbench.devtools.profile", "fusionbench.perturb.plan", "fusionbench.strategy",
+               "fusionbench.store.upgrade"]
     code = textwrap.dedent(f"""
         import importlib, sys
         for name in {harness!r}:

@@ -1,7 +1,7 @@
 """Shared fixtures of the benchmark suite: real Beauty data, default-configured models, typical batches.
 
 Opt-in (``tox -e bench``, ``pytest tests/benchmarks -m benchmark --benchmark-only``); ``fusionbench bench
-check`` runs the same cases with fewer rounds (:data:`fusionbench.bench.QUICK_ENV`). Everything a case
+check`` runs the same cases with fewer rounds (:data:`fusionbench.devtools.bench.QUICK_ENV`). Everything a case
 needs is built once per session and outside the timed region. See docs/performance.md.
 """
 import os
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from aggregators.base import FIRST_MODALITY_NODE_TYPE, n_relations_for
-from fusionbench.bench import QUICK_ENV, REFERENCE_MARK, quick_rounds
 from fusionbench.context import AggregatorContext, SeqBatch
 from fusionbench.data.datasets import load_dataset
 from fusionbench.data.splits import make_split
+from fusionbench.devtools.bench import QUICK_ENV, REFERENCE_MARK, quick_rounds
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, resolve
 from fusionbench.train import first_epoch_batches
@@ -55,7 +55,7 @@ def _isolated_cache():
 @pytest.fixture
 def measure(benchmark):
     """``measure(fn, rounds=..., setup=None, args=())``: ``benchmark.pedantic`` after one warm-up round;
-    under ``fusionbench bench`` the rounds are cut to :func:`fusionbench.bench.quick_rounds` of the
+    under ``fusionbench bench`` the rounds are cut to :func:`fusionbench.devtools.bench.quick_rounds` of the
     warm-up's CPU time. ``setup`` runs untimed before every round."""
 
     def run(fn, *, rounds, setup=None, args=()):

@@ -1,0 +1,3 @@
+"""Developer tools, apart from the user commands: ``fusionbench bench check|refresh`` (:mod:`.bench`, the speed
+regression check against tests/benchmarks/baseline.json) and ``fusionbench bench profile`` (:mod:`.profile`,
+where a training step's time goes). The CLI registers their commands; no other harness module imports them."""
