@@ -143,6 +143,10 @@ class PluginOptions:
     REMOVED: ClassVar[dict[str, str]] = {}
     """Options this plugin no longer has -> what to set instead (one phrase); giving one is an error that
     says so, instead of the plain "unknown option"."""
+    ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset()
+    """Options that enter :meth:`as_dict` (so a resolved config and its hash) only when set away from their
+    default: options added after runs were stored, whose default is what those runs did, so every run at
+    the default keeps its identity (no ``store upgrade``) and a run with one set is a run of its own."""
 
     def check(self) -> None:
         """Rules that relate options of one plugin (a bound of one option belongs in its type); raise
@@ -194,7 +198,11 @@ class PluginOptions:
         return type(self).build(dataclasses.asdict(self))
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The options as JSON-able values (tuples as lists), those of :attr:`ONLY_WHEN_SET` left out at their
+        defaults: the form a resolved config holds (``build`` of it fills them in again)."""
+        defaults = {name: default for name, _, default in self.fields()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k not in self.ONLY_WHEN_SET or v != defaults[k]}
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
