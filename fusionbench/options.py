@@ -7,7 +7,9 @@ so are the bounds a numeric field declares in its type: ``dim: Annotated[int, Ge
 ``annotated-types`` package, re-exported here). :meth:`PluginOptions.build` is the one place that checks
 them; a plugin's ``check()`` holds only the rules that relate two options (``heads`` divides ``dim``).
 Values coming from the command line (``--set key=value``) are parsed from strings by the same type
-information, so the CLI, sweep files and ``fusionbench list`` all read one declaration.
+information, so the CLI, sweep files and ``fusionbench list`` all read one declaration. Options listed in
+``ONLY_WHEN_SET`` enter :meth:`PluginOptions.as_dict`, and so a resolved config and its hash, only when set
+away from their defaults (options added after runs were stored: those runs keep their identities).
 """
 from __future__ import annotations
 
