@@ -120,14 +120,14 @@ def test_every_only_when_set_option_is_a_field_of_its_class():
 
 
 def main_job() -> list[str]:
-    """The arguments of the README's first command (`pip install -e . && fusionbench compare ...`)."""
+    """The README's first command (`pip install -e . && fusionbench compare ...`) from `compare` on."""
     block = README.read_text().split("## Two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     first = next(line for line in block.splitlines() if line.strip() and not line.startswith("#"))
     install, _, command = first.partition(" && ")
     assert install == "pip install -e ."
     args = shlex.split(command)
     assert args[:2] == ["fusionbench", "compare"]
-    return args[2:]
+    return args[1:]
 
 
 def test_the_readmes_main_job_is_a_comparison_on_a_beauty_subset_that_resolves(tmp_path):
