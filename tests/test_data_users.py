@@ -89,7 +89,7 @@ def test_a_subset_reads_the_full_datas_cached_feature_tables(tmp_path, monkeypat
 
 
 @dataclasses.dataclass(frozen=True)
-class Late(PluginOptions):
+class Grown(PluginOptions):
     ONLY_WHEN_SET = frozenset({"added", "listed"})
 
     size: int = 4
@@ -98,11 +98,11 @@ class Late(PluginOptions):
 
 
 def test_only_when_set_options_leave_as_dict_at_their_defaults_and_build_fills_them_in():
-    assert Late.build({}).as_dict() == {"size": 4}
-    assert Late.build({"size": "4", "added": "false", "listed": ""}).as_dict() == {"size": 4}
-    assert Late.build({"added": "true", "listed": "a,b"}).as_dict() == {"size": 4, "added": True, "listed": ["a", "b"]}
-    assert Late.build(Late.build({"listed": "a"}).as_dict()) == Late(listed=("a",))
-    assert [name for name, _, _ in Late.fields()] == ["size", "added", "listed"]   # still listed and described
+    assert Grown.build({}).as_dict() == {"size": 4}
+    assert Grown.build({"size": "4", "added": "false", "listed": ""}).as_dict() == {"size": 4}
+    assert Grown.build({"added": "true", "listed": "a,b"}).as_dict() == {"size": 4, "added": True, "listed": ["a", "b"]}
+    assert Grown.build(Grown.build({"listed": "a"}).as_dict()) == Grown(listed=("a",))
+    assert [name for name, _, _ in Grown.fields()] == ["size", "added", "listed"]   # still listed and described
 
 
 def test_every_only_when_set_option_is_a_field_of_its_class():
