@@ -168,11 +168,12 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, e.g. 0,1,2.")
 @click.option("--store", type=click.Path(path_type=Path), default=Path("runs/compare.db"), show_default=True,
               help="SQLite results store; runs done there are skipped, so a rerun resumes.")
+@click.option("--dry-run", is_flag=True, help="List the runs and whether each is done in the store; run nothing.")
 @run_options("set", "data_root", "device", "quiet")
 @report_errors
 def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int],
-            max_len: int, seeds: str, store: Path, sets: tuple[str, ...], data_root: Optional[Path], device: str,
-            quiet: bool) -> None:
+            max_len: int, seeds: str, store: Path, dry_run: bool, sets: tuple[str, ...], data_root: Optional[Path],
+            device: str, quiet: bool) -> None:
     """Train several strategies under one budget and print their leaderboard with significance marks."""
     from fusionbench import compare as comparison
     from fusionbench import plan
@@ -183,6 +184,10 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
     base = RunRequest(strategy=strategies[0], dataset=dataset, protocol=protocol, aggregator=aggregator,
                       max_len=max_len, data_root=data_root, device=device, **parse_sets(sets, epochs))
     cells = comparison.plan_cells(base, strategies, plan.parse_seeds(seeds))
+    if dry_run:
+        known = ResultStore(store) if store.exists() else None   # a dry run creates no store
+        click.echo(comparison.dry_run_table(cells, known))
+        return
     results = ResultStore(store)
     comparison.run_comparison(cells, results, progress=not quiet)
     click.echo(f"{', '.join(strategies)} on {dataset} ({protocol}): {len(cells)} runs, "

@@ -6,12 +6,15 @@ run (a bad option fails at once). ``--aggregator`` goes to the graph strategies 
 cell (so a strategy option must be one that every named strategy has). The cells run in order in this
 process and are stored, so a rerun resumes; the command then prints the leaderboard of exactly these runs
 (:mod:`fusionbench.report.leaderboard`: mean ± std over seeds, paired per-sample significance tests
-against each column's best row), whatever else the store holds.
+against each column's best row), whatever else the store holds. ``--dry-run`` lists the cells, their run
+hashes and whether each is done in the store, and runs nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional, Sequence
+
+from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
 from fusionbench.plan import Cell, identify, run_local
@@ -49,6 +52,19 @@ def plan_cells(base: RunRequest, strategies: Sequence[str], seeds: Sequence[int]
                                       aggregator_options=base.aggregator_options if takes_aggregator else {})
         cells += [Cell(dataclasses.replace(request, seed=seed)) for seed in seeds]
     return cells
+
+
+def dry_run_table(cells: list[Cell], store: Optional[ResultStore]) -> str:
+    """``--dry-run``: one line per cell (strategy, aggregator, seed, run hash, whether it is done in ``store``;
+    ``None`` = no store yet) and the count of runs done; every cell is resolved and its data loaded for
+    its checksum, so a bad option or missing data fails here as in a real run."""
+    rows = []
+    for cell, (config, digest, _) in zip(cells, identify(cells), strict=True):
+        state = (store.status(digest) if store is not None else None) or "to run"
+        rows.append([cell.request.strategy, config["aggregator"] or "", cell.request.seed, digest, state])
+    done = sum(row[-1] == "done" for row in rows)
+    return (tabulate(rows, headers=["strategy", "aggregator", "seed", "run", "in the store"], tablefmt="github",
+                     disable_numparse=True) + f"\n{len(cells)} runs, {done} done")
 
 
 def run_comparison(cells: list[Cell], store: ResultStore, progress: bool = True) -> None:

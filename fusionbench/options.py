@@ -7,7 +7,9 @@ so are the bounds a numeric field declares in its type: ``dim: Annotated[int, Ge
 ``annotated-types`` package, re-exported here). :meth:`PluginOptions.build` is the one place that checks
 them; a plugin's ``check()`` holds only the rules that relate two options (``heads`` divides ``dim``).
 Values coming from the command line (``--set key=value``) are parsed from strings by the same type
-information, so the CLI, sweep files and ``fusionbench list`` all read one declaration.
+information, so the CLI, sweep files and ``fusionbench list`` all read one declaration. Options listed in
+``ONLY_WHEN_SET`` enter :meth:`PluginOptions.as_dict`, and so a resolved config and its hash, only when set
+away from their defaults (options added after runs were stored: those runs keep their identities).
 """
 from __future__ import annotations
 
@@ -143,6 +145,10 @@ class PluginOptions:
     REMOVED: ClassVar[dict[str, str]] = {}
     """Options this plugin no longer has -> what to set instead (one phrase); giving one is an error that
     says so, instead of the plain "unknown option"."""
+    ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset()
+    """Options that enter :meth:`as_dict` (so a resolved config and its hash) only when set away from their
+    default: options added after runs were stored, whose default is what those runs did, so every run at
+    the default keeps its identity (no ``store upgrade``) and a run with one set is a run of its own."""
 
     def check(self) -> None:
         """Rules that relate options of one plugin (a bound of one option belongs in its type); raise
@@ -194,7 +200,11 @@ class PluginOptions:
         return type(self).build(dataclasses.asdict(self))
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The options as JSON-able values (tuples as lists), those of :attr:`ONLY_WHEN_SET` left out at their
+        defaults: the form a resolved config holds (``build`` of it fills them in again)."""
+        defaults = {name: default for name, _, default in self.fields()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k not in self.ONLY_WHEN_SET or v != defaults[k]}
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -40,7 +40,8 @@ def plugin_lines(kind: str) -> Iterator[str]:
         obj = registry.get(name)
         yield f"  {name}: {summary(obj)}"
         for opt, tp, default in obj.Options.describe():
-            yield f"      {opt} ({tp}) = {default}"
+            help_text = obj.Options.HELP.get(opt, "")
+            yield f"      {opt} ({tp}) = {default}" + (f"  {help_text}" if help_text else "")
         for opt, default in getattr(obj, "train_defaults", {}).items():
             yield f"      train.{opt} = {default}  (this model's training default)"
         searched = search_text(kind, name)

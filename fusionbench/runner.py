@@ -195,26 +195,23 @@ def resolve(request: RunRequest) -> dict:
     if request.tune is not None:  # ordinary runs have no such key, so their hashes are unchanged
         config["tune"] = dict(request.tune)
     record_test_entry(config)
-    if not config["train"].pop("exclude_history"):  # kept only when true: earlier runs keep their hashes
-        return config
-    config["train"]["exclude_history"] = True
     return config
 
 
 def record_test_entry(config: dict) -> None:
-    """``train.record_test`` in a resolved ``config`` (in place): kept only when true, so every run without
-    it keeps the hash it had before the option existed (no ``store upgrade``), while a run with it, which
-    stores more (per-epoch test metrics in its history), is never taken for one without it; the key is in
-    the training config too, so kept weights carry the history they were trained with. It applies to
+    """Check ``train.record_test`` of a resolved ``config``. Like ``train.exclude_history`` (and
+    ``data.users``) it enters a config only when set (``PluginOptions.ONLY_WHEN_SET``), so every run
+    without it keeps the hash it had before the option existed (no ``store upgrade``), while a run with it,
+    which stores more (per-epoch test metrics in its history), is never taken for one without it; the key
+    is in the training config too, so kept weights carry the history they were trained with. It applies to
     clean runs under ``loo`` and ``ratio`` (under ``ratio-paper`` every epoch is scored on test already)."""
-    if not config["train"].pop("record_test"):
+    if not config["train"].get("record_test"):
         return
     if config["protocol"] not in ("loo", "ratio"):
         raise UserInputError(f"train.record_test applies to protocols loo and ratio; under {config['protocol']!r} "
                              "every epoch is already scored on the test split")
     if "perturbation" in config:
         raise UserInputError("train.record_test applies to clean runs, not to a perturbed run")
-    config["train"]["record_test"] = True
 
 
 def resolved_text_source(config: dict) -> str:
@@ -249,7 +246,7 @@ def build_context(config: dict, data: SequenceData, split: Optional[Split] = Non
 
         opts = FeatureOptions.build(config["features"])
         modalities = modality_tables(
-            data.side, data.n_items, data.checksum(), n_clusters=opts.n_clusters, k=opts.k, reduce=opts.reduce,
+            data.side, data.n_items, data.features_checksum(), n_clusters=opts.n_clusters, k=opts.k, reduce=opts.reduce,
             attr_max_codes=opts.attr_max_codes, modalities=opts.channels(), attr=opts.attr,
             text=config["features"].get("text"),  # None: a config from before features.text, read the original text
             image=config["features"].get("image"),

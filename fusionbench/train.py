@@ -93,8 +93,10 @@ class TrainOptions(PluginOptions):
     grad_clip: Annotated[float, Ge(0)] = 0.0
     precision: str = "fp32"
     batching: str = "uniform"
-    exclude_history: bool = False   # these two enter a resolved config only when true (runner.resolve), so
-    record_test: bool = False       # the hashes of runs without them did not change when they were added
+    exclude_history: bool = False
+    record_test: bool = False
+
+    ONLY_WHEN_SET = frozenset({"exclude_history", "record_test"})  # added after runs were stored
 
     def check(self) -> None:
         require(self.select in SELECTABLE,

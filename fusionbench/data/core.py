@@ -146,6 +146,8 @@ class SequenceData:
         offsets: long ``[n_users + 1]``; user u owns ``flat[offsets[u]:offsets[u + 1]]``.
         side: raw item side information.
         source: where the data came from (for messages and provenance).
+        drawn_from: for users drawn from other data (:meth:`user_subset`), the checksum of that data
+            ("" = none), under which the feature tables of both are cached (:meth:`features_checksum`).
     """
 
     name: str
@@ -154,6 +156,7 @@ class SequenceData:
     offsets: Tensor
     side: ItemSide = field(default_factory=ItemSide)
     source: str = ""
+    drawn_from: str = ""
 
     @property
     def n_users(self) -> int:
@@ -180,6 +183,30 @@ class SequenceData:
         within = torch.arange(int(offsets[-1])) - offsets[:-1][user]
         flat = self.flat[self.offsets[:-1][user] + within]
         return SequenceData(self.name, self.n_items, flat, offsets, self.side, self.source)
+
+    def user_subset(self, n: int, seed: int) -> "SequenceData":
+        """``n`` of the users (1 <= n <= n_users), drawn at random by a CPU generator seeded with ``seed``
+        (``torch.randperm``), with their whole sequences, in their original order. Items (ids 1..n_items,
+        some of them now without interactions) and side data are unchanged, so the subset's feature tables
+        are the full data's (:meth:`features_checksum`)."""
+        if not 1 <= n <= self.n_users:
+            raise ValueError(f"user_subset: n must be in [1, {self.n_users}], got {n}")
+        generator = torch.Generator().manual_seed(seed)
+        users = torch.randperm(self.n_users, generator=generator)[:n].sort().values
+        lengths = self.lengths[users]
+        offsets = torch.zeros(n + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        owner = torch.repeat_interleave(torch.arange(n), lengths)
+        within = torch.arange(int(offsets[-1])) - offsets[:-1][owner]
+        flat = self.flat[self.offsets[:-1][users][owner] + within]
+        return SequenceData(self.name, self.n_items, flat, offsets, self.side, self.source,
+                            drawn_from=self.features_checksum())
+
+    def features_checksum(self) -> str:
+        """The checksum feature tables are cached under (``features.tables.modality_tables``): the data's own,
+        or for users drawn from other data (:meth:`user_subset`) that data's. The tables read the items and
+        side data only, which a subset shares, so it reuses the full data's text embeddings and codes."""
+        return self.drawn_from or self.checksum()
 
     def checksum(self) -> str:
         """sha256 over the sequences and side data: the cache and result-store key of the data.

@@ -9,6 +9,7 @@ name and assert the standard 5-core counts (``kitchen`` = Home and Kitchen 66,51
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from fusionbench.data.core import ImageSource, ItemSide, SequenceData
 from fusionbench.data.io import find_file, read_attribute_json, read_feature_matrix, read_item_table, read_sequences
 from fusionbench.errors import DataError
-from fusionbench.options import Ge, PluginOptions, require
+from fusionbench.options import Ge, Le, PluginOptions, require
 from fusionbench.registry import DATASETS
 
 BUNDLED = Path(__file__).parent / "bundled"
@@ -210,19 +211,49 @@ AMAZON = {
 }
 
 
+SUBSET_SEED = 0
+"""Seed of the users ``data.users`` draws (``SequenceData.user_subset``): the same N users every time."""
+
+USERS_HELP = ("a quick look, not the benchmark: N users drawn at random (fixed seed) with their whole sequences, "
+              "items and side data unchanged (0 = all users)")
+
+
 @dataclass(frozen=True)
 class AmazonOptions(PluginOptions):
-    """``root``: data root holding ``amazon_<category>/`` ("" = default resolution)."""
+    """``root``: data root holding ``amazon_<category>/`` ("" = default resolution); ``users``: see
+    :data:`USERS_HELP`, bounded by the dataset's user count in each dataset's own options
+    (:func:`amazon_options`); it enters a config only when set, so runs on all users keep their hashes."""
+
+    HELP = {"root": "data root holding amazon_<category>/ (\"\" = default resolution)", "users": USERS_HELP}
+    ONLY_WHEN_SET = frozenset({"users"})
 
     root: str = ""
+    users: Annotated[int, Ge(0)] = 0
 
 
 @dataclass(frozen=True)
-class BeautyOptions(PluginOptions):
-    """``source``: "bundled" (the copy inside the package) or "root" (``<data root>/amazon_beauty``)."""
+class BeautySource(PluginOptions):
+    """``source``: "bundled" (the copy inside the package) or "root" (``<data root>/amazon_beauty``); ``root``
+    and ``users`` as for the other Amazon datasets (:class:`AmazonOptions`)."""
+
+    HELP = {"source": "bundled (the copy inside the package) or root (<data root>/amazon_beauty)",
+            **AmazonOptions.HELP}
+    ONLY_WHEN_SET = AmazonOptions.ONLY_WHEN_SET
 
     source: Literal["bundled", "root"] = "bundled"
     root: str = ""
+    users: Annotated[int, Ge(0)] = 0
+
+
+def amazon_options(key: str, base: type[PluginOptions] = AmazonOptions) -> type[PluginOptions]:
+    """The options of Amazon dataset ``key``: ``base`` with ``users`` in [0, its user count], so a larger
+    ``data.users`` is an error naming the option and the bound when the run is resolved."""
+    bounded = Annotated[int, Ge(0), Le(AMAZON[key].counts[0])]
+    return dataclasses.make_dataclass(f"{key.capitalize()}Options", [("users", bounded, dataclasses.field(default=0))],
+                                      bases=(base,), frozen=True, namespace={"__module__": __name__})
+
+
+BeautyOptions = amazon_options("beauty", BeautySource)
 
 
 class AmazonDataset:
@@ -232,6 +263,11 @@ class AmazonDataset:
     (brand/category attribute ids) where the folder has them; ``image`` where :data:`AMAZON` names image
     sources (``toys``: its product photos through EfficientNet-Lite0, or the shipped CLIP vectors; see
     :meth:`image_sources`), absent elsewhere.
+
+    ``users`` = N > 0 keeps N users drawn at random with :data:`SUBSET_SEED` (``SequenceData.user_subset``):
+    their sequences whole, every item (also those left without interactions, which are still ranked) and
+    the side data, so the feature tables and their cache are the full data's. A quick look, not the
+    benchmark: fewer users, so fewer training samples and noisier test metrics.
     """
 
     key = ""
@@ -259,8 +295,9 @@ class AmazonDataset:
         folder = self.folder()
         if not folder.is_dir():
             raise DataError(f"dataset {self.key!r}: folder {folder} not found")
-        return _load_amazon(folder, self.key, spec.sequence_file, spec.attribute_file, spec.counts, spec.texts,
+        data = _load_amazon(folder, self.key, spec.sequence_file, spec.attribute_file, spec.counts, spec.texts,
                             spec.images)
+        return data.user_subset(self.opts.users, SUBSET_SEED) if self.opts.users else data
 
     def item_column(self, column: str) -> tuple[list[str], int, str]:
         """``(values, n, where)``: column ``column`` of the folder's item tables (``items.tsv``, then the
@@ -288,7 +325,8 @@ class Beauty(AmazonDataset):
 
 
 def _register_amazon(key: str, doc: str) -> None:
-    cls = type(key.capitalize(), (AmazonDataset,), {"key": key, "__doc__": doc, "__module__": __name__})
+    cls = type(key.capitalize(), (AmazonDataset,), {"key": key, "__doc__": doc, "__module__": __name__,
+                                                    "Options": amazon_options(key)})
     DATASETS.register(key)(cls)
 
 

@@ -41,9 +41,9 @@ as it is (:class:`CannotTell`, reported with its reason). Steps:
   the stored values are compared with the re-resolved ones after the steps, and the report names the keys
   a step removed.
 
-Options that enter a resolved config only when set (a ``perturbation``; ``train.record_test``, kept only when
-true by ``runner.record_test_entry``) need neither: a config without them re-resolves to itself, and one
-with them keeps them.
+Options that enter a resolved config only when set (a ``perturbation``; those an option class lists in
+``PluginOptions.ONLY_WHEN_SET``: ``train.exclude_history``, ``train.record_test``, ``data.users``) need
+neither: a config without them re-resolves to itself, and one with them keeps them.
 
 Archive import (``fusionbench store import``) copies runs as they were exported and applies no step:
 run ``store upgrade`` on the store afterwards.
