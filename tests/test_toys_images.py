@@ -200,10 +200,13 @@ def test_a_finished_extraction_is_a_cache_hit_until_the_folder_changes(photos, a
     assert again.unreadable[0][1].startswith("cannot read as an image (")
     before = image.folder_fingerprint(photos)
     photo = files[2]
-    os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 10**9))   # touched: new fingerprint
+    os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 10**9))   # touched, as a copy is
+    assert image.folder_fingerprint(photos) == before
+    assert image.extract_image_channel(photos, files, N_TOYS).cached
+    photo.write_bytes(files[3].read_bytes())                                            # rewritten: a new key
     assert image.folder_fingerprint(photos) != before
-    touched = image.extract_image_channel(photos, files, N_TOYS)
-    assert not touched.cached and touched.encoded == 11
+    rewritten = image.extract_image_channel(photos, files, N_TOYS)
+    assert not rewritten.cached and rewritten.encoded == 11
     fewer = {i: p for i, p in files.items() if i != 2}    # another mapping of the same folder: another key
     assert image.extraction_key(fewer, N_TOYS, photos) != image.extraction_key(files, N_TOYS, photos)
 

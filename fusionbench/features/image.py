@@ -242,12 +242,13 @@ def files_by_key(images_dir: Path, keys: Sequence[str], what: str = "asin") -> t
 
 
 def folder_fingerprint(images_dir: Path) -> str:
-    """sha256 over the sorted ``name, size, mtime_ns`` of every visible file in the folder (one ``stat`` per
-    file, no file is read): any file added, removed, renamed, rewritten or touched changes it."""
+    """sha256 over the sorted ``name, sha256(bytes)`` of every visible file in the folder: any file added,
+    removed, renamed or rewritten changes it; a copy of the folder (new modification times, as a fresh
+    checkout or a re-provisioned data share has) keeps it. Reads every file once (Toys: 11,907 photos,
+    162 MB, about 3 s), against minutes for encoding them again."""
     h = hashlib.sha256()
     for path in sorted(p for p in Path(images_dir).iterdir() if not p.name.startswith(".")):
-        st = path.stat()
-        h.update(f"{path.name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
+        h.update(f"{path.name}\x1f".encode() + hashlib.sha256(path.read_bytes()).digest() + b"\x1e")
     return h.hexdigest()
 
 
