@@ -26,7 +26,7 @@ from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import Ge, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
-from strategies.cf_graph import GraphCFStrategy, InteractionGraph, bpr_loss, register_graph_buffer
+from strategies.cf_graph import GraphCFStrategy, InteractionGraph, bpr_loss, register_graph_buffer, sparse_dense
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,13 @@ class LightGCNOptions(PluginOptions):
 
 
 def light_propagate(adj: Tensor, ego: Tensor, layers: int) -> Tensor:
-    """``adj [N, N]`` sparse, ``ego [N, d]`` -> the mean of ``adj^l ego`` for l = 0..layers ``[N, d]``."""
+    """``adj [N, N]`` sparse and symmetric, ``ego [N, d]`` -> the mean of ``adj^l ego`` for l = 0..layers
+    ``[N, d]``. Each product goes through :func:`strategies.cf_graph.sparse_dense` with ``adj`` as its own
+    transpose: the backward reuses it instead of transposing it on every call, and a bf16 autocast input is
+    multiplied in float32 (CPU CSR products have no bfloat16 kernel)."""
     total, x = ego, ego
     for _ in range(layers):
-        x = adj @ x
+        x = sparse_dense(adj, x, adj_t=adj)
         total = total + x
     return total / (layers + 1)
 

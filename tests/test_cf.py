@@ -504,8 +504,8 @@ def test_mmgcn_layer_with_the_pretransposed_adjacency_equals_torchs_backward():
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("name", ["mgat", "mmgcn"])
-def test_mgat_and_mmgcn_train_under_bf16_autocast(name):
+@pytest.mark.parametrize("name", ["mgat", "mmgcn", "lightgcn", "bm3"])
+def test_graph_cf_models_train_under_bf16_autocast(name):
     """``train.precision=bf16``: the sparse kernels run in float32 inside the autocast region (CPU
     ``sampled_addmm`` and CSR products have no bfloat16 kernel); the loss stays near the float32 one."""
     from fusionbench.train import make_adam, train_step
@@ -521,3 +521,21 @@ def test_mgat_and_mmgcn_train_under_bf16_autocast(name):
         losses.append(train_step(model, make_adam(model.parameters(), 1e-3), batch, bf16))
         assert all(torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(losses[1]) and abs(losses[1] - losses[0]) < 0.05, losses
+
+
+def test_light_propagation_and_its_gradient_match_torch_sparse_products():
+    """``light_propagate`` reuses the symmetric adjacency as its own transpose in the backward; values and
+    gradients equal plain ``adj @ x`` products with torch's own sparse backward."""
+    from strategies.lightgcn import light_propagate
+    adj = random_bipartite_graph().adjacency("sym")
+    torch.manual_seed(0)
+    ego = torch.randn(adj.shape[0], 5)
+    results = []
+    for propagate in (lambda x: light_propagate(adj, x, 3),
+                      lambda x: (x + adj @ x + adj @ (adj @ x) + adj @ (adj @ (adj @ x))) / 4):
+        x = ego.clone().requires_grad_(True)
+        out = propagate(x)
+        out.pow(2).mul(torch.arange(out.shape[1]) + 1.0).sum().backward()
+        results.append((out.detach(), x.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
