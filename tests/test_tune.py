@@ -594,6 +594,19 @@ def test_the_default_rows_come_from_the_tune_store_unless_defaults_names_another
         {"strategy", "sasrec (default)"} and "gru4rec" not in only.output.split("Default vs tuned", 1)[1]
 
 
+def test_two_tuned_parts_of_one_strategy_are_told_apart_by_their_fixed_options(tmp_path):
+    from fusionbench.report.tuned import tuned_board
+
+    store = ResultStore(tmp_path / "s.db")
+    for sets in ({}, {"dim": "32"}):
+        part = make_part(settings(), "sasrec", {**TINY, **sets}, {}, "test", dataset="synthetic")
+        store_trial(store, part, dict(part.default), epochs(0.1))
+        seed_run(store, chosen_config(stored_trials(store, "t")[-1]), 0, BOARD_RANKS[("sasrec tuned", 0)])
+    board = tuned_board(store, "t", store)
+    assert [p.label for p in board.parts] == ["sasrec", "sasrec (dim=32)"]
+    assert board.parts[1].default_label == "sasrec (default, dim=32)" and all(p.default_tried for p in board.parts)
+
+
 @pytest.mark.parametrize("args, message", [
     (("--tuned", "t", "--defaults", "nowhere.db"), "--defaults nowhere.db: no such file"),
     (("--defaults", "DEFAULTS"), "--defaults needs --tuned"),

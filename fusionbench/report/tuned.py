@@ -74,11 +74,11 @@ def _fixed_text(config: dict) -> str:
 
 @dataclass
 class TunedPart:
-    """One part of a tune as the board reads it: its ``label`` (strategy, aggregator, and the options it
-    fixed away from their defaults), its searched keys, its finished trials, and the ordinary run configs
-    of its chosen trial (``None``: no trial finished) and of its default configuration (``None``: it does
-    not resolve here, a plugin is not installed), and whether a trial was made at the default point
-    (``fusionbench tune`` makes it first unless it lies outside the space)."""
+    """One part of a tune as the board reads it: its ``label`` (strategy and aggregator, and the options it
+    fixed away from their defaults where two parts share a strategy), its searched keys, its finished
+    trials, the ordinary run configs of its chosen trial (``None``: no trial finished) and of its default
+    configuration (``None``: it does not resolve here, a plugin is not installed), and whether a trial was
+    made at the default point (``fusionbench tune`` makes it first unless it lies outside the space)."""
 
     label: str
     searched: tuple[str, ...]
@@ -212,13 +212,16 @@ def tuned_board(store: ResultStore, name: str, defaults: ResultStore) -> TunedBo
             default = default_config(config)
         except (UserInputError, UnknownPluginError):
             default = None
-        fixed = _fixed_text(default) if default is not None else ""
-        label = _head(config) + (f" ({fixed})" if fixed else "")
         searched = list(config["tune"]["space"])
         tried = default is not None and canonical_json(point_of(default, searched)) in {
             canonical_json(point_of(t.config, searched)) for t in group}
-        parts.append(TunedPart(label, tuple(searched), sum(t.status in ("done", "failed") for t in group),
+        parts.append(TunedPart(_head(config), tuple(searched), sum(t.status in ("done", "failed") for t in group),
                                None if chosen is None else chosen_config(chosen), default, tried))
+    heads = [part.label for part in parts]
+    for part in parts:
+        fixed = _fixed_text(part.default) if part.default is not None else ""
+        if fixed and heads.count(_head(part.default)) > 1:
+            part.label += f" ({fixed})"
     seed_runs = _finished_runs(store, {p.tuned_key for p in parts if p.chosen is not None})
     if not seed_runs:
         raise UserInputError(f"--tuned {name}: no seed run of its chosen configurations has finished in {store.path} "
