@@ -258,7 +258,8 @@ TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets"
                            help="loo | ratio (default loo; not the leaky ratio-paper)."),
              max_len=dict(default=None, show_default=False, help="Maximum input length L (default 50)."),
              set=dict(help="Fixed option (left out of the search), as for `fusionbench run`."))
-@click.option("--budget", type=int, default=None, help="Trials per strategy (default 16; 1 for nothing to search).")
+@click.option("--budget", type=int, default=None,
+              help="Trials per strategy, the default configuration first (default 16; 1 for nothing to search).")
 @click.option("--max-epochs", type=int, default=None,
               help="Most epochs of a trial and of a seed run, ASHA's maximum (default 50; a strategy's own lower "
                    "train.epochs wins).")
@@ -285,7 +286,8 @@ TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets"
                                                            "as the CPUs and GPUs allow).")
 @click.option("--scratch", default=None, help="Folder on each node for trial checkpoints and the seed runs' task "
                                               "store (default: beside --store, and ~/.cache/fusionbench/sweep).")
-@click.option("--dry-run", is_flag=True, help="Show each strategy's search space and its stored trials; run nothing.")
+@click.option("--dry-run", is_flag=True, help="Show each strategy's search space, its stored trials and its default "
+                                            "configuration (the first trial); run nothing.")
 @run_options("data_root", "quiet")
 @report_errors
 def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], address: Optional[str],
@@ -328,6 +330,8 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
             click.echo(line)
         return
     click.echo(tuning.header(settings, parts))
+    for line in tuning.default_notes(parts):
+        click.echo(line)
     outcomes, cost = tuning.run_tune(settings, parts, results, execution, progress=not quiet)
     click.echo(tuning.trials_table(outcomes, settings.metric))
     click.echo(cost.line())
@@ -382,7 +386,12 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
                    "no such option).")
 @click.option("--tuned", default=None, metavar="NAME",
               help="Only the seed runs of the configurations `fusionbench tune` chose in the tune NAME, under a "
-                   "caption stating its budget.")
+                   "caption stating its budget, each beside a row of its strategy's default configuration "
+                   "(`STRATEGY (default)`, from --defaults), with a default vs tuned summary on the tune's metric "
+                   "below the table.")
+@click.option("--defaults", type=click.Path(path_type=Path), default=None, metavar="STORE",
+              help="With --tuned: the results store holding ordinary runs of the default configurations (e.g. the "
+                   "default board's store); default: --store. A strategy without such runs is listed as missing.")
 @click.option("--published", "published_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Published numbers (reports/published/*.csv) beside ours: per row ours (mean ± std), the "
                    "paper's value and ours/paper; columns are the file's metrics plus NDCG (ours only). Repeatable.")

@@ -34,12 +34,16 @@ Number = Union[int, float]
 
 class Dimension:
     """One searched option: how to sample it (:meth:`to_ray`), how it reads (:meth:`describe`), its
-    table form in tune files and stored trial configs (:meth:`as_table`) and a few representative values
-    (:meth:`probe`) that :func:`check_space` resolves before any trial runs."""
+    table form in tune files and stored trial configs (:meth:`as_table`), a few representative values
+    (:meth:`probe`) that :func:`check_space` resolves before any trial runs, and whether a value lies in
+    it (:meth:`contains`: is an option's default a point of the search?)."""
 
     kind: str = ""
 
     def describe(self) -> str:
+        raise NotImplementedError
+
+    def contains(self, value: Any) -> bool:
         raise NotImplementedError
 
     def as_table(self) -> dict[str, list]:
@@ -50,6 +54,10 @@ class Dimension:
 
     def to_ray(self) -> Any:
         raise NotImplementedError
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _number(value: Any) -> str:
@@ -71,6 +79,10 @@ class LogUniform(Dimension):
 
     def describe(self) -> str:
         return f"log-uniform [{_number(self.low)}, {_number(self.high)}]"
+
+    def contains(self, value: Any) -> bool:
+        """A number in ``[low, high]``, both ends included."""
+        return _is_number(value) and self.low <= value <= self.high
 
     def as_table(self) -> dict[str, list]:
         return {self.kind: [self.low, self.high]}
@@ -99,6 +111,10 @@ class Uniform(Dimension):
     def describe(self) -> str:
         return f"uniform [{_number(self.low)}, {_number(self.high)}]"
 
+    def contains(self, value: Any) -> bool:
+        """A number in ``[low, high]``, both ends included."""
+        return _is_number(value) and self.low <= value <= self.high
+
     def as_table(self) -> dict[str, list]:
         return {self.kind: [self.low, self.high]}
 
@@ -126,6 +142,10 @@ class IntRange(Dimension):
     def describe(self) -> str:
         return f"int {self.low}..{self.high}"
 
+    def contains(self, value: Any) -> bool:
+        """An integer in ``low..high``."""
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def as_table(self) -> dict[str, list]:
         return {self.kind: [self.low, self.high]}
 
@@ -151,6 +171,10 @@ class Choice(Dimension):
 
     def describe(self) -> str:
         return "one of " + ", ".join(_number(v) for v in self.values)
+
+    def contains(self, value: Any) -> bool:
+        """One of ``values`` (``1`` and ``1.0`` are the same number; ``True`` is not ``1``)."""
+        return any(v == value and isinstance(v, bool) == isinstance(value, bool) for v in self.values)
 
     def as_table(self) -> dict[str, list]:
         return {self.kind: list(self.values)}

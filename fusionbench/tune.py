@@ -35,10 +35,15 @@ are the validation metrics of its best epoch, and the configuration chosen for a
 with the best validation metric at any of its epochs (:func:`choose`). Only then does the chosen
 configuration run on the tune's seeds, as ordinary runs (``leaderboard --tuned NAME`` shows them).
 
+**The default configuration is a trial.** A part's first trial is its default point (:attr:`Part.default`:
+every searched key at the value it has when nobody tunes), counted in the budget and stored like any
+trial, so the choice can keep the defaults; a default outside the space is not evaluated, and the plan
+says so (:func:`search_points`, :func:`default_notes`).
+
 **Resuming.** Run the same command again: finished trials are not trained again (they are replayed
 to the search and the scheduler from their stored histories, :func:`train_trial`), interrupted ones
-resume from their checkpoints, and only the rest of the budget is searched. Trials already done for
-the whole budget skip Ray altogether.
+resume from their checkpoints, and only the rest of the budget is searched (the default point only if
+no stored trial made it). Trials already done for the whole budget skip Ray altogether.
 
 Ray specifics (the Tuner, searchers, scheduler, the callback that stores the trials) are in
 :mod:`fusionbench.tune_ray`, imported only when trials run; this module needs no Ray.
@@ -61,6 +66,7 @@ from fusionbench.plan import Cell
 from fusionbench.registry import STRATEGIES, UnknownPluginError
 from fusionbench.report.collect import LEAKY_PROTOCOL
 from fusionbench.runner import (
+    OPTION_GROUPS,
     RunRequest,
     build_context,
     group_options,
@@ -154,7 +160,13 @@ class TuneSettings:
 class Part:
     """One strategy configuration of a tune: ``base`` is its request with everything but the searched
     keys (the fixed options, ``train.epochs``, ``train.select``, the tune's seed and ``tune``), ``space``
-    what is searched, ``where`` names its origin in errors."""
+    what is searched, ``where`` names its origin in errors.
+
+    ``default`` is the part's *default point*: every searched key at the value it resolves to without
+    the tune (the options' defaults, under the fixed ones), i.e. the configuration the strategy runs
+    with when nobody tunes it. Where it lies in the space it is the part's first trial
+    (:func:`search_points`), counted in the budget; a key whose default lies outside its dimension
+    (:attr:`default_outside`) keeps it out of the trials, and the plan says so (:func:`default_text`)."""
 
     base: RunRequest
     space: Space
@@ -162,10 +174,18 @@ class Part:
     where: str = ""
     key: str = field(init=False, repr=False)
     aggregator: Optional[str] = field(init=False, repr=False)
+    default: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         config = resolve(self.base)
         self.key, self.aggregator = part_key(config), config["aggregator"]
+        self.default = point_of(config, list(self.space))
+
+    @property
+    def default_outside(self) -> dict[str, Any]:
+        """The searched keys whose default value lies outside their dimension (``{key: default}``); any
+        one of them means the default point is not a trial."""
+        return {key: value for key, value in self.default.items() if not self.space[key].contains(value)}
 
     @property
     def label(self) -> str:
@@ -232,6 +252,9 @@ def make_part(settings: TuneSettings, strategy: str, sets: dict[str, Any], overr
         resolved = resolve(base)
         if "train.record_test" in overrides or resolved["train"].get("record_test"):
             raise UserInputError("'train.record_test' ranks the test samples every epoch; a tune's trials rank none")
+        if "train.exclude_history" in overrides:
+            raise UserInputError("'train.exclude_history' cannot be searched: it changes which items the validation "
+                                 "metric ranks against, and a tune compares its trials on one metric (fix it with set)")
         default_epochs = resolved["train"]["epochs"]
         base.train_options.update(epochs=min(default_epochs, settings.max_epochs), select=settings.metric)
         base.tune = settings.identity(space)
@@ -363,9 +386,81 @@ def choose(trials: Sequence[Trial]) -> Optional[Trial]:
     return max(done, key=lambda t: (t.best(), -t.run_id), default=None)
 
 
+def same_point(part: Part, config: dict, point: dict[str, Any]) -> bool:
+    """Whether the stored trial ``config`` of ``part`` was made at ``point`` (sampled floats rounded as
+    :meth:`Part.request` rounds them)."""
+    return canonical_json(point_of(config, list(part.space))) == canonical_json(
+        {key: rounded(value) for key, value in point.items()})
+
+
+def default_trial(part: Part, trials: Sequence[Trial]) -> Optional[Trial]:
+    """The stored trial of ``part`` made at its default point (the one trial of a part with nothing to
+    search); ``None`` when there is none yet, or when the default lies outside the space."""
+    if part.default_outside:
+        return None
+    return next((t for t in trials if same_point(part, t.config, part.default)), None)
+
+
+def search_points(part: Part, trials: Sequence[Trial]) -> list[dict[str, Any]]:
+    """The points the search evaluates before it samples any (the searchers' ``points_to_evaluate``): the
+    points of the stored ``trials`` of ``part``, finished ones (replayed from their histories) then
+    interrupted ones (resumed from their checkpoints), then the part's default point unless it lies
+    outside the space or a stored trial made it already. So a fresh part's first trial is its default
+    configuration, and a resumed tune neither evaluates the default twice nor loses it (a default trial
+    killed before it stored an epoch comes back). A part with nothing to search adds no point: its one
+    trial is at its defaults anyway."""
+    keys = list(part.space)
+    ordered = ([t for t in trials if t.status in ("done", "failed")]
+               + [t for t in trials if t.status not in ("done", "failed")])
+    points = [point_of(t.config, keys) for t in ordered]
+    if part.space and not part.default_outside and default_trial(part, trials) is None:
+        points.append(dict(part.default))
+    return points
+
+
+def default_text(part: Part, trials: Sequence[Trial] = ()) -> str:
+    """What the plan says of a part's default point: ``first trial: train.lr=0.001, dim=64`` (``stored
+    trial: ...`` once ``trials`` hold it), or why it is not a trial (``not a trial: dim=300 lies outside
+    one of 32, 64, 128``)."""
+    if not part.space:
+        return "the one trial (nothing to search)"
+    if part.default_outside:
+        return f"not a trial: {_outside_text(part)}"
+    where = "stored trial" if default_trial(part, trials) is not None else "first trial"
+    return f"{where}: " + ", ".join(f"{key}={_value(value)}" for key, value in part.default.items())
+
+
+def _outside_text(part: Part) -> str:
+    return "; ".join(f"{key}={_value(value)} lies outside {part.space[key].describe()}"
+                     for key, value in part.default_outside.items())
+
+
+def default_notes(parts: Sequence[Part]) -> list[str]:
+    """One line per part whose default point lies outside its space, printed under the header of the
+    plan (``--dry-run``) and of the tune: that part's default configuration is not evaluated."""
+    return [f"{part.label}: its default configuration is not a trial and is not evaluated ({_outside_text(part)})"
+            for part in parts if part.default_outside]
+
+
 def chosen_config(trial: Trial) -> dict:
     """The ordinary run config of a chosen trial (no ``tune`` entry, no seed or data checksum)."""
     return {k: v for k, v in trial.config.items() if k not in ("tune", "seed", "dataset_checksum")}
+
+
+def default_config(config: dict) -> dict:
+    """The ordinary run config of the default configuration of a trial's part: the trial ``config`` with
+    every searched key (its ``tune.space``), ``train.epochs`` and ``train.select`` back at what they resolve
+    to without the tune, and no ``tune`` entry, seed or data checksum; i.e. what ``fusionbench run`` runs
+    with the part's fixed options (the default board's run of the strategy, where those are the board's).
+    Its searched values are the part's default point (:attr:`Part.default`). Resolved with the plugins
+    installed here: one that is not raises :class:`UnknownPluginError`."""
+    from fusionbench.store.upgrade import request_of
+
+    request = dataclasses.replace(request_of(config), tune=None)
+    for key in [*config["tune"]["space"], *FIXED_BY_TUNE]:
+        prefix, _, name = key.rpartition(".")
+        getattr(request, OPTION_GROUPS[prefix] if prefix else "strategy_options").pop(name, None)
+    return {k: v for k, v in resolve(request).items() if k not in ("seed", "dataset_checksum")}
 
 
 def tunes_in(store: ResultStore) -> list[str]:
@@ -648,39 +743,55 @@ def _value(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _default_cell(part: Part, trial: Optional[Trial]) -> str:
+    """The default trial's best validation metric (%) for :func:`trials_table`."""
+    if part.default_outside:
+        return "not a trial"
+    if trial is None or trial.status != "done" or trial.best() is None:
+        return "-" if trial is None else trial.status
+    return f"{100 * trial.best():.2f}"
+
+
 def trials_table(outcomes: Sequence[PartOutcome], metric: str) -> str:
     """One row per part: its trials (finished, stopped by ASHA, failed), epochs trained by all of them,
-    the best validation metric (%) and the chosen values of the searched keys."""
+    the best validation metric (%) of its default trial and of all trials, and the chosen values of the
+    searched keys (``(the default)`` when the default trial was chosen)."""
     rows = []
     for o in outcomes:
         done = [t for t in o.trials if t.status == "done"]
-        chosen = o.chosen
+        chosen, default = o.chosen, default_trial(o.part, o.trials)
+        values = "-" if chosen is None else ", ".join(f"{k}={_value(v)}" for k, v in
+                                                      point_of(chosen.config, list(o.part.space)).items())
+        if chosen is not None and not o.part.space:
+            values = "(defaults: nothing to search)"
+        elif chosen is not None and chosen is default:
+            values += " (the default)"
         rows.append([o.part.label, f"{len(done)}/{o.part.n_trials}", sum(bool(t.asha_stopped) for t in done),
                      sum(t.status == "failed" for t in o.trials), sum(len(t.history) for t in o.trials),
-                     "-" if chosen is None else f"{100 * chosen.best():.2f}",
-                     "-" if chosen is None else ", ".join(f"{k}={_value(v)}" for k, v in
-                                                          point_of(chosen.config, list(o.part.space)).items())
-                     or "(defaults: nothing to search)"])
+                     _default_cell(o.part, default), "-" if chosen is None else f"{100 * chosen.best():.2f}", values])
     return tabulate(rows, headers=["strategy", "trials done", "stopped by ASHA", "failed", "epochs",
-                                   f"best valid {metric}", "chosen"], tablefmt="github", disable_numparse=True)
+                                   f"default's valid {metric}", f"best valid {metric}", "chosen"],
+                    tablefmt="github", disable_numparse=True)
 
 
 def plan_lines(settings: TuneSettings, parts: Sequence[Part], store: ResultStore) -> list[str]:
-    """What ``--dry-run`` prints: the settings, and per part its space and the trials already stored."""
-    lines = [header(settings, parts)]
+    """What ``--dry-run`` prints: the settings (with :func:`default_notes`), and per part its space, the
+    trials already stored and its default point (:func:`default_text`)."""
+    lines = [header(settings, parts), *default_notes(parts)]
     stored = parts_to_run(store, settings, parts)
     rows = [[p.label, f"{sum(t.status in ('done', 'failed') for t in trials)}/{p.n_trials}",
-             describe_space(p.space) if p.space else "nothing: one trial at its defaults"]
+             describe_space(p.space) if p.space else "nothing: one trial at its defaults", default_text(p, trials)]
             for p, trials in zip(parts, stored)]
-    lines.append(tabulate(rows, headers=["strategy", "trials finished", "space"], tablefmt="github",
-                          disable_numparse=True))
+    lines.append(tabulate(rows, headers=["strategy", "trials finished", "space", "default configuration"],
+                          tablefmt="github", disable_numparse=True))
     return lines
 
 
 def header(settings: TuneSettings, parts: Sequence[Part]) -> str:
     data = {f"{p.base.dataset} ({p.base.protocol})" for p in parts}
     count = f"{len(parts)} strateg{'y' if len(parts) == 1 else 'ies'}"
-    return (f"tune {settings.name!r} on {', '.join(sorted(data))}: {count} x {settings.budget} trials, "
+    return (f"tune {settings.name!r} on {', '.join(sorted(data))}: {count} x {settings.budget} trials (the "
+            "default configuration first), "
             f"{settings.search} search (seed {settings.seed}), ASHA (grace "
             f"{settings.grace_epochs}, reduction factor {settings.reduction_factor}, max epochs "
             f"{settings.max_epochs}) on validation {settings.metric}; seeds {','.join(map(str, settings.seeds))}")

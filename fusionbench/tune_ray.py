@@ -36,8 +36,8 @@ from fusionbench.tune import (
     TuneCost,
     TuneSettings,
     data_of,
-    point_of,
     ray_trial,
+    search_points,
 )
 
 # Ray Tune's own result files (CSV, JSON, TensorBoard) are not needed: the store is the record
@@ -75,10 +75,12 @@ def search_seed(seed: int, stored: int) -> int:
     return seed if not stored else int(np.random.SeedSequence([seed, stored]).generate_state(1)[0])
 
 
-def searcher(settings: TuneSettings, part: Part, points: list[dict]) -> Any:
+def searcher(settings: TuneSettings, part: Part, points: list[dict], stored: int) -> Any:
     """Optuna's TPE for ``tpe``, Ray's random sampling for ``random`` or an empty space, seeded by
-    :func:`search_seed`; ``points`` (the stored trials' points) are evaluated first."""
-    seed = search_seed(settings.seed, len(points))
+    :func:`search_seed` (``stored``: the part's trials already in the store); ``points``
+    (:func:`fusionbench.tune.search_points`: the stored trials' points, then the default point) are
+    evaluated first, in that order, and count in the budget."""
+    seed = search_seed(settings.seed, stored)
     if part.space and settings.search == "tpe":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -233,14 +235,13 @@ def quiet_ray_logs() -> Iterator[None]:
 def tune_part(part: Part, settings: TuneSettings, trials: Sequence[Trial], store: ResultStore,
               execution: Execution, cost: TuneCost, progress: bool) -> tuple[int, int, list[str]]:
     """Run the trials of ``part`` that are not finished in ``store`` (``trials``: its stored ones) on Ray
-    Tune, finished ones replayed first and interrupted ones resumed from their checkpoints; returns
+    Tune, finished ones replayed first, interrupted ones resumed from their checkpoints, then the default
+    point unless a stored trial made it (:func:`fusionbench.tune.search_points`); returns
     (trials trained by this call, trials replayed, the errors of trials that raised). Adds to ``cost``."""
     start = start_ray(execution, progress)
     cost.ray_start_seconds += start
     finished = [t for t in trials if t.status in ("done", "failed")]
-    unfinished = [t for t in trials if t.status == "running"]
-    keys = list(part.space)
-    points = [point_of(t.config, keys) for t in [*finished, *unfinished]]
+    points = search_points(part, trials)
     replays = {t.config_hash: {"history": t.history, "last": not t.asha_stopped, "error": t.error} for t in finished}
     base = Path(execution.scratch) if execution.scratch else store.path.parent
     checkpoints = (base / "checkpoints").resolve()
@@ -263,7 +264,7 @@ def tune_part(part: Part, settings: TuneSettings, trials: Sequence[Trial], store
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(ray_trial, spec=spec), resources),
         param_space={key: dim.to_ray() for key, dim in part.space.items()},
-        tune_config=tune.TuneConfig(num_samples=part.n_trials, search_alg=searcher(settings, part, points),
+        tune_config=tune.TuneConfig(num_samples=part.n_trials, search_alg=searcher(settings, part, points, len(trials)),
                                     scheduler=scheduler, reuse_actors=True,
                                     max_concurrent_trials=execution.concurrent),
         run_config=tune.RunConfig(name=f"{settings.name}-{part.base.strategy}", storage_path=storage,

@@ -9,13 +9,17 @@ import sqlite3
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
+from scipy import stats
 
 import fusionbench.train
 from fusionbench.cli import main
 from fusionbench.errors import UserInputError
+from fusionbench.metrics import summarize
 from fusionbench.registry import AGGREGATORS, STRATEGIES
 from fusionbench.runner import RunRequest, resolve
 from fusionbench.space import (
@@ -33,12 +37,19 @@ from fusionbench.space import (
 from fusionbench.store import ResultStore, RunSummary, config_hash
 from fusionbench.tune import (
     TrialSpec,
+    TuneCost,
     TuneSettings,
     choose,
+    chosen_config,
+    default_config,
+    default_trial,
     make_part,
     point_of,
     prepared,
     read_tune_file,
+    rounded,
+    same_point,
+    search_points,
     stored_trials,
     train_trial,
 )
@@ -176,6 +187,8 @@ def test_a_tune_file_gives_settings_and_one_part_per_strategy(tmp_path):
      "'dim' is both fixed (set) and searched"),
     ("[[run]]\nstrategy='sasrec'\nspace={dim={choice=[33, 64]}}\n", "space key 'dim' (one of 33, 64) reaches 33"),
     ("[[run]]\nstrategy='sasrec'\n[[run]]\nstrategy='sasrec'\n", "[[run]] 2 (sasrec) repeats the tune of"),
+    ("[[run]]\nstrategy='sasrec'\nspace={'train.exclude_history'={choice=[false, true]}}\n",
+     "'train.exclude_history' cannot be searched"),
 ])
 def test_tune_file_errors_name_the_file_the_table_and_the_key(tmp_path, body, message):
     path = tune_file(tmp_path, body)
@@ -349,6 +362,90 @@ def test_the_choice_reads_validation_only_and_ignores_a_planted_test_best(tmp_pa
     assert choose(stored_trials(store, "t")).run_id == stopped
 
 
+# -- the default configuration is a trial -----------------------------------------------------------
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_every_strategy_default_is_a_point_of_its_own_space(name):
+    """The built-in spaces hold their strategy's defaults, so every tune evaluates the default board's
+    configuration; rounding (as trial configs are) leaves the defaults as they are."""
+    part = make_part(settings(), name, {}, {}, "test", dataset="synthetic")
+    assert part.default_outside == {} and set(part.default) == set(part.space)
+    assert all(rounded(value) == value for value in part.default.values())
+
+
+def test_the_default_point_is_every_searched_key_at_its_default_under_the_fixed_options():
+    assert tiny_part().default == {"train.lr": 0.001, "dropout": 0.5, "dim": 64, "layers": 2}
+    fixed = make_part(settings(), "sasrec", {**TINY, "dim": "32"}, {"dropout": "default"}, "test",
+                      dataset="synthetic")
+    assert fixed.default == {"train.lr": 0.001, "layers": 2}
+    assert make_part(settings(), "pop", {}, {}, "test", dataset="synthetic").default == {}
+
+
+def test_a_fresh_part_evaluates_its_default_first_and_a_resumed_one_never_twice(tmp_path):
+    store = ResultStore(tmp_path / "s.db")
+    part = tiny_part()
+    assert search_points(part, []) == [part.default]
+    other = {"train.lr": 0.002, "dropout": 0.1, "dim": 16, "layers": 1}
+    store_trial(store, part, other, epochs(0.1))
+    # the default trial was killed before it stored an epoch: it comes back, after the replayed trial
+    assert search_points(part, stored_trials(store, "t")) == [other, part.default]
+    default_id = store_trial(store, part, dict(part.default), epochs(0.05, 0.2))
+    trials = stored_trials(store, "t")
+    assert search_points(part, trials) == [other, part.default]         # replayed once, not added again
+    assert default_trial(part, trials).run_id == default_id == choose(trials).run_id   # it can be chosen
+
+    # an interrupted default trial is resumed, once
+    store = ResultStore(tmp_path / "interrupted.db")
+    config = {**resolve(part.request(part.default)), "dataset_checksum": "abc"}
+    store.start(config, "abc", {}, "rev")
+    assert search_points(part, stored_trials(store, "t")) == [part.default]
+
+
+@pytest.mark.parametrize("search", ["tpe", "random"])
+def test_each_searcher_proposes_the_default_point_first_then_samples(search):
+    pytest.importorskip("ray.tune", reason="ray[tune] is not installed: pip install 'fusionbench[tune]'")
+    from ray.tune.experiment import Experiment
+
+    from fusionbench.tune_ray import searcher
+
+    part = tiny_part(search=search)
+    algorithm = searcher(settings(search=search), part, search_points(part, []), 0)
+    space = {key: dim.to_ray() for key, dim in part.space.items()}
+    if search == "tpe":
+        algorithm.set_search_properties("valid/NDCG@20", "max", space)
+        proposed = [algorithm.suggest(f"trial {i}") for i in range(3)]
+    else:
+        algorithm.add_configurations([Experiment("t", lambda config: None, config=space, num_samples=3)])
+        proposed = [algorithm.next_trial().config for _ in range(3)]
+    assert proposed[0] == part.default and part.default not in proposed[1:]
+    assert all(all(part.space[key].contains(value) for key, value in point.items()) for point in proposed)
+
+
+def test_a_default_outside_the_space_is_reported_and_not_evaluated(tmp_path, monkeypatch):
+    path = tune_file(tmp_path, """
+        [defaults]
+        dataset = "synthetic"
+        [[run]]
+        strategy = "sasrec"
+        space = { dim = { choice = [16, 32] } }
+        [[run]]
+        strategy = "gru4rec"
+    """)
+    _, (sasrec, gru4rec) = read_tune_file(path)
+    assert sasrec.default_outside == {"dim": 64} and gru4rec.default_outside == {}
+    assert search_points(sasrec, []) == [] and default_trial(sasrec, []) is None
+    note = "sasrec: its default configuration is not a trial and is not evaluated (dim=64 lies outside one of 16, 32)"
+    plan = invoke("tune", path, "--store", tmp_path / "s.db", "--dry-run")
+    assert plan.exit_code == 0 and note in plan.output, plan.output
+    rows = {line.split("|")[1].strip(): line for line in plan.output.splitlines() if line.startswith("| ")}
+    assert "| not a trial: dim=64 lies outside one of 16, 32" in rows["sasrec"]
+    assert "| first trial: train.lr=0.001, dropout=0.3, dim=64, layers=1" in rows["gru4rec"]
+    import fusionbench.tune
+
+    monkeypatch.setattr(fusionbench.tune, "run_tune", lambda *args, **kwargs: ([], TuneCost()))
+    run = invoke("tune", path, "--store", tmp_path / "s.db", "--quiet")          # the tune's own header
+    assert run.exit_code == 0 and note in run.output.splitlines()[1], run.output
+
+
 def test_store_upgrade_keeps_a_trial_current_and_a_trial_keeps_its_tune_in_its_identity(tmp_path):
     from fusionbench.store.upgrade import upgrade_store
 
@@ -379,6 +476,148 @@ def test_a_store_from_before_tunes_gains_their_columns(tmp_path):
     assert pd.isna(row.tune) and pd.isna(row.asha_stopped) and pd.isna(row.trained_from)
 
 
+# -- leaderboard --tuned: each tuned row beside its default -----------------------------------------
+def test_the_default_config_of_a_trial_is_what_fusionbench_run_resolves_with_the_fixed_options(tmp_path):
+    store = ResultStore(tmp_path / "s.db")
+    part = make_part(settings(), "sasrec", {**TINY, "train.batch_size": "64"}, {}, "test", dataset="synthetic")
+    store_trial(store, part, {"train.lr": 0.005, "dropout": 0.1, "dim": 16, "layers": 1}, epochs(0.1))
+    trial = stored_trials(store, "t")[0]
+    default = default_config(trial.config)
+    data = {k.split(".", 1)[1]: v for k, v in TINY.items() if k.startswith("data.")}
+    run = resolve(RunRequest(strategy="sasrec", dataset="synthetic", dataset_options=data,
+                             train_options={"batch_size": "64"}))
+    assert default == {k: v for k, v in run.items() if k != "seed"}
+    assert default["train"]["epochs"] == 200 and "tune" not in default            # its own epochs, no tune
+    assert point_of(default, list(part.space)) == part.default
+
+
+# test ranks of 120 samples per (row, seed): the tuned rows rank better than the default rows, pop between
+_RNG = np.random.default_rng(7)
+BOARD_RANKS = {(row, seed): _RNG.integers(0, {"tuned": 40, "default": 60, "pop": 50}[row.split()[-1]], size=120)
+               for row in ("sasrec tuned", "sasrec default", "gru4rec tuned", "gru4rec default", "pop pop")
+               for seed in (0, 1, 2)}
+
+
+def seed_run(store, config, seed, ranks):
+    """A finished ordinary run of ``config`` on ``seed`` with these test ranks."""
+    config = {**config, "seed": seed, "dataset_checksum": "abc"}
+    store.finish(store.start(config, "abc", {}, "rev"), {"test": summarize(torch.from_numpy(ranks))}, {"test": ranks})
+
+
+def ndcg20(ranks):
+    """Per-sample NDCG@20, written out independently of fusionbench.metrics."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < 20, 1 / np.log2(r + 2), 0.0)
+
+
+@pytest.fixture()
+def tuned_stores(tmp_path):
+    """A tune 't' of sasrec, gru4rec and pop (trials and seed runs 0, 1 of the chosen configurations) in
+    tune.db, which also holds runs of gru4rec's default configuration; defaults.db holds sasrec's default
+    configuration on seeds 0, 1, 2 and nothing of gru4rec. Pop has nothing to search: its default is chosen."""
+    tune, defaults = ResultStore(tmp_path / "tune.db"), ResultStore(tmp_path / "defaults.db")
+    for strategy in ("sasrec", "gru4rec", "pop"):
+        part = tiny_part(strategy)
+        store_trial(tune, part, dict(part.default), epochs(0.10))
+        if part.space:
+            store_trial(tune, part, {**part.default, "train.lr": 0.005, "layers": 1}, epochs(0.05, 0.20))
+        trials = [t for t in stored_trials(tune, "t") if t.config["strategy"] == strategy]
+        for seed in (0, 1):
+            row = "pop pop" if strategy == "pop" else f"{strategy} tuned"
+            seed_run(tune, chosen_config(choose(trials)), seed, BOARD_RANKS[(row, seed)])
+        if strategy != "pop":
+            where, seeds = (defaults, (0, 1, 2)) if strategy == "sasrec" else (tune, (0, 1))
+            for seed in seeds:
+                seed_run(where, default_config(trials[0].config), seed, BOARD_RANKS[(f"{strategy} default", seed)])
+    yield tmp_path / "tune.db", tmp_path / "defaults.db"
+    tune.close()
+    defaults.close()
+
+
+def table_rows(text):
+    """``{first cell: cells}`` of every markdown table line."""
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("|")[1:-1]]
+                                              for line in text.splitlines() if line.startswith("| "))}
+
+
+def test_tuned_rows_sit_beside_their_default_rows_with_a_default_vs_tuned_summary(tuned_stores, tmp_path):
+    tune, defaults = tuned_stores
+    tests = tmp_path / "tests.csv"
+    out = invoke("leaderboard", "--store", tune, "--tuned", "t", "--defaults", defaults, "--metrics", "NDCG",
+                 "--k", "20", "--significance", tests)
+    assert out.exit_code == 0, out.output
+    text = out.output
+    rows = table_rows(text)
+    sasrec_tuned = next(label for label in rows if label.startswith("sasrec (layers=1, train.epochs=3"))
+    assert rows["sasrec (default)"][-1] == "3" and rows[sasrec_tuned][-1] == "2"          # seeds
+    assert not any(label.startswith("gru4rec (default") for label in rows)     # its runs are in the other store
+    assert "each row not labelled `(default…)` is the configuration chosen for its strategy" in text
+    assert f"ordinary runs read from {defaults}; they trained at their own epoch budget (train.epochs 200, with " \
+           "early stopping), while the tuned seed runs were capped at the tune's 3 epochs." in text
+    assert "from 2 trials per strategy including the default configuration (pop: one, nothing to search)" in text
+    # the default row takes part in the table's tests like any row
+    compared = pd.read_csv(tests)
+    assert "sasrec (default)" in set(compared.best) | set(compared.other)
+
+    summary = table_rows(text.split("Default vs tuned", 1)[1])
+    default = 100 * np.mean([ndcg20(BOARD_RANKS[("sasrec default", s)]).mean() for s in (0, 1, 2)])
+    tuned = 100 * np.mean([ndcg20(BOARD_RANKS[("sasrec tuned", s)]).mean() for s in (0, 1)])
+    line = summary["sasrec"]
+    assert line[0].startswith(f"{default:.2f} ± ") and line[1].startswith(f"{tuned:.2f} ± ")
+    assert line[2].split()[0] == f"{tuned - default:+.2f}"                     # tuned minus default means
+    assert line[3] == "0, 1"                                                    # the seeds both rows have
+    paired = [np.mean([ndcg20(BOARD_RANKS[(f"sasrec {row}", s)]) for s in (0, 1)], axis=0) for row in ("tuned",
+                                                                                                      "default")]
+    p = stats.ttest_rel(*paired).pvalue          # one strategy compared: Holm leaves it as it is
+    assert line[4] == f"{p:.3g}" and (line[2].endswith("†") == (p < 0.05 and float(line[5]) < 0.05))
+    assert line[-1] == "dim=64, dropout=0.5, layers=1, train.lr=0.005"
+    assert summary["gru4rec"][:3] == ["-", summary["gru4rec"][1], "-"] and summary["gru4rec"][1] != "-"
+    assert f"No finished run of the default configuration in {defaults}: gru4rec." in text
+    assert summary["pop"][0] == "= tuned" and summary["pop"][2] == "+0.00"
+    assert "The chosen configuration is the default one (one row, the same runs, for both): pop." in text
+    pop = 100 * np.mean([ndcg20(BOARD_RANKS[("pop pop", s)]).mean() for s in (0, 1)])
+    after = " > ".join(["pop", "sasrec"] if pop > tuned else ["sasrec", "pop"])
+    before = " > ".join(["pop", "sasrec"] if pop > default else ["sasrec", "pop"])
+    assert before != after and (f"By default NDCG@20: {before}. By tuned NDCG@20: {after}. Pairs of strategies in "
+                                "the other order after tuning: 1 of 1.") in text
+
+
+def test_the_default_rows_come_from_the_tune_store_unless_defaults_names_another(tuned_stores):
+    tune, defaults = tuned_stores
+    out = invoke("leaderboard", "--store", tune, "--tuned", "t", "--metrics", "NDCG", "--k", "20")
+    assert out.exit_code == 0, out.output
+    rows = table_rows(out.output.split("Default vs tuned", 1)[0])
+    assert rows["gru4rec (default)"][-1] == "2" and "sasrec (default)" not in rows
+    assert f"No finished run of the default configuration in {tune}: sasrec." in out.output
+    only = invoke("leaderboard", "--store", tune, "--tuned", "t", "--strategy", "sasrec", "--defaults", defaults)
+    assert only.exit_code == 0 and set(table_rows(only.output.split("Default vs tuned", 1)[0])) >= \
+        {"strategy", "sasrec (default)"} and "gru4rec" not in only.output.split("Default vs tuned", 1)[1]
+
+
+def test_two_tuned_parts_of_one_strategy_are_told_apart_by_their_fixed_options(tmp_path):
+    from fusionbench.report.tuned import tuned_board
+
+    store = ResultStore(tmp_path / "s.db")
+    for sets in ({}, {"dim": "32"}):
+        part = make_part(settings(), "sasrec", {**TINY, **sets}, {}, "test", dataset="synthetic")
+        store_trial(store, part, dict(part.default), epochs(0.1))
+        seed_run(store, chosen_config(stored_trials(store, "t")[-1]), 0, BOARD_RANKS[("sasrec tuned", 0)])
+    board = tuned_board(store, "t", store)
+    assert [p.label for p in board.parts] == ["sasrec", "sasrec (dim=32)"]
+    assert board.parts[1].default_label == "sasrec (default, dim=32)" and all(p.default_tried for p in board.parts)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--tuned", "t", "--defaults", "nowhere.db"), "--defaults nowhere.db: no such file"),
+    (("--defaults", "DEFAULTS"), "--defaults needs --tuned"),
+    (("--tuned", "t", "--defaults", "DEFAULTS", "--across"), "--defaults adds default rows to the tuned leaderboard"),
+])
+def test_defaults_errors_name_the_option(tuned_stores, args, message):
+    tune, defaults = tuned_stores
+    out = invoke("leaderboard", "--store", tune, *(defaults if a == "DEFAULTS" else a for a in args))
+    assert out.exit_code == 2 and message in out.output, out.output
+
+
 # -- the command on Ray ----------------------------------------------------------------------------
 TUNE = ("tune", "--strategy", "sasrec,late", "--dataset", "synthetic", "--budget", "4", "--max-epochs", "3",
         "--grace-epochs", "1", "--seeds", "0", *(a for k, v in TINY.items() for a in ("--set", f"{k}={v}")),
@@ -399,12 +638,19 @@ def trial_rows(path):
     return ResultStore(path).runs(status=None).query("tune == tune")        # trials: tune is not NULL
 
 
+def default_trials(path, strategy):
+    """How many stored trials of ``strategy`` were made at its default point."""
+    part = tiny_part(strategy)
+    return sum(same_point(part, t.config, part.default) for t in stored_trials(ResultStore(path), "synthetic_loo")
+               if t.config["strategy"] == strategy)
+
+
 @pytest.mark.timeout(1200)   # about 50 s on an idle 2-core machine; Ray's start-up and trials slow down under load
 def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, tmp_path):
-    """The done-when command of issue 26 on a tiny synthetic set: 4 trials of sasrec and late, each a
-    stored run with its epochs and no test metric; the chosen configurations then run on seed 0; a
-    killed tune resumes without training its finished trials again; a planted test-best trial is not
-    chosen; `leaderboard --tuned` and an exported store show the same rows."""
+    """The done-when command of issue 26 on a tiny synthetic set: 4 trials of sasrec and late, the first at
+    the defaults, each a stored run with its epochs and no test metric; the chosen configurations then
+    run on seed 0; a killed tune resumes without training its finished trials again or the default twice;
+    a planted test-best trial is not chosen; `leaderboard --tuned` and an exported store show the same rows."""
     store = tmp_path / "tune.db"
     args = (*TUNE, "--store", store, "--scratch", tmp_path / "scratch")
     first = invoke(*args)
@@ -420,6 +666,7 @@ def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, 
         with pytest.raises(KeyError):
             results.ranks(row.id, "test")
     assert "tune cost: 8 trials trained" in first.output
+    assert default_trials(store, "sasrec") == default_trials(store, "late") == 1
     seeds = results.runs(status=None).query("tune != tune")
     assert sorted(seeds.strategy) == ["late", "sasrec"] and set(seeds.status) == {"done"}
     for strategy in ("sasrec", "late"):
@@ -443,6 +690,7 @@ def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, 
     for run_id in [*kept, *trials[trials.strategy == "late"].id]:
         assert after.loc[run_id].finished_at == before.loc[run_id].finished_at     # not trained again
     assert (after.strategy == "sasrec").sum() == 4 and set(after.status) == {"done"}
+    assert default_trials(store, "sasrec") == default_trials(store, "late") == 1
 
     # a planted configuration, best on test but worse on validation than the chosen one, is not chosen
     results = ResultStore(store)
@@ -462,9 +710,11 @@ def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, 
     board = invoke("leaderboard", "--store", store, "--tuned", "synthetic_loo", "--k", "5,10")
     assert board.exit_code == 0, board.output
     assert "Tuned (`synthetic_loo`): each row is the configuration chosen for its strategy by validation NDCG@20" \
-        in board.output and "from 4 trials per strategy, tpe search, ASHA scheduler" in board.output
-    rows = [line for line in board.output.splitlines() if line.startswith("| late") or line.startswith("| sasrec")]
-    assert len(rows) == 2
+        in board.output and "from 4 trials per strategy including the default configuration, tpe search, ASHA " \
+        "scheduler" in board.output
+    table, summary = board.output.split("Default vs tuned", 1)
+    rows = [line for line in table.splitlines() if line.startswith("| late") or line.startswith("| sasrec")]
+    assert len(rows) == 2 and f"No finished run of the default configuration in {store}: sasrec, late." in summary
     plain = invoke("leaderboard", "--store", store, "--k", "5,10")          # trials are never rows
     ordinary = ResultStore(store).runs().query("tune != tune")
     assert plain.exit_code == 0 and len([ln for ln in plain.output.splitlines() if ln.startswith("| ")]) \
@@ -475,8 +725,9 @@ def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, 
     archive = tmp_path / "a.jsonl.gz"
     assert invoke("store", "export", "--store", store, "--out", archive, "--ranks", "test").exit_code == 0
     assert invoke("store", "import", archive, "--store", tmp_path / "copy.db").exit_code == 0
-    copied = invoke("leaderboard", "--store", tmp_path / "copy.db", "--tuned", "synthetic_loo", "--k", "5,10")
-    assert copied.output.split("\n", 1)[1] == board.output.split("\n", 1)[1]
+    copy = tmp_path / "copy.db"
+    copied = invoke("leaderboard", "--store", copy, "--tuned", "synthetic_loo", "--k", "5,10")
+    assert copied.output.split("\n", 1)[1] == board.output.split("\n", 1)[1].replace(str(store), str(copy))
 
 
 def test_a_changed_setting_under_the_same_name_is_an_error(tmp_path):

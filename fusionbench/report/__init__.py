@@ -16,8 +16,8 @@ from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report import across as across_tables
 from fusionbench.report import contrast, leaderboard, published, robustness, trajectory
+from fusionbench.report import tuned as tuned_tables
 from fusionbench.report.collect import Selection, open_store, parse_column, parse_columns, parse_setting_keys
-from fusionbench.report.tuned import tuned_runs
 
 
 def write_text(path: Path, text: str) -> None:
@@ -33,7 +33,8 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        contrasts: tuple[str, ...] = (), settings: Optional[str] = None,
                        published_files: tuple[Path, ...] = (), inflation: bool = False, across: bool = False,
                        pool_protocols: bool = False, cd_plot: Optional[Path] = None, ranking: str = "all",
-                       command: Optional[str] = None, tuned: Optional[str] = None) -> tuple[str, list[Path]]:
+                       command: Optional[str] = None, tuned: Optional[str] = None,
+                       defaults: Optional[Path] = None) -> tuple[str, list[Path]]:
     """Build the leaderboards (with one column per option key of ``settings`` "KEY,KEY", e.g.
     "dim,train.lr") or, with ``robust``, the robustness tables and plots, and the drop contrasts of the
     ``contrasts`` pairs "A,B" of ``store``. Instead of the leaderboards: ``published_files`` the published
@@ -46,7 +47,9 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
     Returns the report text (also written to ``output`` when given) and the files written. A markdown
     report starts with ``command`` (the command line that regenerates it) when one is given. Option
     names in errors are the CLI's. ``tuned`` (a tune's name, ``fusionbench tune``): only the seed runs of
-    the configurations that tune chose, under a caption stating its budget (:mod:`.tuned`)."""
+    the configurations that tune chose, under a caption stating its budget, and on the leaderboard each
+    beside its default configuration's runs from the store ``defaults`` (default: ``store``), with the
+    default vs tuned summary below each table in markdown (:mod:`.tuned`)."""
     if fmt not in ("md", "csv"):
         raise UserInputError(f"--format must be md or csv, got {fmt!r}")
     views = [name for name, on in (("--published", bool(published_files)), ("--inflation", inflation),
@@ -78,14 +81,21 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
         raise UserInputError("--plot-dir needs --robustness (plots are robustness curves)")
     if tuned is not None and robust:
         raise UserInputError("--tuned applies to leaderboards, not to --robustness tables")
+    if defaults is not None and tuned is None:
+        raise UserInputError("--defaults needs --tuned (it adds the default rows to a tuned leaderboard)")
+    if defaults is not None and views:
+        raise UserInputError(f"--defaults adds default rows to the tuned leaderboard, not to {views[0]}")
     written: list[Path] = []
     selection = Selection.parse(strategies, where)
     results = open_store(store)
-    tuned_caption = None
+    default_store = None
+    tuned_caption = board_of_tune = None
     try:
         if tuned is not None:
-            hashes, tuned_caption = tuned_runs(results, tuned)
-            selection = dataclasses.replace(selection, run_hashes=hashes)
+            default_store = open_store(defaults, "--defaults") if defaults is not None else results
+            board_of_tune = tuned_tables.tuned_board(results, tuned, default_store)
+            tuned_caption = board_of_tune.caption() if not views else board_of_tune.caption(with_defaults=False)
+            selection = dataclasses.replace(selection, run_hashes=board_of_tune.hashes)
         if robust:
             tables = robustness.build_robustness(results, dataset, protocol,
                                                  parse_column(robustness_metric, "--robustness-metric"), selection)
@@ -108,15 +118,28 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                           inflation, across, pool_protocols, cd_plot, written, ranking)
         else:
             chosen = tuple(s.strip() for s in proposed.split(",") if s.strip())
+            extra = board_of_tune.default_runs if board_of_tune is not None else ()
+            labels = board_of_tune.labels if board_of_tune is not None else None
             boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
-                                                    selection, keys, ranking=ranking)
-            text = (leaderboard.render_markdown(boards, chosen) if fmt == "md"
-                    else leaderboard.to_frame(boards).to_csv(index=False))
+                                                    selection, keys, ranking=ranking, extra=extra, labels=labels)
+            if fmt == "csv":
+                text = leaderboard.to_frame(boards).to_csv(index=False)
+            elif board_of_tune is None:
+                text = leaderboard.render_markdown(boards, chosen)
+            else:
+                sections = []
+                for board in boards:
+                    summary = tuned_tables.render_summary(
+                        tuned_tables.default_vs_tuned(results, board, board_of_tune, ranking), board_of_tune)
+                    sections.append(leaderboard.render_markdown([board], chosen) + (f"\n{summary}" if summary else ""))
+                text = "\n".join(sections)
             if significance is not None:
                 write_text(significance, leaderboard.comparisons_frame(boards).to_csv(index=False))
                 written.append(Path(significance))
     finally:
         results.close()
+        if default_store is not None and default_store is not results:
+            default_store.close()
     if tuned_caption is not None and fmt == "md":
         text = f"{tuned_caption}\n\n{text}"
     if command is not None and fmt == "md":

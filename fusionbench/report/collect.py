@@ -78,10 +78,14 @@ def parse_column(text: str, option: str) -> Column:
 
 @dataclass(frozen=True)
 class Run:
+    """A finished run as the reports read it. ``source`` is the store holding its ranks and metrics, for a
+    report that reads two stores (``leaderboard --tuned --defaults``); ``None``: the report's store."""
+
     run_id: int
     config_hash: str
     seed: int
     config: dict
+    source: Optional[ResultStore] = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -110,15 +114,15 @@ def row_key(config: dict) -> str:
     return canonical_json({k: v for k, v in config.items() if k not in NOT_IDENTITY})
 
 
-def open_store(path: Path) -> ResultStore:
-    """Open an existing store; a missing or non-SQLite file is an error naming ``--store``."""
+def open_store(path: Path, option: str = "--store") -> ResultStore:
+    """Open an existing store; a missing or non-SQLite file is an error naming ``option``."""
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"--store {path}: no such file")
+        raise UserInputError(f"{option} {path}: no such file")
     try:
         return ResultStore(path)
     except sqlite3.DatabaseError as err:
-        raise UserInputError(f"--store {path}: not a fusionbench results store ({err})") from None
+        raise UserInputError(f"{option} {path}: not a fusionbench results store ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -148,11 +152,14 @@ class Selection:
         names = tuple(s.strip() for s in (strategies or "").split(",") if s.strip())
         return cls(names, tuple(pairs))
 
-    def apply(self, runs: list["Run"], where: str) -> list["Run"]:
-        """The runs this selection keeps; a strategy or option key no run has is an error."""
+    def apply(self, runs: list["Run"], where: str, extra: Sequence["Run"] = ()) -> list["Run"]:
+        """The runs this selection keeps, among ``runs`` and ``extra`` (runs chosen elsewhere, e.g. read
+        from another store: ``run_hashes`` does not apply to them, the strategies and ``where`` pairs do);
+        a strategy or option key no run has is an error."""
         if self.run_hashes:
             wanted = set(self.run_hashes)
             runs = [run for run in runs if run.config_hash in wanted]
+        runs = [*runs, *extra]
         if self.strategies:
             there = {run.config["strategy"] for run in runs}
             unknown = [s for s in self.strategies if s not in there]
@@ -198,11 +205,13 @@ def current_names(config: dict) -> dict:
 
 
 def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str],
-              selection: Selection = Selection()) -> list[Run]:
+              selection: Selection = Selection(), extra: Sequence[Run] = ()) -> list[Run]:
     """Every run with status ``done`` that is not a tune's trial, filtered by dataset and protocol (a value
     the store does not hold is an error naming the option and listing what is there) and by ``selection``.
     A trial (``fusionbench tune``) is a run with the store's ``tune`` column set: it ranked no test sample,
-    and the reports read the chosen configuration's seed runs instead (``leaderboard --tuned``)."""
+    and the reports read the chosen configuration's seed runs instead (``leaderboard --tuned``).
+    ``extra``: finished runs of another store (their :attr:`Run.source`) to read beside, under the same
+    filters but ``selection.run_hashes`` (:meth:`Selection.apply`)."""
     table = store.runs(status="done")
     if table.empty:
         raise UserInputError(f"--store {store.path}: no finished runs in it")
@@ -210,17 +219,19 @@ def done_runs(store: ResultStore, dataset: Optional[str], protocol: Optional[str
     if table.empty:
         raise UserInputError(f"--store {store.path}: its finished runs are all trials of tunes, which are not "
                              "reported; `fusionbench tune` runs the chosen configurations on their seeds")
+    extra = list(extra)
     for option, column, value in (("--dataset", "dataset", dataset), ("--protocol", "protocol", protocol)):
         if value is None:
             continue
-        there = sorted(set(table[column]))
+        there = sorted(set(table[column]) | {run.config[column] for run in extra})
         if value not in there:
             scope = "" if column == "dataset" or dataset is None else f" of dataset {dataset!r}"
             raise UserInputError(f"{option} {value!r}: no finished runs{scope} in {store.path}; "
                                  f"{column}s there: {', '.join(there)}")
         table = table[table[column] == value]
+        extra = [run for run in extra if run.config[column] == value]
     runs = [Run(int(r.id), r.config_hash, int(r.seed), current_names(json.loads(r.config))) for r in table.itertuples()]
-    return selection.apply(runs, str(store.path)) if selection != Selection() else runs
+    return selection.apply(runs, str(store.path), extra) if selection != Selection() or extra else runs
 
 
 def perturbation_of(run: Run) -> Optional[dict]:
@@ -377,7 +388,8 @@ def test_split(run: Run, ranking: str = "all") -> str:
 
 
 def load_ranks(store: ResultStore, groups: list[RunGroup], where: str, ranking: str = "all") -> dict[str, np.ndarray]:
-    """Stored test ranks (under ``ranking``, :func:`test_split`) of every group's runs, ``{group.key:
+    """Stored test ranks (under ``ranking``, :func:`test_split`; from each run's :attr:`Run.source`, else
+    ``store``) of every group's runs, ``{group.key:
     [n_seeds, S]}`` (int64). All runs of one table must rank the same S samples (same split, same sample
     order), else an error says which."""
     ranks: dict[str, np.ndarray] = {}
@@ -386,16 +398,17 @@ def load_ranks(store: ResultStore, groups: list[RunGroup], where: str, ranking: 
         stacked = []
         for run in group.runs:
             split = test_split(run, ranking)
+            source = run.source or store
             try:
-                stacked.append(store.ranks(run.run_id, split))
+                stacked.append(source.ranks(run.run_id, split))
             except KeyError:
                 if split == UNSEEN_TEST:
                     raise UserInputError(
                         f"run {run.config_hash} ({group.label}, seed {run.seed}) has no ranks among unseen items in "
-                        f"{store.path}: it finished before they were recorded, or ranked under {LEAKY_PROTOCOL} "
+                        f"{source.path}: it finished before they were recorded, or ranked under {LEAKY_PROTOCOL} "
                         "(python reports/exclude_history_probe.py ranks older runs both ways from their kept "
                         "weights; --strategy / --where leave runs out)") from None
-                raise UserInputError(f"run {run.config_hash} is done but has no test ranks in {store.path}") from None
+                raise UserInputError(f"run {run.config_hash} is done but has no test ranks in {source.path}") from None
             lengths.setdefault(len(stacked[-1]), f"{group.label} seed {run.seed}")
         if len(lengths) > 1:
             listed = "; ".join(f"{who}: {n}" for n, who in lengths.items())
@@ -417,7 +430,7 @@ def seed_values(store: ResultStore, runs: list[Run], ranks: np.ndarray, column: 
     if runs and runs[0].config["protocol"] == LEAKY_PROTOCOL:
         values = []
         for run in runs:
-            stored = store.metrics(run.run_id, "test")
+            stored = (run.source or store).metrics(run.run_id, "test")
             if column.name not in stored:
                 raise UserInputError(f"run {run.config_hash} ({LEAKY_PROTOCOL}) has no stored {column.name}; its "
                                      f"per-epoch maxima exist only for {', '.join(sorted(stored))} (check --k)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from fusionbench.report.collect import (
     NOT_SET,
     RANKINGS,
     Column,
+    Run,
     RunGroup,
     Selection,
     check_one_data_version,
@@ -98,16 +100,19 @@ class Leaderboard:
 def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | None, columns: list[Column],
                        proposed: tuple[str, ...] = PROPOSED, selection: Selection = Selection(),
                        settings: tuple[str, ...] = (), significance: bool = True,
-                       ranking: str = "all") -> list[Leaderboard]:
+                       ranking: str = "all", extra: Sequence[Run] = (),
+                       labels: Mapping[str, str] | None = None) -> list[Leaderboard]:
     """One :class:`Leaderboard` per (dataset with its options, protocol) in the store, optionally filtered
     to one dataset name and one protocol, and to the runs ``selection`` keeps; ``settings`` are option keys
     (as ``--set`` names them, or ``aggregator``) to show per row, each an option of some run. Without
     ``significance`` the paired tests are skipped (no † marks, no comparisons): the reports that read only
     the cells' means (``--published``, ``--across``) need none. ``ranking``: read the test ranks among all
-    items (``all``) or among the items outside each sample's history (``unseen``; ``collect.test_split``)."""
+    items (``all``) or among the items outside each sample's history (``unseen``; ``collect.test_split``).
+    ``extra``: runs of another store read beside (:func:`collect.done_runs`); ``labels``: row key -> the
+    label of that row instead of its variant label (``leaderboard --tuned`` labels the default rows)."""
     if ranking not in RANKINGS:
         raise UserInputError(f"--ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
-    runs = [run for run in done_runs(store, dataset, protocol, selection) if perturbation_of(run) is None]
+    runs = [run for run in done_runs(store, dataset, protocol, selection, extra) if perturbation_of(run) is None]
     if not runs:
         raise UserInputError(f"{store.path}: every matching finished run is perturbed; "
                              "use --robustness for those")
@@ -118,16 +123,19 @@ def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | 
     if ranking != "all" and any(pr == LEAKY_PROTOCOL for _, pr in tables):
         raise UserInputError(f"--ranking {ranking}: {LEAKY_PROTOCOL} runs record test metrics among all items "
                              f"only; pick another --protocol")
-    return [_build(store, ds, pr, rs, columns, proposed, settings, significance, ranking)
+    return [_build(store, ds, pr, rs, columns, proposed, settings, significance, ranking, labels)
             for (ds, pr), rs in sorted(tables.items())]
 
 
 def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns: list[Column],
            proposed: tuple[str, ...], settings: tuple[str, ...], significance: bool = True,
-           ranking: str = "all") -> Leaderboard:
+           ranking: str = "all", labels: Mapping[str, str] | None = None) -> Leaderboard:
     where = f"dataset {dataset!r}, protocol {protocol!r}"
     check_one_data_version(runs, where)
-    groups = sorted(group_runs(runs), key=lambda g: (g.strategy in proposed, g.label))
+    groups = group_runs(runs)
+    for group in groups:
+        group.label = (labels or {}).get(group.key, group.label)
+    groups.sort(key=lambda g: (g.strategy in proposed, g.label))
     ranks = load_ranks(store, groups, where, ranking)
     rows = []
     for g in groups:
@@ -147,7 +155,7 @@ def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns:
                 row.cells[column.name].best_baseline = row.cells[column.name].mean == top
         best = rows[int(means.argmax())]
         comparisons += [c for other in rows if other is not best and significance
-                        for c in _compare(best, other, column, ranks)]
+                        for c in compare_rows(best, other, column, ranks)]
     adjust(comparisons)
     for column in columns:
         needed = set(SAMPLE_TESTS if column.metric == "HR" else SAMPLE_TESTS[:2])
@@ -158,8 +166,11 @@ def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns:
     return Leaderboard(dataset, protocol, columns, rows, comparisons, settings, ranking)
 
 
-def _compare(best: Row, other: Row, column: Column, ranks: dict[str, np.ndarray]) -> list[Comparison]:
-    """The tests of ``best`` against ``other`` on ``column``, over the seeds both rows have."""
+def compare_rows(best: Row, other: Row, column: Column, ranks: dict[str, np.ndarray]) -> list[Comparison]:
+    """The paired tests of row ``best`` against row ``other`` on ``column`` (:mod:`.significance`: per-sample
+    tests on the per-sample values averaged over the seeds both rows have, and the t-test over those
+    seeds' means), unadjusted; ``ranks``: :func:`collect.load_ranks` of both rows. A leaderboard tests
+    its column's best row against every other; ``leaderboard --tuned`` a tuned row against its default."""
     shared = tuple(sorted(set(best.group.seeds) & set(other.group.seeds)))
     b = [best.group.seeds.index(s) for s in shared]
     o = [other.group.seeds.index(s) for s in shared]

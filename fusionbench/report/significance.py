@@ -35,7 +35,8 @@ SEED_TEST = "ttest-seeds"
 
 @dataclass
 class Comparison:
-    """One test of the best row of a column against another row."""
+    """One paired test of row ``best`` against row ``other`` (on a leaderboard: a column's best row against
+    another; in ``leaderboard --tuned``'s default vs tuned summary: a tuned row against its default)."""
 
     column: str
     best: str
