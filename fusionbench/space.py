@@ -24,6 +24,7 @@ This module imports no plugin package: it reads the classes the registries hand 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -32,7 +33,7 @@ from fusionbench.errors import UserInputError
 Number = Union[int, float]
 
 
-class Dimension:
+class Dimension(ABC):
     """One searched option: how to sample it (:meth:`to_ray`), how it reads (:meth:`describe`), its
     table form in tune files and stored trial configs (:meth:`as_table`), a few representative values
     (:meth:`probe`) that :func:`check_space` resolves before any trial runs, and whether a value lies in
@@ -40,20 +41,25 @@ class Dimension:
 
     kind: str = ""
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """How the dimension reads in listings (e.g. ``log-uniform [0.0001, 0.01]``)."""
 
+    @abstractmethod
     def contains(self, value: Any) -> bool:
-        raise NotImplementedError
+        """Whether ``value`` is a point of this dimension."""
 
+    @abstractmethod
     def as_table(self) -> dict[str, list]:
-        raise NotImplementedError
+        """The tune-file / stored-config table form, e.g. ``{"log_uniform": [lo, hi]}``."""
 
+    @abstractmethod
     def probe(self) -> tuple:
-        raise NotImplementedError
+        """A few representative values that :func:`check_space` resolves before any trial runs."""
 
+    @abstractmethod
     def to_ray(self) -> Any:
-        raise NotImplementedError
+        """The Ray Tune sampling domain."""
 
 
 def _is_number(value: Any) -> bool:
@@ -65,8 +71,23 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+class FloatInterval(Dimension):
+    """A float dimension on ``[low, high]`` (fields of the subclass): membership and table form shared by
+    :class:`LogUniform` and :class:`Uniform`, which differ in how they sample and probe."""
+
+    low: float
+    high: float
+
+    def contains(self, value: Any) -> bool:
+        """A number in ``[low, high]``, both ends included."""
+        return _is_number(value) and self.low <= value <= self.high
+
+    def as_table(self) -> dict[str, list]:
+        return {self.kind: [self.low, self.high]}
+
+
 @dataclass(frozen=True)
-class LogUniform(Dimension):
+class LogUniform(FloatInterval):
     """A float whose logarithm is uniform on ``[log low, log high]`` (``0 < low < high``)."""
 
     low: float
@@ -80,13 +101,6 @@ class LogUniform(Dimension):
     def describe(self) -> str:
         return f"log-uniform [{_number(self.low)}, {_number(self.high)}]"
 
-    def contains(self, value: Any) -> bool:
-        """A number in ``[low, high]``, both ends included."""
-        return _is_number(value) and self.low <= value <= self.high
-
-    def as_table(self) -> dict[str, list]:
-        return {self.kind: [self.low, self.high]}
-
     def probe(self) -> tuple:
         return self.low, math.sqrt(self.low * self.high), self.high
 
@@ -97,7 +111,7 @@ class LogUniform(Dimension):
 
 
 @dataclass(frozen=True)
-class Uniform(Dimension):
+class Uniform(FloatInterval):
     """A float uniform on ``[low, high]`` (``low < high``)."""
 
     low: float
@@ -110,13 +124,6 @@ class Uniform(Dimension):
 
     def describe(self) -> str:
         return f"uniform [{_number(self.low)}, {_number(self.high)}]"
-
-    def contains(self, value: Any) -> bool:
-        """A number in ``[low, high]``, both ends included."""
-        return _is_number(value) and self.low <= value <= self.high
-
-    def as_table(self) -> dict[str, list]:
-        return {self.kind: [self.low, self.high]}
 
     def probe(self) -> tuple:
         return self.low, (self.low + self.high) / 2, self.high

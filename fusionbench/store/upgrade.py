@@ -54,7 +54,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from fusionbench.data.core import ItemSide
 from fusionbench.errors import UserInputError
@@ -193,6 +193,18 @@ def attr_encoding_step(config: dict, data: RunData) -> dict:
     return {**config, "features": {**features, "attr": encoding}}
 
 
+def unrecorded_channel_sources(config: dict, channel: str, declared: Callable[[str, dict], Sequence[str]]) -> tuple:
+    """The sources ``declared(dataset, dataset_options)`` names for ``channel`` when ``config`` builds that
+    channel without recording its source (:func:`builds_unrecorded_channel`); ``()`` when it does not, or
+    when the dataset cannot be resolved (re-resolving the config reports that)."""
+    if not builds_unrecorded_channel(config.get("features") or {}, channel):
+        return ()
+    try:
+        return tuple(declared(config["dataset"], config["dataset_options"]))
+    except (UserInputError, KeyError):
+        return ()
+
+
 def text_source_step(config: dict, data: RunData) -> dict:
     """``features.text`` for a run made before it existed: its ``text`` channel read the dataset's original
     text source (the title prefix of the Amazon folders, ``title`` of a folder dataset), the first source
@@ -201,30 +213,17 @@ def text_source_step(config: dict, data: RunData) -> dict:
     or one that declares none) were the same under any source and get the default. Needs no data."""
     from fusionbench.data.datasets import declared_text_sources
 
-    features = config.get("features") or {}
-    if not builds_unrecorded_channel(features, "text"):
-        return config
-    try:
-        sources = declared_text_sources(config["dataset"], config["dataset_options"])
-    except (UserInputError, KeyError):
-        return config                          # re-resolving reports it
+    sources = unrecorded_channel_sources(config, "text", declared_text_sources)
     if not sources:
         return config
-    return {**config, "features": {**features, "text": sources[0]}}
+    return {**config, "features": {**(config.get("features") or {}), "text": sources[0]}}
 
 
 def image_source_step(config: dict, data: RunData) -> dict:
     """``features.image`` for a run made before it existed (module docstring, Steps). Needs no data."""
     from fusionbench.data.datasets import declared_image_sources
 
-    features = config.get("features") or {}
-    if not builds_unrecorded_channel(features, "image"):
-        return config
-    try:
-        sources = declared_image_sources(config["dataset"], config["dataset_options"])
-    except (UserInputError, KeyError):
-        return config                          # re-resolving reports it
-    if sources:
+    if unrecorded_channel_sources(config, "image", declared_image_sources):
         raise CannotTell(f"made before dataset {config['dataset']!r} had an image channel: it read every other "
                          "channel and no image, which no features.image value reproduces")
     return config
