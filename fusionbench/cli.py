@@ -405,6 +405,11 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
 @click.option("--cd-plot", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="With --across: draw the critical-difference diagram here (.png, .svg or .pdf; one file per "
                    "protocol, suffixed, when there are several).")
+@click.option("--versus", default=None, metavar="KEY=VALUE",
+              help="Below each leaderboard, every row against its reference row: the same configuration with "
+                   "option KEY at VALUE (keys and values as in --where, e.g. features.modalities=none for a "
+                   "modality ablation against each strategy's ID-only row); differences in points, paired tests, "
+                   "Holm over the table.")
 @click.option("--ranking", type=click.Choice(["all", "unseen"]), default="all", show_default=True,
               help="Test ranks among all items (the paper's protocol), or among the items outside each sample's "
                    "history (recorded beside them by every run; train.exclude_history).")

@@ -3,7 +3,8 @@ and curves. One module per job: :mod:`.collect` (runs -> rows, labels, per-sampl
 :mod:`.significance` (paired tests, Holm–Bonferroni), :mod:`.leaderboard`, :mod:`.robustness`,
 :mod:`.contrast` (does a perturbation cost one row more than another), :mod:`.published` (published
 numbers beside ours), :mod:`.trajectory` (validation- vs test-selected metrics of one run), :mod:`.across`
-(ranks over datasets: Friedman, Nemenyi, Holm–Wilcoxon, critical-difference diagrams).
+(ranks over datasets: Friedman, Nemenyi, Holm–Wilcoxon, critical-difference diagrams), :mod:`.versus`
+(every row against its reference row: ablations), :mod:`.tuned` (a tune's chosen rows beside their defaults).
 :func:`leaderboard_report` is what ``fusionbench leaderboard`` calls.
 """
 from __future__ import annotations
@@ -12,11 +13,14 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
+
 from fusionbench.atomic import atomic_write
 from fusionbench.errors import UserInputError
 from fusionbench.report import across as across_tables
 from fusionbench.report import contrast, leaderboard, published, robustness, trajectory
 from fusionbench.report import tuned as tuned_tables
+from fusionbench.report import versus as versus_tables
 from fusionbench.report.collect import Selection, open_store, parse_column, parse_columns, parse_setting_keys
 
 
@@ -34,7 +38,7 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        published_files: tuple[Path, ...] = (), inflation: bool = False, across: bool = False,
                        pool_protocols: bool = False, cd_plot: Optional[Path] = None, ranking: str = "all",
                        command: Optional[str] = None, tuned: Optional[str] = None,
-                       defaults: Optional[Path] = None) -> tuple[str, list[Path]]:
+                       defaults: Optional[Path] = None, versus: Optional[str] = None) -> tuple[str, list[Path]]:
     """Build the leaderboards (with one column per option key of ``settings`` "KEY,KEY", e.g.
     "dim,train.lr") or, with ``robust``, the robustness tables and plots, and the drop contrasts of the
     ``contrasts`` pairs "A,B" of ``store``. Instead of the leaderboards: ``published_files`` the published
@@ -49,7 +53,9 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
     names in errors are the CLI's. ``tuned`` (a tune's name, ``fusionbench tune``): only the seed runs of
     the configurations that tune chose, under a caption stating its budget, and on the leaderboard each
     beside its default configuration's runs from the store ``defaults`` (default: ``store``), with the
-    default vs tuned summary below each table in markdown (:mod:`.tuned`)."""
+    default vs tuned summary below each table in markdown (:mod:`.tuned`). ``versus`` ("KEY=VALUE"): below
+    each leaderboard, every row against the row with the same configuration but that option value
+    (:mod:`.versus`; with ``--format csv`` that comparison is the table written)."""
     if fmt not in ("md", "csv"):
         raise UserInputError(f"--format must be md or csv, got {fmt!r}")
     views = [name for name, on in (("--published", bool(published_files)), ("--inflation", inflation),
@@ -85,6 +91,10 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
         raise UserInputError("--defaults needs --tuned (it adds the default rows to a tuned leaderboard)")
     if defaults is not None and views:
         raise UserInputError(f"--defaults adds default rows to the tuned leaderboard, not to {views[0]}")
+    if versus is not None and (robust or views or tuned is not None):
+        other = "--robustness" if robust else views[0] if views else "--tuned"
+        raise UserInputError(f"--versus compares the rows of a plain leaderboard, not with {other}")
+    reference = versus_tables.Reference.parse(versus) if versus is not None else None
     written: list[Path] = []
     selection = Selection.parse(strategies, where)
     results = open_store(store)
@@ -122,8 +132,17 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
             labels = board_of_tune.labels if board_of_tune is not None else None
             boards = leaderboard.build_leaderboards(results, dataset, protocol, parse_columns(metrics, ks), chosen,
                                                     selection, keys, ranking=ranking, extra=extra, labels=labels)
-            if fmt == "csv":
+            against = [(board, versus_tables.versus_rows(results, board, reference, ranking))
+                       for board in boards] if reference is not None else []
+            if fmt == "csv" and against:
+                text = pd.concat([versus_tables.to_frame(entries, board, reference) for board, entries in against],
+                                 ignore_index=True).to_csv(index=False)
+            elif fmt == "csv":
                 text = leaderboard.to_frame(boards).to_csv(index=False)
+            elif against:
+                text = "\n".join(leaderboard.render_markdown([board], chosen) + "\n"
+                                 + versus_tables.render_markdown(entries, board, reference)
+                                 for board, entries in against)
             elif board_of_tune is None:
                 text = leaderboard.render_markdown(boards, chosen)
             else:
@@ -134,7 +153,8 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                     sections.append(leaderboard.render_markdown([board], chosen) + (f"\n{summary}" if summary else ""))
                 text = "\n".join(sections)
             if significance is not None:
-                write_text(significance, leaderboard.comparisons_frame(boards).to_csv(index=False))
+                extra = [(board, [c for e in entries for c in e.comparisons]) for board, entries in against]
+                write_text(significance, leaderboard.comparisons_frame(boards, extra).to_csv(index=False))
                 written.append(Path(significance))
     finally:
         results.close()

@@ -174,9 +174,8 @@ class Selection:
                 known = sorted({k for flat in options for k in flat})
                 raise UserInputError(f"--where {key}{'=' if equal else '!='}{value}: no run in {where} has an "
                                      f"option {key!r}; options there: {', '.join(known)}")
-            wanted = canonical_json(_comparable(value))
             kept = [(run, flat) for run, flat in zip(runs, options)
-                    if (key in flat and canonical_json(flat[key]) == wanted) == equal]
+                    if (key in flat and option_matches(flat[key], value)) == equal]
             runs, options = [run for run, _ in kept], [flat for _, flat in kept]
         if not runs:
             raise UserInputError(f"{where}: no finished run matches --strategy / --where")
@@ -190,6 +189,32 @@ def _comparable(text: str) -> Any:
         return json.loads(lowered)
     except json.JSONDecodeError:
         return text
+
+
+def option_matches(stored: Any, text: str) -> bool:
+    """Whether a stored option value equals ``text`` as ``--where`` / ``--versus`` give it: JSON where it
+    parses (``5`` = 5, ``true`` = True), else text; a list option (``features.modalities``) also as ``--set``
+    writes it, comma-separated (``text,image`` = ["text", "image"]; empty = [])."""
+    wanted = _comparable(text)
+    if isinstance(stored, (list, tuple)) and not isinstance(wanted, list):
+        wanted = [part.strip() for part in text.split(",") if part.strip()]
+    return canonical_json(stored) == canonical_json(wanted)
+
+
+def without_option(config: dict, key: str) -> dict:
+    """The config with option ``key`` (as :func:`option_view` names it) left out: what two configs that
+    differ only in that option share (``leaderboard --versus``)."""
+    if key in ("aggregator", "max_len"):
+        return {k: v for k, v in config.items() if k != key}
+    for section, prefix in _SECTIONS.items():
+        if prefix and key.startswith(prefix):
+            name = key[len(prefix):]
+            break
+    else:
+        section, name = "strategy_options", key
+    out = dict(config)
+    out[section] = {k: v for k, v in (config.get(section) or {}).items() if k != name}
+    return out
 
 
 def current_names(config: dict) -> dict:

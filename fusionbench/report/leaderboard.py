@@ -300,10 +300,13 @@ def to_frame(boards: list[Leaderboard]) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def comparisons_frame(boards: list[Leaderboard]) -> pd.DataFrame:
-    """Every test of every table: the long form behind the † marks."""
+def comparisons_frame(boards: list[Leaderboard],
+                      extra: Sequence[tuple[Leaderboard, Sequence[Comparison]]] = ()) -> pd.DataFrame:
+    """Every test of every table: the long form behind the † marks; ``extra``: more tests of a table
+    (``--versus``: rows against their reference rows, ``best`` = the row, ``other`` = its reference)."""
     fields = ["dataset", "protocol", "column", "best", "other", "test", "n", "seeds", "statistic", "p", "p_holm",
               "significant"]
+    found = [*((b, b.comparisons) for b in boards), *extra]
     return pd.DataFrame([[b.dataset, b.protocol, c.column, c.best, c.other, c.test, c.n, " ".join(map(str, c.seeds)),
-                          c.statistic, c.p, c.p_holm, c.significant] for b in boards for c in b.comparisons],
+                          c.statistic, c.p, c.p_holm, c.significant] for b, tests in found for c in tests],
                         columns=fields)
