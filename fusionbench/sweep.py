@@ -219,16 +219,20 @@ def run_group(requests: list[RunRequest], scratch: Optional[str],
 # -- what the command prints -------------------------------------------------------------------------
 def cell_labels(cells: list[Cell]) -> list[str]:
     """One label per cell, as the leaderboard labels its rows (strategy, aggregator, non-default options;
-    the dataset with its options first when the cells span several), then the perturbation."""
+    first the dataset with its options and the protocol, each when the cells span several: a leaderboard
+    table holds one of each), then the perturbation."""
     from fusionbench.report.collect import data_name, row_key, variant_labels
 
     configs = [cell.config for cell in cells]
-    datasets = list(dict.fromkeys(data_name(c) for c in configs))
+    table_of = lambda c: (data_name(c), c["protocol"])  # noqa: E731
+    tables = list(dict.fromkeys(table_of(c) for c in configs))
+    several = [len({t[i] for t in tables}) > 1 for i in range(2)]
     names = {}
-    for dataset in datasets:   # labels are unique within a dataset, as in a leaderboard table
-        keys = list(dict.fromkeys(row_key(c) for c in configs if data_name(c) == dataset))
+    for table in tables:   # labels are unique within a table, as in a leaderboard
+        keys = list(dict.fromkeys(row_key(c) for c in configs if table_of(c) == table))
         firsts = [next(c for c in configs if row_key(c) == key) for key in keys]
-        prefix = f"{dataset}: " if len(datasets) > 1 else ""
+        shown = [part for part, show in zip(table, several) if show]
+        prefix = f"{' / '.join(shown)}: " if shown else ""
         names.update({key: prefix + label for key, label in zip(keys, variant_labels(firsts))})
     labels = []
     for config in configs:

@@ -265,3 +265,8 @@ def test_the_paper_tables_sweep_dry_run_lists_its_cells(shared_data, tmp_path):
                                     "--dry-run", "--data-root", str(shared_data)])
     assert out.exit_code == 0, out.output
     assert f"{len(committed_sweep('paper_tables'))} cells, 0 done" in out.output
+    # the cells span datasets and protocols: every label names both, as a leaderboard table holds one of each
+    rows = [line for line in out.output.splitlines() if line.startswith("| ") and "to run" in line]
+    assert rows and all(line[2:].split(":")[0] in {f"{d} / {p}" for d in ("beauty", "toys", "sports")
+                                                   for p in ("ratio", "ratio-paper")} for line in rows)
+    assert any(line.startswith("| beauty / ratio-paper: mmsr + han") for line in rows)
