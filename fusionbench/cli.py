@@ -643,6 +643,26 @@ def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) 
     click.echo(tabulate(rows, headers="keys", tablefmt="github"))
 
 
+@store.command("curves")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
+@click.option("--id", "run_ids", type=int, multiple=True, required=True,
+              help="Run id (as `fusionbench store show` lists it); repeat to put runs side by side.")
+@click.option("--metric", default="NDCG@20", show_default=True, help="Validation metric to show (METRIC@K).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Also draw the validation curves here (PNG).")
+@report_errors
+def store_curves(store_path: Path, run_ids: tuple[int, ...], metric: str, plot_path: Optional[Path]) -> None:
+    """Learning curves side by side: per epoch each run's training loss and validation metric (%), its
+    best epoch starred. A run still training is read from its resume checkpoint."""
+    from fusionbench.store.admin import curves_table, plot_curves, run_curves
+
+    curves = run_curves(store_path, list(dict.fromkeys(run_ids)))
+    click.echo(curves_table(curves, metric), nl=False)
+    if plot_path is not None:
+        plot_curves(curves, metric, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
+
+
 @store.command("remove")
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="SQLite results file.")
 @click.option("--id", "run_ids", type=int, multiple=True, required=True,

@@ -1,6 +1,9 @@
-"""`fusionbench store show | remove`: what a store holds, and forgetting runs with their files."""
+"""`fusionbench store show | curves | remove`: what a store holds, learning curves, and forgetting runs with
+their files."""
 import sqlite3
 
+import matplotlib.image
+import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
@@ -137,3 +140,35 @@ def test_runs_show_remove_and_upgrade_find_a_runs_files_where_the_store_names_th
     assert invoke("store", "remove", "--store", path, "--id", clean.run_id, "--id", stressed.run_id,
                   "--id", running, "--force").exit_code == 0
     assert not list((tmp_path / "kept").iterdir()) and not list((tmp_path / "resume").iterdir())
+
+
+def test_curves_put_runs_side_by_side_from_the_store_and_from_a_checkpoint(tmp_path):
+    path, clean, stressed, running, digest = a_store(tmp_path)
+    history = clean.result.history
+    # the abandoned run's checkpoint holds two epochs of a history, as train() writes it
+    state = {"history": [{"epoch": 1, "loss": 2.5, "valid": {"NDCG@20": 0.125}},
+                         {"epoch": 2, "loss": 2.25, "valid": {"NDCG@20": 0.0625}}], "best_epoch": 1}
+    torch.save(state, tmp_path / "checkpoints" / f"{digest}.pt")
+    out = invoke("store", "curves", "--store", path, "--id", clean.run_id, "--id", running,
+                 "--metric", "NDCG@20", "--plot", tmp_path / "c.png")
+    assert out.exit_code == 0, out.output
+    assert f"- run {clean.run_id}: early (" in out.output
+    assert f"best epoch {clean.result.best_epoch} of {len(history)}" in out.output
+    assert f"- run {running}: sasrec (" in out.output and "from its resume checkpoint, best epoch 1 of 2" in out.output
+    rows = [line.split("|")[1:-1] for line in out.output.splitlines() if line.startswith("| ") and "epoch" not in line]
+    assert len(rows) == max(len(history), 2)
+    best = history[clean.result.best_epoch - 1]
+    cells = [c.strip() for c in rows[clean.result.best_epoch - 1]]
+    assert cells[1] == f"{best['loss']:.4f}" and cells[2] == f"{100 * best['valid']['NDCG@20']:.2f} *"
+    assert [c.strip() for c in rows[0][3:]] == ["2.5000", "12.50 *"]
+    assert [c.strip() for c in rows[1][3:]] == ["2.2500", "6.25"]
+    assert all(c.strip() == "" for row in rows[2:] for c in row[3:])      # the shorter run leaves blanks
+    assert matplotlib.image.imread(tmp_path / "c.png").shape[2] in (3, 4)
+
+
+def test_curves_errors_name_the_option(tmp_path):
+    path, clean, *_ = a_store(tmp_path)
+    unknown = invoke("store", "curves", "--store", path, "--id", 999)
+    assert unknown.exit_code == 2 and "--id 999: no such run" in unknown.output
+    metric = invoke("store", "curves", "--store", path, "--id", clean.run_id, "--metric", "AUC@5")
+    assert metric.exit_code == 2 and "--metric AUC@5: not in these runs' validation histories; there: " in metric.output
