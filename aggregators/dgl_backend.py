@@ -40,9 +40,9 @@ from typing import Callable, Optional, Sequence
 import dgl
 import dgl.ops as ops
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusionbench.dropout import dropout
 from fusionbench.errors import UserInputError
 from fusionbench.registry import AGGREGATORS
 
@@ -215,11 +215,11 @@ def to_sparse(adj: Tensor, node_type: Tensor, node_mask: Tensor) -> SparseBatch:
                        batch_num_nodes=node_mask.sum(1), shape=(b, n), n_relations=r)
 
 
-def attend(graph: dgl.DGLGraph, logits: Tensor, values: Tensor, dropout: float, training: bool) -> Tensor:
+def attend(graph: dgl.DGLGraph, logits: Tensor, values: Tensor, p: float, training: bool) -> Tensor:
     """``sum_j softmax_j(logits) values_j`` per destination, the attention step of the sparse paths: logits
     ``[E, ...]``, values ``[V_src, ...]`` (logits broadcast against values' trailing axes) -> ``[V_dst, ...]``;
     a node without in-edges gets 0. Dropout applies to the normalised weights, per edge."""
-    alpha = F.dropout(ops.edge_softmax(graph, logits), dropout, training)
+    alpha = dropout(ops.edge_softmax(graph, logits), p, training)
     while alpha.dim() < values.dim():
         alpha = alpha[..., None]
     return ops.u_mul_e_sum(graph, values, alpha)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from aggregators.attention import check_divisible, glorot_, masked_softmax, relation_union, zero_padded
 from fusionbench.context import AggregatorContext
+from fusionbench.dropout import dropout
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Uniform
@@ -83,7 +84,7 @@ class GAT(nn.Module):
         s_dst = (h * self.att_dst[:, None, :]).sum(-1)
         scores = F.leaky_relu(s_dst[..., :, None] + s_src[..., None, :], self.opts.negative_slope)
         alpha = masked_softmax(scores, a[:, None])                          # [B, H, N, N]
-        alpha = F.dropout(alpha, self.opts.attn_dropout, self.training)
+        alpha = dropout(alpha, self.opts.attn_dropout, self.training)
         out = alpha @ h                                                     # [B, H, N, C]
         out = out.transpose(1, 2).flatten(-2) if self.opts.concat else out.mean(1)
         if self.bias is not None:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aggregators.attention import check_divisible, glorot_, masked_softmax, pair_mask, relation_union, zero_padded
 from fusionbench.context import AggregatorContext
+from fusionbench.dropout import dropout
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Uniform
@@ -151,7 +151,7 @@ class Graphormer(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
         scores = scores + self.spatial(dist).permute(0, 3, 1, 2)               # [B, H, N, N]
         alpha = masked_softmax(scores, pair_mask(node_mask)[:, None])
-        alpha = F.dropout(alpha, self.opts.attn_dropout, self.training)
+        alpha = dropout(alpha, self.opts.attn_dropout, self.training)
         out = self.lin_o((alpha @ v).transpose(1, 2).flatten(-2))
         return zero_padded(out, node_mask)
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from aggregators.attention import adjacency_rows, glorot_, masked_softmax, typed_linear, zero_padded
 from aggregators.base import SELF, heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
+from fusionbench.dropout import dropout
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Choice, Uniform
@@ -214,7 +215,7 @@ class HAN(nn.Module):
 
     def _attend(self, logits: Tensor, mask: Tensor, values: Tensor) -> Tensor:
         alpha = masked_softmax(F.leaky_relu(logits, self.opts.negative_slope), mask)
-        return F.dropout(alpha, self.opts.attn_dropout, self.training) @ values
+        return dropout(alpha, self.opts.attn_dropout, self.training) @ values
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, adj: Tensor, node_type: Tensor, node_mask: Tensor) -> Tensor:

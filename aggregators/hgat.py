@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from aggregators.attention import glorot_, masked_adjacency, masked_softmax, typed_linear, zero_padded
 from fusionbench.context import AggregatorContext
+from fusionbench.dropout import dropout
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Uniform
@@ -100,7 +101,7 @@ class HGAT(nn.Module):
         s_dst = z @ self.att_dst.T
         scores = s_dst.transpose(1, 2)[..., :, None] + s_src.transpose(1, 2)[..., None, :]  # [B, R, N, N]
         alpha = masked_softmax(F.leaky_relu(scores, self.opts.negative_slope), a)
-        alpha = F.dropout(alpha, self.opts.attn_dropout, self.training)
+        alpha = dropout(alpha, self.opts.attn_dropout, self.training)
         h = _ACTIVATIONS[self.opts.activation](alpha @ z[:, None])            # [B, R, N, d]
         has = a.any(-1)                                                        # [B, R, N]
         w = torch.tanh(self.semantic(h)) @ self.semantic_q                     # [B, R, N]
@@ -126,7 +127,7 @@ class HGAT(nn.Module):
         s_src = (z @ self.att_src.T).reshape(-1)                               # [V*R] at slot (j, r)
         s_dst = (z @ self.att_dst.T).reshape(-1)
         logits = F.leaky_relu(ops.u_add_v(s.slot_to_slot, s_src, s_dst), opts.negative_slope)
-        alpha = F.dropout(ops.edge_softmax(s.node_to_slot, logits), opts.attn_dropout, self.training)
+        alpha = dropout(ops.edge_softmax(s.node_to_slot, logits), opts.attn_dropout, self.training)
         hr = ops.u_mul_e_sum(s.node_to_slot, z, alpha[:, None]).view(v, s.width, -1)    # [V, R, d]
         hr = {"elu": F.elu, "relu": F.relu, "none": lambda t: t}[opts.activation](hr)
         has = (s.node_to_slot.in_degrees() > 0).view(v, s.width)              # [V, R]

@@ -17,6 +17,7 @@ from aggregators.attention import (
     zero_padded,
 )
 from fusionbench.context import AggregatorContext
+from fusionbench.dropout import dropout
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Choice, Uniform
@@ -116,7 +117,7 @@ class RGAT(nn.Module):
             scores = q[..., :, None] * k[..., None, :]                         # [B, R, H, Q, N]
         dims = (1, -1) if self.opts.mechanism == "across-relation" else -1
         alpha = masked_softmax(scores, a[:, :, None], dim=dims)
-        alpha = F.dropout(alpha, self.opts.attn_dropout, self.training)
+        alpha = dropout(alpha, self.opts.attn_dropout, self.training)
         g = g.unflatten(-1, (self.heads, self.head_dim))                       # [B, R, N, H, C]
         out = torch.einsum("brhij,brjhc->bihc", alpha, g)                      # [B, Q, H, C]
         out = out.flatten(-2) if self.opts.concat else out.mean(-2)
@@ -142,7 +143,7 @@ class RGAT(nn.Module):
         else:
             logits = ops.u_mul_v(s.slot_to_slot, k, q)                        # [E, H]
         group = s.slot_to_node if opts.mechanism == "across-relation" else s.slot_to_slot
-        alpha = F.dropout(ops.edge_softmax(group, logits), opts.attn_dropout, self.training)
+        alpha = dropout(ops.edge_softmax(group, logits), opts.attn_dropout, self.training)
         values = gr.reshape(v * s.width, self.heads, self.head_dim)
         out = ops.u_mul_e_sum(s.slot_to_node, values, alpha[..., None])       # [V, H, C]
         out = out.flatten(-2) if opts.concat else out.mean(-2)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fusionbench.dropout import Dropout, attention
 
 NORMS = ("pre", "post")  # CausalTransformer's LayerNorm placement
 
@@ -51,9 +52,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         b, length, d = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed[:, None], dropout_p=self.dropout if self.training else 0.0
-        )
+        y = attention(q, k, v, allowed[:, None], self.dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, length, d))
 
 
@@ -65,8 +64,8 @@ class TransformerBlock(nn.Module):
         self.post_norm = post_norm
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, dropout)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = Dropout(dropout)
 
     def forward(self, h: Tensor, allowed: Tensor) -> Tensor:
         if self.post_norm:
@@ -97,7 +96,7 @@ class CausalTransformer(nn.Module):
             raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
         self.max_len, self.post_norm = max_len, norm == "post"
         self.pos = nn.Embedding(max_len, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, ffn_dim, self.post_norm)
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(dim)  # post: on the input sum; pre: on the output
@@ -153,7 +152,7 @@ class CausalGRU(nn.Module):
 
     def __init__(self, dim: int, layers: int = 1, dropout: float = 0.0):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -183,7 +182,7 @@ class ScoredAttention(nn.Module):
         self.heads = heads
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def probabilities(self, scores: Tensor, allowed: Tensor) -> Tensor:
         """softmax over the allowed keys ``[B, heads, L, L]``."""
@@ -213,8 +212,8 @@ class ScoredBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.scorer = scorer
         self.attn = ScoredAttention(dim, heads, dropout if attn_dropout is None else attn_dropout)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = Dropout(dropout)
 
     def forward(self, h: Tensor, allowed: Tensor, side) -> Tensor:
         x = self.norm1(h)
@@ -235,7 +234,7 @@ class ScoredTransformer(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int, scorers, attn_dropout: float | None = None):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(ScoredBlock(dim, heads, dropout, ffn_dim, s, attn_dropout) for s in scorers)
         self.norm = nn.LayerNorm(dim)
 

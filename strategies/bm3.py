@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.dropout import dropout
 from fusionbench.options import Ge, Lt, PluginOptions
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import LogUniform
@@ -115,7 +116,7 @@ class BM3(GraphCFStrategy):
     def loss(self, batch: SeqBatch) -> Tensor:
         h_u, h_i = self.graph_embeddings()
         u, i = self.users_of(batch), batch.target
-        drop = lambda x: F.dropout(x.detach(), self.opts.dropout, training=True)  # noqa: E731
+        drop = lambda x: dropout(x.detach(), self.opts.dropout, training=True)  # noqa: E731
         loss = neg_cos(self.predictor(h_u[u]), drop(h_i[i])) + neg_cos(self.predictor(h_i[i]), drop(h_u[u]))
         aligned = h_i.new_zeros(())
         for channel in self.channels:

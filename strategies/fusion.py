@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import ModalityTable, SeqBatch, StrategyContext
+from fusionbench.dropout import Dropout
 from fusionbench.options import Ge, Lt, OptionError, PluginOptions, require
 from fusionbench.strategy import CausalStrategy
 from strategies.backbones import CausalGRU, CausalTransformer, embedding_init_, forward_positions
@@ -70,7 +71,7 @@ class ModalityChannel(nn.Module):
             self.proj = nn.Linear(table.dim, dim)
         self.register_buffer("present", present, persistent=False)
         self.missing = nn.Parameter(torch.empty(dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

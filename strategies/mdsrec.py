@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.dropout import Dropout, attention
 from fusionbench.errors import UserInputError
 from fusionbench.options import Ge, Le, Lt, require
 from fusionbench.registry import STRATEGIES
@@ -80,8 +81,7 @@ class CentredAttention(nn.Module):
         b, length, d = keys.shape
         q = split_heads(self.query(queries), self.heads)
         k, v = split_heads(self.key(keys), self.heads), split_heads(self.value(keys), self.heads)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, allowed[:, None], self.dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, length, d))
 
 
@@ -100,8 +100,8 @@ class CentredBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm_centre, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = CentredAttention(dim, heads, dropout)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = Dropout(dropout)
 
     def forward(self, h: Tensor, centre: Tensor, allowed: Tensor) -> Tensor:
         x = self.norm1(h)
@@ -127,7 +127,7 @@ class InterestCentredEncoder(nn.Module):
         super().__init__()
         self.max_len, self.center = max_len, center
         self.pos = nn.Embedding(max_len, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(CentredBlock(dim, heads, dropout, ffn_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.learned_centre = nn.Parameter(torch.empty(dim)) if center == "learned" else None

@@ -36,6 +36,7 @@ from aggregators.base import FIRST_MODALITY_NODE_TYPE, n_relations_for
 from fusionbench.context import AggregatorContext, ModalityTable, SeqBatch, StrategyContext
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Samples, sample_batch
+from fusionbench.dropout import Dropout
 from fusionbench.errors import UserInputError
 from fusionbench.options import Ge, Lt, OptionError, PluginOptions
 from fusionbench.registry import AGGREGATORS, STRATEGIES
@@ -146,7 +147,7 @@ class MMSR(Strategy):
         agg_name = ctx.aggregator or self.default_aggregator
         self.layers = nn.ModuleList(AGGREGATORS.create(agg_name, agg_ctx, **ctx.aggregator_options)
                                     for _ in range(opts.layers))
-        self.drop = nn.Dropout(opts.dropout)
+        self.drop = Dropout(opts.dropout)
         for m in names:  # table data, not parameters: never saved in or loaded from a state dict
             self.register_buffer(f"codes_{m}", ctx.modalities[m].codes, persistent=False)
         self.reset_parameters()

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.dropout import Dropout, attention
 from fusionbench.options import Ge, Lt
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import Uniform
@@ -94,8 +94,7 @@ class Attention2D(nn.Module):
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         b, length, c, d = x.shape
         q, k, v = self.qkv(x).reshape(b, length * c, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.cell_allowed(allowed, c)[:, None],
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, self.cell_allowed(allowed, c)[:, None], self.dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, length, c, d))
 
 
@@ -106,9 +105,9 @@ class Block2D(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = Attention2D(channels, dim, heads, dropout)
-        self.ffn = nn.Sequential(Linear2D(channels, dim, ffn_dim), nn.GELU(), nn.Dropout(dropout),
+        self.ffn = nn.Sequential(Linear2D(channels, dim, ffn_dim), nn.GELU(), Dropout(dropout),
                                  Linear2D(channels, ffn_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, h: Tensor, allowed: Tensor) -> Tensor:
         h = h + self.drop(self.attn(self.norm1(h), allowed))
@@ -140,7 +139,7 @@ class Trans2D(CausalStrategy):
         self.side = ModalityInputs(ctx, d, opts.feature_dropout)
         self.n_channels = c = 1 + len(self.side)
         self.pos = nn.Embedding(ctx.max_len, d)
-        self.drop = nn.Dropout(opts.dropout)
+        self.drop = Dropout(opts.dropout)
         self.blocks = nn.ModuleList(Block2D(c, d, opts.heads, opts.dropout, opts.ffn_mult * d)
                                     for _ in range(opts.layers))
         self.norm = nn.LayerNorm(d)
