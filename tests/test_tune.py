@@ -565,7 +565,7 @@ def test_tuned_rows_sit_beside_their_default_rows_with_a_default_vs_tuned_summar
     line = summary["sasrec"]
     assert line[0].startswith(f"{default:.2f} ± ") and line[1].startswith(f"{tuned:.2f} ± ")
     assert line[2].split()[0] == f"{tuned - default:+.2f}"                     # tuned minus default means
-    assert line[3] == "0, 1"                                                    # the seeds both rows have
+    assert line[3] == "seeds 0, 1"                                              # the seeds both rows have
     paired = [np.mean([ndcg20(BOARD_RANKS[(f"sasrec {row}", s)]) for s in (0, 1)], axis=0) for row in ("tuned",
                                                                                                       "default")]
     p = stats.ttest_rel(*paired).pvalue          # one strategy compared: Holm leaves it as it is

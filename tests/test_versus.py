@@ -115,7 +115,7 @@ def test_markdown_and_csv(store, tmp_path):
                                  significance=tmp_path / "sig.csv")
     section = text.split("Against the reference rows")[1]
     line = next(row for row in section.splitlines() if row.startswith("| late (features.modalities=text)"))
-    assert BELOW in line and "late (features.modalities=none)" in line and "0, 1" in line
+    assert BELOW in line and "late (features.modalities=none)" in line and "seeds 0, 1" in line
     assert "No reference row (features.modalities=none) on this table for: late (dim=32)." in section
     tests = pd.read_csv(tmp_path / "sig.csv")
     assert {"late (features.modalities=none)", "early (features.modalities=none)"} <= set(tests["other"])

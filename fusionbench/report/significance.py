@@ -52,6 +52,11 @@ class Comparison:
     def significant(self) -> bool:
         return self.p_holm < ALPHA
 
+    @property
+    def seeds_text(self) -> str:
+        """The paired seeds as table text: "seed 0", "seeds 0, 1, 2"."""
+        return ("seed " if len(self.seeds) == 1 else "seeds ") + ", ".join(map(str, self.seeds))
+
 
 def sample_tests(x_best: np.ndarray, x_other: np.ndarray, binary: bool) -> dict[str, tuple[float, float]]:
     """Per-sample paired tests of ``x_best [S]`` against ``x_other [S]`` -> ``{test: (statistic, p)}``;

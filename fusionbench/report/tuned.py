@@ -339,12 +339,12 @@ def render_summary(entries: Sequence[DefaultVsTuned], tuned: TunedBoard) -> str:
         difference = e.difference
         diff = "-" if difference is None else f"{difference:+.2f}" + (f" {MARK}" if e.significant else "")
         default = "= tuned" if e.part.default_is_chosen else _mean_text(e.default)
-        seeds = ", ".join(map(str, e.comparisons[0].seeds)) if e.comparisons else "-"
+        seeds = e.comparisons[0].seeds_text if e.comparisons else "-"
         body.append([e.part.label, default, _mean_text(e.tuned), diff, seeds,
                      *(_p_text(e.comparisons, t) for t in tests), e.part.chosen_text()])
     names = {"ttest": "t-test", "wilcoxon": "Wilcoxon", "mcnemar": "McNemar"}
     table = tabulate(body, headers=["strategy", f"default {column.name}", f"tuned {column.name}", "tuned − default",
-                                    "seeds paired", *(f"p {names[t]} (Holm)" for t in tests), "chosen"],
+                                    "paired on", *(f"p {names[t]} (Holm)" for t in tests), "chosen"],
                      tablefmt="github", disable_numparse=True)
     intro = (f"Default vs tuned, test {column.name} (the tune's metric) in %: mean ± std over each row's seeds, as in "
              "the table; tuned − default in percentage points. The tests pair the tuned row with its default row over "

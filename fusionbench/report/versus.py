@@ -121,10 +121,10 @@ def render_markdown(entries: Sequence[Versus], board: Leaderboard, reference: Re
     body = [[e.row.group.label, e.reference.group.label,
              *(f"{e.delta(c.name):+.2f}" + (f" {e.mark(c.name, c.metric)}" if e.mark(c.name, c.metric) else "")
                for c in board.columns),
-             ", ".join(map(str, e.comparisons[0].seeds)) or "-"]
+             e.comparisons[0].seeds_text if e.comparisons and e.comparisons[0].seeds else "-"]
             for e in compared]
     table = tabulate(body, headers=["row", f"reference ({reference})", *(f"Δ {c.name}" for c in board.columns),
-                                    "seeds paired"], tablefmt="github", disable_numparse=True)
+                                    "paired on"], tablefmt="github", disable_numparse=True)
     intro = (f"Against the reference rows ({board.dataset}, protocol {board.protocol}): each row minus the row with "
              f"the same configuration but {reference}, test metrics in percentage points (means over each row's "
              f"seeds, as in the table). {ABOVE} / {BELOW}: significantly above / below its reference (two-sided "
