@@ -35,6 +35,7 @@ from fusionbench.data.core import (
 )
 from fusionbench.data.datasets import DatasetContext, declared_image_sources, declared_text_sources
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
+from fusionbench.dropout import mask_draw
 from fusionbench.errors import UserInputError
 from fusionbench.metrics import summarize
 from fusionbench.options import Ge, PluginOptions, require
@@ -277,7 +278,8 @@ def versions() -> dict[str, str]:
         own = version("fusionbench")
     except PackageNotFoundError:
         own = "unknown"
-    return {"python": platform.python_version(), "torch": torch.__version__, "fusionbench": own}
+    return {"python": platform.python_version(), "torch": torch.__version__, "fusionbench": own,
+            "dropout_mask": mask_draw()}
 
 
 def git_revision() -> str:

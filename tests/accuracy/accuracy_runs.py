@@ -23,6 +23,7 @@ from pathlib import Path
 from fusionbench.atomic import atomic_write
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import make_split
+from fusionbench.dropout import fixed_mask_draw
 from fusionbench.features.codes import single_threaded
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
@@ -68,11 +69,12 @@ def first_users(data: SequenceData, n: int) -> SequenceData:
 
 
 def measure(run: Run) -> dict[str, float]:
-    """Train ``run`` (seed 0, one thread) and return its test metrics (fractions, HR/NDCG/MRR@5/10/20)."""
+    """Train ``run`` (seed 0, one thread, dropout masks from the uniform draw on every machine) and return
+    its test metrics (fractions, HR/NDCG/MRR@5/10/20)."""
     request = RunRequest(strategy=run.strategy, dataset=run.dataset, max_len=run.max_len,
                          strategy_options=run.strategy_options, feature_options=run.feature_options,
                          train_options={"epochs": run.epochs, "patience": run.epochs, "lr": run.lr})
-    with single_threaded():
+    with single_threaded(), fixed_mask_draw("uniform"):
         config = resolve(request)
         data = load_data(config, None)
         if run.users:
