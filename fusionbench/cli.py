@@ -209,20 +209,26 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
 @click.option("--address", default=None, help="Ray: cluster address ('auto' = the running cluster; default: "
                                               "start a Ray instance on this machine).")
 @click.option("--cpus-per-cell", type=int, default=1, show_default=True, help="Ray: CPUs (and threads) per task.")
+@click.option("--gpus-per-cell", type=float, default=0.0, show_default=True,
+              help="Ray: GPUs per task; a fraction (0.125) packs several runs onto one GPU. Needs --device cuda.")
 @click.option("--scratch", default=None, help="Ray: folder on each node for the tasks' store, checkpoints and "
                                               "kept weights (default ~/.cache/fusionbench/sweep).")
 @click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
 @run_options("data_root", "device", "quiet")
 @report_errors
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
-          scratch: Optional[str], dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:
+          gpus_per_cell: float, scratch: Optional[str], dry_run: bool, data_root: Optional[Path], device: str,
+          quiet: bool) -> None:
     """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
     from fusionbench import plan
     from fusionbench import sweep as sweeps
     from fusionbench.store import ResultStore
 
-    if engine == "local" and (address is not None or scratch is not None):
-        raise UserInputError("--address and --scratch apply to --engine ray")
+    if engine == "local" and (address is not None or scratch is not None or gpus_per_cell):
+        raise UserInputError("--address, --scratch and --gpus-per-cell apply to --engine ray")
+    if gpus_per_cell < 0 or (gpus_per_cell > 0 and not device.startswith("cuda")):
+        raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g} must be >= 0, and > 0 needs --device cuda "
+                             f"(got --device {device})")
     cells = sweeps.read_sweep(sweep_file, data_root, device)
     labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
@@ -233,7 +239,8 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
         click.echo(f"{len(cells)} cells, {status.count('done')} done")
         return
     if engine == "ray":
-        sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet)
+        sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
+                       gpus_per_cell=gpus_per_cell)
     else:
         plan.run_local(cells, results, progress=not quiet, desc="sweep cells")
     click.echo(f"{sweep_file}: {len(cells)} cells, {plan.skipped(cells)} already in the store")

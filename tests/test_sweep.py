@@ -119,7 +119,9 @@ def test_the_local_engine_runs_each_cell_once_and_a_rerun_skips_them(tmp_path):
     listed = CliRunner().invoke(main, [*args, "--dry-run"])
     assert listed.exit_code == 0 and listed.output.count("| done ") == 2 and "2 cells, 2 done" in listed.output
     wrong = CliRunner().invoke(main, [*args, "--scratch", str(tmp_path)])
-    assert wrong.exit_code == 2 and "--address and --scratch apply to --engine ray" in wrong.output
+    assert wrong.exit_code == 2 and "--address, --scratch and --gpus-per-cell apply to --engine ray" in wrong.output
+    on_cpu = CliRunner().invoke(main, [*args, "--engine", "ray", "--gpus-per-cell", "0.25"])
+    assert on_cpu.exit_code == 2 and "> 0 needs --device cuda (got --device cpu)" in on_cpu.output
 
 
 def test_groups_that_only_evaluate_are_submitted_first():
@@ -158,6 +160,9 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
         broken = [dataclasses.replace(read_sweep(path)[0], request=dataclasses.replace(
             read_sweep(path)[0].request, seed=5, device="cuda:7"))]
         run_ray(broken, remote, scratch=str(tmp_path / "scratch"), progress=False)
+        # GPUs the cluster lacks: refused before any task waits for them forever
+        with pytest.raises(UserInputError, match="--gpus-per-cell 0.5: the Ray cluster has 0 GPUs"):
+            run_ray(broken, remote, gpus_per_cell=0.5, progress=False)          # a cell still to run
     finally:
         ray.shutdown()
     assert all(c.error is None for c in ray_cells) and all(c.outcome.skipped for c in again)
