@@ -248,7 +248,7 @@ def test_columns_show_each_rows_resolved_settings(budgets, store):
     assert cells[label["sasrec"]][:4] == ["64", "2", "n/a", "fp32"]     # sasrec has no modality features
     assert cells[label["dim32"]][:4] == ["32", "2", "n/a", "fp32"]
     assert cells[label["bf16"]][:4] == ["64", "2", "n/a", "bf16"]
-    assert cells[label["sasrecf"]][:4] == ["64", "1", "[]", "fp32"]     # [] = every modality
+    assert cells[label["sasrecf"]][:4] == ["64", "1", "all", "fp32"]    # [] = every modality
     assert cells[label["srgnn"]][:4] == ["64", "n/a", "n/a", "fp32"]    # srgnn has no layers option
     frame = to_frame([b]).set_index("label")
     assert frame.loc[label["srgnn"], "layers"] == "n/a" and frame.loc[label["bf16"], "train.precision"] == "bf16"

@@ -378,9 +378,11 @@ def data_name(config: dict) -> str:
 
 
 def short_value(value: Any) -> str:
-    """Option value as label text: lists joined with '+'."""
+    """Option value as label text: lists joined with '+'; the empty list, which the list options
+    (``features.modalities``, MDSRec's ``channels``, a perturbation's ``modalities``) read as every
+    channel, is ``all``."""
     if isinstance(value, list):
-        return "+".join(map(str, value)) or "[]"
+        return "+".join(map(str, value)) or "all"
     return str(value)
 
 
