@@ -5,11 +5,11 @@ Inverted dropout of rate :math:`p`:
 .. math:: \mathrm{Drop}_p(x) = x \odot m / (1 - p),\qquad m_i = [\,u_i \ge p\,],\quad u_i \sim U[0, 1)\ \text{i.i.d.}
 
 so each element is kept with probability :math:`1 - p` and :math:`\mathbb{E}[\mathrm{Drop}_p(x)] = x`, as with
-:func:`torch.nn.functional.dropout`. How fast PyTorch draws a CPU mask depends on the machine: where its
-``bernoulli_`` takes the vectorised MKL path it is the fastest draw there is (CI: forward and backward of a
-``[128, 50, 64]`` float32 input in 0.51 ms), elsewhere it is a scalar loop about four times slower than
-``torch.rand`` and a comparison (8.0 ms against 2.1 ms on the development machine, where the masks were a
-fifth of a SASRec training step's CPU time). So the first CPU dropout of a process times both draws on a
+:func:`torch.nn.functional.dropout`. Which draw is faster depends on the machine and the PyTorch version:
+on the CI machine under torch 2.2.1 ``bernoulli_`` is (forward and backward of a ``[128, 50, 64]`` float32
+input: 0.51 ms against 1.45 ms for the uniform draw), while under torch 2.14.1 on the development machines
+it is about four times slower than ``torch.rand`` and a comparison (8.0 ms against 2.1 ms, where the masks
+were a fifth of a SASRec training step's CPU time). So the first CPU dropout of a process times both draws on a
 private generator (:func:`mask_draw`) and keeps the uniform one only when it is clearly faster (under
 :data:`UNIFORM_IF_BELOW` of ``bernoulli_``'s time); the environment variable ``FUSIONBENCH_DROPOUT_MASK``
 (``uniform``, ``bernoulli`` or ``auto``) overrides the choice, and every stored run records it. Off CPU
