@@ -213,22 +213,28 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
               help="Ray: GPUs per task; a fraction (0.125) packs several runs onto one GPU. Needs --device cuda.")
 @click.option("--scratch", default=None, help="Ray: folder on each node for the tasks' store, checkpoints and "
                                               "kept weights (default ~/.cache/fusionbench/sweep).")
+@click.option("--archive", type=click.Path(path_type=Path), default=None,
+              help="After every cell that finishes, rewrite this archive with the store's finished runs (as "
+                   "`store export --ranks test`), so they outlive the machine.")
 @click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
 @run_options("data_root", "device", "quiet")
 @report_errors
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
-          gpus_per_cell: float, scratch: Optional[str], dry_run: bool, data_root: Optional[Path], device: str,
-          quiet: bool) -> None:
+          gpus_per_cell: float, scratch: Optional[str], archive: Optional[Path], dry_run: bool,
+          data_root: Optional[Path], device: str, quiet: bool) -> None:
     """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
     from fusionbench import plan
     from fusionbench import sweep as sweeps
     from fusionbench.store import ResultStore
+    from fusionbench.store.archive import export_runs
 
     if engine == "local" and (address is not None or scratch is not None or gpus_per_cell):
         raise UserInputError("--address, --scratch and --gpus-per-cell apply to --engine ray")
     if gpus_per_cell < 0 or (gpus_per_cell > 0 and not device.startswith("cuda")):
         raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g} must be >= 0, and > 0 needs --device cuda "
                              f"(got --device {device})")
+    if archive is not None and not archive.parent.is_dir():
+        raise UserInputError(f"--archive {archive}: folder {archive.parent} does not exist")
     cells = sweeps.read_sweep(sweep_file, data_root, device)
     labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
@@ -238,11 +244,16 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
                             headers=["run", "seed", "in the store"], tablefmt="github", disable_numparse=True))
         click.echo(f"{len(cells)} cells, {status.count('done')} done")
         return
+
+    def finished(cell) -> None:
+        if archive is not None:
+            export_runs(store, archive, ranks="test")
+
     if engine == "ray":
         sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
-                       gpus_per_cell=gpus_per_cell)
+                       gpus_per_cell=gpus_per_cell, finished=finished)
     else:
-        plan.run_local(cells, results, progress=not quiet, desc="sweep cells")
+        plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished)
     click.echo(f"{sweep_file}: {len(cells)} cells, {plan.skipped(cells)} already in the store")
     click.echo(plan.summary_table(cells, labels))
     failed = plan.failures(cells, labels)

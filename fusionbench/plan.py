@@ -83,8 +83,10 @@ def stored_outcome(store: ResultStore, config: dict, digest: str, skipped: bool 
 
 # -- the local engine --------------------------------------------------------------------------------
 def run_local(cells: Sequence[Cell], store: ResultStore, progress: bool = True, desc: str = "cells",
-              postfix: Callable[[Cell], dict] = lambda cell: {}) -> None:
-    """Run (or skip, or resume) every cell in order in this process, with a progress bar over cells."""
+              postfix: Callable[[Cell], dict] = lambda cell: {},
+              finished: Callable[[Cell], None] = lambda cell: None) -> None:
+    """Run (or skip, or resume) every cell in order in this process, with a progress bar over cells;
+    ``finished(cell)`` after each cell that ran here to the end (not after one found done in the store)."""
     bar = tqdm(cells, desc=desc, unit="cell", disable=None if progress else True)
     for cell in bar:
         bar.set_postfix(postfix(cell))
@@ -92,6 +94,8 @@ def run_local(cells: Sequence[Cell], store: ResultStore, progress: bool = True, 
             cell.outcome = run_experiment(cell.request, store=store, progress=progress)
         except TrainingError as err:
             cell.error = str(err)
+        if cell.outcome is not None and not cell.outcome.skipped:
+            finished(cell)
 
 
 # -- what the commands print -------------------------------------------------------------------------

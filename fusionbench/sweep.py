@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from tqdm import tqdm
 
@@ -137,11 +137,11 @@ def _perturbations(spec: Any, where: str) -> list[Optional[PerturbationRequest]]
 # -- the Ray engine ---------------------------------------------------------------------------------
 def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None, cpus_per_cell: int = 1,
             scratch: Optional[str] = None, progress: bool = True, gpus_per_cell: float = 0.0,
-            desc: str = "sweep cells (ray)") -> None:
+            desc: str = "sweep cells (ray)", finished: Callable[[Cell], None] = lambda cell: None) -> None:
     """Run the cells not yet done in ``store`` as Ray tasks (module docstring), adding each finished
-    run to ``store`` as its task returns. Cells already done get their stored outcome. ``gpus_per_cell``
-    (a fraction shares a GPU) is what each task reserves besides its CPUs (``fusionbench tune``'s seed
-    runs on GPUs)."""
+    run to ``store`` as its task returns, then calling ``finished(cell)``. Cells already done get their
+    stored outcome. ``gpus_per_cell`` (a fraction shares a GPU) is what each task reserves besides its
+    CPUs (``fusionbench tune``'s seed runs on GPUs)."""
     try:
         import ray
     except ImportError:
@@ -183,6 +183,7 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
             if record is not None:
                 store.add_records([record])
                 cell.outcome = stored_outcome(store, config, record["config_hash"])
+                finished(cell)
             cell.error = error
             bar.update(1)
     bar.close()

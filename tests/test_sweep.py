@@ -124,6 +124,28 @@ def test_the_local_engine_runs_each_cell_once_and_a_rerun_skips_them(tmp_path):
     assert on_cpu.exit_code == 2 and "> 0 needs --device cuda (got --device cpu)" in on_cpu.output
 
 
+def test_archive_is_rewritten_after_each_finished_cell_and_imports_as_the_store(tmp_path):
+    path = sweep_file(tmp_path, "[[run]]\nstrategy = ['sasrec', 'gru4rec']\nseeds = [0]\n")
+    archive = tmp_path / "archived" / "sweep.jsonl.gz"
+    args = ["sweep", str(path), "--store", str(tmp_path / "r.db"), "--quiet", "--archive", str(archive)]
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 2 and f"folder {archive.parent} does not exist" in missing.output
+    assert not (tmp_path / "r.db").exists()                       # refused before anything is written
+    archive.parent.mkdir()
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    copy = tmp_path / "copy.db"
+    imported = CliRunner().invoke(main, ["store", "import", str(archive), "--store", str(copy)])
+    assert imported.exit_code == 0 and "added 2 runs" in imported.output
+    stored, restored = ResultStore(tmp_path / "r.db"), ResultStore(copy)
+    assert sorted(stored.runs().config_hash) == sorted(restored.runs().config_hash)
+    for digest in stored.runs().config_hash:
+        np.testing.assert_array_equal(restored.ranks(restored.run_id(digest)), stored.ranks(stored.run_id(digest)))
+    written = archive.stat().st_mtime_ns
+    again = CliRunner().invoke(main, args)                        # every cell found done: nothing rewritten
+    assert again.exit_code == 0 and archive.stat().st_mtime_ns == written
+
+
 def test_groups_that_only_evaluate_are_submitted_first():
     groups = {"t1": ["train t1", "stress t1"], "t2": ["stress t2"], "t3": ["train t3"], "t4": ["stress t4"]}
     assert submission_order(groups, {"t1", "t3"}) == [["stress t2"], ["stress t4"], ["train t1", "stress t1"],
