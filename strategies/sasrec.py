@@ -9,12 +9,17 @@ Embedding weight N(0, 0.02) and s = 1 (RecBole's SASRec). ``norm`` places the La
 (:class:`~strategies.backbones.CausalTransformer`; ``"post"`` with ``init="normal"`` and ``ffn_mult=4`` is
 RecBole's SASRec layout).
 
-Item embeddings E ``[n_items + 1, d]`` are shared between input and output. Trained with one causal
+Item embeddings E ``[n_items + 1, d]`` are shared between input and output. ``item_bias=True`` adds a
+learned per-item bias to the score, :math:`\hat y_v = \langle P, E_v \rangle + \beta_v` (not in SASRec;
+BERT4Rec's output layer has one): an ablation of what late fusion's ID-only form adds to this model (its
+shared output map gives a term :math:`b^\top (W e_v + b)` that tracks item popularity), written as one
+more dimension, :math:`[P; 1] \cdot [E_v; \beta_v]`, so scoring and ranking stay the harness's. Trained with one causal
 pass per sequence and a full-softmax cross-entropy at every position that has a target (the same
 (prefix, target) pairs as the all-prefixes protocol). The original's sampled BCE loss is replaced by
 full softmax so that strategies differ by fusion only (specs/baselines.md).
 
-Shapes: items ``[B, L]`` -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]``.
+Shapes: items ``[B, L]`` -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]`` (``d + 1`` for both
+with ``item_bias``).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import torch
 from torch import Tensor, nn
 
 from fusionbench.context import SeqBatch, StrategyContext
@@ -40,6 +46,9 @@ class SASRecOptions(PluginOptions):
     ffn_mult: Annotated[int, Ge(1)] = 1
     norm: Literal["pre", "post"] = "pre"
     init: Literal["scaled", "normal"] = "scaled"
+    item_bias: bool = False
+
+    ONLY_WHEN_SET = frozenset({"item_bias"})   # added after runs were stored
 
     def check(self) -> None:
         require(self.dim % self.heads == 0, f"option 'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
@@ -51,7 +60,8 @@ class SASRec(CausalStrategy):
     fusion_stage = "none"
     uses_modalities = False
     paper = "Kang & McAuley, ICDM 2018"
-    notes = "ID-only causal transformer; `norm=post`, `init=normal`, `ffn_mult=4` is RecBole's layout."
+    notes = ("ID-only causal transformer; `norm=post`, `init=normal`, `ffn_mult=4` is RecBole's layout; "
+             "`item_bias=true` adds a learned per-item score bias (an ablation, not in SASRec).")
 
     def __init__(self, ctx: StrategyContext, opts: SASRecOptions):
         super().__init__(ctx, opts)
@@ -59,19 +69,26 @@ class SASRec(CausalStrategy):
         self.encoder = CausalTransformer(opts.dim, opts.layers, opts.heads, opts.dropout, ctx.max_len,
                                          opts.ffn_mult * opts.dim, norm=opts.norm)
         self.scale = math.sqrt(opts.dim) if opts.init == "scaled" else 1.0
+        self.bias = nn.Parameter(torch.zeros(ctx.n_items + 1)) if opts.item_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         if self.opts.init == "normal":
             normal_init_(self)
-            return
-        super().reset_parameters()
-        embedding_init_(self.item.weight)
+        else:
+            super().reset_parameters()
+            embedding_init_(self.item.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def hidden(self, batch: SeqBatch) -> Tensor:
-        """``[B, L, d]``: the representation after every position."""
-        return self.encoder(self.item(batch.items) * self.scale, batch.mask)
+        """``[B, L, d]`` (``[B, L, d + 1]``, a last column of ones, with ``item_bias``): the representation
+        after every position."""
+        h = self.encoder(self.item(batch.items) * self.scale, batch.mask)
+        return h if self.bias is None else torch.cat([h, torch.ones_like(h[..., :1])], -1)
 
     def item_embeddings(self) -> Tensor:
-        return self.item.weight
+        if self.bias is None:
+            return self.item.weight
+        return torch.cat([self.item.weight, self.bias[:, None]], -1)
 

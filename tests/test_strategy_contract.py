@@ -116,6 +116,28 @@ def test_causal_loss_equals_mean_prefix_loss(name):
     torch.testing.assert_close(causal, prefix, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("init", ["scaled", "normal"])
+def test_sasrec_item_bias_adds_beta_to_every_score_and_learns(init):
+    """``item_bias``: the scores are the bias-free model's plus beta_v (same weights otherwise), the bias
+    starts at zero and gets a gradient; left padding still changes nothing."""
+    ctx = tiny_context()
+    torch.manual_seed(0)
+    plain = STRATEGIES.create("sasrec", ctx, init=init)
+    torch.manual_seed(0)
+    biased = STRATEGIES.create("sasrec", ctx, init=init, item_bias=True)
+    assert torch.count_nonzero(biased.bias) == 0 and plain.bias is None
+    biased.load_state_dict({**plain.state_dict(), "bias": torch.arange(ctx.n_items + 1, dtype=torch.float32)})
+    plain.eval(), biased.eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(biased.score(batch), plain.score(batch) + torch.arange(ctx.n_items + 1.0))
+        torch.testing.assert_close(biased.score(batch), biased.score(with_left_padding(batch, 3)), rtol=1e-4,
+                                   atol=1e-4)
+    biased.train()
+    biased.loss(batch).backward()
+    assert biased.bias.grad is not None and biased.bias.grad[1:].abs().sum() > 0
+
+
 def test_sasrec_post_norm_and_normal_init_keep_the_contract():
     """RecBole's layout (``norm=post``, ``init=normal``): left padding changes nothing, a prefix inside a
     causal row is the prefix alone, every parameter learns, and the init is N(0, 0.02) without √d."""
