@@ -162,9 +162,10 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
     groups = submission_order(todo, trains)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=progress)
-    if gpus_per_cell > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_cell:
-        raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g}: the Ray cluster has "
-                             f"{ray.cluster_resources().get('GPU', 0):g} GPUs, so no cell could start")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus_per_cell > 0 and gpus < gpus_per_cell:
+        raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g}: the Ray cluster has {gpus:g} GPUs, "
+                             "so no cell could start")
     task = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=0)(run_group)
     pending = {task.remote([c.request for c, _ in group], scratch, cpus_per_cell): group for group in groups}
     bar = tqdm(total=sum(map(len, groups)), desc=desc, unit="cell",

@@ -13,9 +13,10 @@ Item embeddings E ``[n_items + 1, d]`` are shared between input and output. ``it
 learned per-item bias to the score, :math:`\hat y_v = \langle P, E_v \rangle + \beta_v` (not in SASRec;
 BERT4Rec's output layer has one): an ablation of what late fusion's ID-only form adds to this model (its
 shared output map gives a term :math:`b^\top (W e_v + b)` that tracks item popularity), written as one
-more dimension, :math:`[P; 1] \cdot [E_v; \beta_v]`, so scoring and ranking stay the harness's. Trained with one causal
-pass per sequence and a full-softmax cross-entropy at every position that has a target (the same
-(prefix, target) pairs as the all-prefixes protocol). The original's sampled BCE loss is replaced by
+more dimension, :math:`[P; 1] \cdot [E_v; \beta_v]`, so scoring and ranking stay the harness's.
+
+Trained with one causal pass per sequence and a full-softmax cross-entropy at every position that has a
+target (the same (prefix, target) pairs as the all-prefixes protocol). The original's sampled BCE loss is replaced by
 full softmax so that strategies differ by fusion only (specs/baselines.md).
 
 Shapes: items ``[B, L]`` -> encode ``[B, d]``; item_embeddings ``[n_items + 1, d]`` (``d + 1`` for both
