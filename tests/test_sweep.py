@@ -187,7 +187,8 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
             run_ray(broken, remote, gpus_per_cell=0.5, progress=False)          # a cell still to run
     finally:
         ray.shutdown()
-    assert all(c.error is None for c in ray_cells) and all(c.outcome.skipped for c in again)
+    assert [c.error for c in ray_cells] == [None] * 3
+    assert [c.outcome.skipped for c in again] == [True] * 3
     assert broken[0].outcome is None and broken[0].error.startswith("Ray task failed: ")
     assert "cuda" in broken[0].error
     runs = remote.runs()

@@ -1,5 +1,7 @@
 """Trainer (determinism, selection on validation only, resume, NaN, the Adam it builds) and the SQLite
 results store. Early stopping rules: test_stopping.py."""
+import multiprocessing
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,3 +214,32 @@ def test_finish_takes_a_typed_run_summary(tmp_path):
     store.finish(run, {"test": {"HR@5": 0.5}}, {"test": np.array([1])}, RunSummary(best_epoch=3, wall_seconds=2.0))
     row = store.runs(status="done").iloc[0]
     assert row.best_epoch == 3 and row.wall_seconds == 2.0 and pd.isna(row.asha_stopped)   # not a tune's trial
+
+
+def _open_store_at_once(path: str, barrier, errors) -> None:
+    barrier.wait()
+    try:
+        ResultStore(path).close()
+    except Exception as err:  # noqa: BLE001  (reported to the test)
+        errors.put(repr(err))
+
+
+def test_processes_opening_one_fresh_store_together_all_get_it(tmp_path):
+    """Sweep tasks on one node open one fresh scratch store at the same moment; SQLite refuses the switch to
+    write-ahead logging at once (no busy wait) while another process creates the file, so each open retries
+    it. Several processes released together onto a fresh file, many times: every open succeeds."""
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for trial in range(30):
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=_open_store_at_once, args=(str(tmp_path / f"{trial}.db"), barrier, errors))
+                   for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [worker.exitcode for worker in workers] == [0] * 6
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -148,17 +149,35 @@ KEPT_WEIGHTS = "models"
 """Folder beside the store holding the kept trained weights."""
 
 
+BUSY_TIMEOUT_S = 60
+"""How long a store waits for another process's write to finish before giving up."""
+
+
 class ResultStore:
     """Results of runs in one SQLite file (created on first use)."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self._use_wal()
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._add_missing_columns()
+
+    def _use_wal(self) -> None:
+        """Switch the file to write-ahead logging. SQLite answers this pragma "database is locked" at once,
+        without waiting on the busy timeout, while another process creates the same file (sweep tasks
+        opening one fresh scratch store together), so it is retried until ``BUSY_TIMEOUT_S`` has passed."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _add_missing_columns(self) -> None:
         """Bring a store written by an earlier version up to the schema (columns are only ever added, NULL
