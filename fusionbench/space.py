@@ -10,7 +10,8 @@ A space maps option keys, as ``--set`` names them (strategy options bare, ``trai
 
 A strategy's space (:func:`strategy_space`) is built in three layers:
 
-1. :data:`SHARED`, the knobs every model trained by the harness has: ``train.lr`` always, ``dropout``,
+1. :data:`SHARED`, the knobs every model trained by the harness has: ``train.lr`` and
+   ``train.weight_decay`` always, ``dropout``,
    ``dim`` (the width) and ``layers`` (the depth) where the strategy's ``Options`` has that field;
 2. the strategy class's own ``search_space`` (:attr:`fusionbench.strategy.Strategy.search_space`): its
    key knobs, and replacements of shared ranges (a key mapped to ``None`` leaves a shared knob out);
@@ -200,12 +201,14 @@ Space = dict[str, Dimension]
 
 SHARED: dict[str, Dimension] = {
     "train.lr": LogUniform(1e-4, 1e-2),
+    "train.weight_decay": Choice((0.0, 1e-6, 1e-5, 1e-4)),
     "dropout": Uniform(0.0, 0.5),
     "dim": Choice((32, 64, 128)),
     "layers": IntRange(1, 3),
 }
-"""The knobs every strategy trained by the harness shares: Adam's learning rate (every strategy), and,
-where its ``Options`` has the field, dropout, the width ``dim`` and the depth ``layers``."""
+"""The knobs every strategy trained by the harness shares: Adam's learning rate and its L2 weight decay
+(every strategy; 0, the default, among the choices), and, where its ``Options`` has the field, dropout,
+the width ``dim`` and the depth ``layers``."""
 
 KINDS = {"log_uniform": LogUniform, "uniform": Uniform, "int": IntRange, "choice": Choice}
 KEEP_DEFAULT = "default"

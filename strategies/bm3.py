@@ -70,7 +70,8 @@ def neg_cos(online: Tensor, target: Tensor) -> Tensor:
 @STRATEGIES.register("bm3")
 class BM3(GraphCFStrategy):
     Options = BM3Options
-    search_space = {"reg": LogUniform(0.01, 1.0), "cl_weight": LogUniform(0.1, 10.0)}
+    search_space = {"reg": LogUniform(0.01, 1.0), "cl_weight": LogUniform(0.1, 10.0),
+                    "train.weight_decay": None}   # reg is its L2
     fusion_stage = "late"
     paper = "Zhou, Zhou, Zhang, Liu, Zhang, Miao, WWW 2023"
     notes = (

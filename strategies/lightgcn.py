@@ -53,7 +53,7 @@ def light_propagate(adj: Tensor, ego: Tensor, layers: int) -> Tensor:
 @STRATEGIES.register("lightgcn")
 class LightGCN(GraphCFStrategy):
     Options = LightGCNOptions
-    search_space = {"reg": LogUniform(1e-5, 1e-2)}
+    search_space = {"reg": LogUniform(1e-5, 1e-2), "train.weight_decay": None}   # reg is its L2
     fusion_stage = "none"
     uses_modalities = False
     paper = "He, Deng, Wang, Li, Zhang, Wang, SIGIR 2020"

@@ -112,7 +112,7 @@ PATTERN_BUFFERS = EdgePattern._fields[1:]  # every field but n
 @STRATEGIES.register("mgat")
 class MGAT(MultiBranchCF):
     Options = MGATOptions
-    search_space = {"reg": LogUniform(1e-6, 1e-3)}
+    search_space = {"reg": LogUniform(1e-6, 1e-3), "train.weight_decay": None}   # reg is its L2
     paper = "Tao, Wei, Wang, He, Huang, Chua, IP&M 2020"
     notes = (
         "As `mmgcn` with gated attention per layer (degree-scaled sigmoid gate on the attention logits, L2-normalised"

@@ -212,7 +212,7 @@ class MultiBranchCF(GraphCFStrategy):
 @STRATEGIES.register("mmgcn")
 class MMGCN(MultiBranchCF):
     Options = MMGCNOptions
-    search_space = {"reg": LogUniform(1e-6, 1e-3)}
+    search_space = {"reg": LogUniform(1e-6, 1e-3), "train.weight_decay": None}   # reg is its L2
     paper = "Wei, Wang, Nie, He, Hong, Chua, ACM MM 2019"
     notes = (
         "One GCN branch per modality channel on the training user–item graph (user preference vectors, item feature "

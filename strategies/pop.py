@@ -31,7 +31,8 @@ class PopOptions(PluginOptions):
 @STRATEGIES.register("pop")
 class Pop(GraphCFStrategy):
     Options = PopOptions
-    search_space = {"train.lr": None}   # nothing to search: the ranking is the popularity count
+    # nothing to search: the ranking is the popularity count
+    search_space = {"train.lr": None, "train.weight_decay": None}
     fusion_stage = "none"
     uses_modalities = False
     paper = "most popular (MMSR Table 2 floor)"

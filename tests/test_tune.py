@@ -98,7 +98,8 @@ def test_every_point_of_every_strategy_space_resolves(name):
 
 
 def test_shared_knobs_strategy_knobs_and_aggregator_knobs_make_a_strategy_space():
-    assert list(strategy_space("sasrec")) == ["train.lr", "dropout", "dim", "layers"]
+    assert list(strategy_space("sasrec")) == ["train.lr", "train.weight_decay", "dropout", "dim", "layers"]
+    assert strategy_space("sasrec")["train.weight_decay"].contains(0.0)   # the default is a point of the search
     difsr = strategy_space("difsr")
     assert difsr["aap_weight"] == Choice((0.0, 1.0, 5.0, 10.0, 20.0)) and difsr["layers"] == IntRange(1, 4)
     mmsr = strategy_space("mmsr")
@@ -106,7 +107,9 @@ def test_shared_knobs_strategy_knobs_and_aggregator_knobs_make_a_strategy_space(
     assert "agg.update" not in strategy_space("mmsr", "gcn")         # another aggregator, its own knobs
     assert strategy_space("pop") == {}                                # nothing to search: one trial
     assert "dropout" not in strategy_space("srgnn")                   # no such option, no shared knob
-    fixed = strategy_space("sasrec", overrides={"dim": Choice((8, 16)), "layers": None}, fixed=("dropout",))
+    assert "train.weight_decay" not in strategy_space("lightgcn")     # its own L2 term (reg) is searched
+    fixed = strategy_space("sasrec", overrides={"dim": Choice((8, 16)), "layers": None},
+                           fixed=("dropout", "train.weight_decay"))
     assert fixed == {"train.lr": LogUniform(1e-4, 1e-2), "dim": Choice((8, 16))}
 
 
@@ -135,7 +138,8 @@ def test_a_range_the_options_reject_fails_before_any_trial_with_its_key_named():
 
 def test_list_shows_each_strategy_space():
     out = invoke("list", "strategies").output
-    assert "      searched by fusionbench tune: train.lr log-uniform [0.0001, 0.01], dropout uniform [0, 0.5]" in out
+    assert ("      searched by fusionbench tune: train.lr log-uniform [0.0001, 0.01], train.weight_decay one of 0, "
+            "1e-06, 1e-05, 0.0001, dropout uniform [0, 0.5]") in out
     assert "aap_weight one of 0, 1, 5, 10, 20" in out and "agg.update one of gate, sync" in out
     assert "      searched by fusionbench tune: agg.update one of gate" in invoke("list", "aggregators").output
 
@@ -346,7 +350,8 @@ def epochs(*values):
 def test_the_choice_reads_validation_only_and_ignores_a_planted_test_best(tmp_path):
     store = ResultStore(tmp_path / "s.db")
     part = tiny_part()
-    points = [{"train.lr": lr, "dropout": 0.1, "dim": 16, "layers": 1} for lr in (0.001, 0.002, 0.003)]
+    points = [{"train.lr": lr, "train.weight_decay": 0.0, "dropout": 0.1, "dim": 16, "layers": 1}
+              for lr in (0.001, 0.002, 0.003)]
     perfect = dict.fromkeys(["HR@20", "NDCG@20", "MRR@20", "HR@5", "NDCG@5", "MRR@5"], 1.0)
     planted = store_trial(store, part, points[0], epochs(0.10, 0.20), test=perfect)       # best on test
     valid_best = store_trial(store, part, points[1], epochs(0.25, 0.30, 0.28), test=dict.fromkeys(perfect, 0.01))
@@ -373,10 +378,10 @@ def test_every_strategy_default_is_a_point_of_its_own_space(name):
 
 
 def test_the_default_point_is_every_searched_key_at_its_default_under_the_fixed_options():
-    assert tiny_part().default == {"train.lr": 0.001, "dropout": 0.5, "dim": 64, "layers": 2}
+    assert tiny_part().default == {"train.lr": 0.001, "train.weight_decay": 0.0, "dropout": 0.5, "dim": 64, "layers": 2}
     fixed = make_part(settings(), "sasrec", {**TINY, "dim": "32"}, {"dropout": "default"}, "test",
                       dataset="synthetic")
-    assert fixed.default == {"train.lr": 0.001, "layers": 2}
+    assert fixed.default == {"train.lr": 0.001, "train.weight_decay": 0.0, "layers": 2}
     assert make_part(settings(), "pop", {}, {}, "test", dataset="synthetic").default == {}
 
 
@@ -384,7 +389,7 @@ def test_a_fresh_part_evaluates_its_default_first_and_a_resumed_one_never_twice(
     store = ResultStore(tmp_path / "s.db")
     part = tiny_part()
     assert search_points(part, []) == [part.default]
-    other = {"train.lr": 0.002, "dropout": 0.1, "dim": 16, "layers": 1}
+    other = {"train.lr": 0.002, "train.weight_decay": 1e-5, "dropout": 0.1, "dim": 16, "layers": 1}
     store_trial(store, part, other, epochs(0.1))
     # the default trial was killed before it stored an epoch: it comes back, after the replayed trial
     assert search_points(part, stored_trials(store, "t")) == [other, part.default]
@@ -438,7 +443,7 @@ def test_a_default_outside_the_space_is_reported_and_not_evaluated(tmp_path, mon
     assert plan.exit_code == 0 and note in plan.output, plan.output
     rows = {line.split("|")[1].strip(): line for line in plan.output.splitlines() if line.startswith("| ")}
     assert "| not a trial: dim=64 lies outside one of 16, 32" in rows["sasrec"]
-    assert "| first trial: train.lr=0.001, dropout=0.3, dim=64, layers=1" in rows["gru4rec"]
+    assert "| first trial: train.lr=0.001, train.weight_decay=0, dropout=0.3, dim=64, layers=1" in rows["gru4rec"]
     import fusionbench.tune
 
     monkeypatch.setattr(fusionbench.tune, "run_tune", lambda *args, **kwargs: ([], TuneCost()))
@@ -570,7 +575,7 @@ def test_tuned_rows_sit_beside_their_default_rows_with_a_default_vs_tuned_summar
                                                                                                       "default")]
     p = stats.ttest_rel(*paired).pvalue          # one strategy compared: Holm leaves it as it is
     assert line[4] == f"{p:.3g}" and (line[2].endswith("†") == (p < 0.05 and float(line[5]) < 0.05))
-    assert line[-1] == "dim=64, dropout=0.5, layers=1, train.lr=0.005"
+    assert line[-1] == "dim=64, dropout=0.5, layers=1, train.lr=0.005, train.weight_decay=0"
     assert summary["gru4rec"][:3] == ["-", summary["gru4rec"][1], "-"] and summary["gru4rec"][1] != "-"
     assert f"No finished run of the default configuration in {defaults}: gru4rec." in text
     assert summary["pop"][0] == "= tuned" and summary["pop"][2] == "+0.00"
