@@ -14,12 +14,15 @@ from fusionbench.devtools.bench import (
     CALIBRATION_GROUP,
     Measurement,
     SuiteError,
+    baseline_for,
     calibrated_ratios,
     compare,
+    machine_class,
     median_of,
     pooled,
     quick_rounds,
     read_baseline,
+    refresh_target,
     render,
     slower_of,
     with_cases,
@@ -130,6 +133,32 @@ def test_baseline_errors_name_the_file_the_field_and_the_fix(tmp_path):
     path.write_text(json.dumps({"ratios": {"a": -1}}))
     with pytest.raises(UserInputError, match="field 'ratios' must map case names to positive numbers"):
         read_baseline(path)
+
+
+@pytest.mark.parametrize("cpu, name", [
+    ("Intel(R) Xeon(R) Processor", "Intel Xeon"), ("Intel(R) Xeon(R) Platinum 8480C", "Intel Xeon"),
+    ("AMD EPYC 7763 64-Core Processor", "AMD EPYC"), ("AMD EPYC", "AMD EPYC"), ("Apple M2", "Apple M2"),
+    (None, "unknown"), ("", "unknown")])
+def test_machine_classes_are_the_cpu_vendor_and_line(cpu, name):
+    assert machine_class(cpu) == name
+
+
+def test_each_machine_class_reads_and_refreshes_its_own_baseline(tmp_path):
+    """baseline.json serves the class it was recorded on; another class gets its sibling
+    baseline.<class>.json, or, until a refresh there wrote one, baseline.json with a note saying so."""
+    default = tmp_path / "baseline.json"
+    assert refresh_target(default, "AMD EPYC 7B13") == default                 # nothing recorded yet
+    default.write_text(json.dumps({"machine": {"cpu": "AMD EPYC"}, "ratios": {"a": 1.0}}))
+    intel = tmp_path / "baseline.intel-xeon.json"
+    assert baseline_for(default, "AMD EPYC 7B13") == (default, None) and refresh_target(default, "AMD EPYC") == default
+    assert refresh_target(default, "Intel(R) Xeon(R) Processor") == intel
+    path, note = baseline_for(default, "Intel(R) Xeon(R) Processor")
+    assert path == default and note.startswith("no baseline for this machine class (Intel Xeon): comparing "
+                                               f"with {default}, recorded on AMD EPYC")
+    assert note.endswith(f"`fusionbench bench refresh` on this machine writes {intel}")
+    intel.write_text(json.dumps({"machine": {"cpu": "Intel(R) Xeon(R) Processor"}, "ratios": {"a": 2.0}}))
+    assert baseline_for(default, "Intel(R) Xeon(R) Platinum 8480C") == (intel, None)
+    assert baseline_for(default, "AMD EPYC") == (default, None)
 
 
 FAKE_CLOCK = '''
@@ -282,3 +311,30 @@ def test_a_failing_suite_is_an_error_with_pytest_output(tmp_path):
                                     str(tmp_path / "baseline.json")])
     assert out.exit_code == 1
     assert "error: the benchmark suite failed (pytest exit 1)" in out.output and "ZeroDivisionError" in out.output
+
+
+def test_without_baseline_check_and_refresh_use_this_machine_class_file(tiny_suite, tmp_path, monkeypatch):
+    """End to end: a reference baseline recorded on another class is read with a note; a refresh here
+    writes this class's own file beside it, leaves the reference alone, and the next check reads it."""
+    run, _ = tiny_suite
+    default = tmp_path / "baseline.json"
+    monkeypatch.setattr("fusionbench.devtools.bench.DEFAULT_BASELINE", default)
+    reference = {"machine": {"cpu": "Elsewhere Chip 9"}, "ratios": {"work": 2.0}}
+    default.write_text(json.dumps(reference))
+    suite = str(tmp_path / "suite")
+
+    def bench(*args):
+        (tmp_path / "suite" / "runs").unlink(missing_ok=True)
+        return CliRunner().invoke(main, ["bench", *args, "--suite", suite])
+
+    checked = bench("check")
+    assert checked.exit_code == 0, checked.output
+    assert "note: no baseline for this machine class" in checked.output
+    assert "recorded on Elsewhere Chip" in checked.output
+    refreshed = bench("refresh", "--runs", "1")
+    assert refreshed.exit_code == 0, refreshed.output
+    own = [p for p in tmp_path.glob("baseline.*.json")]
+    assert len(own) == 1 and json.loads(default.read_text()) == reference          # the reference is untouched
+    assert json.loads(own[0].read_text())["ratios"] == {"work": pytest.approx(2.0)}
+    again = bench("check")
+    assert again.exit_code == 0 and "note:" not in again.output and f"baseline {own[0]}" in again.output

@@ -26,12 +26,21 @@ memory-bound cases slower widens the baseline, and one that reads them faster do
 CPU time of the process as the clock (:data:`TIMER`): on a shared machine, time spent waiting for a core
 stretches wall-clock times of long cases more than the short calibration, CPU time it does not.
 ``refresh`` is the one way to rewrite the baseline (atomically).
+
+The calibration keeps ratios steady between machines of one class, not between classes: an AVX-512
+matmul speeds the calibration up more than the memory-bound cases. So a baseline belongs to the machine
+class it was recorded on (:func:`machine_class`: the CPU's vendor and line, e.g. ``AMD EPYC``). Without
+``--baseline``, ``check`` compares with the baseline of the class it runs on (:func:`baseline_for`):
+``tests/benchmarks/baseline.json`` where that file was recorded on this class, else its sibling
+``baseline.<class>.json`` (``baseline.intel-xeon.json``); without one, with ``baseline.json`` and a note
+that the classes differ. ``refresh`` without ``--baseline`` writes that same file of its class.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -81,6 +90,7 @@ or more cases (the suite times it first and last); their best time is the yardst
 
 DEFAULT_SUITE = Path("tests/benchmarks")  # relative to the repository root, where CI and tox run
 DEFAULT_BASELINE = DEFAULT_SUITE / "baseline.json"
+"""The reference baseline; baselines of other machine classes sit beside it (:func:`baseline_for`)."""
 REFRESH_COMMAND = "fusionbench bench refresh"
 
 
@@ -263,6 +273,41 @@ def measure(suite: Path) -> Measurement:
     return calibrated_ratios(run_suite(suite))
 
 
+def machine_class(cpu: Optional[str]) -> str:
+    """The machine class of a CPU brand string: its vendor and line, trademarks dropped
+    (``Intel(R) Xeon(R) Platinum 8480C`` -> ``Intel Xeon``, ``AMD EPYC 7763 64-Core Processor`` -> ``AMD EPYC``);
+    ``unknown`` when the brand is not known."""
+    words = re.sub(r"\((R|TM)\)", " ", cpu or "", flags=re.IGNORECASE).split()
+    return " ".join(words[:2]) or "unknown"
+
+
+def baseline_for(default: Path, cpu: Optional[str]) -> tuple[Path, Optional[str]]:
+    """The baseline file of the machine class of ``cpu`` and, when it is another class's, a note saying so.
+
+    ``default`` when it does not exist yet or was recorded on this class; else its sibling
+    ``<stem>.<class slug>.json`` when that exists (a refresh on this class wrote it); else ``default`` with
+    the note. :func:`refresh_target` is where a refresh on this class writes."""
+    target = refresh_target(default, cpu)
+    if target.exists() or target == default:
+        return target, None
+    recorded = machine_class(read_baseline(default).get("machine", {}).get("cpu"))
+    return default, (f"no baseline for this machine class ({machine_class(cpu)}): comparing with {default}, "
+                     f"recorded on {recorded}, whose ratios can differ by more than the tolerance; "
+                     f"`{REFRESH_COMMAND}` on this machine writes {target}")
+
+
+def refresh_target(default: Path, cpu: Optional[str]) -> Path:
+    """Where a baseline of the class of ``cpu`` lives: ``default`` if it does not exist or was recorded on
+    that class, else ``default``'s sibling ``<stem>.<class slug>.json``."""
+    if not default.exists():
+        return default
+    here = machine_class(cpu)
+    if machine_class(read_baseline(default).get("machine", {}).get("cpu")) == here:
+        return default
+    slug = re.sub(r"[^a-z0-9]+", "-", here.lower()).strip("-")
+    return default.with_name(f"{default.stem}.{slug}{default.suffix}")
+
+
 def read_baseline(path: Path) -> dict:
     """The baseline file: ``{"ratios": {case: ratio}, ...}``; errors name the file and the field."""
     try:
@@ -305,8 +350,9 @@ def write_baseline(path: Path, result: Measurement, runs: int, keep_slower: bool
 
 suite_option = click.option("--suite", type=click.Path(path_type=Path), default=DEFAULT_SUITE,
                             show_default=True, help="pytest-benchmark suite (file or folder).")
-baseline_option = click.option("--baseline", type=click.Path(path_type=Path), default=DEFAULT_BASELINE,
-                               show_default=True, help="Baseline of calibrated ratios (JSON).")
+baseline_option = click.option("--baseline", type=click.Path(path_type=Path), default=None,
+                               help="Baseline of calibrated ratios (JSON). Default: this machine class's "
+                                    f"baseline, {DEFAULT_BASELINE} or its sibling baseline.<class>.json.")
 
 
 @click.group()
@@ -318,10 +364,15 @@ def bench() -> None:
 @suite_option
 @baseline_option
 @report_errors
-def check(suite: Path, baseline: Path) -> None:
+def check(suite: Path, baseline: Optional[Path]) -> None:
     """Run the short suite; exit 1 if any case is more than 25 % slower than its baseline ratio."""
-    base = read_baseline(baseline)
+    read_baseline(baseline or DEFAULT_BASELINE)   # a missing or broken file fails before the suite runs
     first = measure(suite)
+    if baseline is None:
+        baseline, note = baseline_for(DEFAULT_BASELINE, first.machine.get("cpu"))
+        if note:
+            click.echo(f"note: {note}")
+    base = read_baseline(baseline)
     rows = compare(base["ratios"], first.ratios)
     slow = [r.case for r in rows if r.verdict == "SLOWER"]
     if slow:
@@ -352,15 +403,21 @@ def check(suite: Path, baseline: Path) -> None:
               help="Re-measure only this case (repeatable), e.g. 'train_step[mmsr]'; every other case keeps its "
                    "ratio (a refresh after a speed-up of these cases).")
 @report_errors
-def refresh(suite: Path, baseline: Path, runs: int, keep_slower: bool, cases: tuple[str, ...]) -> None:
-    """Measure the short suite (median of --runs runs) and rewrite the baseline (atomically)."""
+def refresh(suite: Path, baseline: Optional[Path], runs: int, keep_slower: bool, cases: tuple[str, ...]) -> None:
+    """Measure the short suite (median of --runs runs) and rewrite the baseline (atomically): by default this
+    machine class's."""
     if runs < 1:
         raise UserInputError(f"--runs must be >= 1, got {runs}")
     if keep_slower and cases:
         raise UserInputError("--keep-slower and --case exclude each other: --case records the named cases' new "
                              "ratios whether faster or slower, and keeps every other case's")
+    if baseline is not None and (keep_slower or cases):
+        read_baseline(baseline)                   # a missing or broken file fails before the suite runs
+    runs_measured = [measure(suite) for _ in range(runs)]
+    if baseline is None:
+        baseline = refresh_target(DEFAULT_BASELINE, runs_measured[0].machine.get("cpu"))
     previous = read_baseline(baseline)["ratios"] if keep_slower or cases else {}
-    measured = median_of([measure(suite) for _ in range(runs)])
+    measured = median_of(runs_measured)
     result = with_cases(previous, measured, list(cases)) if cases else slower_of(previous, measured)
     write_baseline(baseline, result, runs, keep_slower, list(cases))
     click.echo(ratio_table(result.ratios))
