@@ -290,9 +290,8 @@ def baseline_for(default: Path, cpu: Optional[str]) -> tuple[Path, Optional[str]
     target = refresh_target(default, cpu)
     if target.exists() or target == default:
         return target, None
-    recorded = machine_class(read_baseline(default).get("machine", {}).get("cpu"))
     return default, (f"no baseline for this machine class ({machine_class(cpu)}): comparing with {default}, "
-                     f"recorded on {recorded}, whose ratios can differ by more than the tolerance; "
+                     f"recorded on {recorded_class(default)}, whose ratios can differ by more than the tolerance; "
                      f"`{REFRESH_COMMAND}` on this machine writes {target}")
 
 
@@ -302,10 +301,15 @@ def refresh_target(default: Path, cpu: Optional[str]) -> Path:
     if not default.exists():
         return default
     here = machine_class(cpu)
-    if machine_class(read_baseline(default).get("machine", {}).get("cpu")) == here:
+    if recorded_class(default) == here:
         return default
     slug = re.sub(r"[^a-z0-9]+", "-", here.lower()).strip("-")
     return default.with_name(f"{default.stem}.{slug}{default.suffix}")
+
+
+def recorded_class(path: Path) -> str:
+    """The machine class the baseline file ``path`` was recorded on (its ``machine.cpu`` field)."""
+    return machine_class(read_baseline(path).get("machine", {}).get("cpu"))
 
 
 def read_baseline(path: Path) -> dict:
