@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -214,8 +215,8 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
 @click.option("--scratch", default=None, help="Ray: folder on each node for the tasks' store, checkpoints and "
                                               "kept weights (default ~/.cache/fusionbench/sweep).")
 @click.option("--archive", type=click.Path(path_type=Path), default=None,
-              help="After every cell that finishes, rewrite this archive with the store's finished runs (as "
-                   "`store export --ranks test`), so they outlive the machine.")
+              help="After a cell finishes (at most once a minute, and when the sweep stops), rewrite this archive "
+                   "with the store's finished runs (as `store export --ranks test`), so they outlive the machine.")
 @click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
 @run_options("data_root", "device", "quiet")
 @report_errors
@@ -245,20 +246,34 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
         click.echo(f"{len(cells)} cells, {status.count('done')} done")
         return
 
-    def finished(cell) -> None:
-        if archive is not None:
-            export_runs(store, archive, ranks="test")
+    unarchived, archived_at = False, -float("inf")   # a cell finished since the last rewrite; its time
 
-    if engine == "ray":
-        sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
-                       gpus_per_cell=gpus_per_cell, finished=finished)
-    else:
-        plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished)
+    def finished(cell) -> None:   # rewrite the archive at most once per ARCHIVE_EVERY_S (and at the end)
+        nonlocal unarchived, archived_at
+        unarchived = archive is not None
+        if unarchived and time.monotonic() - archived_at >= ARCHIVE_EVERY_S:
+            export_runs(store, archive, ranks="test")
+            unarchived, archived_at = False, time.monotonic()
+
+    try:
+        if engine == "ray":
+            sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
+                           gpus_per_cell=gpus_per_cell, finished=finished)
+        else:
+            plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished)
+    finally:
+        if unarchived:
+            export_runs(store, archive, ranks="test")
     click.echo(f"{sweep_file}: {len(cells)} cells, {plan.skipped(cells)} already in the store")
     click.echo(plan.summary_table(cells, labels))
     failed = plan.failures(cells, labels)
     if failed:
         raise TrainingError(failed)
+
+
+ARCHIVE_EVERY_S = 60.0
+"""``fusionbench sweep --archive``: the least time between two rewrites of the archive (exporting a large
+store takes seconds; test-only cells finish in seconds too)."""
 
 
 TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets", "budget", "max_epochs",
