@@ -401,7 +401,9 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
 @click.option("--significance", type=click.Path(path_type=Path), default=None,
               help="Also write every paired test (p, Holm-adjusted p) as CSV here (with --robustness: the "
                    "drop contrasts).")
-@click.option("--strategy", "strategies", default=None, help="Only these strategies (comma-separated).")
+@click.option("--strategy", "strategies", default=None,
+              help="Only these strategies (comma-separated); one without a matching run is listed under the "
+                   "leaderboard as not run yet.")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Only runs with (KEY!=VALUE: without) this option value, keys as in --set "
                    "(e.g. train.epochs=5, update=ho, aggregator=han), or apply_to (apply_to!=both: clean and "

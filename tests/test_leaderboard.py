@@ -209,9 +209,26 @@ def test_selection_keeps_strategies_and_option_values(tmp_path):
     for strategies, where, message in (("gru4rec", (), "--strategy 'gru4rec': no finished runs of it"),
                                        (None, ("dims=32",), "--where dims=32: no run in"),
                                        (None, ("dim=7",), "no finished run matches --strategy / --where"),
-                                       (None, ("dim",), "--where expects key=value or key!=value")):
+                                       (None, ("dim",), "--where expects key=value or key!=value"),
+                                       ("sasrec,gru4recc", (), "--strategy 'gru4recc': no such strategy; "
+                                                               "registered: .*gru4rec,")):
         with pytest.raises(UserInputError, match=message):
             labels(strategies, *where)
+
+
+def test_named_strategies_without_runs_are_listed_as_not_run(tmp_path):
+    s = ResultStore(tmp_path / "v.db")
+    add_run(s, "sasrec", 0, RANKS["sasrec"][0])
+    add_run(s, "mmsr", 0, RANKS["mmsr"][0], aggregator="gcn")
+    add_run(s, "mmsr", 0, RANKS["mmsr"][1], aggregator="han", dim=32)
+    b = board(s, selection=Selection.parse("nova,mmsr,sasrec,trans2d", ("aggregator!=gcn",)))
+    assert [row.group.label for row in b.rows] == ["sasrec", "mmsr + han (dim=32)"]
+    assert b.not_run == ("nova", "trans2d")
+    text = render_markdown([b])
+    assert text.rstrip().endswith("Not run yet (named by --strategy, no finished run here matches): nova, trans2d.")
+    b = board(s, selection=Selection.parse("sasrec,mmsr", ("aggregator=gcn",)))   # runs, but none matches
+    assert [row.group.label for row in b.rows] == ["mmsr + gcn"] and b.not_run == ("sasrec",)
+    assert board(s).not_run == () and "Not run yet" not in render_markdown([board(s)])
 
 
 # every budget knob pinned, so the caption below does not depend on the strategies' defaults

@@ -152,19 +152,36 @@ class Selection:
         names = tuple(s.strip() for s in (strategies or "").split(",") if s.strip())
         return cls(names, tuple(pairs))
 
+    def check_registered(self) -> None:
+        """A strategy name that is not registered is an error (a typo must not pass as a row not run yet)."""
+        from fusionbench.registry import STRATEGIES
+
+        known = set(STRATEGIES.names())
+        unknown = [name for name in self.strategies if name not in known]
+        if unknown:
+            raise UserInputError(f"--strategy {unknown[0]!r}: no such strategy; registered: {', '.join(sorted(known))}")
+
+    def not_run(self, runs: Sequence["Run"]) -> tuple[str, ...]:
+        """The strategies named by ``--strategy`` (in their order) that no run of ``runs`` belongs to: the
+        rows a report lists as not run yet."""
+        there = {run.config["strategy"] for run in runs}
+        return tuple(name for name in self.strategies if name not in there)
+
     def apply(self, runs: list["Run"], where: str, extra: Sequence["Run"] = ()) -> list["Run"]:
         """The runs this selection keeps, among ``runs`` and ``extra`` (runs chosen elsewhere, e.g. read
-        from another store: ``run_hashes`` does not apply to them, the strategies and ``where`` pairs do);
-        a strategy or option key no run has is an error."""
+        from another store: ``run_hashes`` does not apply to them, the strategies and ``where`` pairs do).
+        A registered strategy without matching runs is left out (reports list it with :meth:`not_run`);
+        an unregistered strategy name, a selection none of whose strategies has runs, and an option key no
+        run has are errors."""
         if self.run_hashes:
             wanted = set(self.run_hashes)
             runs = [run for run in runs if run.config_hash in wanted]
         runs = [*runs, *extra]
         if self.strategies:
             there = {run.config["strategy"] for run in runs}
-            unknown = [s for s in self.strategies if s not in there]
-            if unknown:
-                raise UserInputError(f"--strategy {unknown[0]!r}: no finished runs of it in {where}; "
+            self.check_registered()
+            if not there & set(self.strategies):
+                raise UserInputError(f"--strategy {self.strategies[0]!r}: no finished runs of it in {where}; "
                                      f"strategies there: {', '.join(sorted(there))}")
             runs = [run for run in runs if run.config["strategy"] in self.strategies]
         options = [{**option_view(run.config), "seed": run.seed,

@@ -91,6 +91,7 @@ class Leaderboard:
     comparisons: list[Comparison]
     settings: tuple[str, ...] = ()  # option keys shown as columns (--columns)
     ranking: str = "all"            # test ranks among all items or among unseen ones (collect.RANKINGS)
+    not_run: tuple[str, ...] = ()   # strategies named by --strategy without a matching run in this table
 
     @property
     def leaky(self) -> bool:
@@ -123,8 +124,11 @@ def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | 
     if ranking != "all" and any(pr == LEAKY_PROTOCOL for _, pr in tables):
         raise UserInputError(f"--ranking {ranking}: {LEAKY_PROTOCOL} runs record test metrics among all items "
                              f"only; pick another --protocol")
-    return [_build(store, ds, pr, rs, columns, proposed, settings, significance, ranking, labels)
-            for (ds, pr), rs in sorted(tables.items())]
+    boards = [_build(store, ds, pr, rs, columns, proposed, settings, significance, ranking, labels)
+              for (ds, pr), rs in sorted(tables.items())]
+    for board, (_, rs) in zip(boards, sorted(tables.items())):
+        board.not_run = selection.not_run(rs)
+    return boards
 
 
 def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns: list[Column],
@@ -274,7 +278,9 @@ def render_markdown(boards: list[Leaderboard], proposed: tuple[str, ...] = PROPO
                f"{n_tests} comparisons of this table; per-sample metrics averaged over the seeds both rows share).")
         table = tabulate(body, headers=["strategy", *board.settings, *names, "seeds"], tablefmt="github",
                          disable_numparse=True)
-        parts.append(f"{caption}\n\n{table}\n\n{key}\n")
+        missing = (f"\nNot run yet (named by --strategy, no finished run here matches): {', '.join(board.not_run)}.\n"
+                   if board.not_run else "")
+        parts.append(f"{caption}\n\n{table}\n\n{key}\n{missing}")
     return "\n".join(parts)
 
 
