@@ -23,6 +23,7 @@ from fusionbench.report.leaderboard import (
     to_frame,
 )
 from fusionbench.report.robustness import Point, RobustRow, _point_text, build_robustness
+from fusionbench.report.robustness import render_markdown as render_robustness
 from fusionbench.report.significance import holm
 from fusionbench.runner import RunRequest, resolve
 from fusionbench.store import ResultStore
@@ -395,6 +396,12 @@ def test_robustness_tables_drops_and_plots(store, tmp_path):
     chosen = build_robustness(store, "beauty", "loo", column, Selection.parse("gru4rec,mmsr"))
     assert [t.apply_to for t in chosen] == ["test"] and {r.strategy for r in chosen[0].rows} == {"gru4rec", "mmsr"}
     assert {r.strategy: r.reference for r in chosen[0].rows}["gru4rec"] == "clean run"
+    assert chosen[0].not_run == () and "Not run yet" not in render_robustness(chosen)
+    named = build_robustness(store, "beauty", "loo", column, Selection.parse("nova,gru4rec,trans2d"))
+    assert [(t.apply_to, [r.strategy for r in t.rows], t.not_run) for t in named] == [
+        ("test", ["gru4rec"], ("nova", "trans2d"))]
+    assert render_robustness(named).rstrip().endswith(
+        "Not run yet (named by --strategy, no finished perturbed run here): nova, trans2d.")
     # apply_to selects the split a perturbation touched; clean runs have none, so they stay as references
     test_only = build_robustness(store, "beauty", "loo", column, Selection.parse(None, ["apply_to!=both"]))
     assert [t.apply_to for t in test_only] == ["test"]

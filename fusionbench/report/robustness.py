@@ -79,6 +79,7 @@ class RobustnessTable:
     options: dict
     column: Column
     rows: list[RobustRow]
+    not_run: tuple[str, ...] = ()   # strategies named by --strategy without a perturbed run in this table
 
     @property
     def severities(self) -> list[float]:
@@ -127,8 +128,11 @@ def build_robustness(store: ResultStore, dataset: str | None, protocol: str | No
     if not settings:
         raise UserInputError(f"{store.path}: no finished perturbed runs (config 'perturbation') match; "
                              "drop --robustness for the leaderboard")
-    return [_build(store, key, perturbed, clean.get(key[:2], []), column)
-            for key, perturbed in sorted(settings.items())]
+    tables = [_build(store, key, perturbed, clean.get(key[:2], []), column)
+              for key, perturbed in sorted(settings.items())]
+    for table, (_, perturbed) in zip(tables, sorted(settings.items())):
+        table.not_run = selection.not_run(perturbed)
+    return tables
 
 
 def _build(store: ResultStore, key: tuple, perturbed: list, clean_runs: list, column: Column) -> RobustnessTable:
@@ -191,8 +195,10 @@ def render_markdown(tables: list[RobustnessTable]) -> str:
         key = ("In parentheses: relative change vs the row's reference (severity 0, or the clean run of the same "
                "configuration when severity 0 was not run); negative = worse.")
         headers = ["strategy", *(f"p={s:g}" for s in severities), "reference", "seeds"]
+        missing = (f"\nNot run yet (named by --strategy, no finished perturbed run here): {', '.join(table.not_run)}.\n"
+                   if table.not_run else "")
         parts.append(f"{caption}\n\n{tabulate(body, headers=headers, tablefmt='github', disable_numparse=True)}"
-                     f"\n\n{key}\n")
+                     f"\n\n{key}\n{missing}")
     return "\n".join(parts)
 
 
