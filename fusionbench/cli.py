@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -215,8 +214,9 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
 @click.option("--scratch", default=None, help="Ray: folder on each node for the tasks' store, checkpoints and "
                                               "kept weights (default ~/.cache/fusionbench/sweep).")
 @click.option("--archive", type=click.Path(path_type=Path), default=None,
-              help="After a cell finishes (at most once a minute, and when the sweep stops), rewrite this archive "
-                   "with the store's finished runs (as `store export --ranks test`), so they outlive the machine.")
+              help="After a cell finishes, rewrite this archive with the store's finished runs (as `store export "
+                   "--ranks test`), so they outlive the machine: at most once a minute (a run finished in between "
+                   "is exported when the minute is up), and when the sweep stops.")
 @click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
 @run_options("data_root", "device", "quiet")
 @report_errors
@@ -227,7 +227,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     from fusionbench import plan
     from fusionbench import sweep as sweeps
     from fusionbench.store import ResultStore
-    from fusionbench.store.archive import export_runs
+    from fusionbench.store.archive import KeptArchive
 
     if engine == "local" and (address is not None or scratch is not None or gpus_per_cell):
         raise UserInputError("--address, --scratch and --gpus-per-cell apply to --engine ray")
@@ -246,15 +246,8 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
         click.echo(f"{len(cells)} cells, {status.count('done')} done")
         return
 
-    unarchived, archived_at = False, -float("inf")   # a cell finished since the last rewrite; its time
-
-    def finished(cell) -> None:   # rewrite the archive at most once per ARCHIVE_EVERY_S (and at the end)
-        nonlocal unarchived, archived_at
-        unarchived = archive is not None
-        if unarchived and time.monotonic() - archived_at >= ARCHIVE_EVERY_S:
-            export_runs(store, archive, ranks="test")
-            unarchived, archived_at = False, time.monotonic()
-
+    kept = KeptArchive(store, archive, ARCHIVE_EVERY_S) if archive is not None else None
+    finished = (lambda cell: kept.cell_finished()) if kept is not None else (lambda cell: None)
     try:
         if engine == "ray":
             sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
@@ -262,8 +255,8 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
         else:
             plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished)
     finally:
-        if unarchived:
-            export_runs(store, archive, ranks="test")
+        if kept is not None:
+            kept.close()
     click.echo(f"{sweep_file}: {len(cells)} cells, {plan.skipped(cells)} already in the store")
     click.echo(plan.summary_table(cells, labels))
     failed = plan.failures(cells, labels)
@@ -273,7 +266,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
 
 ARCHIVE_EVERY_S = 60.0
 """``fusionbench sweep --archive``: the least time between two rewrites of the archive (exporting a large
-store takes seconds; test-only cells finish in seconds too)."""
+store takes seconds; test-only cells finish in seconds too); ``store.archive.KeptArchive``."""
 
 
 TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets", "budget", "max_epochs",

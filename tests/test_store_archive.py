@@ -1,6 +1,7 @@
 """`fusionbench store export | import`: finished runs carried to another store, checked and atomic."""
 import gzip
 import json
+import time
 
 import numpy as np
 import pytest
@@ -153,3 +154,27 @@ def test_since_keeps_the_runs_started_at_or_after_it(exported, tmp_path):
     bad = invoke("store", "export", "--store", path, "--out", tmp_path / "bad.jsonl.gz", "--since", "yesterday")
     assert bad.exit_code == 2 and "--since expects an ISO time" in bad.output
     assert not (tmp_path / "bad.jsonl.gz").exists()
+
+
+def test_a_kept_archive_exports_a_run_finished_within_the_interval_when_it_is_up(tmp_path):
+    from fusionbench.store.archive import KeptArchive
+
+    path, *_ = a_store(tmp_path)
+    out = tmp_path / "kept.jsonl.gz"
+    kept = KeptArchive(path, out, every_s=2.0)
+    kept.close()
+    assert kept.exports == 0 and not out.exists()            # nothing finished: nothing written
+    kept.cell_finished()
+    assert kept.exports == 1 and out.exists()                # the first finished cell: at once
+    out.unlink()
+    kept.cell_finished()                                      # within the interval: scheduled, not written
+    assert kept.exports == 1 and not out.exists()
+    deadline = time.monotonic() + 30
+    while kept.exports < 2 and time.monotonic() < deadline:   # written when the interval is up, no close needed
+        time.sleep(0.05)
+    assert kept.exports == 2 and json.loads(gzip.decompress(out.read_bytes()).splitlines()[0])["runs"] == 2
+    kept.cell_finished()
+    kept.close()                                              # the pending export happens now, the timer is gone
+    assert kept.exports == 3 and kept._timer is None
+    time.sleep(2.5)
+    assert kept.exports == 3

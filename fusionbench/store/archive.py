@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -131,3 +133,50 @@ def import_runs(archive: Path, store_path: Path) -> tuple[int, int]:
     records = [_decode(line, f"{archive}, line {n}", columns) for n, line in enumerate(body, start=2)]
     added = store.add_records(records)
     return len(added), len(records) - len(added)
+
+
+class KeptArchive:
+    """An archive kept up to date while a plan runs (``fusionbench sweep --archive``): after a cell
+    finishes (:meth:`cell_finished`) the store's finished runs are exported again, at once when the last
+    export is at least ``every_s`` seconds old, else by a timer that fires when it becomes so (the cell
+    after may train for hours: the archive must not wait for it), and once more by :meth:`close` if a run
+    finished since. A store export reads the whole store (seconds on a large one), hence the interval.
+    ``ranks`` as :func:`export_runs`. Exports never overlap (one lock)."""
+
+    def __init__(self, store_path: Path, archive: Path, every_s: float, ranks: str = "test"):
+        self.store_path, self.archive, self.every_s, self.ranks = Path(store_path), Path(archive), every_s, ranks
+        self._lock = threading.Lock()
+        self._timer: Optional[threading.Timer] = None
+        self._stale = False                  # a run finished since the last export
+        self._exported_at = -float("inf")    # time.monotonic() of the last export
+        self.exports = 0
+
+    def _export(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._stale:
+                self._stale = False          # before the export: a run finishing during it makes it stale again
+                export_runs(self.store_path, self.archive, ranks=self.ranks)
+                self._exported_at = time.monotonic()
+                self.exports += 1
+
+    def cell_finished(self) -> None:
+        """A cell finished: export now, or schedule the export for when the interval has passed."""
+        with self._lock:
+            self._stale = True
+            wait = self._exported_at + self.every_s - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._export)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self._export()
+
+    def close(self) -> None:
+        """Cancel a pending timer and export what finished since the last export (the plan has ended)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self._export()
