@@ -401,6 +401,10 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
               help="Only runs with (KEY!=VALUE: without) this option value, keys as in --set "
                    "(e.g. train.epochs=5, update=ho, aggregator=han), or apply_to (apply_to!=both: clean and "
                    "test-only runs).")
+@click.option("--at-default", default=None, metavar="KEY[,KEY...]",
+              help="Only runs whose option KEY (as in --set) has the value `fusionbench run` resolves by default for "
+                   "their strategy (runs without the option kept): e.g. features.modalities leaves out modality "
+                   "ablations.")
 @click.option("--robustness", "robust", is_flag=True, help="Perturbed runs: metric vs severity tables instead.")
 @click.option("--robustness-metric", default="NDCG@20", show_default=True, help="Metric of --robustness tables/plots.")
 @click.option("--plot-dir", type=click.Path(path_type=Path), default=None,

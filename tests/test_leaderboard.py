@@ -217,6 +217,26 @@ def test_selection_keeps_strategies_and_option_values(tmp_path):
             labels(strategies, *where)
 
 
+def test_at_default_keeps_the_runs_with_each_key_at_its_strategys_default(tmp_path):
+    s = ResultStore(tmp_path / "v.db")
+    add_run(s, "sasrec", 0, RANKS["sasrec"][0])
+    add_run(s, "sasrec", 0, RANKS["sasrec"][1], dim=32)
+    add_run(s, "sasrec", 0, RANKS["sasrec"][2], train={"precision": "bf16"})
+    add_run(s, "mmsr", 0, RANKS["mmsr"][0], aggregator="gcn", dim=64)        # mmsr's default width is 128
+    add_run(s, "mmsr", 0, RANKS["mmsr"][1], aggregator="han", use_pos=False)
+    add_run(s, "gru4rec", 0, RANKS["gru4rec"][0])                          # has no option use_pos: kept
+    labels = lambda at_default, *where: [  # noqa: E731
+        row.group.label for row in board(s, selection=Selection.parse(None, where, at_default)).rows]
+    assert labels("dim") == ["gru4rec", "sasrec", "sasrec (train.precision=bf16)", "mmsr + han (use_pos=False)"]
+    assert labels("dim,use_pos") == ["gru4rec", "sasrec", "sasrec (train.precision=bf16)"]
+    assert labels("dim, train.precision") == ["gru4rec", "sasrec", "mmsr + han (use_pos=False)"]
+    assert labels("dim", "aggregator=han") == ["mmsr + han (use_pos=False)"]
+    with pytest.raises(UserInputError, match="--at-default dims: no run in .* has an option 'dims'"):
+        labels("dims")
+    with pytest.raises(UserInputError, match="no finished run matches"):
+        labels("use_pos", "aggregator=han")
+
+
 def test_named_strategies_without_runs_are_listed_as_not_run(tmp_path):
     s = ResultStore(tmp_path / "v.db")
     add_run(s, "sasrec", 0, RANKS["sasrec"][0])
@@ -487,6 +507,16 @@ def test_drop_contrasts_from_the_store(store, tmp_path):
     frame = pd.read_csv(sig)
     assert list(frame[["a", "b", "seeds"]].iloc[0]) == ["gru4rec", "sasrec", 2]
     assert frame["delta"].iloc[0] == pytest.approx(c.delta)
+    # a pair with a row named by --strategy but not run yet waits (listed), the others are contrasted
+    text, _ = leaderboard_report(store.path, robust=True, strategies="gru4rec,sasrec,nova",
+                                 contrasts=("gru4rec,sasrec", "nova,sasrec"))
+    assert "| gru4rec − sasrec " in text and "nova − sasrec" not in text.split("Contrasts not run yet")[0]
+    assert text.rstrip().endswith("Contrasts not run yet (a row named by --strategy has no perturbed run): "
+                                  "nova − sasrec.")
+    text, _ = leaderboard_report(store.path, robust=True, strategies="gru4rec,nova", contrasts=("nova,gru4rec",))
+    assert "drop contrasts" not in text and "Contrasts not run yet" in text
+    with pytest.raises(UserInputError, match="--contrast nova,sasrec: no robustness table has both rows"):
+        leaderboard_report(store.path, robust=True, contrasts=("nova,sasrec",))   # nova not named: a typo?
 
 
 def invoke(*args):
@@ -529,6 +559,8 @@ def test_cli_writes_outputs_atomically(store, tmp_path, monkeypatch):
     (("--store", "{junk}"), "not a fusionbench results store"),
     (("--store", "{db}", "--strategy", "nova"), "--strategy 'nova': no finished runs of it in {db}"),
     (("--store", "{db}", "--where", "dim=7"), "no finished run matches --strategy / --where"),
+    (("--store", "{db}", "--at-default", "dims"), "--at-default dims: no run in {db} has an option 'dims'"),
+    (("--store", "{db}", "--at-default", " ,"), "--at-default expects KEY[,KEY...]"),
     (("--store", "{db}", "--columns", "dim,dims"), "--columns dims: no run in {db} has an option 'dims'; options "
                                                    "there: "),
     (("--store", "{db}", "--columns", " , "), "--columns expects KEY[,KEY...]"),

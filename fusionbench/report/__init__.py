@@ -34,6 +34,7 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                        fmt: str = "md", output: Optional[Path] = None, significance: Optional[Path] = None,
                        robust: bool = False, robustness_metric: str = "NDCG@20",
                        plot_dir: Optional[Path] = None, strategies: Optional[str] = None, where: tuple[str, ...] = (),
+                       at_default: Optional[str] = None,
                        contrasts: tuple[str, ...] = (), settings: Optional[str] = None,
                        published_files: tuple[Path, ...] = (), inflation: bool = False, across: bool = False,
                        pool_protocols: bool = False, cd_plot: Optional[Path] = None, ranking: str = "all",
@@ -96,7 +97,7 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
         raise UserInputError(f"--versus compares the rows of a plain leaderboard, not with {other}")
     reference = versus_tables.Reference.parse(versus) if versus is not None else None
     written: list[Path] = []
-    selection = Selection.parse(strategies, where)
+    selection = Selection.parse(strategies, where, at_default)
     results = open_store(store)
     default_store = None
     tuned_caption = board_of_tune = None
@@ -112,9 +113,10 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
             text = (robustness.render_markdown(tables) if fmt == "md"
                     else robustness.to_frame(tables).to_csv(index=False))
             if pairs:
-                found = contrast.drop_contrasts(tables, pairs)
+                absent = sorted(set.intersection(*(set(table.not_run) for table in tables)))  # in no table
+                found = contrast.drop_contrasts(tables, pairs, absent)
                 if fmt == "md":
-                    text += "\n" + contrast.render_markdown(found, robustness_metric)
+                    text += "\n" + contrast.render_markdown(found, robustness_metric, contrast.waiting(pairs, absent))
                 if significance is not None:
                     write_text(significance, contrast.to_frame(found).to_csv(index=False))
                     written.append(Path(significance))

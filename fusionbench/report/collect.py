@@ -132,15 +132,23 @@ class Selection:
     ``--set`` name them (``update``, ``agg.relations``, ``train.epochs``, ``max_len``), ``aggregator``,
     ``seed``, or ``apply_to`` (a perturbed run's split; a clean run has none, so ``apply_to!=both`` keeps it); values
     are compared as JSON where they parse as JSON (``5`` = 5, ``true`` = True), else as text;
-    ``run_hashes`` (non-empty) keeps only the runs with these config hashes (``fusionbench compare``)."""
+    ``at_default`` keys: only runs whose value of each is the default ``fusionbench run`` resolves for their
+    strategy, aggregator, dataset and protocol (:func:`options_off_default`; a run without the option, or of
+    a plugin not registered here, is kept), so a board of default configurations needs no list of the
+    ablations to leave out; ``run_hashes`` (non-empty) keeps only the runs with these config hashes
+    (``fusionbench compare``)."""
 
     strategies: tuple[str, ...] = ()
     where: tuple[tuple[str, str, bool], ...] = ()    # (key, value, equal): equal False for key!=value
     run_hashes: tuple[str, ...] = ()
+    at_default: tuple[str, ...] = ()                 # option keys each kept run has at its default value
 
     @classmethod
-    def parse(cls, strategies: Optional[str], where: Sequence[str] = ()) -> "Selection":
-        """From ``--strategy a,b`` and ``--where key=value`` or ``key!=value`` (repeatable)."""
+    def parse(cls, strategies: Optional[str], where: Sequence[str] = (),
+              at_default: Optional[str] = None) -> "Selection":
+        """From ``--strategy a,b``, ``--where key=value`` or ``key!=value`` (repeatable) and
+        ``--at-default KEY[,KEY...]``."""
+        keys = parse_setting_keys(at_default, "--at-default") if at_default is not None else ()
         pairs = []
         for pair in where:
             key, sep, value = pair.partition("=")
@@ -150,7 +158,7 @@ class Selection:
                 raise UserInputError(f"--where expects key=value or key!=value, got {pair!r}")
             pairs.append((key, value, equal))
         names = tuple(s.strip() for s in (strategies or "").split(",") if s.strip())
-        return cls(names, tuple(pairs))
+        return cls(names, tuple(pairs), at_default=keys)
 
     def check_registered(self) -> None:
         """A strategy name that is not registered is an error (a typo must not pass as a row not run yet)."""
@@ -166,6 +174,20 @@ class Selection:
         rows a report lists as not run yet."""
         there = {run.config["strategy"] for run in runs}
         return tuple(name for name in self.strategies if name not in there)
+
+    def off_default(self, config: dict, known: Optional[dict] = None) -> set[str]:
+        """The ``at_default`` keys whose value in ``config`` is not the default its strategy resolves;
+        ``known``: defaults already resolved, by (strategy, dataset, protocol, aggregator), filled here."""
+        known = {} if known is None else known
+        plugin = (config["strategy"], config["dataset"], config["protocol"], config.get("aggregator"))
+        if plugin not in known:
+            known[plugin] = _default_options(config)
+        defaults = known[plugin]
+        if defaults is None:
+            return set()
+        flat = _flat_options(config)
+        return {key for key in self.at_default
+                if key in flat and canonical_json(flat[key]) != canonical_json(defaults.get(key))}
 
     def apply(self, runs: list["Run"], where: str, extra: Sequence["Run"] = ()) -> list["Run"]:
         """The runs this selection keeps, among ``runs`` and ``extra`` (runs chosen elsewhere, e.g. read
@@ -194,8 +216,12 @@ class Selection:
             kept = [(run, flat) for run, flat in zip(runs, options)
                     if (key in flat and option_matches(flat[key], value)) == equal]
             runs, options = [run for run, _ in kept], [flat for _, flat in kept]
+        if self.at_default:
+            check_setting_keys(self.at_default, runs, where, "--at-default")
+            known: dict = {}
+            runs = [run for run in runs if not self.off_default(run.config, known)]
         if not runs:
-            raise UserInputError(f"{where}: no finished run matches --strategy / --where")
+            raise UserInputError(f"{where}: no finished run matches --strategy / --where / --at-default")
         return runs
 
 

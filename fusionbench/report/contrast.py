@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -140,9 +140,12 @@ def contrast(table: RobustnessTable, a: RobustRow, b: RobustRow, severity: float
                         100 * drop_a, 100 * drop_b, 100 * delta, 100 * se, z, p, p_seeds)
 
 
-def drop_contrasts(tables: list[RobustnessTable], pairs: list[tuple[str, str]]) -> list[DropContrast]:
+def drop_contrasts(tables: list[RobustnessTable], pairs: list[tuple[str, str]],
+                   not_run: Sequence[str] = ()) -> list[DropContrast]:
     """Every pair at every severity of every table holding both rows (the reference severity 0 left
-    out), Holm-adjusted together. Errors when a pair is in no table, or a table is ``ratio-paper``."""
+    out), Holm-adjusted together. Errors when a pair is in no table, unless one of its names is in
+    ``not_run`` (strategies named by ``--strategy`` without a perturbed run: :func:`waiting`), or when a
+    table is ``ratio-paper``."""
     out: list[DropContrast] = []
     for name_a, name_b in pairs:
         found = False
@@ -161,7 +164,7 @@ def drop_contrasts(tables: list[RobustnessTable], pairs: list[tuple[str, str]]) 
                 result = contrast(table, a, b, severity)
                 if result is not None:
                     out.append(result)
-        if not found:
+        if not found and not {name_a, name_b} & set(not_run):
             rows = sorted({row.label for table in tables for row in table.rows})
             raise UserInputError(f"--contrast {name_a},{name_b}: no robustness table has both rows; rows are "
                                  f"{', '.join(rows)} (a strategy name works where it has one row)")
@@ -170,8 +173,17 @@ def drop_contrasts(tables: list[RobustnessTable], pairs: list[tuple[str, str]]) 
     return out
 
 
-def render_markdown(contrasts: list[DropContrast], metric: str) -> str:
-    """One table of every contrast, with its caption and key."""
+def waiting(pairs: list[tuple[str, str]], not_run: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs that wait for a row not run yet (a name in ``not_run``)."""
+    return [pair for pair in pairs if set(pair) & set(not_run)]
+
+
+def render_markdown(contrasts: list[DropContrast], metric: str, waiting_pairs: Sequence[tuple[str, str]] = ()) -> str:
+    """One table of every contrast, with its caption and key; then the pairs waiting for a row not run yet."""
+    pending = (f"\nContrasts not run yet (a row named by --strategy has no perturbed run): "
+               f"{', '.join(f'{a} − {b}' for a, b in waiting_pairs)}.\n" if waiting_pairs else "")
+    if not contrasts:
+        return pending.lstrip("\n")
     def number(value: float, fmt: str) -> str:
         return "–" if math.isnan(value) else format(value, fmt)
 
@@ -196,7 +208,7 @@ def render_markdown(contrasts: list[DropContrast], metric: str) -> str:
            "only.")
     headers = ["perturbation", "A − B", "severity", "drop A", "drop B", "Δ", "95 % interval", "p (Holm)", "seeds",
                "p (seeds)"]
-    return f"{caption}\n\n{tabulate(body, headers=headers, tablefmt='github', disable_numparse=True)}\n\n{key}\n"
+    return f"{caption}\n\n{tabulate(body, headers=headers, tablefmt='github', disable_numparse=True)}\n\n{key}\n{pending}"
 
 
 def to_frame(contrasts: list[DropContrast]) -> pd.DataFrame:
