@@ -116,3 +116,10 @@ def test_a_recorded_run_stores_its_test_history_and_every_run_stays_findable(tmp
     for options_now in (options, {**options, "record_test": True}):
         assert run_experiment(request(protocol="ratio", train_options=options_now), ResultStore(path),
                               progress=False).skipped
+
+
+def test_an_inflation_that_rounds_to_zero_reads_plus_zero():
+    from fusionbench.report.trajectory import _signed, _text
+
+    assert [_signed(v, 2) for v in (-1e-9, -0.004, -0.006, 0.0, 0.012)] == ["+0.00", "+0.00", "-0.01", "+0.00", "+0.01"]
+    assert _signed(-0.04, 1) == "+0.0" and _text(-1e-9, 0.5, sign=True) == "+0.00 ± 0.50"

@@ -208,7 +208,8 @@ def render_markdown(contrasts: list[DropContrast], metric: str, waiting_pairs: S
            "only.")
     headers = ["perturbation", "A − B", "severity", "drop A", "drop B", "Δ", "95 % interval", "p (Holm)", "seeds",
                "p (seeds)"]
-    return f"{caption}\n\n{tabulate(body, headers=headers, tablefmt='github', disable_numparse=True)}\n\n{key}\n{pending}"
+    table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    return f"{caption}\n\n{table}\n\n{key}\n{pending}"
 
 
 def to_frame(contrasts: list[DropContrast]) -> pd.DataFrame:

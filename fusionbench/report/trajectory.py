@@ -114,8 +114,13 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return 100 * float(values.mean()), 100 * float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
+def _signed(value: float, digits: int) -> str:
+    """``value`` with its sign at ``digits`` decimals; a value that rounds to zero reads +0.00, not -0.00."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
 def _text(mean: float, std: float, sign: bool = False) -> str:
-    head = f"{mean:+.2f}" if sign else f"{mean:.2f}"
+    head = _signed(mean, 2) if sign else f"{mean:.2f}"
     return head + ("" if math.isnan(std) else f" ± {std:.2f}")
 
 
@@ -138,7 +143,8 @@ def render_markdown(tables: list[InflationTable]) -> str:
                 s = summary(row, column.name)
                 body.append([row.group.label, column.name, _text(s["validation_mean"], s["validation_std"]),
                              _text(s["test_mean"], s["test_std"]), _text(s["inflation_mean"], s["inflation_std"], True),
-                             "n/a" if math.isnan(s["relative"]) else f"{s['relative']:+.1f} %", len(row.group.seeds)])
+                             "n/a" if math.isnan(s["relative"]) else f"{_signed(s['relative'], 1)} %",
+                             len(row.group.seeds)])
         caption = (f"Table: one trajectory, two selections — {table.dataset}, protocol {table.protocol}, runs trained "
                    "with train.record_test=true. Test metrics in %, mean ± std over the seeds counted in the last "
                    "column: validation-selected (the checkpoint chosen on validation, as the leaderboard reports it) "
