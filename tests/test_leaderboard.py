@@ -231,8 +231,13 @@ def test_at_default_keeps_the_runs_with_each_key_at_its_strategys_default(tmp_pa
     assert labels("dim,use_pos") == ["gru4rec", "sasrec", "sasrec (train.precision=bf16)"]
     assert labels("dim, train.precision") == ["gru4rec", "sasrec", "mmsr + han (use_pos=False)"]
     assert labels("dim", "aggregator=han") == ["mmsr + han (use_pos=False)"]
-    with pytest.raises(UserInputError, match="--at-default dims: no run in .* has an option 'dims'"):
+    with pytest.raises(UserInputError, match="--at-default dims: no run in .* and no strategy named by "
+                                             "--strategy has an option 'dims'"):
         labels("dims")
+    # a key of a strategy named but not run yet is accepted (the report waits for its rows)
+    b = board(s, selection=Selection.parse("sasrec,difsr", (), "aap_weight"))
+    assert [row.group.label for row in b.rows] == ["sasrec", "sasrec (dim=32)", "sasrec (train.precision=bf16)"]
+    assert b.not_run == ("difsr",)
     with pytest.raises(UserInputError, match="no finished run matches"):
         labels("use_pos", "aggregator=han")
 
@@ -559,7 +564,8 @@ def test_cli_writes_outputs_atomically(store, tmp_path, monkeypatch):
     (("--store", "{junk}"), "not a fusionbench results store"),
     (("--store", "{db}", "--strategy", "nova"), "--strategy 'nova': no finished runs of it in {db}"),
     (("--store", "{db}", "--where", "dim=7"), "no finished run matches --strategy / --where"),
-    (("--store", "{db}", "--at-default", "dims"), "--at-default dims: no run in {db} has an option 'dims'"),
+    (("--store", "{db}", "--at-default", "dims"), "--at-default dims: no run in {db} and no strategy named by "
+                                                   "--strategy has an option 'dims'"),
     (("--store", "{db}", "--at-default", " ,"), "--at-default expects KEY[,KEY...]"),
     (("--store", "{db}", "--columns", "dim,dims"), "--columns dims: no run in {db} has an option 'dims'; options "
                                                    "there: "),

@@ -175,6 +175,22 @@ class Selection:
         there = {run.config["strategy"] for run in runs}
         return tuple(name for name in self.strategies if name not in there)
 
+    def check_default_keys(self, runs: Sequence["Run"], where: str) -> None:
+        """Every ``at_default`` key must be an option of some run, or of a strategy named by ``--strategy``
+        (its runs may not exist yet), else an error naming it."""
+        from fusionbench.registry import STRATEGIES
+
+        there = {k for run in runs for k, v in option_view(run.config).items() if v is not None}
+        sample = runs[0].config if runs else {"dataset": "beauty", "protocol": "loo"}
+        for name in self.strategies:
+            aggregator = getattr(STRATEGIES.get(name), "default_aggregator", None)
+            there |= set(_default_options({"strategy": name, "dataset": sample["dataset"],
+                                           "protocol": sample["protocol"], "aggregator": aggregator}) or {})
+        for key in self.at_default:
+            if key not in there:
+                raise UserInputError(f"--at-default {key}: no run in {where} and no strategy named by --strategy "
+                                     f"has an option {key!r}; options there: {', '.join(sorted(there))}")
+
     def off_default(self, config: dict, known: Optional[dict] = None) -> set[str]:
         """The ``at_default`` keys whose value in ``config`` is not the default its strategy resolves;
         ``known``: defaults already resolved, by (strategy, dataset, protocol, aggregator), filled here."""
@@ -217,7 +233,7 @@ class Selection:
                     if (key in flat and option_matches(flat[key], value)) == equal]
             runs, options = [run for run, _ in kept], [flat for _, flat in kept]
         if self.at_default:
-            check_setting_keys(self.at_default, runs, where, "--at-default")
+            self.check_default_keys(runs, where)
             known: dict = {}
             runs = [run for run in runs if not self.off_default(run.config, known)]
         if not runs:
