@@ -65,7 +65,19 @@ def code_sets(codes: Tensor, n_codes: int) -> Tensor:
 
 
 class DecoupledScorer(nn.Module):
-    """Per-stream attention matrices fused before the softmax (one instance per layer).
+    r"""Per-stream attention matrices fused before the softmax (one instance per layer).
+
+    Every fusion is a weighted sum of the stream scores with weights :math:`w_s(i)` per query position
+    (``gate``: the softmax gate; ``concat``: the Linear's weight :math:`w_s` and its bias :math:`b`;
+    ``sum``: 1), so the forward pass forms the fused scores with one product over the streams'
+    concatenated query and key features instead of stacking the ``[B, S, heads, L, L]`` stream scores:
+
+    .. math:: \sum_s w_s(i) \frac{q_s(i) \cdot k_s(j)}{\sqrt{d_s}}
+        = \Big[\tfrac{w_1(i)}{\sqrt{d_1}} q_1(i); \dots; \tfrac{w_S(i)}{\sqrt{d_S}} q_S(i)\Big]
+          \cdot \big[k_1(j); \dots; k_S(j)\big]\ (+\, b)
+
+    :meth:`stream_scores` and :meth:`fuse` keep the per-stream form (the definition the tests hold the
+    forward pass to).
 
     Shapes: x ``[B, L, d]`` (item stream), side ``[B, L, S, d_f]`` -> scores ``[B, heads, L, L]``.
     """
@@ -83,6 +95,18 @@ class DecoupledScorer(nn.Module):
         else:
             self.gates = None
 
+    def _queries_keys(self, x: Tensor, side: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per stream (id first, then the side streams) its queries and keys ``[B, heads, L, d_s]``."""
+        out = []
+        for qk, stream in zip([self.id_qk, *self.side_qk], [x, *side.unbind(2)]):
+            q, k = qk(stream).chunk(2, -1)
+            out.append((split_heads(q, self.heads), split_heads(k, self.heads)))
+        return out
+
+    def _gate_logits(self, queries: list[Tensor]) -> Tensor:
+        """``[B, S, heads, L]``: each stream's gate logit at each query position."""
+        return torch.stack([g(q).squeeze(-1) for g, q in zip(self.gates, queries)], 1)
+
     def _stream(self, qk: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor]:
         q, k = qk(x).chunk(2, -1)
         q, k = split_heads(q, self.heads), split_heads(k, self.heads)
@@ -92,9 +116,7 @@ class DecoupledScorer(nn.Module):
         """Per-stream queries' gate logits and scores: ``[B, S+1, heads, L]`` (or None), ``[B, S+1, heads, L, L]``."""
         queries, scores = zip(*([self._stream(self.id_qk, x)] +
                                 [self._stream(qk, side[:, :, s]) for s, qk in enumerate(self.side_qk)]))
-        logits = None
-        if self.gates is not None:
-            logits = torch.stack([g(q).squeeze(-1) for g, q in zip(self.gates, queries)], 1)
+        logits = self._gate_logits(list(queries)) if self.gates is not None else None
         return logits, torch.stack(scores, 1)
 
     def fuse(self, logits, scores: Tensor) -> Tensor:
@@ -106,7 +128,19 @@ class DecoupledScorer(nn.Module):
         return scores.sum(1)
 
     def forward(self, x: Tensor, side: Tensor) -> Tensor:
-        return self.fuse(*self.stream_scores(x, side))
+        """Fused scores ``[B, heads, L, L]``, as ``fuse(*stream_scores(x, side))`` in one product."""
+        pairs = self._queries_keys(x, side)
+        queries = [q for q, _ in pairs]
+        if self.fusion == "gate" and self.gates is not None:
+            weights = self._gate_logits(queries).softmax(1).unsqueeze(-1).unbind(1)    # S x [B, heads, L, 1]
+        elif self.fusion == "concat":
+            weights = self.mix.weight[0].unbind(0)                                    # S scalars
+        else:
+            weights = [1.0] * len(pairs)
+        scaled = torch.cat([q * (w / math.sqrt(q.shape[-1])) for q, w in zip(queries, weights)], -1)
+        keys = torch.cat([k for _, k in pairs], -1)
+        scores = scaled @ keys.transpose(-1, -2)
+        return scores + self.mix.bias if self.fusion == "concat" else scores
 
 
 @dataclass(frozen=True)

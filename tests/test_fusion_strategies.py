@@ -136,9 +136,11 @@ def test_difsr_fuses_per_stream_scores_before_the_softmax():
         assert not torch.allclose(probs, late_softmax)
     gated = build("difsr", fusion="gate")
     with torch.no_grad():
-        logits, _ = gated.encoder.blocks[0].scorer.stream_scores(x, side)
+        logits, streams = gated.encoder.blocks[0].scorer.stream_scores(x, side)
         weights = logits.softmax(1)
         torch.testing.assert_close(weights.sum(1), torch.ones_like(weights[:, 0]))
+        # the forward pass (one product over concatenated features) is the gate-weighted sum of the streams
+        torch.testing.assert_close(gated.encoder.blocks[0].scorer(x, side), (weights[..., None] * streams).sum(1))
     mixed = build("difsr", fusion="concat")
     scorer = mixed.encoder.blocks[0].scorer
     with torch.no_grad():
