@@ -41,8 +41,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=40, help="one in every N first-epoch batches (by size)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each variant (after a warm-up)")
     args = parser.parse_args()
-    config = resolve(RunRequest(strategy="difsr", dataset=args.dataset, seed=0, strategy_options={"fusion": args.fusion},
-                                train_options={"precision": "bf16"}))
+    config = resolve(RunRequest(strategy="difsr", dataset=args.dataset, seed=0,
+                                strategy_options={"fusion": args.fusion}, train_options={"precision": "bf16"}))
     data = load_data(config, None)
     split = make_split(data, config["protocol"])
     seed_everything(0)
