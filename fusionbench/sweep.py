@@ -32,6 +32,7 @@ from tqdm import tqdm
 from fusionbench.errors import TrainingError, UserInputError
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.plan import Cell, identify, stored_outcome
+from fusionbench.ray_start import init_ray
 from fusionbench.registry import UnknownPluginError
 from fusionbench.runner import RunRequest, group_options, run_experiment
 from fusionbench.store import ResultStore, canonical_json
@@ -160,8 +161,7 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
     if not todo:
         return
     groups = submission_order(todo, trains)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=progress)
+    init_ray(address, progress)
     gpus = ray.cluster_resources().get("GPU", 0)
     if gpus_per_cell > 0 and gpus < gpus_per_cell:
         raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g}: the Ray cluster has {gpus:g} GPUs, "

@@ -26,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from tqdm import tqdm
 
+from fusionbench.ray_start import init_ray
 from fusionbench.runner import git_revision, resolve, versions
 from fusionbench.store import ResultStore, RunSummary, config_hash
 from fusionbench.tune import (
@@ -52,8 +53,7 @@ def start_ray(execution: Execution, progress: bool) -> float:
     if ray.is_initialized():
         return 0.0
     started = time.perf_counter()
-    ray.init(address=execution.address, include_dashboard=False, log_to_driver=progress,
-             logging_level=logging.WARNING)
+    init_ray(execution.address, progress, logging_level=logging.WARNING)
     return time.perf_counter() - started
 
 

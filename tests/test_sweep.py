@@ -2,6 +2,7 @@
 (same stored results as the local one, weights shared within a task)."""
 import dataclasses
 import functools
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -298,3 +299,18 @@ def test_the_paper_tables_sweep_dry_run_lists_its_cells(shared_data, tmp_path):
     assert rows and all(line[2:].split(":")[0] in {f"{d} / {p}" for d in ("beauty", "toys", "sports")
                                                    for p in ("ratio", "ratio-paper")} for line in rows)
     assert any(line.startswith("| beauty / ratio-paper: mmsr + han") for line in rows)
+
+
+def test_a_local_ray_instance_runs_its_workers_at_the_drivers_niceness(monkeypatch):
+    import ray
+
+    from fusionbench.ray_start import WORKER_NICENESS, init_ray
+
+    monkeypatch.setenv(WORKER_NICENESS, "")        # registers the variable's absence for the undo
+    monkeypatch.delenv(WORKER_NICENESS)
+    init_ray(None, False, num_cpus=1)                # Ray's own default would nice its workers to 15
+    try:
+        niceness = ray.remote(lambda: os.nice(0))
+        assert ray.get(niceness.remote()) == os.nice(0)
+    finally:
+        ray.shutdown()
