@@ -198,12 +198,9 @@ class Selection:
         plugin = (config["strategy"], config["dataset"], config["protocol"], config.get("aggregator"))
         if plugin not in known:
             known[plugin] = _default_options(config)
-        defaults = known[plugin]
-        if defaults is None:
+        if known[plugin] is None:
             return set()
-        flat = _flat_options(config)
-        return {key for key in self.at_default
-                if key in flat and canonical_json(flat[key]) != canonical_json(defaults.get(key))}
+        return set(self.at_default) & set(options_off_default(config, known[plugin]))
 
     def apply(self, runs: list["Run"], where: str, extra: Sequence["Run"] = ()) -> list["Run"]:
         """The runs this selection keeps, among ``runs`` and ``extra`` (runs chosen elsewhere, e.g. read
@@ -411,11 +408,12 @@ def _default_options(config: dict) -> Optional[dict[str, Any]]:
         return None
 
 
-def options_off_default(config: dict) -> Optional[dict[str, Any]]:
+def options_off_default(config: dict, defaults: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
     """The config's options (:func:`option_view` keys, ``aggregator`` left out) whose values differ from
-    the defaults ``fusionbench run`` resolves for its strategy and aggregator, compared as canonical JSON;
-    ``None`` when a plugin is not registered here."""
-    defaults = _default_options(config)
+    the defaults ``fusionbench run`` resolves for its strategy and aggregator (``defaults``, when already
+    resolved by :func:`_default_options`), compared as canonical JSON; ``None`` when a plugin is not
+    registered here."""
+    defaults = _default_options(config) if defaults is None else defaults
     if defaults is None:
         return None
     flat = _flat_options(config)
