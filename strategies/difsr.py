@@ -107,16 +107,12 @@ class DecoupledScorer(nn.Module):
         """``[B, S, heads, L]``: each stream's gate logit at each query position."""
         return torch.stack([g(q).squeeze(-1) for g, q in zip(self.gates, queries)], 1)
 
-    def _stream(self, qk: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor]:
-        q, k = qk(x).chunk(2, -1)
-        q, k = split_heads(q, self.heads), split_heads(k, self.heads)
-        return q, q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-
     def stream_scores(self, x: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
         """Per-stream queries' gate logits and scores: ``[B, S+1, heads, L]`` (or None), ``[B, S+1, heads, L, L]``."""
-        queries, scores = zip(*([self._stream(self.id_qk, x)] +
-                                [self._stream(qk, side[:, :, s]) for s, qk in enumerate(self.side_qk)]))
-        logits = self._gate_logits(list(queries)) if self.gates is not None else None
+        pairs = self._queries_keys(x, side)
+        queries = [q for q, _ in pairs]
+        scores = [q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) for q, k in pairs]
+        logits = self._gate_logits(queries) if self.gates is not None else None
         return logits, torch.stack(scores, 1)
 
     def fuse(self, logits, scores: Tensor) -> Tensor:

@@ -175,6 +175,12 @@ class Selection:
         there = {run.config["strategy"] for run in runs}
         return tuple(name for name in self.strategies if name not in there)
 
+    @staticmethod
+    def not_run_line(names: Sequence[str], what: str = "finished run here matches") -> str:
+        """The line a report prints under a table for the strategies ``names`` named by ``--strategy``
+        without a run in it (empty when there are none)."""
+        return f"\nNot run yet (named by --strategy, no {what}): {', '.join(names)}.\n" if names else ""
+
     def check_default_keys(self, runs: Sequence["Run"], where: str) -> None:
         """Every ``at_default`` key must be an option of some run, or of a strategy named by ``--strategy``
         (its runs may not exist yet), else an error naming it."""

@@ -124,10 +124,10 @@ def build_leaderboards(store: ResultStore, dataset: str | None, protocol: str | 
     if ranking != "all" and any(pr == LEAKY_PROTOCOL for _, pr in tables):
         raise UserInputError(f"--ranking {ranking}: {LEAKY_PROTOCOL} runs record test metrics among all items "
                              f"only; pick another --protocol")
-    boards = [_build(store, ds, pr, rs, columns, proposed, settings, significance, ranking, labels)
-              for (ds, pr), rs in sorted(tables.items())]
-    for board, (_, rs) in zip(boards, sorted(tables.items())):
-        board.not_run = selection.not_run(rs)
+    boards = []
+    for (ds, pr), rs in sorted(tables.items()):
+        boards.append(_build(store, ds, pr, rs, columns, proposed, settings, significance, ranking, labels))
+        boards[-1].not_run = selection.not_run(rs)
     return boards
 
 
@@ -278,9 +278,7 @@ def render_markdown(boards: list[Leaderboard], proposed: tuple[str, ...] = PROPO
                f"{n_tests} comparisons of this table; per-sample metrics averaged over the seeds both rows share).")
         table = tabulate(body, headers=["strategy", *board.settings, *names, "seeds"], tablefmt="github",
                          disable_numparse=True)
-        missing = (f"\nNot run yet (named by --strategy, no finished run here matches): {', '.join(board.not_run)}.\n"
-                   if board.not_run else "")
-        parts.append(f"{caption}\n\n{table}\n\n{key}\n{missing}")
+        parts.append(f"{caption}\n\n{table}\n\n{key}\n{Selection.not_run_line(board.not_run)}")
     return "\n".join(parts)
 
 

@@ -128,10 +128,10 @@ def build_robustness(store: ResultStore, dataset: str | None, protocol: str | No
     if not settings:
         raise UserInputError(f"{store.path}: no finished perturbed runs (config 'perturbation') match; "
                              "drop --robustness for the leaderboard")
-    tables = [_build(store, key, perturbed, clean.get(key[:2], []), column)
-              for key, perturbed in sorted(settings.items())]
-    for table, (_, perturbed) in zip(tables, sorted(settings.items())):
-        table.not_run = selection.not_run(perturbed)
+    tables = []
+    for key, perturbed in sorted(settings.items()):
+        tables.append(_build(store, key, perturbed, clean.get(key[:2], []), column))
+        tables[-1].not_run = selection.not_run(perturbed)
     return tables
 
 
@@ -195,8 +195,7 @@ def render_markdown(tables: list[RobustnessTable]) -> str:
         key = ("In parentheses: relative change vs the row's reference (severity 0, or the clean run of the same "
                "configuration when severity 0 was not run); negative = worse.")
         headers = ["strategy", *(f"p={s:g}" for s in severities), "reference", "seeds"]
-        missing = (f"\nNot run yet (named by --strategy, no finished perturbed run here): {', '.join(table.not_run)}.\n"
-                   if table.not_run else "")
+        missing = Selection.not_run_line(table.not_run, "finished perturbed run here")
         parts.append(f"{caption}\n\n{tabulate(body, headers=headers, tablefmt='github', disable_numparse=True)}"
                      f"\n\n{key}\n{missing}")
     return "\n".join(parts)
