@@ -31,7 +31,7 @@ from fusionbench.report.published import (
 )
 from fusionbench.report.trajectory import build_inflation
 from fusionbench.runner import RunRequest, resolve
-from fusionbench.store import ResultStore, RunSummary
+from fusionbench.store import UNSEEN_TEST, ResultStore, RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "reports" / "published"
@@ -343,3 +343,27 @@ def test_the_paper_tables_report_regenerates_from_its_first_line(recorded_store,
 def test_cli_errors_name_the_option(board_store, args, message):
     result = invoke("--store", board_store.path, *args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_ranked_among_unseen_items_the_comparison_reads_those_ranks_and_drops_the_test_selected_line(tmp_path):
+    """Under --ranking unseen a recorded run's line holds its unseen-item ranks' metrics, and no test-selected
+    line appears: the per-epoch test scores rank every item, so they would mix two rankings."""
+    store = ResultStore(tmp_path / "u.db")
+    config = resolve(RunRequest(strategy="sasrec", protocol="ratio", train_options={"record_test": True}))
+    config["dataset_checksum"] = "c-beauty"
+    everything, unseen = RANKS[0], np.maximum(RANKS[0] - 3, 0)
+    run = store.start(config, "c-beauty", {}, "rev")
+    history = trajectory([{**summarize(torch.from_numpy(everything)), "HR@5": 0.99}])
+    metrics = {"test": summarize(torch.from_numpy(everything)), UNSEEN_TEST: summarize(torch.from_numpy(unseen))}
+    store.finish(run, metrics, {"test": everything, UNSEEN_TEST: unseen}, RunSummary(history=history))
+    store.close()
+    text, _ = leaderboard_report(tmp_path / "u.db", published_files=(TABLES[2],), fmt="csv", ranking="unseen")
+    frame = pd.read_csv(io.StringIO(text))
+    line = frame[(frame.paper_row == "SASRec") & (frame.metric == "HR@5")]
+    assert list(line.selection) == ["validation"]
+    assert line.ours_mean.iloc[0] == pytest.approx(100 * hand(unseen, Column("HR", 5)))
+    assert hand(unseen, Column("HR", 5)) != hand(everything, Column("HR", 5))
+    md, _ = leaderboard_report(tmp_path / "u.db", published_files=(TABLES[2],), ranking="unseen")
+    assert "outside its history (--ranking unseen)" in md and "test-selected (leaky)" not in md
+    recorded, _ = leaderboard_report(tmp_path / "u.db", published_files=(TABLES[2],))
+    assert "test-selected (leaky)" in recorded                          # ranking all: the line is there

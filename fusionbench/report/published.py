@@ -43,7 +43,8 @@ per-epoch maxima), the published value, and the ratio
 
 plus NDCG of ours at the table's cutoffs without a published column (the paper's NDCG divides the
 correct one by a constant: specs/protocol.md §3). A row trained with ``train.record_test=true`` gets a
-second line with its test-selected values (:mod:`.trajectory`). An entry without a row of ours reads
+second line with its test-selected values (:mod:`.trajectory`), except on a board ranked among unseen
+items (``--ranking unseen``): the test scores recorded per epoch rank every item. An entry without a row of ours reads
 ``missing``, one without a strategy ``not implemented``; nothing is filled in from elsewhere. A line
 per metric sums up the ordering: the paper's best entry, ours, and Kendall's :math:`\tau_b` between
 the two orderings over the entries both have.
@@ -364,7 +365,8 @@ def _lines(store: ResultStore, entry: Entry, board: Leaderboard, columns: list[s
     for row in rows:
         lines.append(Line(entry, row, LEAKY_LABEL if board.leaky else "validation",
                           {c: row.values[c] for c in columns}))
-        if not board.leaky and records_test(row.group.config):
+        # the per-epoch test scores rank every item: no test-selected line beside an ``unseen`` board
+        if not board.leaky and board.ranking == "all" and records_test(row.group.config):
             lines.append(Line(entry, row, RECORDED_LABEL,
                               {c: test_selected_values(store, row.group.runs, _metric(c)) for c in columns}))
     return lines
@@ -439,10 +441,16 @@ def render_markdown(comparisons: list[Comparison], missing: list[tuple[str, Path
                 cells += [_ours_text(line, metric), _num(paper, 4), _num(_ratio(line.mean_std(metric)[0], paper))]
             cells += [_ours_text(line, name) for name in c.extra]
             body.append(cells)
-        selection = (f"{LEAKY_LABEL}: each metric its own maximum over epochs on the test set, as the paper's "
-                     "reference code selects" if c.board.leaky else
-                     "model selection on validation only; a row trained with train.record_test=true also as "
-                     f"{RECORDED_LABEL}: each metric's maximum over its epochs' test scores, the same models")
+        if c.board.leaky:
+            selection = (f"{LEAKY_LABEL}: each metric its own maximum over epochs on the test set, as the paper's "
+                         "reference code selects")
+        elif c.board.ranking == "all":
+            selection = ("model selection on validation only; a row trained with train.record_test=true also as "
+                         f"{RECORDED_LABEL}: each metric's maximum over its epochs' test scores, the same models")
+        else:
+            selection = ("model selection on validation only; each test target ranked among the items outside its "
+                         "history (--ranking unseen), where the paper ranks every item; no test-selected lines, as "
+                         "the test scores recorded per epoch rank every item")
         caption = (f"{c.table} of the MMSR paper ({c.source.name}) beside ours: {c.dataset}, protocol {c.protocol} "
                    f"({selection}). Ours: test metrics in %, mean ± std over the seeds counted; paper: as published "
                    "(%); ratio = ours / paper. NDCG is ours only (the paper's divides by a constant, "
