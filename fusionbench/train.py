@@ -79,6 +79,8 @@ class TrainOptions(PluginOptions):
                            "protocol, a repeat can be recommended)",
         "record_test": "also rank the test split after every epoch, kept apart in the history (never read by "
                        "selection or early stopping); loo and ratio, clean runs",
+        "diverge_factor": "stop when an epoch's mean training loss exceeds this many times the lowest earlier "
+                          "epoch mean (a run whose loss ran away; 0 = never)",
     }
 
     lr: Annotated[float, Gt(0)] = 1e-3
@@ -95,8 +97,9 @@ class TrainOptions(PluginOptions):
     batching: str = "uniform"
     exclude_history: bool = False
     record_test: bool = False
+    diverge_factor: Annotated[float, Ge(0)] = 10.0
 
-    ONLY_WHEN_SET = frozenset({"exclude_history", "record_test"})  # added after runs were stored
+    ONLY_WHEN_SET = frozenset({"exclude_history", "record_test", "diverge_factor"})  # added after runs were stored
 
     def check(self) -> None:
         require(self.select in SELECTABLE,
@@ -339,10 +342,25 @@ def train_step(model: Strategy, optimizer: torch.optim.Optimizer, batch: SeqBatc
     return loss.item()
 
 
+def diverged(history: list[dict], factor: float) -> bool:
+    r"""Whether the training loss ran away in the last epoch of ``history``: its mean loss
+    :math:`\bar\ell_T > c \cdot \min_{t < T} \bar\ell_t` for ``factor`` :math:`c > 0`, the lowest earlier
+    epoch mean being positive (losses that can reach 0 or below are never judged). A healthy run's epoch
+    mean never climbs an order of magnitude above its best; a run whose attention scores or embeddings
+    blow up climbs far more within an epoch or two, and its validation metric then drifts at noise level,
+    which can reset the patience for many epochs."""
+    if factor <= 0 or len(history) < 2:
+        return False
+    floor = min(entry["loss"] for entry in history[:-1])
+    return floor > 0 and history[-1]["loss"] > factor * floor
+
+
 def finished(history: list[dict], opts: TrainOptions, leaky: bool) -> bool:
-    """Whether training stops after the epochs of ``history``: ``opts.epochs`` ran, or early stopping's
-    count (:func:`stale_epochs`) reached ``opts.patience``."""
-    return len(history) >= opts.epochs or stale_epochs(history, opts.select, leaky) >= opts.patience
+    """Whether training stops after the epochs of ``history``: ``opts.epochs`` ran, early stopping's count
+    (:func:`stale_epochs`) reached ``opts.patience``, or the loss diverged (:func:`diverged`, with
+    ``opts.diverge_factor``). Either way the epoch with the best validation ``select`` is kept."""
+    return (len(history) >= opts.epochs or stale_epochs(history, opts.select, leaky) >= opts.patience
+            or diverged(history, opts.diverge_factor))
 
 
 EpochCallback = Callable[[dict, bool], None]
@@ -428,6 +446,9 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         if progress:
             tqdm.write(f"{label} epoch {epoch}: loss {history[-1]['loss']:.4f}  valid {opts.select} "
                        f"{valid[opts.select]:.4f}  ({seconds:.1f}s)")
+            if diverged(history, opts.diverge_factor):
+                tqdm.write(f"{label}: the training loss diverged (above {opts.diverge_factor:g} times its lowest "
+                           f"epoch mean); stopping, the best validation epoch ({best_epoch}) is kept")
         if checkpoint is not None:
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler else None,

@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="further options, as for fusionbench run (e.g. train.grad_clip=1.0)")
-    parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: one epoch)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs to train, as fusionbench run draws them")
+    parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: --epochs epochs)")
     parser.add_argument("--every", type=int, default=25, help="print one step in every N, and every step "
                         "whose loss exceeds --alarm")
     parser.add_argument("--alarm", type=float, default=12.0)
@@ -84,23 +85,26 @@ def main() -> None:
     print(f"mmsr + han (update={args.update}) on {args.dataset}/{args.protocol}, train {config['train']}")
     print("step  loss      grad norm   max|e_he|   max|e_ho|")
     model.train()
-    batches = epoch_batches(model, data, split, config["max_len"], opts.batch_size, generator, None, keys,
-                            opts.batching)
-    for step, batch in enumerate(batches):
-        peaks.reset()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip or math.inf).item()
-        optimizer.step()
-        value = loss.item()
-        if step % args.every == 0 or value > args.alarm or not math.isfinite(value):
-            print(f"{step:<5d} {value:<9.3f} {norm:<11.3g} {peaks.peaks['he']:<11.3g} {peaks.peaks['ho']:.3g}",
-                  flush=True)
-        if not math.isfinite(value) or (args.steps and step + 1 >= args.steps):
-            break
-
+    step = 0
+    for epoch in range(1, args.epochs + 1):
+        batches = epoch_batches(model, data, split, config["max_len"], opts.batch_size, generator, None, keys,
+                                opts.batching)
+        for batch in batches:
+            peaks.reset()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip or math.inf).item()
+            optimizer.step()
+            value = loss.item()
+            if step % args.every == 0 or value > args.alarm or not math.isfinite(value):
+                print(f"{step:<5d} {value:<9.3f} {norm:<11.3g} {peaks.peaks['he']:<11.3g} "
+                      f"{peaks.peaks['ho']:.3g}", flush=True)
+            step += 1
+            if not math.isfinite(value) or (args.steps and step >= args.steps):
+                return
+        print(f"end of epoch {epoch} after step {step - 1}", flush=True)
 
 if __name__ == "__main__":
     main()

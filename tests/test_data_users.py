@@ -112,11 +112,12 @@ def test_every_only_when_set_option_is_a_field_of_its_class():
                     if isinstance(getattr(registry.get(name), "Options", None), type)]
     for cls in classes:
         assert cls.ONLY_WHEN_SET <= {name for name, _, _ in cls.fields()}, cls.__name__
-    assert TrainOptions.ONLY_WHEN_SET == {"exclude_history", "record_test"}
+    assert TrainOptions.ONLY_WHEN_SET == {"exclude_history", "record_test", "diverge_factor"}
     plain = resolve(RunRequest(strategy="sasrec"))["train"]
-    assert "exclude_history" not in plain and "record_test" not in plain
-    both = resolve(RunRequest(strategy="sasrec", train_options={"exclude_history": "true", "record_test": "true"}))
-    assert both["train"]["exclude_history"] is True and both["train"]["record_test"] is True
+    assert TrainOptions.ONLY_WHEN_SET.isdisjoint(plain)
+    given = {"exclude_history": "true", "record_test": "true", "diverge_factor": "0"}
+    every = resolve(RunRequest(strategy="sasrec", train_options=given))["train"]
+    assert (every["exclude_history"], every["record_test"], every["diverge_factor"]) == (True, True, 0.0)
 
 
 def main_job() -> list[str]:

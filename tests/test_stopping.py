@@ -1,5 +1,6 @@
-"""Early stopping: the default rule (``select`` only) and the MMSR reference's rule under ``ratio-paper``
-(any HR/MRR/NDCG @5/@20 improving, one-epoch lag), on hand-written metric histories and through ``train``."""
+"""Early stopping: the default rule (``select`` only), the MMSR reference's rule under ``ratio-paper``
+(any HR/MRR/NDCG @5/@20 improving, one-epoch lag) and the stop of a run whose loss diverged, on
+hand-written histories and through ``train``."""
 import random
 
 import pytest
@@ -9,7 +10,15 @@ import fusionbench.train as T
 from fusionbench.context import StrategyContext
 from fusionbench.data.splits import make_split
 from fusionbench.registry import STRATEGIES
-from fusionbench.train import REFERENCE_WATCHED, SELECTABLE, TrainOptions, improvements, stale_epochs, train
+from fusionbench.train import (
+    REFERENCE_WATCHED,
+    SELECTABLE,
+    TrainOptions,
+    diverged,
+    improvements,
+    stale_epochs,
+    train,
+)
 from test_train_store import cyclic_data
 
 
@@ -132,3 +141,43 @@ def test_an_interrupted_leaky_run_resumes_to_the_same_stop(scripted, tmp_path, s
     assert [h["epoch"] for h in resumed.history] == list(range(1, 10))
     assert (resumed.best_epoch, resumed.test) == (full.best_epoch, full.test)
     assert torch.equal(resumed.test_ranks, full.test_ranks)
+
+
+def losses(*means: float) -> list[dict]:
+    return [{"epoch": i + 1, "loss": mean} for i, mean in enumerate(means)]
+
+
+def test_divergence_compares_the_last_epoch_mean_with_the_lowest_earlier_one():
+    assert diverged(losses(9.0, 8.0, 80.5), 10) and not diverged(losses(9.0, 8.0, 80.0), 10)
+    assert diverged(losses(658.6, 11024.7), 10)          # the paper sweep's NI(hohe) run, at its epoch 2
+    assert not diverged(losses(9.0, 8.0, 1e6), 0)         # 0: never
+    assert not diverged(losses(1e6), 10)                  # nothing earlier to compare with
+    assert not diverged(losses(0.0, 5.0), 10) and not diverged(losses(-1.0, 5.0), 10)  # a floor <= 0 is not judged
+
+
+@pytest.mark.parametrize("train_options, epochs_run",
+                         [({}, 3), ({"diverge_factor": 100}, 6), ({"diverge_factor": 0}, 6)])
+def test_a_run_whose_loss_runs_away_stops_and_keeps_its_best_validation_epoch(monkeypatch, train_options, epochs_run):
+    """Every batch of epoch e reports the loss ``epoch_loss[e]``, 20 times epoch 2's from epoch 3 on; validation
+    is best at epoch 2, and patience 5 alone would not stop the run within its 6 epochs. The default factor
+    (10) stops it after epoch 3, 100 or 0 (never) let it run."""
+    epoch_loss, valid = [2.0, 1.5, 30.0, 40.0, 50.0, 60.0], [0.2, 0.3, 0.01, 0.02, 0.03, 0.04]
+    epoch = iter(range(len(valid) + 1))
+    now = {"epoch": next(epoch)}
+
+    def step(model, optimizer, batch, bf16, grad_clip=0.0):
+        return epoch_loss[now["epoch"]]
+
+    def summarize(ranks):                                    # called once per epoch (validation), then on test
+        done = now["epoch"]
+        now["epoch"] = next(epoch, done)
+        return row(NDCG_20=valid[done] if done < len(valid) else 0.0)
+
+    monkeypatch.setattr(T, "train_step", step)
+    monkeypatch.setattr(T, "summarize", summarize)
+    data = cyclic_data(n_users=60)
+    model = STRATEGIES.create("sasrec", StrategyContext(data.n_items, 10), dim=8, heads=1, dropout=0.1)
+    opts = TrainOptions.build({"epochs": 6, "patience": 5, "batch_size": 64, **train_options})
+    res = train(model, data, make_split(data, "loo"), opts, 0, 10, progress=False)
+    assert [h["loss"] for h in res.history] == epoch_loss[:epochs_run]
+    assert res.best_epoch == 2

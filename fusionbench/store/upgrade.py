@@ -42,8 +42,8 @@ as it is (:class:`CannotTell`, reported with its reason). Steps:
   a step removed.
 
 Options that enter a resolved config only when set (a ``perturbation``; those an option class lists in
-``PluginOptions.ONLY_WHEN_SET``: ``train.exclude_history``, ``train.record_test``, ``data.users``) need
-neither: a config without them re-resolves to itself, and one with them keeps them.
+``PluginOptions.ONLY_WHEN_SET``: ``train.exclude_history``, ``train.record_test``, ``train.diverge_factor``,
+``data.users``) need neither: a config without them re-resolves to itself, and one with them keeps them.
 
 Archive import (``fusionbench store import``) copies runs as they were exported and applies no step:
 run ``store upgrade`` on the store afterwards.
