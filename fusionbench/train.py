@@ -355,6 +355,12 @@ def diverged(history: list[dict], factor: float) -> bool:
     return floor > 0 and history[-1]["loss"] > factor * floor
 
 
+def divergence_epoch(history: list[dict], factor: float = TrainOptions.diverge_factor) -> Optional[int]:
+    """The first epoch of ``history`` at which :func:`diverged` holds for the epochs up to it, else None:
+    where a run's loss ran away, whether or not its trainer stopped there (reports flag such runs)."""
+    return next((entry["epoch"] for n, entry in enumerate(history, 1) if diverged(history[:n], factor)), None)
+
+
 def finished(history: list[dict], opts: TrainOptions, leaky: bool) -> bool:
     """Whether training stops after the epochs of ``history``: ``opts.epochs`` ran, early stopping's count
     (:func:`stale_epochs`) reached ``opts.patience``, or the loss diverged (:func:`diverged`, with

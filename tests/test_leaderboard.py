@@ -26,7 +26,7 @@ from fusionbench.report.robustness import Point, RobustRow, _point_text, build_r
 from fusionbench.report.robustness import render_markdown as render_robustness
 from fusionbench.report.significance import holm
 from fusionbench.runner import RunRequest, resolve
-from fusionbench.store import ResultStore
+from fusionbench.store import ResultStore, RunSummary
 
 # test ranks per strategy and seed: 10 hand-made users, repeated 6 times (60 samples, the same order in
 # every run; repeating keeps every mean and lets scipy's Wilcoxon use its fast normal approximation, n > 50)
@@ -50,7 +50,7 @@ def hand(ranks, column: Column) -> np.ndarray:
 
 
 def add_run(store, strategy, seed, ranks, protocol="loo", perturbation=None, checksum="c0", test_metrics=None,
-            aggregator=None, train=None, **options):
+            aggregator=None, train=None, history=None, **options):
     config = resolve(RunRequest(strategy=strategy, dataset="beauty", protocol=protocol, seed=seed,
                                 aggregator=aggregator, strategy_options=options, train_options=train or {}))
     config["dataset_checksum"] = checksum
@@ -58,7 +58,8 @@ def add_run(store, strategy, seed, ranks, protocol="loo", perturbation=None, che
         config["perturbation"] = perturbation
     run = store.start(config, checksum, {}, "rev")
     ranks = np.asarray(ranks)
-    store.finish(run, {"test": test_metrics or summarize(torch.from_numpy(ranks))}, {"test": ranks})
+    store.finish(run, {"test": test_metrics or summarize(torch.from_numpy(ranks))}, {"test": ranks},
+                 RunSummary(history=history or []))
     return run
 
 
@@ -255,6 +256,25 @@ def test_named_strategies_without_runs_are_listed_as_not_run(tmp_path):
     b = board(s, selection=Selection.parse("sasrec,mmsr", ("aggregator=gcn",)))   # runs, but none matches
     assert [row.group.label for row in b.rows] == ["mmsr + gcn"] and b.not_run == ("sasrec",)
     assert board(s).not_run == () and "Not run yet" not in render_markdown([board(s)])
+
+
+def test_runs_whose_training_loss_ran_away_are_named_under_the_table(tmp_path):
+    def losses(*means):
+        return [{"epoch": e, "loss": m, "seconds": 0.0, "valid": {"NDCG@20": 0.1}} for e, m in enumerate(means, 1)]
+
+    s = ResultStore(tmp_path / "d.db")
+    add_run(s, "sasrec", 0, RANKS["sasrec"][0], history=losses(9.0, 8.0, 7.9))
+    add_run(s, "sasrec", 1, RANKS["sasrec"][1], history=losses(9.0, 8.0, 79.0))      # 9.9 times its lowest
+    add_run(s, "gru4rec", 0, RANKS["gru4rec"][0], history=losses(9.0, 8.0, 7.0, 81.0, 90.0))
+    add_run(s, "gru4rec", 1, RANKS["gru4rec"][1])                                      # no history stored
+    b = board(s)
+    assert b.diverged == (("gru4rec", 0, 4),)
+    assert render_markdown([b]).rstrip().endswith("as for every run): gru4rec (seed 0, epoch 4).")
+    add_run(s, "mmsr", 0, RANKS["mmsr"][0], aggregator="han", history=losses(658.6, 11024.7))
+    assert board(s).diverged == (("gru4rec", 0, 4), ("mmsr + han", 0, 2))
+    healthy = ResultStore(tmp_path / "h.db")
+    add_run(healthy, "sasrec", 0, RANKS["sasrec"][0], history=losses(9.0, 8.0, 7.9))
+    assert "diverged" not in render_markdown([board(healthy)])
 
 
 # every budget knob pinned, so the caption below does not depend on the strategies' defaults

@@ -367,3 +367,17 @@ def test_ranked_among_unseen_items_the_comparison_reads_those_ranks_and_drops_th
     assert "outside its history (--ranking unseen)" in md and "test-selected (leaky)" not in md
     recorded, _ = leaderboard_report(tmp_path / "u.db", published_files=(TABLES[2],))
     assert "test-selected (leaky)" in recorded                          # ranking all: the line is there
+
+
+def test_a_matched_row_whose_training_loss_ran_away_is_named_under_its_comparison(tmp_path):
+    store = ResultStore(tmp_path / "d.db")
+    ran_away = trajectory([{}, {}])
+    for entry, loss in zip(ran_away, (659.0, 11024.7)):
+        entry["loss"] = loss
+    add(store, "sasrec", 0, RANKS[0], history=ran_away)
+    add(store, "sasrec", 0, RANKS[1], history=ran_away, dim=32)       # matches no published row
+    add(store, "gru4rec", 0, RANKS[2], history=trajectory([{}, {}]))  # a healthy loss
+    store.close()
+    text, _ = leaderboard_report(tmp_path / "d.db", published_files=(TABLES[2],))
+    assert "Training loss diverged" in text and "): sasrec (seed 0, epoch 2).\n" in text
+    assert "dim=32" not in text.split("Training loss diverged", 1)[1] and "gru4rec (seed" not in text

@@ -92,6 +92,7 @@ class Leaderboard:
     settings: tuple[str, ...] = ()  # option keys shown as columns (--columns)
     ranking: str = "all"            # test ranks among all items or among unseen ones (collect.RANKINGS)
     not_run: tuple[str, ...] = ()   # strategies named by --strategy without a matching run in this table
+    diverged: tuple[tuple[str, int, int], ...] = ()  # (row label, seed, epoch) of runs whose training loss ran away
 
     @property
     def leaky(self) -> bool:
@@ -167,7 +168,34 @@ def _build(store: ResultStore, dataset: str, protocol: str, runs: list, columns:
             passed = {c.test for c in comparisons
                       if c.column == column.name and c.other == row.group.label and c.significant}
             row.cells[column.name].below_best = needed <= passed
-    return Leaderboard(dataset, protocol, columns, rows, comparisons, settings, ranking)
+    return Leaderboard(dataset, protocol, columns, rows, comparisons, settings, ranking,
+                       diverged=diverged_runs(store, groups))
+
+
+def diverged_runs(store: ResultStore, groups: Sequence[RunGroup]) -> tuple[tuple[str, int, int], ...]:
+    """``(row label, seed, epoch)`` for every run of ``groups`` whose stored training history diverged at
+    that epoch (:func:`fusionbench.train.divergence_epoch`, at the default factor)."""
+    from fusionbench.train import divergence_epoch
+
+    found = []
+    for group in groups:
+        for run in group.runs:
+            epoch = divergence_epoch((run.source or store).history(run.run_id))
+            if epoch is not None:
+                found.append((group.label, run.seed, epoch))
+    return tuple(found)
+
+
+def diverged_line(runs: Sequence[tuple[str, int, int]]) -> str:
+    """The note under a table naming its runs whose training loss ran away (:func:`diverged_runs`; "" when
+    none did)."""
+    from fusionbench.train import TrainOptions
+
+    if not runs:
+        return ""
+    named = "; ".join(f"{label} (seed {seed}, epoch {epoch})" for label, seed, epoch in runs)
+    return (f"\nTraining loss diverged (an epoch's mean loss above {TrainOptions.diverge_factor:g} times the lowest "
+            f"before it; the row's values are its best validation epoch's, as for every run): {named}.\n")
 
 
 def compare_rows(best: Row, other: Row, column: Column, ranks: dict[str, np.ndarray]) -> list[Comparison]:
@@ -278,7 +306,8 @@ def render_markdown(boards: list[Leaderboard], proposed: tuple[str, ...] = PROPO
                f"{n_tests} comparisons of this table; per-sample metrics averaged over the seeds both rows share).")
         table = tabulate(body, headers=["strategy", *board.settings, *names, "seeds"], tablefmt="github",
                          disable_numparse=True)
-        parts.append(f"{caption}\n\n{table}\n\n{key}\n{Selection.not_run_line(board.not_run)}")
+        parts.append(f"{caption}\n\n{table}\n\n{key}\n{Selection.not_run_line(board.not_run)}"
+                     f"{diverged_line(board.diverged)}")
     return "\n".join(parts)
 
 

@@ -72,7 +72,7 @@ from fusionbench.report.collect import (
     option_view,
     options_off_default,
 )
-from fusionbench.report.leaderboard import Leaderboard, Row
+from fusionbench.report.leaderboard import Leaderboard, Row, diverged_line
 from fusionbench.report.trajectory import RECORDED_LABEL, records_test, test_selected_values
 from fusionbench.store import ResultStore, canonical_json
 
@@ -457,7 +457,9 @@ def render_markdown(comparisons: list[Comparison], missing: list[tuple[str, Path
                    f"specs/protocol.md §3). \"{MISSING}\": no run of ours for the row, nothing filled in.")
         table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
         order = orderings(c)
-        parts.append(f"{caption}\n\n{table}\n" + ("\nOrderings:\n" + "\n".join(order) + "\n" if order else ""))
+        shown = {line.row.group.label for line in c.lines if line.row is not None}
+        parts.append(f"{caption}\n\n{table}\n" + ("\nOrderings:\n" + "\n".join(order) + "\n" if order else "")
+                     + diverged_line([run for run in c.board.diverged if run[0] in shown]))
     if missing:
         listed = "; ".join(f"{table} ({path.name}) on {ds}: {n} rows" for table, path, ds, n in missing)
         parts.append(f"Published, with no runs of ours in the store: {listed}.\n")
