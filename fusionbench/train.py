@@ -454,7 +454,8 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
                        f"{valid[opts.select]:.4f}  ({seconds:.1f}s)")
             if diverged(history, opts.diverge_factor):
                 tqdm.write(f"{label}: the training loss diverged (above {opts.diverge_factor:g} times its lowest "
-                           f"epoch mean); stopping, the best validation epoch ({best_epoch}) is kept")
+                           f"epoch mean); stopping, the best validation epoch ({best_epoch}) is kept. A lower "
+                           "train.lr or train.grad_clip may keep it stable")
         if checkpoint is not None:
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler else None,
