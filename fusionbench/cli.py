@@ -234,8 +234,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     if gpus_per_cell < 0 or (gpus_per_cell > 0 and not device.startswith("cuda")):
         raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g} must be >= 0, and > 0 needs --device cuda "
                              f"(got --device {device})")
-    if archive is not None and not archive.parent.is_dir():
-        raise UserInputError(f"--archive {archive}: folder {archive.parent} does not exist")
+    check_archive_folder(archive)
     cells = sweeps.read_sweep(sweep_file, data_root, device)
     labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
@@ -265,8 +264,14 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
 
 
 ARCHIVE_EVERY_S = 60.0
-"""``fusionbench sweep --archive``: the least time between two rewrites of the archive (exporting a large
-store takes seconds; test-only cells finish in seconds too); ``store.archive.KeptArchive``."""
+"""``fusionbench sweep|tune --archive``: the least time between two rewrites of the archive (exporting a large
+store takes seconds; test-only cells and ASHA-stopped trials finish in seconds too); ``store.archive.KeptArchive``."""
+
+
+def check_archive_folder(archive: Optional[Path]) -> None:
+    """``--archive PATH`` must name a file in an existing folder (checked before anything runs)."""
+    if archive is not None and not archive.parent.is_dir():
+        raise UserInputError(f"--archive {archive}: folder {archive.parent} does not exist")
 
 
 TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets", "budget", "max_epochs",
@@ -312,13 +317,18 @@ TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets"
                                                            "as the CPUs and GPUs allow).")
 @click.option("--scratch", default=None, help="Folder on each node for trial checkpoints and the seed runs' task "
                                               "store (default: beside --store, and ~/.cache/fusionbench/sweep).")
+@click.option("--archive", type=click.Path(path_type=Path), default=None,
+              help="After a trial or seed run finishes, rewrite this archive with the store's finished runs (as "
+                   "`store export --ranks test`), so they outlive the machine: at most once a minute, and when the "
+                   "tune stops.")
 @click.option("--dry-run", is_flag=True, help="Show each strategy's search space, its stored trials and its default "
                                             "configuration (the first trial); run nothing.")
 @run_options("data_root", "quiet")
 @report_errors
 def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], address: Optional[str],
                  cpus_per_trial: int, gpus_per_trial: float, concurrent: Optional[int], scratch: Optional[str],
-                 dry_run: bool, data_root: Optional[Path], quiet: bool, **flags: Any) -> None:
+                 archive: Optional[Path], dry_run: bool, data_root: Optional[Path], quiet: bool,
+                 **flags: Any) -> None:
     """Tune every strategy on validation with the same budget (Ray Tune: seeded TPE or random search, ASHA),
     then run each chosen configuration on the seeds; resumable. FILE: a tune file (docs/tuning.md)."""
     from fusionbench import plan
@@ -326,9 +336,11 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
     from fusionbench import tune as tuning
     from fusionbench.compare import parse_strategies
     from fusionbench.store import ResultStore
+    from fusionbench.store.archive import KeptArchive
 
     execution = tuning.Execution(address, cpus_per_trial, gpus_per_trial, concurrent, scratch)
     execution.check()
+    check_archive_folder(archive)
     root = data_root.resolve() if data_root is not None else None
     if tune_file is not None:
         given = [key for key in TUNE_FLAGS if flags[key] not in (None, ())]
@@ -358,13 +370,20 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
     click.echo(tuning.header(settings, parts))
     for line in tuning.default_notes(parts):
         click.echo(line)
-    outcomes, cost = tuning.run_tune(settings, parts, results, execution, progress=not quiet)
-    click.echo(tuning.trials_table(outcomes, settings.metric))
-    click.echo(cost.line())
-    cells = tuning.seed_cells(outcomes, settings, root, execution.device)
+    kept = KeptArchive(store, archive, ARCHIVE_EVERY_S) if archive is not None else None
+    on_stored = kept.cell_finished if kept is not None else (lambda: None)
+    try:
+        outcomes, cost = tuning.run_tune(settings, parts, results, execution, progress=not quiet, on_stored=on_stored)
+        click.echo(tuning.trials_table(outcomes, settings.metric))
+        click.echo(cost.line())
+        cells = tuning.seed_cells(outcomes, settings, root, execution.device)
+        if cells:
+            sweeps.run_ray(cells, results, address, cpus_per_trial, scratch, progress=not quiet,
+                           gpus_per_cell=gpus_per_trial, desc="seed runs (ray)", finished=lambda cell: on_stored())
+    finally:
+        if kept is not None:
+            kept.close()
     if cells:
-        sweeps.run_ray(cells, results, address, cpus_per_trial, scratch, progress=not quiet,
-                       gpus_per_cell=gpus_per_trial, desc="seed runs (ray)")
         labels = sweeps.cell_labels(cells)
         click.echo(f"seed runs of the chosen configurations ({len(cells)}, {plan.skipped(cells)} already in {store}):")
         click.echo(plan.summary_table(cells, labels))

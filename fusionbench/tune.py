@@ -698,10 +698,11 @@ def parts_to_run(store: ResultStore, settings: TuneSettings, parts: Sequence[Par
 
 
 def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, execution: Execution,
-             progress: bool = True) -> tuple[list[PartOutcome], TuneCost]:
+             progress: bool = True, on_stored: Callable[[], None] = lambda: None) -> tuple[list[PartOutcome], TuneCost]:
     """Tune every part (module docstring): the trials not yet finished in ``store`` run on Ray Tune, one
     ``Tuner`` per part (ASHA compares trials of one strategy only), then each part's configuration is
-    chosen from its stored trials. Test metrics are neither computed nor read here."""
+    chosen from its stored trials. Test metrics are neither computed nor read here. ``on_stored()`` is
+    called after each trial stored (``tune --archive``)."""
     execution.check()
     cost = TuneCost()
     outcomes = []
@@ -716,7 +717,7 @@ def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, 
                                      f"({err}): pip install 'fusionbench[tune]'") from None
 
             outcome.ran, outcome.replayed, outcome.errors = tune_part(part, settings, trials, store, execution, cost,
-                                                                      progress)
+                                                                      progress, on_stored)
             outcome.trials = [t for t in stored_trials(store, settings.name) if part_key(t.config) == part.key]
         outcome.chosen = choose(outcome.trials)
         outcomes.append(outcome)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import ray
@@ -119,9 +119,9 @@ class StoreCallback(Callback):
     not written again."""
 
     def __init__(self, part: Part, store: ResultStore, checksum: str, checkpoints: Path, cost: TuneCost,
-                 bar: tqdm):
+                 bar: tqdm, on_stored: Callable[[], None] = lambda: None):
         self.part, self.store, self.checksum, self.checkpoints = part, store, checksum, checkpoints
-        self.cost, self.bar = cost, bar
+        self.cost, self.bar, self.on_stored = cost, bar, on_stored
         self.versions, self.git = versions(), git_revision()
         self.records: dict[str, _Record] = {}
         self.owners: dict[str, str] = {}       # run hash -> the trial storing it
@@ -130,8 +130,9 @@ class StoreCallback(Callback):
 
     def __getstate__(self) -> dict:
         """Tune pickles its callbacks with the experiment's state (for its own restore, which fusionbench
-        does not use: the store is the record); the store connection and progress bar stay behind."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("store", "bar")}
+        does not use: the store is the record); the store connection, progress bar and ``on_stored`` hook
+        stay behind."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("store", "bar", "on_stored")}
 
     def _record(self, trial: Any, result: Optional[dict] = None) -> _Record:
         record = self.records.get(trial.trial_id)
@@ -207,6 +208,7 @@ class StoreCallback(Callback):
                                          epoch_seconds=sum(seconds) / len(seconds), history=record.history,
                                          asha_stopped=not record.last))
         (self.checkpoints / f"{record.digest}.pt").unlink(missing_ok=True)
+        self.on_stored()
 
 
 def _error_text(trial: Any) -> str:
@@ -233,11 +235,13 @@ def quiet_ray_logs() -> Iterator[None]:
 
 
 def tune_part(part: Part, settings: TuneSettings, trials: Sequence[Trial], store: ResultStore,
-              execution: Execution, cost: TuneCost, progress: bool) -> tuple[int, int, list[str]]:
+              execution: Execution, cost: TuneCost, progress: bool,
+              on_stored: Callable[[], None] = lambda: None) -> tuple[int, int, list[str]]:
     """Run the trials of ``part`` that are not finished in ``store`` (``trials``: its stored ones) on Ray
     Tune, finished ones replayed first, interrupted ones resumed from their checkpoints, then the default
     point unless a stored trial made it (:func:`fusionbench.tune.search_points`); returns
-    (trials trained by this call, trials replayed, the errors of trials that raised). Adds to ``cost``."""
+    (trials trained by this call, trials replayed, the errors of trials that raised). Adds to ``cost``;
+    ``on_stored()`` is called after each trial this call stores (``tune --archive``)."""
     start = start_ray(execution, progress)
     cost.ray_start_seconds += start
     finished = [t for t in trials if t.status in ("done", "failed")]
@@ -254,7 +258,7 @@ def tune_part(part: Part, settings: TuneSettings, trials: Sequence[Trial], store
         resources["gpu"] = execution.gpus_per_trial
     bar = tqdm(total=part.n_trials, initial=0, desc=f"tune {part.label}", unit="trial",
                disable=None if progress else True)
-    callback = StoreCallback(part, store, checksum, checkpoints, cost, bar)
+    callback = StoreCallback(part, store, checksum, checkpoints, cost, bar, on_stored)
     scheduler = ASHAScheduler(time_attr="epoch", metric=f"valid/{settings.metric}", mode="max", max_t=epochs,
                               grace_period=min(settings.grace_epochs, epochs),
                               reduction_factor=settings.reduction_factor)

@@ -654,12 +654,15 @@ def default_trials(path, strategy):
 def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, tmp_path):
     """The done-when command of issue 26 on a tiny synthetic set: 4 trials of sasrec and late, the first at
     the defaults, each a stored run with its epochs and no test metric; the chosen configurations then
-    run on seed 0; a killed tune resumes without training its finished trials again or the default twice;
-    a planted test-best trial is not chosen; `leaderboard --tuned` and an exported store show the same rows."""
-    store = tmp_path / "tune.db"
-    args = (*TUNE, "--store", store, "--scratch", tmp_path / "scratch")
+    run on seed 0, and `--archive` holds every finished run; a killed tune resumes without training its
+    finished trials again or the default twice; a planted test-best trial is not chosen; `leaderboard
+    --tuned` and an exported store show the same rows."""
+    store, kept = tmp_path / "tune.db", tmp_path / "kept.jsonl.gz"
+    args = (*TUNE, "--store", store, "--scratch", tmp_path / "scratch", "--archive", kept)
     first = invoke(*args)
     assert first.exit_code == 0, first.output
+    assert invoke("store", "import", kept, "--store", tmp_path / "kept.db").exit_code == 0   # --archive kept up
+    assert len(ResultStore(tmp_path / "kept.db").runs()) == len(ResultStore(store).runs()) == 8 + 2
     trials = trial_rows(store)
     assert len(trials) == 8 and set(trials.status) == {"done"} and set(trials.tune) == {"synthetic_loo"}
     results = ResultStore(store)
@@ -749,7 +752,8 @@ def test_a_changed_setting_under_the_same_name_is_an_error(tmp_path):
 def test_the_store_callback_makes_every_trial_a_run_and_marks_what_asha_stopped(tmp_path):
     """The driver's side of a trial, without running Ray: results become a run's history epoch by epoch; a
     trial that ends before its last epoch is ASHA-stopped; a failure result or a raised error is stored
-    as failed; a replay or a duplicate of a stored run writes nothing."""
+    as failed; a replay or a duplicate of a stored run writes nothing; the ``on_stored`` hook runs after
+    each write."""
     pytest.importorskip("ray.tune", reason="ray[tune] is not installed: pip install 'fusionbench[tune]'")
     from types import SimpleNamespace
 
@@ -759,7 +763,9 @@ def test_the_store_callback_makes_every_trial_a_run_and_marks_what_asha_stopped(
     store = ResultStore(tmp_path / "s.db")
     part = tiny_part()
     cost = TuneCost()
-    callback = StoreCallback(part, store, "abc", tmp_path / "checkpoints", cost, SimpleNamespace(update=lambda n: None))
+    stored = []                                                # the `tune --archive` hook: once per stored trial
+    callback = StoreCallback(part, store, "abc", tmp_path / "checkpoints", cost, SimpleNamespace(update=lambda n: None),
+                             on_stored=lambda: stored.append(len(store.runs(status=None).query("status != 'running'"))))
     points = {name: {"train.lr": lr, "dropout": 0.1, "dim": 16, "layers": 1}
               for name, lr in (("stopped", 0.001), ("whole", 0.002), ("failed", 0.003), ("raised", 0.004))}
     trials = {name: SimpleNamespace(trial_id=name, config=point, error_file=None) for name, point in points.items()}
@@ -799,3 +805,4 @@ def test_the_store_callback_makes_every_trial_a_run_and_marks_what_asha_stopped(
     assert len(runs) == 4 and set(runs.tune) == {"t"}
     assert callback.errors == [f"sasrec trial {raised.config_hash}: unknown error"]
     assert cost.epochs == 7 and cost.training_seconds == pytest.approx(0.6 * 7)   # replays and failures: none
+    assert stored == [1, 2, 3, 4]                              # after each write; replays and duplicates: none
