@@ -86,7 +86,9 @@ def apply_update(layer: "HAN", first_ho: Callable[[], Tensor], first_he: Callabl
 class HANOptions(PluginOptions):
     """``update``: the update rule (MMSR Table 4 rows): "gate" = both non-invasive orders mixed by the
     update gate (full model); "sync" = Eq. 15; "ni_hohe"/"ni_heho" = one non-invasive order;
-    "hohe"/"heho" = one invasive order; "ho"/"he" = one relation group only.
+    "hohe"/"heho" = one invasive order; "ho"/"he" = one relation group only. The hohe orders' phase-2
+    scores are of fourth order in the weights and can run away at MMSR's lr 0.002 (docs/departures.md,
+    HAN-GNN; ``train.grad_clip=1.0`` keeps them stable).
     ``gate``: "concat" = MLP([h_hohe; h_heho]) 2d -> d -> ReLU -> 2 (paper, Eq. 16); "per_candidate" =
     a shared scorer d -> d -> ReLU -> 1 on each candidate, softmax over the two (reference code).
     ``scale``: divide query-key scores by sqrt(d). ``attn_dropout``: dropout on attention weights.
