@@ -10,7 +10,8 @@ probe watches: the largest ``|e^{he}|`` and ``|e^{ho}|`` over each step's calls 
     OMP_NUM_THREADS=1 python reports/han_stability_probe.py --update ni_hohe --precision bf16 --every 25
     OMP_NUM_THREADS=1 python reports/han_stability_probe.py --update ni_hohe --set train.grad_clip=1.0
 
-Gradient norms are measured before clipping; each step is the optimizer step ``train_step`` takes.
+Each step is ``fusionbench.train.train_step``, the trainer's own; the gradient norm printed is what the
+step left on the parameters (after clipping, when ``train.grad_clip`` is set).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from fusionbench.cli import parse_sets  # noqa: E402
 from fusionbench.data.splits import make_split  # noqa: E402
 from fusionbench.registry import STRATEGIES  # noqa: E402
 from fusionbench.runner import RunRequest, build_context, load_data, resolve  # noqa: E402
-from fusionbench.train import TrainOptions, epoch_batches, make_adam, seed_everything  # noqa: E402
+from fusionbench.train import TrainOptions, epoch_batches, make_adam, seed_everything, train_step  # noqa: E402
 
 
 class ScorePeaks:
@@ -50,6 +51,12 @@ class ScorePeaks:
 
     def reset(self) -> None:
         self.peaks = dict.fromkeys(self.peaks, 0.0)
+
+
+def gradient_norm(model: torch.nn.Module) -> float:
+    """The global 2-norm of the gradients the last step left on ``model`` (after clipping, if any)."""
+    norms = [p.grad.float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
 
 
 def main() -> None:
@@ -91,20 +98,15 @@ def main() -> None:
                                 opts.batching)
         for batch in batches:
             peaks.reset()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip or math.inf).item()
-            optimizer.step()
-            value = loss.item()
+            value = train_step(model, optimizer, batch, bf16, opts.grad_clip)
             if step % args.every == 0 or value > args.alarm or not math.isfinite(value):
-                print(f"{step:<5d} {value:<9.3f} {norm:<11.3g} {peaks.peaks['he']:<11.3g} "
+                print(f"{step:<5d} {value:<9.3f} {gradient_norm(model):<11.3g} {peaks.peaks['he']:<11.3g} "
                       f"{peaks.peaks['ho']:.3g}", flush=True)
             step += 1
             if not math.isfinite(value) or (args.steps and step >= args.steps):
                 return
         print(f"end of epoch {epoch} after step {step - 1}", flush=True)
+
 
 if __name__ == "__main__":
     main()
