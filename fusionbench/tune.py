@@ -360,6 +360,7 @@ class Trial:
     history: list[dict]
     asha_stopped: Optional[bool]
     error: Optional[str] = None
+    wall_seconds: Optional[float] = None    # of a finished trial, resumed processes included
 
     def best(self) -> Optional[float]:
         """The best validation value of the tune's metric over the trial's epochs (``None``: no epoch).
@@ -374,7 +375,8 @@ def stored_trials(store: ResultStore, name: str) -> list[Trial]:
     table = store.runs(status=None, tune=name)
     return [Trial(int(row.id), row.config_hash, row.status, json.loads(row.config), json.loads(row.history or "[]"),
                   None if row.asha_stopped is None or row.asha_stopped != row.asha_stopped else bool(row.asha_stopped),
-                  row.error if isinstance(row.error, str) else None)
+                  row.error if isinstance(row.error, str) else None,
+                  None if row.wall_seconds != row.wall_seconds else row.wall_seconds)
             for row in table.itertuples()]
 
 

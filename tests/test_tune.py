@@ -330,7 +330,7 @@ def test_train_reports_restored_epochs_first_when_a_trial_resumes(tmp_path):
 
 
 # -- the choice ------------------------------------------------------------------------------------
-def store_trial(store, part, point, history, stopped=False, test=None):
+def store_trial(store, part, point, history, stopped=False, test=None, wall=None):
     """A finished trial of ``part`` stored as the tune stores one; ``test`` plants test metrics on it."""
     config = resolve(part.request(point))
     config["dataset_checksum"] = "abc"
@@ -338,7 +338,8 @@ def store_trial(store, part, point, history, stopped=False, test=None):
     metric = config["tune"]["metric"]
     best = max(range(len(history)), key=lambda i: history[i]["valid"][metric])
     metrics = {"valid": history[best]["valid"], **({"test": test} if test else {})}
-    store.finish(run_id, metrics, {}, RunSummary(best_epoch=best + 1, history=history, asha_stopped=stopped))
+    store.finish(run_id, metrics, {}, RunSummary(wall_seconds=wall, best_epoch=best + 1, history=history,
+                                                 asha_stopped=stopped))
     return run_id
 
 
@@ -503,10 +504,12 @@ BOARD_RANKS = {(row, seed): _RNG.integers(0, {"tuned": 40, "default": 60, "pop":
                for seed in (0, 1, 2)}
 
 
-def seed_run(store, config, seed, ranks):
-    """A finished ordinary run of ``config`` on ``seed`` with these test ranks."""
+def seed_run(store, config, seed, ranks, n_epochs=1, wall=None):
+    """A finished ordinary run of ``config`` on ``seed`` with these test ranks, ``n_epochs`` epochs long and
+    ``wall`` seconds of wall time."""
     config = {**config, "seed": seed, "dataset_checksum": "abc"}
-    store.finish(store.start(config, "abc", {}, "rev"), {"test": summarize(torch.from_numpy(ranks))}, {"test": ranks})
+    store.finish(store.start(config, "abc", {}, "rev"), {"test": summarize(torch.from_numpy(ranks))}, {"test": ranks},
+                 RunSummary(wall_seconds=wall, history=epochs(*[0.1] * n_epochs)))
 
 
 def ndcg20(ranks):
@@ -519,21 +522,25 @@ def ndcg20(ranks):
 def tuned_stores(tmp_path):
     """A tune 't' of sasrec, gru4rec and pop (trials and seed runs 0, 1 of the chosen configurations) in
     tune.db, which also holds runs of gru4rec's default configuration; defaults.db holds sasrec's default
-    configuration on seeds 0, 1, 2 and nothing of gru4rec. Pop has nothing to search: its default is chosen."""
+    configuration on seeds 0, 1, 2 and nothing of gru4rec. Pop has nothing to search: its default is chosen.
+    Costs: each part's default trial 1 epoch in 10 s, the other one 2 epochs (ASHA-stopped) in 30 s; the
+    default runs 4, 5, 6 epochs in 20, 25, 30 s (seeds 0, 1, 2); pop's seed runs 1 epoch in 2 and 4 s."""
     tune, defaults = ResultStore(tmp_path / "tune.db"), ResultStore(tmp_path / "defaults.db")
     for strategy in ("sasrec", "gru4rec", "pop"):
         part = tiny_part(strategy)
-        store_trial(tune, part, dict(part.default), epochs(0.10))
+        store_trial(tune, part, dict(part.default), epochs(0.10), wall=10.0)
         if part.space:
-            store_trial(tune, part, {**part.default, "train.lr": 0.005, "layers": 1}, epochs(0.05, 0.20))
+            store_trial(tune, part, {**part.default, "train.lr": 0.005, "layers": 1}, epochs(0.05, 0.20),
+                        stopped=True, wall=30.0)
         trials = [t for t in stored_trials(tune, "t") if t.config["strategy"] == strategy]
         for seed in (0, 1):
             row = "pop pop" if strategy == "pop" else f"{strategy} tuned"
-            seed_run(tune, chosen_config(choose(trials)), seed, BOARD_RANKS[(row, seed)])
+            seed_run(tune, chosen_config(choose(trials)), seed, BOARD_RANKS[(row, seed)], wall=2.0 + 2 * seed)
         if strategy != "pop":
             where, seeds = (defaults, (0, 1, 2)) if strategy == "sasrec" else (tune, (0, 1))
             for seed in seeds:
-                seed_run(where, default_config(trials[0].config), seed, BOARD_RANKS[(f"{strategy} default", seed)])
+                seed_run(where, default_config(trials[0].config), seed, BOARD_RANKS[(f"{strategy} default", seed)],
+                         n_epochs=4 + seed, wall=20.0 + 5 * seed)
     yield tmp_path / "tune.db", tmp_path / "defaults.db"
     tune.close()
     defaults.close()
@@ -564,7 +571,7 @@ def test_tuned_rows_sit_beside_their_default_rows_with_a_default_vs_tuned_summar
     compared = pd.read_csv(tests)
     assert "sasrec (default)" in set(compared.best) | set(compared.other)
 
-    summary = table_rows(text.split("Default vs tuned", 1)[1])
+    summary = table_rows(text.split("Default vs tuned", 1)[1].split("Tuning cost", 1)[0])
     default = 100 * np.mean([ndcg20(BOARD_RANKS[("sasrec default", s)]).mean() for s in (0, 1, 2)])
     tuned = 100 * np.mean([ndcg20(BOARD_RANKS[("sasrec tuned", s)]).mean() for s in (0, 1)])
     line = summary["sasrec"]
@@ -587,6 +594,20 @@ def test_tuned_rows_sit_beside_their_default_rows_with_a_default_vs_tuned_summar
                                 "the other order after tuning: 1 of 1.") in text
 
 
+def test_the_cost_table_sets_each_tune_against_one_run_of_its_default_configuration(tuned_stores):
+    tune, defaults = tuned_stores
+    out = invoke("leaderboard", "--store", tune, "--tuned", "t", "--defaults", defaults, "--metrics", "NDCG",
+                 "--k", "20")
+    assert out.exit_code == 0, out.output
+    costs = table_rows(out.output.split("Tuning cost per strategy", 1)[1])
+    # sasrec: trials 1 + 2 epochs in 10 + 30 s; default runs (defaults.db) 5 epochs, 25 s on average
+    assert costs["sasrec"] == ["2 (1)", "3", f"{40 / 60:.1f}", "5.0", f"{25 / 60:.1f}", "0.60", "1.60"]
+    # gru4rec's default runs are not in --defaults: nothing to set its tune against
+    assert costs["gru4rec"] == ["2 (1)", "3", f"{40 / 60:.1f}", "-", "-", "-", "-"]
+    # pop: its default is chosen, so its seed runs are its default runs (1 epoch, 3 s on average)
+    assert costs["pop"] == ["1 (0)", "1", f"{10 / 60:.1f}", "1.0", f"{3 / 60:.1f}", "1.00", f"{10 / 3:.2f}"]
+
+
 def test_the_default_rows_come_from_the_tune_store_unless_defaults_names_another(tuned_stores):
     tune, defaults = tuned_stores
     out = invoke("leaderboard", "--store", tune, "--tuned", "t", "--metrics", "NDCG", "--k", "20")
@@ -597,6 +618,7 @@ def test_the_default_rows_come_from_the_tune_store_unless_defaults_names_another
     only = invoke("leaderboard", "--store", tune, "--tuned", "t", "--strategy", "sasrec", "--defaults", defaults)
     assert only.exit_code == 0 and set(table_rows(only.output.split("Default vs tuned", 1)[0])) >= \
         {"strategy", "sasrec (default)"} and "gru4rec" not in only.output.split("Default vs tuned", 1)[1]
+    assert set(table_rows(only.output.split("Tuning cost per strategy", 1)[1])) == {"strategy", "sasrec"}
 
 
 def test_two_tuned_parts_of_one_strategy_are_told_apart_by_their_fixed_options(tmp_path):

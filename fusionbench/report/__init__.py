@@ -153,7 +153,8 @@ def leaderboard_report(store: Path, dataset: Optional[str] = None, protocol: Opt
                     summary = tuned_tables.render_summary(
                         tuned_tables.default_vs_tuned(results, board, board_of_tune, ranking), board_of_tune)
                     sections.append(leaderboard.render_markdown([board], chosen) + (f"\n{summary}" if summary else ""))
-                text = "\n".join(sections)
+                costs = tuned_tables.render_costs(tuned_tables.tune_costs(results, board_of_tune, selection.strategies))
+                text = "\n".join(sections + ([costs] if costs else []))
             if significance is not None:
                 extra = [(board, [c for e in entries for c in e.comparisons]) for board, entries in against]
                 write_text(significance, leaderboard.comparisons_frame(boards, extra).to_csv(index=False))

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
@@ -77,8 +78,9 @@ class TunedPart:
     """One part of a tune as the board reads it: its ``label`` (strategy and aggregator, and the options it
     fixed away from their defaults where two parts share a strategy), its searched keys, its finished
     trials, the ordinary run configs of its chosen trial (``None``: no trial finished) and of its default
-    configuration (``None``: it does not resolve here, a plugin is not installed), and whether a trial was
-    made at the default point (``fusionbench tune`` makes it first unless it lies outside the space)."""
+    configuration (``None``: it does not resolve here, a plugin is not installed), whether a trial was
+    made at the default point (``fusionbench tune`` makes it first unless it lies outside the space), and
+    what the finished trials cost (how many ASHA stopped, their epochs and wall time, all together)."""
 
     label: str
     searched: tuple[str, ...]
@@ -86,6 +88,9 @@ class TunedPart:
     chosen: Optional[dict]
     default: Optional[dict]
     default_tried: bool = False      # a trial was made at the default point
+    stopped: int = 0                 # finished trials that ASHA stopped
+    epochs: int = 0                  # epochs the finished trials trained, together
+    seconds: float = 0.0             # their wall time, together (resumed processes included)
 
     @property
     def tuned_key(self) -> Optional[str]:
@@ -128,10 +133,15 @@ class TunedBoard:
     name: str
     tune: dict
     parts: list[TunedPart]
-    hashes: tuple[str, ...]
+    seed_runs: list[Run]
     defaults: ResultStore
     default_runs: list[Run]
     unshown: list[str]
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        """The config hashes of the chosen configurations' finished seed runs (the board's rows)."""
+        return tuple(run.config_hash for run in self.seed_runs)
 
     @property
     def column(self) -> Column:
@@ -215,8 +225,12 @@ def tuned_board(store: ResultStore, name: str, defaults: ResultStore) -> TunedBo
         searched = list(config["tune"]["space"])
         tried = default is not None and canonical_json(point_of(default, searched)) in {
             canonical_json(point_of(t.config, searched)) for t in group}
-        parts.append(TunedPart(_head(config), tuple(searched), sum(t.status in ("done", "failed") for t in group),
-                               None if chosen is None else chosen_config(chosen), default, tried))
+        ended = [t for t in group if t.status in ("done", "failed")]
+        parts.append(TunedPart(_head(config), tuple(searched), len(ended),
+                               None if chosen is None else chosen_config(chosen), default, tried,
+                               stopped=sum(bool(t.asha_stopped) for t in ended),
+                               epochs=sum(len(t.history) for t in ended),
+                               seconds=sum(t.wall_seconds or 0.0 for t in ended)))
     heads = [part.label for part in parts]
     for part in parts:
         fixed = _fixed_text(part.default) if part.default is not None else ""
@@ -230,8 +244,7 @@ def tuned_board(store: ResultStore, name: str, defaults: ResultStore) -> TunedBo
     unshown = [p.label for p in parts if p.tuned_key not in found]
     default_runs = _finished_runs(defaults, {p.default_key for p in parts
                                              if p.default is not None and not p.default_is_chosen})
-    return TunedBoard(name, trials[0].config["tune"], parts, tuple(run.config_hash for run in seed_runs), defaults,
-                      default_runs, unshown)
+    return TunedBoard(name, trials[0].config["tune"], parts, seed_runs, defaults, default_runs, unshown)
 
 
 def _finished_runs(store: ResultStore, keys: set[str]) -> list[Run]:
@@ -372,3 +385,78 @@ def render_summary(entries: Sequence[DefaultVsTuned], tuned: TunedBoard) -> str:
                      f"By tuned {column.name}: {' > '.join(sorted(labels, key=lambda s: -tuned_mean[s]))}. "
                      f"Pairs of strategies in the other order after tuning: {swapped} of {len(pairs)}.")
     return "\n".join([intro, "", table, "", *notes]) + "\n"
+
+
+# -- tuning cost -----------------------------------------------------------------------------------
+@dataclass
+class TuneCost:
+    """One part's tune against one run of its default configuration: ``runs`` finished runs of that
+    configuration were found (the default rows' runs; the seed runs where the default was chosen), which
+    trained ``epochs`` epochs in ``seconds`` of wall time on average (``nan`` when none was found)."""
+
+    part: TunedPart
+    runs: int
+    epochs: float
+    seconds: float
+
+    @property
+    def in_runs_by_epochs(self) -> float:
+        r"""The trials' epochs in default runs, :math:`\sum_t E_t / \bar E_\text{default}`."""
+        return self.part.epochs / self.epochs if self.runs else math.nan
+
+    @property
+    def in_runs_by_time(self) -> float:
+        """The trials' wall time in default runs (the same ratio in seconds)."""
+        return self.part.seconds / self.seconds if self.runs and self.seconds > 0 else math.nan
+
+
+def tune_costs(store: ResultStore, tuned: TunedBoard, strategies: Sequence[str] = ()) -> list[TuneCost]:
+    """Per part with a finished trial (of ``strategies``; empty: of any), its :class:`TuneCost`. Run
+    lengths and wall times are the stored ones (``history`` entries, ``wall_seconds``) of the default
+    configuration's finished runs: those of the default rows (in :attr:`TunedBoard.defaults`), or the seed
+    runs (in ``store``) of a part whose chosen configuration is its default."""
+    tables: dict[int, pd.DataFrame] = {}
+
+    def measured(run: Run) -> tuple[int, float]:
+        source = run.source if run.source is not None else store
+        if id(source) not in tables:
+            tables[id(source)] = source.runs(status="done").set_index("id")
+        row = tables[id(source)].loc[run.run_id]
+        wall = row.wall_seconds
+        return len(json.loads(row.history or "[]")), math.nan if wall is None or wall != wall else float(wall)
+
+    costs = []
+    for part in tuned.parts:
+        if not part.finished or (strategies and part.label.split()[0] not in strategies):
+            continue
+        if part.default_is_chosen:
+            runs = [run for run in tuned.seed_runs if row_key(run.config) == part.tuned_key]
+        else:
+            runs = [run for run in tuned.default_runs if row_key(run.config) == part.default_key]
+        found = [measured(run) for run in runs]
+        costs.append(TuneCost(part, len(found), float(np.mean([e for e, _ in found])) if found else math.nan,
+                              float(np.mean([w for _, w in found])) if found else math.nan))
+    return costs
+
+
+def render_costs(costs: Sequence[TuneCost]) -> str:
+    """The tuning cost table in Markdown, with a line saying what each column is."""
+    if not costs:
+        return ""
+
+    def number(value: float, digits: int) -> str:
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+    body = [[c.part.label, f"{c.part.finished} ({c.part.stopped})", str(c.part.epochs),
+             f"{c.part.seconds / 60:.1f}", number(c.epochs, 1), number(c.seconds / 60, 1),
+             number(c.in_runs_by_epochs, 2), number(c.in_runs_by_time, 2)] for c in costs]
+    table = tabulate(body, headers=["strategy", "trials (ASHA-stopped)", "trial epochs", "trial minutes",
+                                    "default run epochs", "default run minutes", "tune / default run (epochs)",
+                                    "tune / default run (time)"], tablefmt="github", disable_numparse=True)
+    intro = ("Tuning cost per strategy, from the stored runs: the finished trials' epochs and wall time, all "
+             "together (resumed processes included), beside one run of the strategy's default configuration (the "
+             "mean over its runs in the table above; `-`: none has finished), and the tune in such runs. The seed "
+             "runs of the chosen configuration come on top. Wall times are those of the machine that ran them, "
+             "beside whatever else it ran at the time; the ratio in epochs does not depend on that (an epoch's cost "
+             "does vary with the searched width and depth).")
+    return f"{intro}\n\n{table}\n"
