@@ -608,6 +608,22 @@ def test_the_cost_table_sets_each_tune_against_one_run_of_its_default_configurat
     assert costs["pop"] == ["1 (0)", "1", f"{10 / 60:.1f}", "1.0", f"{3 / 60:.1f}", "1.00", f"{10 / 3:.2f}"]
 
 
+def test_a_strategy_without_seed_runs_yet_is_named_with_its_chosen_point_and_validation_values(tmp_path):
+    tune = ResultStore(tmp_path / "tune.db")
+    for strategy in ("sasrec", "pop"):
+        part = tiny_part(strategy)
+        store_trial(tune, part, dict(part.default), epochs(0.10))
+        if part.space:
+            store_trial(tune, part, {**part.default, "train.lr": 0.005, "layers": 1}, epochs(0.05, 0.20))
+    pop = [t for t in stored_trials(tune, "t") if t.config["strategy"] == "pop"]
+    seed_run(tune, chosen_config(choose(pop)), 0, BOARD_RANKS[("pop pop", 0)])
+    out = invoke("leaderboard", "--store", tmp_path / "tune.db", "--tuned", "t", "--metrics", "NDCG", "--k", "20")
+    assert out.exit_code == 0, out.output
+    assert ("Not shown (no finished seed run yet): sasrec (chosen so far: dim=64, dropout=0.5, layers=1, "
+            "train.lr=0.005, train.weight_decay=0; validation NDCG@20 20.00 %, the default trial's 10.00 %).") \
+        in out.output
+
+
 def test_the_default_rows_come_from_the_tune_store_unless_defaults_names_another(tuned_stores):
     tune, defaults = tuned_stores
     out = invoke("leaderboard", "--store", tune, "--tuned", "t", "--metrics", "NDCG", "--k", "20")
