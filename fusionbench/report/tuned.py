@@ -94,6 +94,7 @@ class TunedPart:
     seconds: float = 0.0             # their wall time, together (resumed processes included)
     chosen_valid: Optional[float] = None    # the chosen trial's best validation value of the tune's metric
     default_valid: Optional[float] = None   # the default trial's (None: none finished)
+    strategy: str = ""                      # the part's strategy (its label may add aggregator and options)
 
     @property
     def tuned_key(self) -> Optional[str]:
@@ -247,7 +248,8 @@ def tuned_board(store: ResultStore, name: str, defaults: ResultStore) -> TunedBo
                                epochs=sum(len(t.history) for t in ended),
                                seconds=sum(t.wall_seconds or 0.0 for t in ended),
                                chosen_valid=None if chosen is None else chosen.best(),
-                               default_valid=None if default_trial is None else default_trial.best()))
+                               default_valid=None if default_trial is None else default_trial.best(),
+                               strategy=config["strategy"]))
     heads = [part.label for part in parts]
     for part in parts:
         fixed = _fixed_text(part.default) if part.default is not None else ""
@@ -406,7 +408,7 @@ def render_summary(entries: Sequence[DefaultVsTuned], tuned: TunedBoard) -> str:
 
 # -- tuning cost -----------------------------------------------------------------------------------
 @dataclass
-class TuneCost:
+class PartCost:
     """One part's tune against one run of its default configuration: ``runs`` finished runs of that
     configuration were found (the default rows' runs; the seed runs where the default was chosen), which
     trained ``epochs`` epochs in ``seconds`` of wall time on average (``nan`` when none was found)."""
@@ -427,8 +429,8 @@ class TuneCost:
         return self.part.seconds / self.seconds if self.runs and self.seconds > 0 else math.nan
 
 
-def tune_costs(store: ResultStore, tuned: TunedBoard, strategies: Sequence[str] = ()) -> list[TuneCost]:
-    """Per part with a finished trial (of ``strategies``; empty: of any), its :class:`TuneCost`. Run
+def tune_costs(store: ResultStore, tuned: TunedBoard, strategies: Sequence[str] = ()) -> list[PartCost]:
+    """Per part with a finished trial (of ``strategies``; empty: of any), its :class:`PartCost`. Run
     lengths and wall times are the stored ones (``history`` entries, ``wall_seconds``) of the default
     configuration's finished runs: those of the default rows (in :attr:`TunedBoard.defaults`), or the seed
     runs (in ``store``) of a part whose chosen configuration is its default."""
@@ -444,19 +446,19 @@ def tune_costs(store: ResultStore, tuned: TunedBoard, strategies: Sequence[str] 
 
     costs = []
     for part in tuned.parts:
-        if not part.finished or (strategies and part.label.split()[0] not in strategies):
+        if not part.finished or (strategies and part.strategy not in strategies):
             continue
         if part.default_is_chosen:
             runs = [run for run in tuned.seed_runs if row_key(run.config) == part.tuned_key]
         else:
             runs = [run for run in tuned.default_runs if row_key(run.config) == part.default_key]
         found = [measured(run) for run in runs]
-        costs.append(TuneCost(part, len(found), float(np.mean([e for e, _ in found])) if found else math.nan,
+        costs.append(PartCost(part, len(found), float(np.mean([e for e, _ in found])) if found else math.nan,
                               float(np.mean([w for _, w in found])) if found else math.nan))
     return costs
 
 
-def render_costs(costs: Sequence[TuneCost]) -> str:
+def render_costs(costs: Sequence[PartCost]) -> str:
     """The tuning cost table in Markdown, with a line saying what each column is."""
     if not costs:
         return ""
