@@ -10,7 +10,7 @@ with n ≥ 2 test targets, and over k ≥ 2 (the same users: against the column 
 earlier and later targets), ranked among every item (``test``) and, where the run stored it, among the
 items outside each history (``test_unseen``).
 
-    python reports/test_position_probe.py --store runs/paper.db --dataset beauty --seed 0
+    python reports/target_position_probe.py --store runs/paper.db --dataset beauty --seed 0
 
 NDCG@K of a sample with 0-based rank r is 1/log2(r + 2) when r < K, else 0; HR@K is [r < K].
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from fusionbench.runner import load_data
 from fusionbench.store import ResultStore
 
 
-def test_order(split: Split, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def target_order(split: Split, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per test sample of a ``ratio`` split, k (1 for its user's first test target, 2 for the next, ...)
     and its user's number of test targets n. The validation target of user u sits at ``history_end[u]``,
     its test targets after it, up to the end of its sequence."""
@@ -62,17 +61,16 @@ def main() -> None:
     args = parser.parse_args()
     if not args.store.exists():
         parser.error(f"--store {args.store}: no such file")
-    db = sqlite3.connect(f"file:{args.store}?mode=ro", uri=True)
-    rows = db.execute("SELECT id, seed, config FROM runs WHERE status = 'done' ORDER BY id").fetchall()
-    runs = [(rid, seed, json.loads(text)) for rid, seed, text in rows]
+    store = ResultStore(args.store)
+    table = store.runs(status="done")
+    runs = [(int(row.id), int(row.seed), json.loads(row.config)) for row in table.itertuples()]
     runs = [(rid, seed, c) for rid, seed, c in runs if c["dataset"] == args.dataset and c["protocol"] == args.protocol
             and "perturbation" not in c and (args.seed is None or seed == args.seed)]
     if not runs:
         parser.error(f"no finished clean {args.protocol} run of {args.dataset!r} in {args.store}")
-    store = ResultStore(args.store)
     data = load_data(runs[0][2], args.data_root)
     split = make_split(data, args.protocol)
-    order, n_test = test_order(split, data.lengths.numpy())
+    order, n_test = target_order(split, data.lengths.numpy())
     parts = {"all": order >= 1, "k = 1": order == 1, "k = 1, n ≥ 2": (order == 1) & (n_test >= 2),
              "k ≥ 2": order >= 2}
     print(f"{args.dataset}, {args.protocol}: {len(order)} test samples; {parts['k = 1'].sum()} first test targets "
