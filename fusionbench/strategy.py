@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusionbench import full_softmax
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.options import PluginOptions
 
@@ -76,9 +76,9 @@ class Strategy(nn.Module):
         return self.encode(batch) @ self.item_embeddings().T
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        """Full-softmax cross-entropy over the real items; scalar. The padding row is dropped from the
-        item table before the product (a row slice, no copy), not from the ``[B, n_items + 1]`` scores."""
-        return F.cross_entropy(self.encode(batch) @ self.item_embeddings()[1:].T, batch.target - 1)
+        """Full-softmax cross-entropy over the real items (:func:`fusionbench.full_softmax.cross_entropy`);
+        scalar. The padding row is dropped from the item table (a row slice, no copy), not from scores."""
+        return full_softmax.cross_entropy(self.encode(batch), self.item_embeddings()[1:], batch.target - 1)
 
     def for_test(self) -> "Strategy":
         """The model that ranks the test samples (``train.evaluate_trained``): the model itself for every
@@ -126,4 +126,4 @@ class CausalStrategy(Strategy):
 
     def loss(self, batch: SeqBatch) -> Tensor:
         states, targets = self.states_and_targets(batch)
-        return F.cross_entropy(states @ self.item_embeddings()[1:].T, targets - 1)
+        return full_softmax.cross_entropy(states, self.item_embeddings()[1:], targets - 1)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusionbench import full_softmax
 from fusionbench.context import CODE_SENTINEL, SeqBatch, StrategyContext
 from fusionbench.options import Ge, Lt, require
 from fusionbench.registry import STRATEGIES
@@ -210,7 +211,7 @@ class DIFSR(AttentionLevelStrategy):
 
     def loss(self, batch: SeqBatch) -> Tensor:
         states, targets = self.states_and_targets(batch)
-        loss = F.cross_entropy(states @ self.item_embeddings()[1:].T, targets - 1)
+        loss = full_softmax.cross_entropy(states, self.item_embeddings()[1:], targets - 1)
         if self.aap_names:
             loss = loss + self.opts.aap_weight * self.aap_loss(states, targets)
         return loss

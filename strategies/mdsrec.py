@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusionbench import full_softmax
 from fusionbench.context import SeqBatch, StrategyContext
 from fusionbench.dropout import Dropout, attention
 from fusionbench.errors import UserInputError
@@ -334,9 +334,10 @@ class MDSRec(CausalStrategy):
 
     def loss(self, batch: SeqBatch) -> Tensor:
         r"""CE on the fused scores + :math:`\beta \sum_m` CE on each channel's own scores; at every
-        position with a target (``batch.targets``) or at the last one (``batch.target``). Except under
-        ``concat`` the fused scores are formed from the channel scores (the same numbers as
-        ``fuse_users(u) @ fuse_items(e).T``, without a second ``[S, C*d] x [C*d, n]`` product)."""
+        position with a target (``batch.targets``) or at the last one (``batch.target``). Every fused form
+        is one product, ``fuse_users(u) @ fuse_items(e).T`` (``sum_scores``: the channel scores summed;
+        ``gate_user``: weighted by the gate), so each CE is :func:`fusionbench.full_softmax.cross_entropy`
+        of states against item vectors, and no ``[S, n]`` or ``[C, S, n]`` score tensor is held."""
         raw, enhanced = self.item_tables()
         users = self.channel_users(batch, raw, enhanced)
         if batch.targets is None:
@@ -344,17 +345,8 @@ class MDSRec(CausalStrategy):
         else:
             where = batch.targets > 0
             users, targets = users[where], batch.targets[where]
-        needed = self.user_proj is None or self.opts.beta > 0
-        per_channel = torch.bmm(users.transpose(0, 1), enhanced[1:].permute(1, 2, 0)) if needed else None  # [C, S, n]
-        if self.user_proj is not None:
-            fused = self.fuse_users(users) @ self.fuse_items(enhanced)[1:].T
-        elif self.gate is None:
-            fused = per_channel.sum(0)
-        else:
-            fused = torch.einsum("sc,csn->sn", self.channel_weights(users), per_channel)
-        loss = F.cross_entropy(fused, targets - 1)
+        loss = full_softmax.cross_entropy(self.fuse_users(users), self.fuse_items(enhanced)[1:], targets - 1)
         if self.opts.beta > 0:
-            n_channels = per_channel.shape[0]
-            per_channel_ce = F.cross_entropy(per_channel.flatten(0, 1), (targets - 1).repeat(n_channels))
-            loss = loss + self.opts.beta * n_channels * per_channel_ce
+            loss = loss + self.opts.beta * sum(full_softmax.cross_entropy(users[:, c], enhanced[1:, c], targets - 1)
+                                               for c in range(users.shape[1]))
         return loss
