@@ -43,9 +43,16 @@ def cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
     the CPU."""
     if states.device.type != "cpu" or 4 * len(states) * len(items) <= WHOLE_BYTES:
         return F.cross_entropy(states @ items.T, targets)
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.promote_types(
-        states.dtype, items.dtype)
-    return _BlockedCrossEntropy.apply(states, items, targets, dtype)
+    return _BlockedCrossEntropy.apply(states, items, targets,
+                                      cpu_autocast_dtype() or torch.promote_types(states.dtype, items.dtype))
+
+
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype of CPU autocast where it is on, else None (torch 2.4's device-type calls; the DGL stack's
+    torch 2.2 has only the ``*_cpu_*`` forms)."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
 class _BlockedCrossEntropy(torch.autograd.Function):
