@@ -20,6 +20,7 @@ ARCHIVED = {   # report -> the archive that holds its runs (imported as runs/<st
     "beauty_robustness.md": "beauty.jsonl.gz",
     "beauty_graph_cf.md": "beauty_current.jsonl.gz",
     "beauty_board.md": "beauty_current.jsonl.gz",
+    "beauty_inputs.md": "beauty_current.jsonl.gz",
     "synthetic_early_late.md": "synthetic.jsonl.gz",
     "synthetic_robustness.md": "synthetic.jsonl.gz",
     "synthetic_fig1_both.md": "synthetic.jsonl.gz",
