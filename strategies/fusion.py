@@ -82,25 +82,32 @@ class ModalityChannel(nn.Module):
                 self.code_weight[self.pad_code].zero_()
         # self.proj (nn.Linear) is re-initialised by its own reset_parameters
 
-    def raw(self, items: Tensor) -> Tensor:
-        """Projected channel vector of every item in ``items`` (before missing substitution)."""
+    def raw(self, items: Optional[Tensor] = None) -> Tensor:
+        """Projected channel vector ``[..., d]`` of every item in ``items`` (``None``: of every item, in id
+        order), before missing substitution. A feature table is projected once per distinct item: a
+        padded batch of ``[B, L]`` ids repeats the padding id and popular items many times."""
         if self.uses_codes:
-            codes = self.codes[items]                                              # [..., k]
+            codes = self.codes if items is None else self.codes[items]            # [..., k]
             valid = codes >= 0
             emb = F.embedding(codes.masked_fill(~valid, self.pad_code), self.code_weight, padding_idx=self.pad_code)
             return emb.sum(-2) / valid.sum(-1, keepdim=True).clamp(min=1)
-        return self.proj(self.features[items])
+        if items is None:
+            return self.proj(self.features)
+        distinct, where = torch.unique(items, return_inverse=True)
+        return self.proj(self.features[distinct])[where]
 
-    def lookup(self, items: Tensor, occurrence: Optional[Tensor] = None, shown: Optional[Tensor] = None) -> Tensor:
-        """``shown`` (same shape as items): the items whose modality is shown instead (0 = missing)."""
+    def lookup(self, items: Optional[Tensor] = None, occurrence: Optional[Tensor] = None,
+               shown: Optional[Tensor] = None) -> Tensor:
+        """``items`` ``None``: every item (the table). ``shown`` (same shape as items): the items whose
+        modality is shown instead (0 = missing)."""
         items = items if shown is None else shown
-        present = self.present[items]
+        present = self.present if items is None else self.present[items]
         if occurrence is not None:
             present = present & occurrence
         return torch.where(present[..., None], self.drop(self.raw(items)), self.missing)
 
     def table(self) -> Tensor:
-        return self.lookup(torch.arange(self.present.shape[0], device=self.present.device))
+        return self.lookup()
 
 
 class ModalityInputs(nn.Module):
@@ -137,7 +144,9 @@ class ModalityInputs(nn.Module):
                             for m, ch in zip(self.names, self.channels)], -2)
 
     def table(self) -> Tensor:
-        return self.lookup(torch.arange(self.n_items + 1, device=self.anchor.device))
+        if not self.names:
+            return self.anchor.new_zeros(self.n_items + 1, 0, self.dim)
+        return torch.stack([ch.table() for ch in self.channels], -2)
 
 
 def with_ids(item: Optional[nn.Embedding], side: Tensor, items: Optional[Tensor] = None) -> Tensor:

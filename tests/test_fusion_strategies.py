@@ -267,6 +267,24 @@ def test_missing_modality_uses_the_learned_vector_not_zeros():
     torch.testing.assert_close(hidden[0, 1, k], out[0, 1, k])
 
 
+def test_a_feature_table_is_projected_once_per_distinct_item_with_the_same_values_and_gradients():
+    ctx = tiny_context()
+    torch.manual_seed(0)
+    inputs = ModalityInputs(ctx, 8).eval()
+    k = inputs.names.index("text")
+    channel, features = inputs.channels[k], ctx.modalities["text"].features.float()
+    items = torch.tensor([[0, 0, 3, 5, 3], [0, 7, 7, 7, 3]])           # padding and repeats, as in a batch
+    projected = channel.raw(items)
+    direct = channel.proj(features[items])
+    torch.testing.assert_close(projected, direct)
+    torch.testing.assert_close(channel.raw(), channel.proj(features))   # the whole table, in id order
+    torch.testing.assert_close(inputs.table(), inputs.lookup(torch.arange(N_ITEMS + 1)[None])[0])
+    weights = torch.randn(direct.shape)
+    grads = [torch.autograd.grad((out * weights).sum(), channel.proj.weight)[0]
+             for out in (channel.raw(items), channel.proj(features[items]))]
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("n_modalities", [0, 2])
 def test_the_channel_table_lives_on_the_module_device(n_modalities):
     ctx = tiny_context()
