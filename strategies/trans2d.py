@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -151,7 +151,11 @@ class Trans2D(CausalStrategy):
         super().reset_parameters()
         embedding_init_(self.item.weight)
 
-    def _cells(self, items: Tensor, present=None, shown=None) -> Tensor:
+    def _cells(self, items: Optional[Tensor] = None, present=None, shown=None) -> Tensor:
+        """``[..., C, d]``: each item's ID embedding and modality channels (``None``: every item's, the
+        ``[n_items + 1, C, d]`` table, without gathering)."""
+        if items is None:
+            return torch.cat([self.item.weight[:, None, :], self.side.table()], -2)
         return torch.cat([self.item(items)[..., None, :], self.side.lookup(items, present, shown)], -2)
 
     def grid(self, batch: SeqBatch) -> Tensor:
@@ -170,6 +174,5 @@ class Trans2D(CausalStrategy):
     def item_embeddings(self) -> Tensor:
         if self.opts.target == "id":
             return self.item.weight
-        items = torch.arange(self.ctx.n_items + 1, device=self.item.weight.device)
-        return self.readout(self._cells(items).flatten(-2))
+        return self.readout(self._cells().flatten(-2))
 
