@@ -337,7 +337,8 @@ class MDSRec(CausalStrategy):
         position with a target (``batch.targets``) or at the last one (``batch.target``). Every fused form
         is one product, ``fuse_users(u) @ fuse_items(e).T`` (``sum_scores``: the channel scores summed;
         ``gate_user``: weighted by the gate), so each CE is :func:`fusionbench.full_softmax.cross_entropy`
-        of states against item vectors, and no ``[S, n]`` or ``[C, S, n]`` score tensor is held."""
+        of states against item vectors: no ``[C, S, n]`` stack of channel scores, and no ``[S, n]`` scores
+        above its size threshold."""
         raw, enhanced = self.item_tables()
         users = self.channel_users(batch, raw, enhanced)
         if batch.targets is None:
