@@ -100,8 +100,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if not _uniform_mask(x, p):
         return F.dropout(x, p, True)
-    keep = torch.rand(x.shape, device=x.device) >= p
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))   # 1/(1-p) where kept, else 0
+    return x * keep.to(x.dtype)
 
 
 class Dropout(nn.Module):
