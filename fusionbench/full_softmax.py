@@ -42,9 +42,15 @@ def cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
     ``F.cross_entropy(states @ items.T, targets)``, without ``[S, n]`` scores above ``WHOLE_BYTES`` on
     the CPU."""
     if states.device.type != "cpu" or 4 * len(states) * len(items) <= WHOLE_BYTES:
-        return F.cross_entropy(states @ items.T, targets)
+        return whole_cross_entropy(states, items, targets)
     return _BlockedCrossEntropy.apply(states, items, targets,
                                       cpu_autocast_dtype() or torch.promote_types(states.dtype, items.dtype))
+
+
+def whole_cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
+    """The same loss over the whole ``[S, n]`` product (``F.cross_entropy``): :func:`cross_entropy`'s form
+    below ``WHOLE_BYTES`` and off the CPU, and the definition its tests hold the blocked form to."""
+    return F.cross_entropy(states @ items.T, targets)
 
 
 def cpu_autocast_dtype() -> torch.dtype | None:
