@@ -261,7 +261,8 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
     """reports/sweeps/paper_tables.toml: every row of the published Tables 3 and 4 on beauty and of Table 2 on
     beauty, toys and sports, under ratio with record_test on seeds 0-2, datasets in that order, on beauty
     seed 0 of every row first (the graph-CF rows, the two clipped hohe rows of Table 4, the rest of Table 2's
-    published rows, then the rest of Tables 3 and 4, then the project's other rows); exact
+    published rows, then the rest of Tables 3 and 4, then the project's other rows), with toys seed 0 of
+    MMSR and SASRec^F between Table 2's beauty rows and the rest of Tables 3 and 4; exact
     ratio-paper (without record_test) for mmsr and two baselines per dataset."""
     from fusionbench.report.published import load_published, matches
 
@@ -282,8 +283,12 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
         assert {c.request.strategy for c in mine} >= {"mmsr"} and len({c.request.strategy for c in mine}) == 3
         assert all({c.request.seed for c in mine if c.request.strategy == s} == {0, 1, 2} for s in
                    {c.request.strategy for c in mine})
-    datasets = [c.request.dataset for c in cells]
-    assert datasets == sorted(datasets, key=("beauty", "toys", "sports").index)      # beauty, then toys, then sports
+    last_beauty = max(i for i, c in enumerate(cells) if c.request.dataset == "beauty")
+    early_toys = [i for i, c in enumerate(cells[:last_beauty]) if c.request.dataset != "beauty"]
+    assert [(cells[i].request.dataset, cells[i].request.strategy, cells[i].request.seed) for i in early_toys] == [
+        ("toys", "mmsr", 0), ("toys", "sasrecf", 0)]                # MMSR with photos beside its published level
+    later = [c.request.dataset for i, c in enumerate(cells) if i not in early_toys]
+    assert later == sorted(later, key=("beauty", "toys", "sports").index)            # beauty, then toys, then sports
     beauty = [c for c in cells if c.request.dataset == "beauty" and c.config["protocol"] == "ratio"]
     first = [c.request.strategy for c in beauty if c.request.seed == 0]
     assert [c.request.seed for c in beauty[:len(first)]] == [0] * len(first)        # seed 0 of every row first
@@ -296,6 +301,9 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
     rest = first[n + 2 + len(baselines):]
     tables34 = rest[:[s == "mmsr" for s in rest].index(False)]      # then the rest of Tables 3 and 4
     assert len(tables34) > 10 and "mmsr" not in rest[len(tables34):]
+    table2_end = max(cells.index(c) for c in beauty[:n + 2 + len(baselines)])
+    tables34_start = cells.index(beauty[n + 2 + len(baselines)])
+    assert table2_end < early_toys[0] and early_toys[-1] < tables34_start         # toys between the two
 
 
 def test_the_paper_tables_sweep_dry_run_lists_its_cells(shared_data, tmp_path):
