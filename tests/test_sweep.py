@@ -262,7 +262,8 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
     beauty, toys and sports, under ratio with record_test on seeds 0-2, datasets in that order, on beauty
     seed 0 of every row first (the graph-CF rows, the two clipped hohe rows of Table 4, the rest of Table 2's
     published rows, then the rest of Tables 3 and 4, then the project's other rows), with toys seed 0 of
-    MMSR and SASRec^F between Table 2's beauty rows and the rest of Tables 3 and 4; exact
+    MMSR and SASRec^F, and beauty seed 0 of both under ratio-paper, between Table 2's beauty rows and the rest
+    of Tables 3 and 4; exact
     ratio-paper (without record_test) for mmsr and two baselines per dataset."""
     from fusionbench.report.published import load_published, matches
 
@@ -304,6 +305,9 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
     table2_end = max(cells.index(c) for c in beauty[:n + 2 + len(baselines)])
     tables34_start = cells.index(beauty[n + 2 + len(baselines)])
     assert table2_end < early_toys[0] and early_toys[-1] < tables34_start         # toys between the two
+    exact = [(c.request.strategy, c.request.seed) for c in cells[table2_end:tables34_start]
+             if c.config["protocol"] == "ratio-paper"]
+    assert exact == [("mmsr", 0), ("sasrecf", 0)]                    # and beauty's exact protocol for the same two
 
 
 def test_the_paper_tables_sweep_dry_run_lists_its_cells(shared_data, tmp_path):
