@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from fusionbench.dropout import Dropout, attention
 
-NORMS = ("pre", "post")  # CausalTransformer's LayerNorm placement
+NORMS = ("pre", "post")  # LayerNorm placement of CausalTransformer and ScoredTransformer
 
 
 def forward_positions(mask: Tensor, max_len: int) -> Tensor:
@@ -202,13 +202,20 @@ class ScoredBlock(nn.Module):
         X = \mathrm{LN}(H),\quad H \leftarrow H + \mathrm{Drop}(\mathrm{Attn}(X, \mathrm{scorer}(X, s))),\quad
         H \leftarrow H + \mathrm{Drop}(\mathrm{FFN}(\mathrm{LN}(H)))
 
+    or, with ``post_norm`` (BERT/RecBole order, as DIF-SR's reference layer),
+
+    .. math::
+        H \leftarrow \mathrm{LN}(H + \mathrm{Drop}(\mathrm{Attn}(H, \mathrm{scorer}(H, s)))),\quad
+        H \leftarrow \mathrm{LN}(H + \mathrm{Drop}(\mathrm{FFN}(H)))
+
     ``scorer`` is any module mapping ``(x [B, L, d], side) -> [B, heads, L, L]``; side information
     enters the scores only, never the values (non-invasive fusion).
     """
 
     def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int, scorer: nn.Module,
-                 attn_dropout: float | None = None):
+                 attn_dropout: float | None = None, post_norm: bool = False):
         super().__init__()
+        self.post_norm = post_norm
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.scorer = scorer
         self.attn = ScoredAttention(dim, heads, dropout if attn_dropout is None else attn_dropout)
@@ -216,6 +223,9 @@ class ScoredBlock(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(self, h: Tensor, allowed: Tensor, side) -> Tensor:
+        if self.post_norm:
+            h = self.norm1(h + self.drop(self.attn(h, self.scorer(h, side), allowed)))
+            return self.norm2(h + self.drop(self.ffn(h)))
         x = self.norm1(h)
         h = h + self.drop(self.attn(x, self.scorer(x, side), allowed))
         return h + self.drop(self.ffn(self.norm2(h)))
@@ -225,25 +235,32 @@ class ScoredTransformer(nn.Module):
     """Causal stack of :class:`ScoredBlock` (one scorer per layer) with a final LayerNorm.
 
     Unlike :class:`CausalTransformer` no positional embedding is added to the item stream: the
-    strategies that use it treat position as side information inside their scorers.
+    strategies that use it treat position as side information inside their scorers. ``norm`` as in
+    :class:`CausalTransformer`: ``"pre"`` (a final LayerNorm) or ``"post"`` (a LayerNorm on the input,
+    post-norm blocks, no final LayerNorm).
 
     Shapes:
         x ``[B, L, d]`` item stream, mask ``[B, L]`` bool, side (whatever the scorers take)
         -> ``[B, L, d]``, zeros at padding.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int, scorers, attn_dropout: float | None = None):
+    def __init__(self, dim: int, heads: int, dropout: float, ffn_dim: int, scorers, attn_dropout: float | None = None,
+                 norm: str = "pre"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+        self.post_norm = norm == "post"
         self.drop = Dropout(dropout)
-        self.blocks = nn.ModuleList(ScoredBlock(dim, heads, dropout, ffn_dim, s, attn_dropout) for s in scorers)
-        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(ScoredBlock(dim, heads, dropout, ffn_dim, s, attn_dropout, self.post_norm)
+                                    for s in scorers)
+        self.norm = nn.LayerNorm(dim)  # post: on the input; pre: on the output
 
     def forward(self, x: Tensor, mask: Tensor, side) -> Tensor:
-        h = self.drop(x)
+        h = self.drop(self.norm(x) if self.post_norm else x)
         allowed = causal_allowed(mask)
         for block in self.blocks:
             h = block(h, allowed, side)
-        return self.norm(h) * mask[..., None]
+        return (h if self.post_norm else self.norm(h)) * mask[..., None]
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:

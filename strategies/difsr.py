@@ -53,7 +53,7 @@ from fusionbench.context import CODE_SENTINEL, SeqBatch, StrategyContext
 from fusionbench.options import Ge, Lt, require
 from fusionbench.registry import STRATEGIES
 from fusionbench.space import Choice, IntRange
-from strategies.backbones import ScoredTransformer, split_heads
+from strategies.backbones import ScoredTransformer, normal_init_, split_heads
 from strategies.fusion import AttentionLevelStrategy, SequenceOptions
 
 
@@ -144,7 +144,11 @@ class DecoupledScorer(nn.Module):
 class DIFSROptions(SequenceOptions):
     """Defaults from the reference ``configs/Amazon_Beauty.yaml``. ``attribute_dim``: d_f of the side
     streams. ``attn_dropout``: on attention probabilities. ``fusion``: the score fusion.
-    ``aap_weight``: λ of the auxiliary attribute (code) predictor (0 disables it)."""
+    ``aap_weight``: λ of the auxiliary attribute (code) predictor (0 disables it). ``norm``: pre- or
+    post-LayerNorm blocks (:class:`~strategies.backbones.ScoredTransformer`). ``init``: ``"scaled"``
+    (item embeddings N(0, 1/d), the item input scaled by √d, as SASRec) or ``"normal"`` (every Linear and
+    Embedding weight N(0, 0.02), the item input unscaled); ``norm="post"`` with ``init="normal"`` is the
+    reference's layout (a LayerNorm on the unscaled item input, post-norm blocks)."""
 
     dim: Annotated[int, Ge(1)] = 256
     layers: Annotated[int, Ge(1)] = 4
@@ -154,6 +158,10 @@ class DIFSROptions(SequenceOptions):
     attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.3
     fusion: Literal["sum", "concat", "gate"] = "gate"
     aap_weight: Annotated[float, Ge(0)] = 10.0
+    norm: Literal["pre", "post"] = "pre"
+    init: Literal["scaled", "normal"] = "scaled"
+
+    ONLY_WHEN_SET = frozenset({"norm", "init"})   # added after runs were stored
 
     def check(self) -> None:
         super().check()
@@ -177,7 +185,9 @@ class DIFSR(AttentionLevelStrategy):
         "Per-channel attention scores fused before the softmax; `aap_weight` = λ of the auxiliary attribute predictor"
         " (10 as in the reference): per modality with codes, a linear head on every position's state and the "
         "reference's multi-label BCE-with-logits against the target item's whole code set (modality codes stand in "
-        "for attributes), averaged over the codes and over the targets that hold a code, so it starts near ln 2. The "
+        "for attributes), averaged over the codes and over the targets that hold a code, so it starts near ln 2. "
+        "`norm=post`, `init=normal` is the reference's layout (LayerNorm on the unscaled item input, post-norm "
+        "blocks, N(0, 0.02) weights). The "
         "Beauty rows of reports/beauty_leaderboard.md (`aap_weight=0` far higher, NDCG@20 5.21 vs 3.52 % on "
         "validation) were trained with an earlier AAP, a softmax CE on each target's first code only (issue 22)."
     )
@@ -188,7 +198,10 @@ class DIFSR(AttentionLevelStrategy):
         self.init_streams(ctx, d, df, opts.feature_dropout)
         n_side = 1 + len(self.side)
         scorers = [DecoupledScorer(d, opts.heads, df, n_side, opts.fusion) for _ in range(opts.layers)]
-        self.encoder = ScoredTransformer(d, opts.heads, opts.dropout, opts.ffn_mult * d, scorers, opts.attn_dropout)
+        self.encoder = ScoredTransformer(d, opts.heads, opts.dropout, opts.ffn_mult * d, scorers, opts.attn_dropout,
+                                         norm=opts.norm)
+        if opts.init == "normal":
+            self.scale = 1.0
         # AAP heads for the modalities that have codes
         self.aap_names = [m for m in self.side.names if ctx.modalities[m].n_codes > 0] if opts.aap_weight > 0 else []
         self.aap = nn.ModuleList(nn.Linear(d, ctx.modalities[m].n_codes) for m in self.aap_names)
@@ -196,6 +209,12 @@ class DIFSR(AttentionLevelStrategy):
             table = ctx.modalities[m]
             self.register_buffer(f"aap_labels{i}", code_sets(table.codes, table.n_codes), persistent=False)
         self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.opts.init == "normal":
+            normal_init_(self)
+        else:
+            super().reset_parameters()
 
     def aap_loss(self, states: Tensor, targets: Tensor) -> Tensor:
         r""":math:`\sum_m \mathcal L_m`: per modality, BCE-with-logits averaged over the C_m codes, then over

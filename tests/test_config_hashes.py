@@ -16,6 +16,7 @@ PINNED = [
     (RunRequest(strategy="early", dataset="synthetic"), "ed86508687d97f6a", "ed86508687d97f6a"),
     (RunRequest(strategy="lightgcn"), "03e0d44237cb9a37", "03e0d44237cb9a37"),
     (RunRequest(strategy="mdsrec"), "bef07d2c09d2cebb", "bef07d2c09d2cebb"),
+    (RunRequest(strategy="difsr", train_options={"precision": "bf16"}), "dfbd0b0213058c7f", "dfbd0b0213058c7f"),
     (RunRequest(strategy="late", perturbation=PerturbationRequest(name="missing", severity=0.3)),
      "5231048677b321a7", "ff52374242ac7e7e"),
     (RunRequest(strategy="sasrec", seed=3, strategy_options={"dim": "32"}, train_options={"lr": "0.01", "epochs": "5"}),

@@ -149,6 +149,26 @@ def test_difsr_fuses_per_stream_scores_before_the_softmax():
         torch.testing.assert_close(scorer(x, side), expected)
 
 
+def test_difsr_reference_layout_normalises_the_raw_item_input_and_after_each_residual_sum():
+    """``norm=post, init=normal``: hidden = the post-norm blocks over LN(E_v) (no √d, no final LayerNorm),
+    each block LN(h + Attn(h, scorer(h))) then LN(h + FFN(h)), the scorer reading h itself."""
+    model = build("difsr", norm="post", init="normal", layers=2)
+    batch = tiny_batch()
+    allowed = causal_allowed(batch.mask)
+    side = model.side_info(batch)
+    with torch.no_grad():
+        h = model.encoder.norm(model.item(batch.items))
+        for block in model.encoder.blocks:
+            h = block.norm1(h + block.attn(h, block.scorer(h, side), allowed))
+            h = block.norm2(h + block.ffn(h))
+        expected = h * batch.mask[..., None]
+        torch.testing.assert_close(model.hidden(batch), expected)
+        pre = build("difsr", layers=2)
+        pre.load_state_dict(model.state_dict())
+        assert not torch.allclose(pre.hidden(batch), expected, atol=1e-3)   # the pre-norm wiring differs
+    assert model.scale == 1.0 and build("difsr").scale == 4.0               # √16 under the default init
+
+
 def test_difsr_attribute_predictor_adds_a_finite_loss():
     batch = tiny_batch()
     torch.manual_seed(0)

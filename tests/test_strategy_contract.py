@@ -170,12 +170,15 @@ def test_sasrec_item_bias_adds_beta_to_every_score_and_learns(init):
     assert biased.bias.grad is not None and biased.bias.grad[1:].abs().sum() > 0
 
 
-def test_sasrec_post_norm_and_normal_init_keep_the_contract():
-    """RecBole's layout (``norm=post``, ``init=normal``): left padding changes nothing, a prefix inside a
-    causal row is the prefix alone, every parameter learns, and the init is N(0, 0.02) without √d."""
+@pytest.mark.parametrize("name, options", [("sasrec", dict(ffn_mult=4, dim=64)),
+                                           ("difsr", dict(dim=64, heads=2, layers=2, attribute_dim=16))])
+def test_post_norm_and_normal_init_keep_the_contract(name, options):
+    """The RecBole layout of SASRec and DIF-SR's reference (``norm=post``, ``init=normal``): left padding
+    changes nothing, a prefix inside a causal row is the prefix alone, every parameter learns, and the init
+    is N(0, 0.02) without √d."""
     ctx = tiny_context()
     torch.manual_seed(0)
-    model = STRATEGIES.create("sasrec", ctx, norm="post", init="normal", ffn_mult=4, dim=64)
+    model = STRATEGIES.create(name, ctx, norm="post", init="normal", **options)
     model.eval()
     batch = tiny_batch()
     with torch.no_grad():
