@@ -232,12 +232,12 @@ class ScoredBlock(nn.Module):
 
 
 class ScoredTransformer(nn.Module):
-    """Causal stack of :class:`ScoredBlock` (one scorer per layer) with a final LayerNorm.
+    """Causal stack of :class:`ScoredBlock` (one scorer per layer) with a final LayerNorm (``norm="pre"``) or
+    a LayerNorm on the input (``norm="post"``).
 
     Unlike :class:`CausalTransformer` no positional embedding is added to the item stream: the
-    strategies that use it treat position as side information inside their scorers. ``norm`` as in
-    :class:`CausalTransformer`: ``"pre"`` (a final LayerNorm) or ``"post"`` (a LayerNorm on the input,
-    post-norm blocks, no final LayerNorm).
+    strategies that use it treat position as side information inside their scorers. ``norm`` places the
+    blocks' LayerNorms as in :class:`CausalTransformer`.
 
     Shapes:
         x ``[B, L, d]`` item stream, mask ``[B, L]`` bool, side (whatever the scorers take)
