@@ -55,7 +55,10 @@ class MMSROptions(PluginOptions):
     reference code). ``code_init``: code embeddings start from the mean feature of the items holding
     the code ("centroid") or at random. ``backend``: "dense" runs the aggregator on ``adj [B, R, N, N]``;
     "dgl" runs the same aggregator modules through DGL's sparse message passing over the real nodes
-    (CPU only; for large graphs, see docs/dgl.md)."""
+    (CPU only; for large graphs, see docs/dgl.md). ``init``: "own" (default) keeps each module's own
+    initialisation (Glorot in the aggregators, node embeddings N(0, 1/d)); "uniform" draws every
+    parameter, LayerNorm weights and biases included, from U(-1/sqrt(d), 1/sqrt(d)) as the reference's
+    ``reset_parameters`` does; either way the code rows then start from ``code_init``."""
 
     dim: Annotated[int, Ge(1)] = 128
     layers: Annotated[int, Ge(1)] = 1
@@ -65,7 +68,9 @@ class MMSROptions(PluginOptions):
     position: Literal["recent", "oldest"] = "recent"
     code_init: Literal["centroid", "random"] = "centroid"
     backend: Literal["dense", "dgl"] = "dense"
+    init: Literal["own", "uniform"] = "own"
 
+    ONLY_WHEN_SET = frozenset({"init"})   # added after runs were stored
     REMOVED = {"update": "the HAN update rule is the han aggregator's option: --set agg.update=VALUE"}
 
     def check(self) -> None:
@@ -156,6 +161,10 @@ class MMSR(Strategy):
         super().reset_parameters()
         embedding_init_(self.node.weight)
         with torch.no_grad():
+            if self.opts.init == "uniform":
+                bound = self.opts.dim ** -0.5
+                for p in self.parameters():
+                    p.uniform_(-bound, bound)
             first_code = self.ctx.n_items + 1
             if self.opts.code_init == "centroid" and self.code_init.numel():
                 self.node.weight[first_code:] = self.code_init

@@ -172,3 +172,22 @@ def test_dgl_backend_without_dgl_names_the_environment():
         pytest.skip("dgl is installed here; tests/with_dgl covers backend=dgl")
     with pytest.raises(OptionError, match="tox -e dgl"):
         STRATEGIES.options("mmsr", backend="dgl")
+
+
+def test_uniform_init_draws_every_parameter_from_the_reference_range_but_the_codes():
+    """``init=uniform``: every parameter (biases too) within ±1/√d and spread over it,
+    the code rows still the centroids; the default keeps the modules' own initialisations."""
+    ctx = tiny_context()
+    model = mmsr(ctx, init="uniform")
+    bound = 16 ** -0.5
+    first_code = N_ITEMS + 1
+    for name, p in model.named_parameters():
+        values = p[:first_code] if name == "node.weight" else p
+        assert values.abs().max() <= bound, name
+        if values.numel() >= 64:   # spread over the range, not left at zero or one
+            assert values.abs().max() > 0.8 * bound and values.std() > 0.4 * bound, name
+    torch.testing.assert_close(model.node.weight[first_code:], code_centroids(ctx, dim=16))
+    own = mmsr(ctx)
+    assert own.node.weight[:first_code].abs().max() > bound        # own init: items N(0, 1/d), unbounded
+    assert STRATEGIES.options("mmsr").as_dict() == STRATEGIES.options("mmsr", init="own").as_dict()
+    assert STRATEGIES.options("mmsr", init="uniform").as_dict()["init"] == "uniform"
