@@ -92,13 +92,18 @@ class HANOptions(PluginOptions):
     ``gate``: "concat" = MLP([h_hohe; h_heho]) 2d -> d -> ReLU -> 2 (paper, Eq. 16); "per_candidate" =
     a shared scorer d -> d -> ReLU -> 1 on each candidate, softmax over the two (reference code).
     ``scale``: divide query-key scores by sqrt(d). ``attn_dropout``: dropout on attention weights.
-    ``negative_slope``: LeakyReLU slope applied to both kinds of scores."""
+    ``negative_slope``: LeakyReLU slope applied to both kinds of scores. ``projections``: "separate"
+    typed maps W_Q, W_K, W_V (paper); "query" = the reference code's form, where keys and values are the
+    queries (W_K = W_V = W_Q, so heterogeneous scores are (W_Q h_j)·(W_Q h_i) and every value is W_Q h)."""
 
     update: Literal["gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he"] = "gate"
     gate: Literal["concat", "per_candidate"] = "concat"
     scale: bool = True
     attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.2
     negative_slope: Annotated[float, Ge(0)] = 0.1
+    projections: Literal["separate", "query"] = "separate"
+
+    ONLY_WHEN_SET = frozenset({"projections"})   # added after runs were stored
 
 
 @AGGREGATORS.register("han")
@@ -156,8 +161,9 @@ class HAN(nn.Module):
         assert self.homo[0] == SELF, "homogeneous_logits reads channel SELF first"
         self.hetero = heterogeneous_relations(ctx)
         self.w_q = nn.Parameter(torch.empty(t, d, d))
-        self.w_k = nn.Parameter(torch.empty(t, d, d))
-        self.w_v = nn.Parameter(torch.empty(t, d, d))
+        separate = opts.projections == "separate"
+        self.w_k = nn.Parameter(torch.empty(t, d, d)) if separate else None
+        self.w_v = nn.Parameter(torch.empty(t, d, d)) if separate else None
         self.att_ho = nn.Parameter(torch.empty(len(self.homo), d))
         self.sync = nn.Linear(2 * d, d) if opts.update == "sync" else None
         self.gate = None
@@ -169,11 +175,22 @@ class HAN(nn.Module):
 
     def reset_parameters(self) -> None:
         for w in (self.w_q, self.w_k, self.w_v, self.att_ho):
-            glorot_(w)
+            if w is not None:
+                glorot_(w)
         for lin in [self.sync] + ([self.gate[0], self.gate[2]] if self.gate is not None else []):
             if lin is not None:
                 glorot_(lin.weight)
                 nn.init.zeros_(lin.bias)
+
+    @property
+    def key_map(self) -> Tensor:
+        """W_K ``[T, d, d]`` (W_Q under ``projections="query"``)."""
+        return self.w_q if self.w_k is None else self.w_k
+
+    @property
+    def value_map(self) -> Tensor:
+        """W_V ``[T, d, d]`` (W_Q under ``projections="query"``)."""
+        return self.w_q if self.w_v is None else self.w_v
 
     # -- the two attentions ------------------------------------------------------------------
     def homogeneous_logits(self, v: Tensor, adj_ho: Tensor, rows: Optional[Tensor] = None) -> Tensor:
@@ -299,10 +316,10 @@ class HAN(nn.Module):
         else:
             first, real, row_slot = self.neighbourhoods(adj, rows)
         if first is None:
-            q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_k, self.w_v], -1)).chunk(3, -1)
+            q, k, v = typed_linear(h, node_type, torch.cat([self.w_q, self.key_map, self.value_map], -1)).chunk(3, -1)
         else:                                         # keys are read at the receiving nodes only
-            q, v = typed_linear(h, node_type, torch.cat([self.w_q, self.w_v], -1)).chunk(2, -1)
-            k = typed_linear(h[at, first], node_type[at, first], self.w_k)
+            q, v = typed_linear(h, node_type, torch.cat([self.w_q, self.value_map], -1)).chunk(2, -1)
+            k = typed_linear(h[at, first], node_type[at, first], self.key_map)
 
         def homo(score_v: Tensor, values: Tensor, idx: Optional[Tensor], edges) -> Tensor:
             adj_ho, mask_ho, _ = edges
@@ -322,12 +339,12 @@ class HAN(nn.Module):
                 edges_2 = self.edges_from(self.edges(adj, node_mask, rows), first, real)
 
             def query_key(u: Tensor) -> tuple[Tensor, Tensor]:  # queries of every node, keys of the receivers
-                queries, keys = typed_linear(u, types, torch.cat([self.w_q, self.w_k], -1)).chunk(2, -1)
+                queries, keys = typed_linear(u, types, torch.cat([self.w_q, self.key_map], -1)).chunk(2, -1)
                 return queries, (keys if idx is None else keys[at, idx])
 
             return PhaseTwo(homo=lambda scores, values: homo(scores, values, idx, edges_2),
                             hetero=lambda states, values: hetero(*query_key(states), values, edges_2),
-                            value=lambda u: typed_linear(u, types, self.w_v), values=values)
+                            value=lambda u: typed_linear(u, types, self.value_map), values=values)
 
         return apply_update(self, lambda: homo(v, v, first, edges_1), lambda: hetero(q, k, v, edges_1), second)
 
@@ -347,7 +364,7 @@ class HAN(nn.Module):
         ho_pairs = batch.union(self.homo)
         ho_slots = batch.slots(self.homo)
         he_graph = batch.union(self.hetero).graph
-        value = lambda t: typed_linear(t, nt, self.w_v)                       # noqa: E731
+        value = lambda t: typed_linear(t, nt, self.value_map)                       # noqa: E731
         v = value(h)
 
         def homo(score_v: Tensor, values: Tensor) -> Tensor:
@@ -358,7 +375,7 @@ class HAN(nn.Module):
             return attend(ho_pairs.graph, logits[:, None], values, opts.attn_dropout, self.training)
 
         def hetero(score_h: Tensor, values: Tensor) -> Tensor:
-            q, k = typed_linear(score_h, nt, self.w_q), typed_linear(score_h, nt, self.w_k)
+            q, k = typed_linear(score_h, nt, self.w_q), typed_linear(score_h, nt, self.key_map)
             e = ops.u_dot_v(he_graph, q, k)                                    # [E_he, 1]: q_j . k_i
             e = e / math.sqrt(self.ctx.dim) if opts.scale else e
             return attend(he_graph, F.leaky_relu(e, opts.negative_slope), values, opts.attn_dropout, self.training)

@@ -177,8 +177,11 @@ def naive_han(m, x, adj, node_type, node_mask, update):
     def lrelu(v):
         return v if v > 0 else slope * v
 
+    query_only = m.opts.projections == "query"             # the reference code's W_K = W_V = W_Q
+    w_k, w_v = (m.w_q, m.w_q) if query_only else (m.w_k, m.w_v)
+
     def value(vectors):
-        return [vectors[j] @ m.w_v[t[j]] for j in range(n)]
+        return [vectors[j] @ w_v[t[j]] for j in range(n)]
 
     def attend(logit, channels, values):
         res = torch.zeros(n, d, dtype=x.dtype)
@@ -199,7 +202,7 @@ def naive_han(m, x, adj, node_type, node_mask, update):
     def hetero_agg(score_from, value_from):         # e_ij = (W_Q,tj s_j) . (W_K,ti s_i) / sqrt(d)
         def logit(i, j):
             q = score_from[j] @ m.w_q[t[j]]
-            k = score_from[i] @ m.w_k[t[i]]
+            k = score_from[i] @ w_k[t[i]]
             return float(q @ k) / (math.sqrt(d) if m.opts.scale else 1.0)
         return attend(logit, hetero, value(value_from))
 
@@ -233,10 +236,11 @@ def naive_han(m, x, adj, node_type, node_mask, update):
     return out * node_mask[0, :, None]
 
 
+@pytest.mark.parametrize("projections", ["separate", "query"])
 @pytest.mark.parametrize("update", UPDATES)
-def test_han_update_modes_match_explicit_formulas(update):
+def test_han_update_modes_match_explicit_formulas(update, projections):
     adj, node_type, node_mask = msgraph()
-    model = han_model(update)
+    model = han_model(update, projections=projections)
     x = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = model(x, adj, node_type, node_mask)
     with torch.no_grad():
@@ -388,6 +392,28 @@ def test_han_key_map_is_not_the_query_map():
     with torch.no_grad():
         model.w_k.copy_(model.w_q)
     assert (model(x, adj, node_type, node_mask) - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("update", ["gate", "ni_hohe"])
+def test_han_query_projections_are_separate_maps_tied_to_the_query(update):
+    """``projections="query"`` holds W_Q alone and computes what separate maps with W_K = W_V = W_Q compute,
+    for every node and for the readout rows."""
+    adj, node_type, node_mask = msgraph()
+    x = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    tied, separate = han_model(update, projections="query"), han_model(update)
+    assert tied.w_k is None and tied.w_v is None
+    assert sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in tied.parameters()) \
+        == 2 * separate.w_q.numel()
+    separate.load_state_dict(tied.state_dict(), strict=False)
+    with torch.no_grad():
+        separate.w_k.copy_(tied.w_q), separate.w_v.copy_(tied.w_q)
+    torch.testing.assert_close(tied(x, adj, node_type, node_mask), separate(x, adj, node_type, node_mask))
+    rows = torch.tensor([5])
+    torch.testing.assert_close(tied.forward_rows(x, adj, node_type, node_mask, rows),
+                               separate.forward_rows(x, adj, node_type, node_mask, rows))
+    with torch.no_grad():
+        separate.w_v.mul_(2.0)
+    assert (tied(x, adj, node_type, node_mask) - separate(x, adj, node_type, node_mask)).abs().max() > 1e-3
 
 
 def test_han_attention_dropout_only_in_training():
