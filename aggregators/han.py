@@ -14,7 +14,7 @@ from aggregators.attention import adjacency_rows, glorot_, masked_softmax, typed
 from aggregators.base import SELF, heterogeneous_relations, homogeneous_relations
 from fusionbench.context import AggregatorContext
 from fusionbench.dropout import dropout
-from fusionbench.options import Ge, Lt, PluginOptions
+from fusionbench.options import Ge, Lt, PluginOptions, require
 from fusionbench.registry import AGGREGATORS
 from fusionbench.space import Choice, Uniform
 
@@ -39,12 +39,14 @@ class PhaseTwo:
             typed maps :math:`W_Q, W_K` of ``states``, aggregating ``values``.
         value: ``u -> W_V u`` (typed) in the space of the phase's sending nodes.
         values: :math:`W_V h` of the sending nodes (the original values, which non-invasive rules keep).
+        receivers: phase-1 states of the sending nodes -> those of the phase's receiving nodes.
     """
 
     homo: Callable[[Tensor, Tensor], Tensor]
     hetero: Callable[[Tensor, Tensor], Tensor]
     value: Callable[[Tensor], Tensor]
     values: Tensor
+    receivers: Callable[[Tensor], Tensor] = lambda u: u
 
 
 def apply_update(layer: "HAN", first_ho: Callable[[], Tensor], first_he: Callable[[], Tensor],
@@ -59,9 +61,11 @@ def apply_update(layer: "HAN", first_ho: Callable[[], Tensor], first_he: Callabl
     (:class:`PhaseTwo`) and is called only by two-phase rules. Phase-2 scores always come from the phase-1
     output; non-invasive rules aggregate the original values, invasive ones :math:`W_V u`; ``gate`` mixes
     both non-invasive orders with ``layer.mix`` (Eq. 17), ``sync`` maps both phase-1 outputs with
-    ``layer.sync`` (Eq. 15)."""
+    ``layer.sync`` (Eq. 15). Under ``hohe_scores="input"`` (the reference code) ``gate`` mixes
+    :math:`u^{he}` with the non-invasive heho output."""
     update = layer.opts.update
-    u_ho = first_ho() if update in NEEDS_HO else None
+    reference_hohe = update == "gate" and layer.opts.hohe_scores == "input"
+    u_ho = first_ho() if update in NEEDS_HO and not reference_hohe else None
     u_he = first_he() if update in NEEDS_HE else None
     if update == "ho":
         return u_ho
@@ -79,7 +83,8 @@ def apply_update(layer: "HAN", first_ho: Callable[[], Tensor], first_he: Callabl
     if update == "heho":
         w = two.value(u_he)
         return two.homo(w, w)
-    return layer.mix(two.hetero(u_ho, two.values), two.homo(two.value(u_he), two.values))
+    hohe = two.receivers(u_he) if reference_hohe else two.hetero(u_ho, two.values)
+    return layer.mix(hohe, two.homo(two.value(u_he), two.values))
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,11 @@ class HANOptions(PluginOptions):
     ``scale``: divide query-key scores by sqrt(d). ``attn_dropout``: dropout on attention weights.
     ``negative_slope``: LeakyReLU slope applied to both kinds of scores. ``projections``: "separate"
     typed maps W_Q, W_K, W_V (paper); "query" = the reference code's form, where keys and values are the
-    queries (W_K = W_V = W_Q, so heterogeneous scores are (W_Q h_j)·(W_Q h_i) and every value is W_Q h)."""
+    queries (W_K = W_V = W_Q, so heterogeneous scores are (W_Q h_j)·(W_Q h_i) and every value is W_Q h).
+    ``hohe_scores`` (``update="gate"`` only): the hohe order's second attention scores "phase1" = the
+    phase-1 homogeneous output u^ho (paper) or "input" = the input states again, as the reference code does,
+    so that its non-invasive output is the phase-1 heterogeneous output u^he (one dropout draw, where the
+    reference draws twice) and the gate mixes u^he with the heho order."""
 
     update: Literal["gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he"] = "gate"
     gate: Literal["concat", "per_candidate"] = "concat"
@@ -102,8 +111,14 @@ class HANOptions(PluginOptions):
     attn_dropout: Annotated[float, Ge(0), Lt(1)] = 0.2
     negative_slope: Annotated[float, Ge(0)] = 0.1
     projections: Literal["separate", "query"] = "separate"
+    hohe_scores: Literal["phase1", "input"] = "phase1"
 
-    ONLY_WHEN_SET = frozenset({"projections"})   # added after runs were stored
+    ONLY_WHEN_SET = frozenset({"projections", "hohe_scores"})   # added after runs were stored
+
+    def check(self) -> None:
+        super().check()
+        require(self.update == "gate" or self.hohe_scores == "phase1",
+                f"option 'hohe_scores=input' applies to update 'gate' only (got update '{self.update}')")
 
 
 @AGGREGATORS.register("han")
@@ -344,7 +359,8 @@ class HAN(nn.Module):
 
             return PhaseTwo(homo=lambda scores, values: homo(scores, values, idx, edges_2),
                             hetero=lambda states, values: hetero(*query_key(states), values, edges_2),
-                            value=lambda u: typed_linear(u, types, self.value_map), values=values)
+                            value=lambda u: typed_linear(u, types, self.value_map), values=values,
+                            receivers=lambda u: u if idx is None else u[at, idx])
 
         return apply_update(self, lambda: homo(v, v, first, edges_1), lambda: hetero(q, k, v, edges_1), second)
 

@@ -151,7 +151,7 @@ ROW_CASES = [(n, {}) for n in ROW_READERS] + [
     ("rgat", {"mechanism": "within-relation", "mode": "multiplicative", "heads": 2}),
     ("rgat", {"heads": 2, "concat": False}),
     ("hgnn", {"aggr": "sum", "typed_root": True}),
-    ("han", {"projections": "query", "gate": "per_candidate", "scale": False}),
+    ("han", {"projections": "query", "gate": "per_candidate", "scale": False, "hohe_scores": "input"}),
 ]
 
 

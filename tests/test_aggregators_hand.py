@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from aggregators.graphormer import shortest_path_distances
 from aggregators.han import UPDATES
 from fusionbench.context import AggregatorContext
+from fusionbench.options import OptionError
 from fusionbench.registry import AGGREGATORS
 from test_aggregators_contract import typed_graph
 
@@ -223,7 +224,8 @@ def naive_han(m, x, adj, node_type, node_mask, update):
     elif update == "heho":
         out = homo_agg(u_he, u_he)
     else:
-        hohe, heho = hetero_agg(u_ho, h), homo_agg(u_he, h)
+        hohe = u_he if m.opts.hohe_scores == "input" else hetero_agg(u_ho, h)   # input: the reference's hohe
+        heho = homo_agg(u_he, h)
         w1, b1, w2, b2 = m.gate[0].weight, m.gate[0].bias, m.gate[2].weight, m.gate[2].bias
         out = torch.zeros(n, d, dtype=x.dtype)
         for i in range(n):
@@ -236,11 +238,14 @@ def naive_han(m, x, adj, node_type, node_mask, update):
     return out * node_mask[0, :, None]
 
 
-@pytest.mark.parametrize("projections", ["separate", "query"])
+HAN_FORMS = [{}, {"projections": "query"}]
+
+
+@pytest.mark.parametrize("form", HAN_FORMS, ids=["paper", "query"])
 @pytest.mark.parametrize("update", UPDATES)
-def test_han_update_modes_match_explicit_formulas(update, projections):
+def test_han_update_modes_match_explicit_formulas(update, form):
     adj, node_type, node_mask = msgraph()
-    model = han_model(update, projections=projections)
+    model = han_model(update, **form)
     x = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = model(x, adj, node_type, node_mask)
     with torch.no_grad():
@@ -414,6 +419,24 @@ def test_han_query_projections_are_separate_maps_tied_to_the_query(update):
     with torch.no_grad():
         separate.w_v.mul_(2.0)
     assert (tied(x, adj, node_type, node_mask) - separate(x, adj, node_type, node_mask)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("gate", ["concat", "per_candidate"])
+def test_han_reference_hohe_gate_matches_explicit_formula(gate):
+    """``hohe_scores="input"``: the gate mixes the phase-1 heterogeneous output with the heho order."""
+    adj, node_type, node_mask = msgraph()
+    model = han_model("gate", hohe_scores="input", gate=gate, projections="query")
+    x = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x, adj, node_type, node_mask)
+        torch.testing.assert_close(out[0], naive_han(model, x, adj, node_type, node_mask, "gate"))
+        paper_hohe = han_model("gate", gate=gate, projections="query")(x, adj, node_type, node_mask)
+        assert (out - paper_hohe).abs().max() > 1e-3
+
+
+def test_han_reference_hohe_needs_the_gate():
+    with pytest.raises(OptionError, match="hohe_scores=input.*update 'gate' only"):
+        AGGREGATORS.options("han", update="ni_hohe", hohe_scores="input")
 
 
 def test_han_attention_dropout_only_in_training():

@@ -28,7 +28,7 @@ VARIANTS = {
     "hgnn": [{}, {"aggr": "sum", "typed_root": True}, {"root_weight": False, "bias": False}],
     "hgat": [{}, {"semantic_scope": "node", "activation": "relu"}, {"activation": "none"}],
     "han": [{"update": u} for u in ("gate", "sync", "ni_hohe", "ni_heho", "hohe", "heho", "ho", "he")]
-           + [{"update": "gate", "projections": "query"}]
+           + [{"update": "gate", "projections": "query", "hohe_scores": "input"}]
            + [{"gate": "per_candidate", "scale": False}],
 }
 CASES = [(name, opts) for name in sorted(VARIANTS) for opts in VARIANTS[name]]
