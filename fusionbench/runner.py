@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import subprocess
 import time
 import traceback
@@ -37,6 +36,7 @@ from fusionbench.data.datasets import DatasetContext, declared_image_sources, de
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.dropout import mask_draw
 from fusionbench.errors import UserInputError
+from fusionbench.memory import peak_memory_mb, start_run_memory
 from fusionbench.metrics import summarize
 from fusionbench.options import Ge, PluginOptions, require
 from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation, training_view_of
@@ -291,11 +291,6 @@ def git_revision() -> str:
         return "unknown"
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def training_config(config: dict) -> dict:
     """The part of a resolved config that decides the trained weights: the perturbation entry is
     replaced by :func:`~fusionbench.perturb.plan.training_view_of` it, or left out where training sees
@@ -314,6 +309,7 @@ def training_config(config: dict) -> dict:
 
 def run_experiment(request: RunRequest, store: Optional[ResultStore] = None, progress: bool = True) -> RunOutcome:
     """Run one configuration (skipped if the store already has it done) and record it."""
+    start_run_memory()
     config = resolve(request)
     data = load_data(config, request.data_root)
     checksum = data.checksum()

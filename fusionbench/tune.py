@@ -62,6 +62,7 @@ from typing import Any, Callable, Optional, Sequence
 from tabulate import tabulate
 
 from fusionbench.errors import TrainingError, UserInputError
+from fusionbench.memory import peak_memory_mb, start_run_memory
 from fusionbench.plan import Cell
 from fusionbench.registry import STRATEGIES, UnknownPluginError
 from fusionbench.report.collect import LEAKY_PROTOCOL
@@ -71,7 +72,6 @@ from fusionbench.runner import (
     build_context,
     group_options,
     load_data,
-    peak_memory_mb,
     resolve,
     resolve_device,
 )
@@ -540,6 +540,7 @@ def train_trial(point: dict[str, Any], spec: TrialSpec, report: Callable[[dict],
 
     from fusionbench.train import train
 
+    start_run_memory()                            # a reused worker's earlier trials: their heap and peak
     started, started_at = time.perf_counter(), time.time()
     torch.set_num_threads(spec.threads)
     request = spec.part.request(point)

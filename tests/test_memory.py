@@ -1,6 +1,7 @@
-"""``fusionbench.memory.keep_freed_memory`` (``FUSIONBENCH_MALLOC=keep``): large freed blocks are reused
-without page faults (marked ``memory``, opt-in: ``tox -e memory`` or ``pytest -m memory``), and a run's
-results are the same as with glibc's defaults."""
+"""``fusionbench.memory``: with ``keep_freed_memory`` (``FUSIONBENCH_MALLOC=keep``) large freed blocks are
+reused without page faults (marked ``memory``, opt-in: ``tox -e memory`` or ``pytest -m memory``) and a run's
+results are the same as with glibc's defaults; each run's stored peak memory is its own, not the largest of
+the runs its process ran before."""
 import os
 import platform
 import subprocess
@@ -54,3 +55,48 @@ def test_a_run_gives_the_same_metrics_with_and_without_kept_memory(cycle_folder)
         tables.append(out.stdout.splitlines()[-4:])      # the metrics table
     assert tables[0] == tables[1]
     assert "test" in tables[0][-1]
+
+
+PEAK = """
+import sys, torch
+from fusionbench.memory import peak_memory_mb, start_run_memory
+big = torch.ones(600 << 18)                     # 600 MiB, touched
+del big
+print(peak_memory_mb())
+print(start_run_memory())
+small = torch.ones(100 << 18)                   # 100 MiB
+print(peak_memory_mb())
+"""
+
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="per-run peaks need Linux /proc")
+
+
+@needs_proc
+def test_start_run_memory_resets_the_peak_to_what_comes_after():
+    out = subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, check=True).stdout.split()
+    before, reset, after = float(out[0]), out[1], float(out[2])
+    assert reset == "True"
+    assert before > after + 400            # the 600 MiB block no longer counts
+    assert after > 100                     # the 100 MiB one does
+
+
+SWEEP_PEAKS = """
+import sys, torch
+from fusionbench.runner import RunRequest, run_experiment
+from fusionbench.store import ResultStore
+store = ResultStore(sys.argv[1])
+big = torch.ones(800 << 18)                     # an earlier, larger run of the same process: 800 MiB
+del big
+options = {"n_users": "60", "n_codes": "3", "per_cell": "2", "max_len": "8"}
+run_experiment(RunRequest(strategy="sasrec", dataset="synthetic", seed=0, strategy_options={"dim": "8"},
+                          train_options={"epochs": "1"}, dataset_options=options), store=store, progress=False)
+print(store.runs()["peak_memory_mb"].iloc[0])
+"""
+
+
+@needs_proc
+def test_a_run_stores_its_own_peak_not_its_process_lifetime_peak(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SWEEP_PEAKS, str(tmp_path / "runs.db")], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    stored = float(out.stdout.split()[-1])
+    assert 0 < stored < 800, stored        # the earlier 800 MiB block is not this run's peak

@@ -102,7 +102,8 @@ class RunSummary:
     Attributes:
         wall_seconds: wall time of the run; of a resumed run, with what its earlier processes spent on the
             epochs it restored.
-        peak_memory_mb: peak resident memory of the process.
+        peak_memory_mb: peak resident memory of the process during this run (Linux; elsewhere the
+            process's peak so far: :func:`fusionbench.memory.peak_memory_mb`).
         best_epoch: 1-based epoch whose state was kept (selected on validation).
         epoch_seconds, eval_seconds: mean training time per epoch; time of the final test ranking.
         history: per epoch ``{"epoch", "loss", "seconds", "valid": {...}}`` (``train.TrainResult.history``).
