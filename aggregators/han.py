@@ -380,7 +380,7 @@ class HAN(nn.Module):
         ho_pairs = batch.union(self.homo)
         ho_slots = batch.slots(self.homo)
         he_graph = batch.union(self.hetero).graph
-        value = lambda t: typed_linear(t, nt, self.value_map)                       # noqa: E731
+        value = lambda t: typed_linear(t, nt, self.value_map)                 # noqa: E731
         v = value(h)
 
         def homo(score_v: Tensor, values: Tensor) -> Tensor:

@@ -40,18 +40,19 @@ TRIM_THRESHOLD = (1 << 31) - 1      # the largest value mallopt takes (a C int):
 TOP_PAD = 1 << 28                   # grow the heap 256 MiB at a time (address space; pages are touched on use)
 
 
+def _libc() -> ctypes.CDLL | None:
+    """glibc, loaded (None on another C library)."""
+    return ctypes.CDLL("libc.so.6") if platform.libc_ver()[0] == "glibc" else None
+
+
 def keep_freed_memory(force: bool = False) -> bool:
     """With ``FUSIONBENCH_MALLOC=keep`` (or ``force``) on glibc, apply the settings above to this process's
     malloc; return whether they were applied."""
-    if not (force or os.environ.get(SWITCH_ENV) == "keep") or platform.libc_ver()[0] != "glibc":
+    libc = _libc()
+    if not (force or os.environ.get(SWITCH_ENV) == "keep") or libc is None:
         return False
-    libc = ctypes.CDLL("libc.so.6")
     return all(libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
-
-
-def _libc() -> ctypes.CDLL | None:
-    return ctypes.CDLL("libc.so.6") if platform.libc_ver()[0] == "glibc" else None
 
 
 def start_run_memory() -> bool:
