@@ -85,8 +85,10 @@ import sys, torch
 from fusionbench.runner import RunRequest, run_experiment
 from fusionbench.store import ResultStore
 store = ResultStore(sys.argv[1])
+from fusionbench.memory import peak_memory_mb
 big = torch.ones(800 << 18)                     # an earlier, larger run of the same process: 800 MiB
 del big
+print(peak_memory_mb())
 options = {"n_users": "60", "n_codes": "3", "per_cell": "2", "max_len": "8"}
 run_experiment(RunRequest(strategy="sasrec", dataset="synthetic", seed=0, strategy_options={"dim": "8"},
                           train_options={"epochs": "1"}, dataset_options=options), store=store, progress=False)
@@ -98,5 +100,31 @@ print(store.runs()["peak_memory_mb"].iloc[0])
 def test_a_run_stores_its_own_peak_not_its_process_lifetime_peak(tmp_path):
     out = subprocess.run([sys.executable, "-c", SWEEP_PEAKS, str(tmp_path / "runs.db")], capture_output=True,
                          text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    stored = float(out.stdout.split()[-1])
-    assert 0 < stored < 800, stored        # the earlier 800 MiB block is not this run's peak
+    before, stored = map(float, out.stdout.split()[-2:])
+    assert 0 < stored < before - 600, (before, stored)        # the earlier 800 MiB block is not this run's
+
+
+TRIAL_PEAKS = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_tune import tiny_part
+from fusionbench.memory import peak_memory_mb
+from fusionbench.tune import TrialSpec, train_trial
+big = torch.ones(800 << 18)                     # an earlier, larger trial of the same worker: 800 MiB
+del big
+print(peak_memory_mb())
+reports = []
+train_trial({"train.lr": 0.01, "dropout": 0.1, "dim": 16, "layers": 1}, TrialSpec(tiny_part(), sys.argv[1]),
+            reports.append)
+print(reports[-1]["peak_memory_mb"])
+"""
+
+
+@needs_proc
+def test_a_tune_trial_reports_its_own_peak(tmp_path):
+    """A reused Ray worker runs trial after trial: each reports the peak of its own training."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", TRIAL_PEAKS, str(tmp_path), tests], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    before, reported = map(float, out.stdout.split()[-2:])
+    assert 0 < reported < before - 600, (before, reported)     # the 800 MiB block is not the trial's
