@@ -80,19 +80,21 @@ def test_start_run_memory_resets_the_peak_to_what_comes_after():
     assert after > 100                     # the 100 MiB one does
 
 
-# an earlier, larger run (or trial) of the same process: 800 MiB touched and freed; prints the peak so far
+# an earlier, larger run (or trial) of the same process, after the imports: 800 MiB touched and freed; prints
+# the peak so far
 EARLIER_RUN = """
-import sys, torch
 from fusionbench.memory import peak_memory_mb
 big = torch.ones(800 << 18)
 del big
 print(peak_memory_mb())
 """
 
-SWEEP_PEAKS = EARLIER_RUN + """
+SWEEP_PEAKS = """
+import sys, torch
 from fusionbench.runner import RunRequest, run_experiment
 from fusionbench.store import ResultStore
 store = ResultStore(sys.argv[1])
+""" + EARLIER_RUN + """
 options = {"n_users": "60", "n_codes": "3", "per_cell": "2", "max_len": "8"}
 run_experiment(RunRequest(strategy="sasrec", dataset="synthetic", seed=0, strategy_options={"dim": "8"},
                           train_options={"epochs": "1"}, dataset_options=options), store=store, progress=False)
@@ -108,10 +110,12 @@ def test_a_run_stores_its_own_peak_not_its_process_lifetime_peak(tmp_path):
     assert 0 < stored < before - 600, (before, stored)        # the earlier 800 MiB block is not this run's
 
 
-TRIAL_PEAKS = EARLIER_RUN + """
+TRIAL_PEAKS = """
+import sys, torch
 sys.path.insert(0, sys.argv[2])
 from test_tune import tiny_part
 from fusionbench.tune import TrialSpec, train_trial
+""" + EARLIER_RUN + """
 reports = []
 train_trial({"train.lr": 0.01, "dropout": 0.1, "dim": 16, "layers": 1}, TrialSpec(tiny_part(), sys.argv[1]),
             reports.append)
