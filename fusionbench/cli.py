@@ -217,20 +217,28 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
               help="After a cell finishes, rewrite this archive with the store's finished runs (as `store export "
                    "--ranks test`), so they outlive the machine: at most once a minute (a run finished in between "
                    "is exported when the minute is up), and when the sweep stops.")
+@click.option("--deadline", default=None,
+              help="Local engine: start a cell only if it is expected to finish by then (a duration from now, "
+                   "2h30m, or an ISO time), estimated from the store's finished runs of the same configuration "
+                   "(else strategy, dataset and protocol); later cells that fit still run (docs/sweeps.md).")
 @click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
 @run_options("data_root", "device", "quiet")
 @report_errors
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
-          gpus_per_cell: float, scratch: Optional[str], archive: Optional[Path], dry_run: bool,
-          data_root: Optional[Path], device: str, quiet: bool) -> None:
+          gpus_per_cell: float, scratch: Optional[str], archive: Optional[Path], deadline: Optional[str],
+          dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:
     """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
     from fusionbench import plan
     from fusionbench import sweep as sweeps
+    from fusionbench.deadline import Deadline, parse_deadline
     from fusionbench.store import ResultStore
     from fusionbench.store.archive import KeptArchive
 
     if engine == "local" and (address is not None or scratch is not None or gpus_per_cell):
         raise UserInputError("--address, --scratch and --gpus-per-cell apply to --engine ray")
+    if engine == "ray" and deadline is not None:
+        raise UserInputError("--deadline applies to --engine local")
+    ends_at = parse_deadline(deadline) if deadline is not None else None
     if gpus_per_cell < 0 or (gpus_per_cell > 0 and not device.startswith("cuda")):
         raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g} must be >= 0, and > 0 needs --device cuda "
                              f"(got --device {device})")
@@ -252,12 +260,16 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
             sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
                            gpus_per_cell=gpus_per_cell, finished=finished)
         else:
-            plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished)
+            admit = Deadline(results, ends_at, cells).admit if ends_at is not None else lambda cell: None
+            plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished, admit=admit)
     finally:
         if kept is not None:
             kept.close()
     click.echo(f"{sweep_file}: {len(cells)} cells, {plan.skipped(cells)} already in the store")
     click.echo(plan.summary_table(cells, labels))
+    deferred = plan.deferrals(cells, labels)
+    if deferred:
+        click.echo(deferred)
     failed = plan.failures(cells, labels)
     if failed:
         raise TrainingError(failed)

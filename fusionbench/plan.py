@@ -30,7 +30,8 @@ CURVE_METRICS = ("HR@5", "NDCG@5", "MRR@5", *SUMMARY_METRICS)
 @dataclass
 class Cell:
     """One run of a plan: ``entry`` is the index (1-based) of its sweep file's ``[[run]]`` table (0 for a
-    cell made from command-line flags); ``outcome`` once done, ``error`` if its training failed.
+    cell made from command-line flags); ``outcome`` once done, ``error`` if its training failed,
+    ``deferred`` (why) if it was not started (``fusionbench sweep --deadline``, :mod:`fusionbench.deadline`).
 
     ``config`` is ``resolve(request)`` (no dataset checksum), computed when the cell is made, also by
     :func:`dataclasses.replace`; a bad option raises there."""
@@ -39,6 +40,7 @@ class Cell:
     entry: int = 0
     outcome: Optional[RunOutcome] = None
     error: Optional[str] = None
+    deferred: Optional[str] = None
     config: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,12 +86,17 @@ def stored_outcome(store: ResultStore, config: dict, digest: str, skipped: bool 
 # -- the local engine --------------------------------------------------------------------------------
 def run_local(cells: Sequence[Cell], store: ResultStore, progress: bool = True, desc: str = "cells",
               postfix: Callable[[Cell], dict] = lambda cell: {},
-              finished: Callable[[Cell], None] = lambda cell: None) -> None:
+              finished: Callable[[Cell], None] = lambda cell: None,
+              admit: Callable[[Cell], Optional[str]] = lambda cell: None) -> None:
     """Run (or skip, or resume) every cell in order in this process, with a progress bar over cells;
-    ``finished(cell)`` after each cell that ran here to the end (not after one found done in the store)."""
+    ``finished(cell)`` after each cell that ran here to the end (not after one found done in the store).
+    A cell for which ``admit(cell)`` gives a reason is not started (``cell.deferred``)."""
     bar = tqdm(cells, desc=desc, unit="cell", disable=None if progress else True)
     for cell in bar:
         bar.set_postfix(postfix(cell))
+        cell.deferred = admit(cell)
+        if cell.deferred is not None:
+            continue
         try:
             cell.outcome = run_experiment(cell.request, store=store, progress=progress)
         except TrainingError as err:
@@ -124,6 +131,15 @@ def summary_table(cells: Sequence[Cell], labels: Sequence[str], metrics: Sequenc
         rows.append([label, f"{len(done)}/{len(group)}", *(mean_sd([t[m] for t in done]) if done else "-"
                                                             for m in metrics)])
     return tabulate(rows, headers=[*headers, *metrics], tablefmt="github", disable_numparse=True)
+
+
+def deferrals(cells: Sequence[Cell], labels: Sequence[str]) -> Optional[str]:
+    """One line naming every deferred cell (label, seed and why), or ``None``."""
+    deferred = [(label, c) for c, label in zip(cells, labels, strict=True) if c.deferred is not None]
+    if not deferred:
+        return None
+    listed = "; ".join(f"{label} seed {c.request.seed} ({c.deferred})" for label, c in deferred)
+    return f"{len(deferred)} of {len(cells)} cells not started before the deadline: {listed}"
 
 
 def failures(cells: Sequence[Cell], labels: Sequence[str]) -> Optional[str]:

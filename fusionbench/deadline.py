@@ -1,0 +1,106 @@
+"""``fusionbench sweep --deadline``: start a cell only when it is expected to finish before a deadline.
+
+A machine lent for a fixed time (a batch job's wall-clock limit, a session) loses the run it is in the
+middle of when the time is up. With a deadline the local engine asks, before each cell, how long the
+cell will take and skips it when that is longer than the time left, going on with the cells after it:
+a shorter cell further down the file still runs, and the skipped one stays "to run" in the store for the
+next sweep.
+
+How long a cell takes is read from the store it runs into, as the median wall time of the finished runs
+that trained (not those that only evaluated kept weights, nor tune trials stopped early by ASHA):
+
+1. of the same training configuration on other seeds (its ``runner.training_config`` but for the seed),
+   else
+2. of the same strategy, aggregator, dataset and protocol.
+
+A resumed cell needs that median less the time its checkpoint has already spent (``elapsed``). A cell is
+always started when it is done already, when it only evaluates kept weights (a test-only perturbation of
+a trained run), or when the store has no comparable run to estimate it from (it may then end after the
+deadline). After the deadline no cell that trains is started.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from datetime import datetime
+from typing import Optional, Sequence
+
+import torch
+
+from fusionbench.errors import UserInputError
+from fusionbench.plan import Cell, identify
+from fusionbench.runner import training_config
+from fusionbench.store import ResultStore, canonical_json
+
+DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_deadline(text: str, now: Optional[float] = None) -> float:
+    """``--deadline``: a duration from ``now`` (``"2h30m"``, ``"90m"``, ``"45s"``) or an ISO 8601 time
+    (``"2026-12-06T19:00Z"``; local time without an offset) -> seconds since the epoch."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    match = DURATION.match(text)
+    if match and any(match.groups()):
+        hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        return now + 3600 * hours + 60 * minutes + seconds
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UserInputError(f"--deadline {text!r}: expected a duration such as 2h30m, 90m or 45s, or an ISO "
+                             "time such as 2026-12-06T19:00Z") from None
+
+
+def _without_seed(config: dict) -> str:
+    return canonical_json({key: value for key, value in training_config(config).items() if key != "seed"})
+
+
+class Deadline:
+    """Which cells of a plan may start before ``deadline`` (seconds since the epoch), estimated from the
+    runs finished in ``store``; :meth:`admit` is ``plan.run_local``'s ``admit``."""
+
+    def __init__(self, store: ResultStore, deadline: float, cells: Sequence[Cell]):
+        self.store = store
+        self.deadline = deadline
+        self._identity = {id(cell): identity for cell, identity in zip(cells, identify(cells), strict=True)}
+        """``id(cell)`` -> ``(config, run hash, training hash)``."""
+
+    def expected_seconds(self, config: dict) -> Optional[float]:
+        """Median wall time of the store's finished runs comparable with ``config`` (see the module's
+        docstring), ``None`` when it has none."""
+        runs = self.store.runs(strategy=config["strategy"], dataset=config["dataset"], protocol=config["protocol"])
+        runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
+                    & runs["wall_seconds"].notna()]
+        aggregator = config.get("aggregator")
+        runs = runs[runs["aggregator"].isna()] if aggregator is None else runs[runs["aggregator"] == aggregator]
+        if runs.empty:
+            return None
+        key = _without_seed(config)
+        same = runs[[_without_seed(json.loads(text)) == key for text in runs["config"]]]
+        return float(statistics.median((same if not same.empty else runs)["wall_seconds"]))
+
+    def spent_seconds(self, digest: str) -> float:
+        """What an interrupted run's checkpoint has spent already (0 without a checkpoint)."""
+        checkpoint = self.store.checkpoint_path(digest)
+        if not checkpoint.exists():
+            return 0.0
+        return float(torch.load(checkpoint, weights_only=False, map_location="cpu").get("elapsed", 0.0))
+
+    def admit(self, cell: Cell, now: Optional[float] = None) -> Optional[str]:
+        """``None`` when ``cell`` may start now, else why it is deferred."""
+        now = time.time() if now is None else now
+        config, digest, trained = self._identity[id(cell)]
+        if self.store.status(digest) == "done" or self.store.weights_path(trained).exists():
+            return None
+        left = self.deadline - now
+        if left <= 0:
+            return "the deadline has passed"
+        expected = self.expected_seconds(config)
+        if expected is None:
+            return None
+        needed = max(expected - self.spent_seconds(digest), 0.0)
+        if needed <= left:
+            return None
+        return f"expected to need {needed / 60:.0f} min, {left / 60:.0f} min left"

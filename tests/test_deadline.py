@@ -1,0 +1,167 @@
+"""`fusionbench sweep --deadline`: the deadline's syntax, the cost estimate read from the store, which cells
+are started, and the command end to end (a cell that would overrun is skipped, a later one still runs)."""
+import re
+import textwrap
+from datetime import datetime, timezone
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fusionbench.cli import main
+from fusionbench.deadline import Deadline, parse_deadline
+from fusionbench.errors import UserInputError
+from fusionbench.plan import identify
+from fusionbench.store import ResultStore
+from fusionbench.store.results import RunSummary
+from fusionbench.sweep import read_sweep
+
+TINY = """
+[defaults]
+dataset = "synthetic"
+
+[defaults.set]
+"data.n_users" = 60
+"data.n_codes" = 3
+"data.per_cell" = 2
+"data.max_len" = 8
+dim = 16
+"train.epochs" = 1
+"""
+
+NOW = 1_800_000_000.0
+METRICS = {"HR@20": 0.1, "NDCG@20": 0.05, "MRR@20": 0.03}
+
+
+def cells_of(tmp_path, body):
+    path = tmp_path / "sweep.toml"
+    path.write_text(TINY + textwrap.dedent(body))
+    return read_sweep(path), path
+
+
+def plant(store, config, wall, trained_from=None, asha_stopped=None):
+    """A finished run of ``config`` (a resolved config with its dataset checksum) that took ``wall`` s."""
+    run_id = store.start(config, config["dataset_checksum"], {}, "test")
+    store.finish(run_id, {"test": METRICS, "valid": METRICS}, {},
+                 RunSummary(wall_seconds=wall, trained_from=trained_from, asha_stopped=asha_stopped))
+
+
+@pytest.mark.parametrize("text, seconds", [("90m", 5400), ("2h", 7200), ("2h30m", 9000), ("45s", 45),
+                                           ("1h0m30s", 3630)])
+def test_a_duration_counts_from_now(text, seconds):
+    assert parse_deadline(text, now=NOW) == NOW + seconds
+
+
+def test_an_iso_time_is_taken_as_given():
+    assert parse_deadline("2026-12-06T19:00Z") == datetime(2026, 12, 6, 19, tzinfo=timezone.utc).timestamp()
+    assert parse_deadline("2026-12-06T20:00:00+01:00") == datetime(2026, 12, 6, 19, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("text", ["", "soon", "90", "2x", "h", "2026-13-01T00:00"])
+def test_a_malformed_deadline_is_refused_by_name(text):
+    with pytest.raises(UserInputError, match="--deadline"):
+        parse_deadline(text, now=NOW)
+
+
+def test_the_estimate_prefers_other_seeds_of_the_same_training(tmp_path):
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1, 2, 3]
+
+        [[run]]
+        strategy = "sasrec"
+        set = { dim = 8 }
+
+        [[run]]
+        strategy = "gru4rec"
+    """)
+    (c0, _, _), (c1, _, _), (c2, _, _), (c3, _, _), (small, _, _), (gru, _, _) = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, c0, 600.0)
+    plant(store, c1, 800.0)
+    plant(store, small, 100.0)
+    plant(store, c2, 5.0, trained_from="abc")          # evaluated kept weights: not a training's cost
+    clock = Deadline(store, NOW + 3600, cells)
+    assert clock.expected_seconds(c3) == 700.0         # seeds 0 and 1 of the same configuration
+    other = dict(c3, strategy_options={**c3["strategy_options"], "dim": 32})
+    assert clock.expected_seconds(other) == 600.0      # no same-config run: every sasrec run that trained
+    assert clock.expected_seconds(gru) is None         # nothing comparable
+    plant(store, dict(c3, tune={"name": "t", "trial": 0}), 5.0, asha_stopped=True)
+    assert clock.expected_seconds(other) == 600.0      # a trial stopped early is not comparable either
+
+
+def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+
+        [[run]]
+        strategy = "gru4rec"
+    """)
+    (c0, _, _), (_, d1, _), _ = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, c0, 600.0)
+    seed0, seed1, gru = cells
+    clock = Deadline(store, NOW + 500, cells)
+    assert clock.admit(seed0, now=NOW) is None                       # done: found in the store
+    assert clock.admit(seed1, now=NOW) == "expected to need 10 min, 8 min left"
+    assert clock.admit(seed1, now=NOW - 100) is None                 # 600 s left
+    assert clock.admit(gru, now=NOW) is None                         # no estimate: started
+    assert clock.admit(gru, now=NOW + 501) == "the deadline has passed"
+    checkpoint = store.checkpoint_path(d1)
+    checkpoint.parent.mkdir(exist_ok=True)
+    torch.save({"elapsed": 200.0}, checkpoint)                       # a resumed run needs the rest only
+    assert clock.admit(seed1, now=NOW) is None
+
+
+def test_a_test_only_cell_of_a_kept_training_always_starts(tmp_path):
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        perturbation = { name = "disorder", severity = 0.5 }
+    """)
+    [(config, _, trained)] = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, {k: v for k, v in config.items() if k != "perturbation"}, 3600.0)
+    clock = Deadline(store, NOW + 60, cells)
+    assert clock.admit(cells[0], now=NOW) is not None                # would train: an hour
+    store.weights_path(trained).parent.mkdir(exist_ok=True)
+    store.weights_path(trained).write_bytes(b"kept")                 # the clean run kept its weights
+    assert clock.admit(cells[0], now=NOW) is None                    # evaluation only
+
+
+def test_the_sweep_skips_a_cell_that_would_overrun_and_runs_the_next(tmp_path):
+    cells, path = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+
+        [[run]]
+        strategy = "gru4rec"
+    """)
+    (c0, _, _), (_, d1, _), (_, d_gru, _) = identify(cells)
+    store_path = tmp_path / "runs.db"
+    plant(ResultStore(store_path), c0, 3600.0)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--deadline", "30m",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"1 of 3 cells not started before the deadline: sasrec \(dim=16, train.epochs=1\) seed 1 "
+                     r"\(expected to need 60 min, (29|30) min left\)", result.output)
+    store = ResultStore(store_path)
+    assert store.status(d1) is None and store.status(d_gru) == "done"
+
+
+def test_a_bad_deadline_fails_before_anything_is_written(tmp_path):
+    _, path = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+    """)
+    store_path = tmp_path / "runs.db"
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--deadline", "tonight"])
+    assert result.exit_code == 2 and "--deadline 'tonight'" in result.output
+    assert not store_path.exists()
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--deadline", "1h",
+                                       "--engine", "ray"])
+    assert result.exit_code == 2 and "--deadline applies to --engine local" in result.output
