@@ -221,7 +221,9 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
               help="Local engine: start a cell only if it is expected to finish by then (a duration from now, "
                    "2h30m, or an ISO time), estimated from the store's finished runs of the same configuration "
                    "(else strategy, dataset and protocol); later cells that fit still run (docs/sweeps.md).")
-@click.option("--dry-run", is_flag=True, help="List the cells and whether each is done in the store; run nothing.")
+@click.option("--dry-run", is_flag=True, help="List the cells, whether each is done in the store and how long each "
+                                           "left to run is expected to take (as --deadline estimates it); run "
+                                           "nothing.")
 @run_options("data_root", "device", "quiet")
 @report_errors
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
@@ -230,7 +232,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
     from fusionbench import plan
     from fusionbench import sweep as sweeps
-    from fusionbench.deadline import Deadline, parse_deadline
+    from fusionbench.deadline import CellCost, Deadline, parse_deadline
     from fusionbench.store import ResultStore
     from fusionbench.store.archive import KeptArchive
 
@@ -247,9 +249,16 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
     if dry_run:
-        status = [results.status(digest) or "to run" for _, digest, _ in plan.identify(cells)]
-        click.echo(tabulate([[label, c.request.seed, state] for c, label, state in zip(cells, labels, status)],
-                            headers=["run", "seed", "in the store"], tablefmt="github", disable_numparse=True))
+        cost = CellCost(results)
+        rows = []
+        for cell, label, (config, digest, trained) in zip(cells, labels, plan.identify(cells)):
+            state = results.status(digest) or "to run"
+            needed = None if state == "done" else cost.needed_seconds(config, digest, trained)
+            rows.append([label, cell.request.seed, state,
+                         "" if state == "done" else "?" if needed is None else f"{needed / 60:.0f}"])
+        status = [row[2] for row in rows]
+        click.echo(tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",
+                            disable_numparse=True))
         click.echo(f"{len(cells)} cells, {status.count('done')} done")
         return
 

@@ -57,19 +57,15 @@ def _without_seed(config: dict) -> str:
     return canonical_json({key: value for key, value in training_config(config).items() if key != "seed"})
 
 
-class Deadline:
-    """Which cells of a plan may start before ``deadline`` (seconds since the epoch), estimated from the
-    runs finished in ``store``; :meth:`admit` is ``plan.run_local``'s ``admit``."""
+class CellCost:
+    """How long cells take, estimated from the runs finished in ``store`` (see the module's docstring)."""
 
-    def __init__(self, store: ResultStore, deadline: float, cells: Sequence[Cell]):
+    def __init__(self, store: ResultStore):
         self.store = store
-        self.deadline = deadline
-        self._identity = {id(cell): identity for cell, identity in zip(cells, identify(cells), strict=True)}
-        """``id(cell)`` -> ``(config, run hash, training hash)``."""
 
     def expected_seconds(self, config: dict) -> Optional[float]:
-        """Median wall time of the store's finished runs comparable with ``config`` (see the module's
-        docstring), ``None`` when it has none."""
+        """Median wall time of the store's finished runs comparable with ``config`` (a resolved config with
+        its dataset checksum), ``None`` when it has none."""
         runs = self.store.runs(strategy=config["strategy"], dataset=config["dataset"], protocol=config["protocol"])
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
                     & runs["wall_seconds"].notna()]
@@ -88,19 +84,36 @@ class Deadline:
             return 0.0
         return float(torch.load(checkpoint, weights_only=False, map_location="cpu").get("elapsed", 0.0))
 
+    def needed_seconds(self, config: dict, digest: str, trained: str) -> Optional[float]:
+        """What the run ``digest`` (training ``trained``) still needs: 0 when it only evaluates kept
+        weights, else its expected time less what its checkpoint has spent; ``None`` without an estimate."""
+        if self.store.weights_path(trained).exists():
+            return 0.0
+        expected = self.expected_seconds(config)
+        return None if expected is None else max(expected - self.spent_seconds(digest), 0.0)
+
+
+class Deadline:
+    """Which cells of a plan may start before ``deadline`` (seconds since the epoch), estimated from the
+    runs finished in ``store``; :meth:`admit` is ``plan.run_local``'s ``admit``."""
+
+    def __init__(self, store: ResultStore, deadline: float, cells: Sequence[Cell]):
+        self.store = store
+        self.deadline = deadline
+        self.cost = CellCost(store)
+        self._identity = {id(cell): identity for cell, identity in zip(cells, identify(cells), strict=True)}
+        """``id(cell)`` -> ``(config, run hash, training hash)``."""
+
     def admit(self, cell: Cell, now: Optional[float] = None) -> Optional[str]:
         """``None`` when ``cell`` may start now, else why it is deferred."""
         now = time.time() if now is None else now
         config, digest, trained = self._identity[id(cell)]
         if self.store.status(digest) == "done" or self.store.weights_path(trained).exists():
-            return None
+            return None                                  # found done, or it only evaluates kept weights
         left = self.deadline - now
         if left <= 0:
             return "the deadline has passed"
-        expected = self.expected_seconds(config)
-        if expected is None:
-            return None
-        needed = max(expected - self.spent_seconds(digest), 0.0)
-        if needed <= left:
+        needed = self.cost.needed_seconds(config, digest, trained)
+        if needed is None or needed <= left:
             return None
         return f"expected to need {needed / 60:.0f} min, {left / 60:.0f} min left"

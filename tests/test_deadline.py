@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
-from fusionbench.deadline import Deadline, parse_deadline
+from fusionbench.deadline import CellCost, Deadline, parse_deadline
 from fusionbench.errors import UserInputError
 from fusionbench.plan import identify
 from fusionbench.store import ResultStore
@@ -82,13 +82,13 @@ def test_the_estimate_prefers_other_seeds_of_the_same_training(tmp_path):
     plant(store, c1, 800.0)
     plant(store, small, 100.0)
     plant(store, c2, 5.0, trained_from="abc")          # evaluated kept weights: not a training's cost
-    clock = Deadline(store, NOW + 3600, cells)
-    assert clock.expected_seconds(c3) == 700.0         # seeds 0 and 1 of the same configuration
+    cost = CellCost(store)
+    assert cost.expected_seconds(c3) == 700.0         # seeds 0 and 1 of the same configuration
     other = dict(c3, strategy_options={**c3["strategy_options"], "dim": 32})
-    assert clock.expected_seconds(other) == 600.0      # no same-config run: every sasrec run that trained
-    assert clock.expected_seconds(gru) is None         # nothing comparable
+    assert cost.expected_seconds(other) == 600.0      # no same-config run: every sasrec run that trained
+    assert cost.expected_seconds(gru) is None         # nothing comparable
     plant(store, dict(c3, tune={"name": "t", "trial": 0}), 5.0, asha_stopped=True)
-    assert clock.expected_seconds(other) == 600.0      # a trial stopped early is not comparable either
+    assert cost.expected_seconds(other) == 600.0      # a trial stopped early is not comparable either
 
 
 def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
@@ -165,3 +165,22 @@ def test_a_bad_deadline_fails_before_anything_is_written(tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--deadline", "1h",
                                        "--engine", "ray"])
     assert result.exit_code == 2 and "--deadline applies to --engine local" in result.output
+
+
+def test_the_dry_run_lists_what_each_cell_left_to_run_needs(tmp_path):
+    cells, path = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+
+        [[run]]
+        strategy = "gru4rec"
+    """)
+    (c0, _, _), _, _ = identify(cells)
+    store_path = tmp_path / "runs.db"
+    plant(ResultStore(store_path), c0, 3600.0)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    rows = [[part.strip() for part in line.strip("|").split("|")] for line in result.output.splitlines()
+            if line.startswith("| sasrec") or line.startswith("| gru4rec")]
+    assert [row[1:] for row in rows] == [["0", "done", ""], ["1", "to run", "60"], ["0", "to run", "?"]]
