@@ -220,7 +220,8 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
 @click.option("--deadline", default=None,
               help="Local engine: start a cell only if it is expected to finish by then (a duration from now, "
                    "2h30m, or an ISO time), estimated from the store's finished runs of the same configuration "
-                   "(else strategy, dataset and protocol); later cells that fit still run (docs/sweeps.md).")
+                   "(else strategy, dataset and protocol; else strategy and dataset); later cells that fit still "
+                   "run (docs/sweeps.md).")
 @click.option("--dry-run", is_flag=True, help="List the cells, whether each is done in the store and how long each "
                                            "left to run is expected to take (as --deadline estimates it); run "
                                            "nothing.")

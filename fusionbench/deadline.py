@@ -11,7 +11,8 @@ that trained (not those that only evaluated kept weights, nor tune trials stoppe
 
 1. of the same training configuration on other seeds (its ``runner.training_config`` but for the seed),
    else
-2. of the same strategy, aggregator, dataset and protocol.
+2. of the same strategy, aggregator, dataset and protocol, else
+3. of the same strategy and dataset (any aggregator or protocol).
 
 A resumed cell needs that median less the time its checkpoint has already spent (``elapsed``). A cell is
 always started when it is done already, when it only evaluates kept weights (a test-only perturbation of
@@ -66,16 +67,18 @@ class CellCost:
     def expected_seconds(self, config: dict) -> Optional[float]:
         """Median wall time of the store's finished runs comparable with ``config`` (a resolved config with
         its dataset checksum), ``None`` when it has none."""
-        runs = self.store.runs(strategy=config["strategy"], dataset=config["dataset"], protocol=config["protocol"])
+        runs = self.store.runs(strategy=config["strategy"], dataset=config["dataset"])
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
                     & runs["wall_seconds"].notna()]
         aggregator = config.get("aggregator")
-        runs = runs[runs["aggregator"].isna()] if aggregator is None else runs[runs["aggregator"] == aggregator]
-        if runs.empty:
-            return None
+        same_kind = runs[(runs["protocol"] == config["protocol"])
+                         & (runs["aggregator"].isna() if aggregator is None else runs["aggregator"] == aggregator)]
         key = _without_seed(config)
-        same = runs[[_without_seed(json.loads(text)) == key for text in runs["config"]]]
-        return float(statistics.median((same if not same.empty else runs)["wall_seconds"]))
+        same = same_kind[[_without_seed(json.loads(text)) == key for text in same_kind["config"]]]
+        for tier in (same, same_kind, runs):
+            if not tier.empty:
+                return float(statistics.median(tier["wall_seconds"]))
+        return None
 
     def spent_seconds(self, digest: str) -> float:
         """What an interrupted run's checkpoint has spent already (0 without a checkpoint)."""

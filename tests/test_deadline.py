@@ -75,8 +75,12 @@ def test_the_estimate_prefers_other_seeds_of_the_same_training(tmp_path):
 
         [[run]]
         strategy = "gru4rec"
+
+        [[run]]
+        strategy = "sasrec"
+        protocol = "ratio"
     """)
-    (c0, _, _), (c1, _, _), (c2, _, _), (c3, _, _), (small, _, _), (gru, _, _) = identify(cells)
+    (c0, _, _), (c1, _, _), (c2, _, _), (c3, _, _), (small, _, _), (gru, _, _), (ratio, _, _) = identify(cells)
     store = ResultStore(tmp_path / "runs.db")
     plant(store, c0, 600.0)
     plant(store, c1, 800.0)
@@ -86,6 +90,7 @@ def test_the_estimate_prefers_other_seeds_of_the_same_training(tmp_path):
     assert cost.expected_seconds(c3) == 700.0         # seeds 0 and 1 of the same configuration
     other = dict(c3, strategy_options={**c3["strategy_options"], "dim": 32})
     assert cost.expected_seconds(other) == 600.0      # no same-config run: every sasrec run that trained
+    assert cost.expected_seconds(ratio) == 600.0      # no run under its protocol: every sasrec run that trained
     assert cost.expected_seconds(gru) is None         # nothing comparable
     plant(store, dict(c3, tune={"name": "t", "trial": 0}), 5.0, asha_stopped=True)
     assert cost.expected_seconds(other) == 600.0      # a trial stopped early is not comparable either
