@@ -133,19 +133,19 @@ def summary_table(cells: Sequence[Cell], labels: Sequence[str], metrics: Sequenc
     return tabulate(rows, headers=[*headers, *metrics], tablefmt="github", disable_numparse=True)
 
 
+def _listed(cells: Sequence[Cell], labels: Sequence[str], why: Callable[[Cell], Optional[str]]) -> tuple[int, str]:
+    """How many cells have a ``why``, and ``"label seed N (why); ..."`` naming them."""
+    named = [(label, c, why(c)) for c, label in zip(cells, labels, strict=True) if why(c) is not None]
+    return len(named), "; ".join(f"{label} seed {c.request.seed} ({reason})" for label, c, reason in named)
+
+
 def deferrals(cells: Sequence[Cell], labels: Sequence[str]) -> Optional[str]:
     """One line naming every deferred cell (label, seed and why), or ``None``."""
-    deferred = [(label, c) for c, label in zip(cells, labels, strict=True) if c.deferred is not None]
-    if not deferred:
-        return None
-    listed = "; ".join(f"{label} seed {c.request.seed} ({c.deferred})" for label, c in deferred)
-    return f"{len(deferred)} of {len(cells)} cells not started before the deadline: {listed}"
+    count, listed = _listed(cells, labels, lambda c: c.deferred)
+    return f"{count} of {len(cells)} cells not started before the deadline: {listed}" if count else None
 
 
 def failures(cells: Sequence[Cell], labels: Sequence[str]) -> Optional[str]:
-    """One line naming every failed cell (by its label and seed), or ``None``."""
-    failed = [(label, c) for c, label in zip(cells, labels, strict=True) if c.error is not None]
-    if not failed:
-        return None
-    listed = "; ".join(f"{label} seed {c.request.seed}: {c.error}" for label, c in failed)
-    return f"{len(failed)} of {len(cells)} cells failed ({listed})"
+    """One line naming every failed cell (label, seed and error), or ``None``."""
+    count, listed = _listed(cells, labels, lambda c: c.error)
+    return f"{count} of {len(cells)} cells failed: {listed}" if count else None

@@ -29,6 +29,14 @@ dim = 16
 "train.epochs" = 1
 """
 
+TWO_STRATEGIES = """
+[[run]]
+strategy = "sasrec"
+seeds = [0, 1]
+
+[[run]]
+strategy = "gru4rec"
+"""
 NOW = 1_800_000_000.0
 METRICS = {"HR@20": 0.1, "NDCG@20": 0.05, "MRR@20": 0.03}
 
@@ -97,14 +105,7 @@ def test_the_estimate_prefers_other_seeds_of_the_same_training(tmp_path):
 
 
 def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
-    cells, _ = cells_of(tmp_path, """
-        [[run]]
-        strategy = "sasrec"
-        seeds = [0, 1]
-
-        [[run]]
-        strategy = "gru4rec"
-    """)
+    cells, _ = cells_of(tmp_path, TWO_STRATEGIES)
     (c0, _, _), (_, d1, _), _ = identify(cells)
     store = ResultStore(tmp_path / "runs.db")
     plant(store, c0, 600.0)
@@ -138,14 +139,7 @@ def test_a_test_only_cell_of_a_kept_training_always_starts(tmp_path):
 
 
 def test_the_sweep_skips_a_cell_that_would_overrun_and_runs_the_next(tmp_path):
-    cells, path = cells_of(tmp_path, """
-        [[run]]
-        strategy = "sasrec"
-        seeds = [0, 1]
-
-        [[run]]
-        strategy = "gru4rec"
-    """)
+    cells, path = cells_of(tmp_path, TWO_STRATEGIES)
     (c0, _, _), (_, d1, _), (_, d_gru, _) = identify(cells)
     store_path = tmp_path / "runs.db"
     plant(ResultStore(store_path), c0, 3600.0)
@@ -173,14 +167,7 @@ def test_a_bad_deadline_fails_before_anything_is_written(tmp_path):
 
 
 def test_the_dry_run_lists_what_each_cell_left_to_run_needs(tmp_path):
-    cells, path = cells_of(tmp_path, """
-        [[run]]
-        strategy = "sasrec"
-        seeds = [0, 1]
-
-        [[run]]
-        strategy = "gru4rec"
-    """)
+    cells, path = cells_of(tmp_path, TWO_STRATEGIES)
     (c0, _, _), _, _ = identify(cells)
     store_path = tmp_path / "runs.db"
     plant(ResultStore(store_path), c0, 3600.0)

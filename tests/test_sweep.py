@@ -335,3 +335,19 @@ def test_a_local_ray_instance_runs_its_workers_at_the_drivers_niceness(monkeypat
         assert ray.get(niceness.remote()) == os.nice(0)
     finally:
         ray.shutdown()
+
+
+def test_a_failed_cell_is_named_and_the_sweep_goes_on(tmp_path):
+    path = sweep_file(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        set = { "train.lr" = 1e30 }
+
+        [[run]]
+        strategy = "gru4rec"
+    """)
+    out = CliRunner().invoke(main, ["sweep", str(path), "--store", str(tmp_path / "r.db"), "--quiet"])
+    assert out.exit_code == 1
+    assert re.search(r"error: training failed: 1 of 2 cells failed: sasrec \(.*train.lr=1e\+30.*\) seed 0 \(.*epoch 1",
+                     out.output), out.output
+    assert set(ResultStore(tmp_path / "r.db").runs(status=None)["status"]) == {"failed", "done"}
