@@ -705,8 +705,8 @@ def store_upgrade(store_path: Path, dry_run: bool, data_root: Optional[Path]) ->
 def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) -> None:
     """One line per stored run: id, status, data, run, perturbation, seed, best / run epochs, seconds per
     epoch, wall minutes (of a resumed run: with its earlier processes' epochs). A run whose process died
-    stays 'running': its command resumes it from its checkpoint ('resumable'), `fusionbench store remove`
-    forgets it."""
+    stays 'running': its command resumes it from its checkpoint ('resumable', with its best / epochs so far,
+    seconds per epoch and minutes spent as the checkpoint has them), `fusionbench store remove` forgets it."""
     from fusionbench.store.admin import describe_runs
 
     rows = describe_runs(store_path, status, dataset)

@@ -57,6 +57,18 @@ def test_show_lists_runs_with_label_perturbation_and_state(tmp_path):
     assert "no runs with status 'failed'" in invoke("store", "show", "--store", path, "--status", "failed").output
 
 
+def test_show_reads_a_running_runs_progress_from_its_checkpoint(tmp_path):
+    path, _, _, running, digest = a_store(tmp_path)
+    epochs = [{"epoch": n, "loss": 1.0, "seconds": s, "valid": {"NDCG@20": v}}
+              for n, s, v in ((1, 30.0, 0.1), (2, 50.0, 0.3), (3, 40.0, 0.2))]
+    torch.save({"history": epochs, "best_epoch": 2, "elapsed": 150.0}, tmp_path / "checkpoints" / f"{digest}.pt")
+    out = invoke("store", "show", "--store", path, "--status", "running")
+    assert out.exit_code == 0, out.output
+    [line] = [line for line in out.output.splitlines() if line.startswith(f"| {running:>4} ")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[-3:] == ["resumable: 2 / 3 so far", "40", "2.5"]      # best / epochs, s per epoch, minutes
+
+
 def test_remove_forgets_runs_and_the_weights_nothing_refers_to(tmp_path):
     path, clean, stressed, running, digest = a_store(tmp_path)
     weights = tmp_path / "models" / f"{clean.config_hash}.pt"

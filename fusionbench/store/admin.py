@@ -8,6 +8,7 @@ them and the stress cells that evaluated them, whose ``trained_from`` names them
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -58,21 +59,40 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
     labels = _run_labels(configs)
     rows = []
     for run, config, text in zip(table.itertuples(), configs, labels):
+        epoch_seconds, wall_seconds = run.epoch_seconds, run.wall_seconds
         if run.status == "done":
             epochs = f"{int(run.best_epoch)} / {len(json.loads(run.history or '[]'))}"
         elif run.status == "running":
-            epochs = "resumable" if store.checkpoint_path(run.config_hash).exists() else "no checkpoint"
+            state = _resume_state(store.checkpoint_path(run.config_hash))
+            epochs = "no checkpoint" if state is None else "resumable"
+            if state and state.get("history"):
+                history = state["history"]
+                epochs = f"resumable: {state['best_epoch']} / {len(history)} so far"
+                epoch_seconds = sum(e["seconds"] for e in history) / len(history)
+                wall_seconds = state.get("elapsed")
         else:
             epochs = (run.error or "").splitlines()[-1][:60] if run.error else ""
         rows.append({"id": run.id, "status": run.status, "data": f"{data_name(config)} / {config['protocol']}",
                      "run": text, "perturbation": _perturbation_text(config),
                      "tune": _tune_text(run), "seed": run.seed,
                      "epochs (best / run)": epochs,
-                     "s / epoch": "" if run.epoch_seconds != run.epoch_seconds or run.epoch_seconds is None
-                     else f"{run.epoch_seconds:.1f}",
-                     "wall min": "" if run.wall_seconds != run.wall_seconds or run.wall_seconds is None
-                     else f"{run.wall_seconds / 60:.1f}"})
+                     "s / epoch": "" if epoch_seconds != epoch_seconds or epoch_seconds is None
+                     else f"{epoch_seconds:.1f}",
+                     "wall min": "" if wall_seconds != wall_seconds or wall_seconds is None
+                     else f"{wall_seconds / 60:.1f}"})
     return rows
+
+
+def _resume_state(checkpoint: Path) -> Optional[dict]:
+    """An unfinished run's resume checkpoint (``train.train``'s layout): ``None`` if there is none, ``{}``
+    if it cannot be read as one (its run still resumes or fails with its own error)."""
+    if not checkpoint.exists():
+        return None
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 @dataclass
@@ -103,9 +123,8 @@ def run_curves(store_path: Path, run_ids: list[int]) -> list[Curve]:
     for run, label in zip(runs, labels):
         history, source = json.loads(run.history if isinstance(run.history, str) else "[]"), "store"
         best = int(run.best_epoch) if run.status == "done" and run.best_epoch == run.best_epoch else None
-        checkpoint = store.checkpoint_path(run.config_hash)
-        if run.status == "running" and not history and checkpoint.exists():
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = _resume_state(store.checkpoint_path(run.config_hash)) if run.status == "running" else None
+        if not history and state and state.get("history"):
             history, best, source = state["history"], state["best_epoch"], "checkpoint"
         curves.append(Curve(int(run.id), label, run.status, history, best, source if history else "none"))
     return curves
