@@ -28,12 +28,11 @@ import time
 from datetime import datetime
 from typing import Optional, Sequence
 
-import torch
-
 from fusionbench.errors import UserInputError
 from fusionbench.plan import Cell, identify
 from fusionbench.runner import training_config
 from fusionbench.store import ResultStore, canonical_json
+from fusionbench.train import read_checkpoint
 
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -82,10 +81,7 @@ class CellCost:
 
     def spent_seconds(self, digest: str) -> float:
         """What an interrupted run's checkpoint has spent already (0 without a checkpoint)."""
-        checkpoint = self.store.checkpoint_path(digest)
-        if not checkpoint.exists():
-            return 0.0
-        return float(torch.load(checkpoint, weights_only=False, map_location="cpu").get("elapsed", 0.0))
+        return float((read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("elapsed", 0.0))
 
     def needed_seconds(self, config: dict, digest: str, trained: str) -> Optional[float]:
         """What the run ``digest`` (training ``trained``) still needs: 0 when it only evaluates kept

@@ -24,6 +24,7 @@ import contextlib
 import copy
 import functools
 import math
+import pickle
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -204,6 +205,19 @@ def epoch_test_metrics(model: Strategy, data: SequenceData, split: Split, max_le
 def save_atomically(obj: dict, path: Path) -> None:
     """``torch.save`` to ``path`` through a temporary file: a reader never sees half a file."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_checkpoint(path: Path) -> Optional[dict]:
+    """The resume state :func:`train` writes after every epoch (``history``, ``best_epoch``, ``elapsed``
+    seconds, the model's, optimiser's and generators' states): ``None`` if there is no file, ``{}`` if it
+    cannot be read as one (a reader that only reports progress then shows none)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def improvements(history: list[dict], select: str, leaky: bool) -> list[bool]:

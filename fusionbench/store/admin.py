@@ -8,12 +8,10 @@ them and the stress cells that evaluated them, whose ``trained_from`` names them
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from tabulate import tabulate
 
 from fusionbench.atomic import atomic_write
@@ -21,6 +19,7 @@ from fusionbench.errors import UserInputError
 from fusionbench.report.collect import data_name, open_store, row_key, variant_labels
 from fusionbench.runner import training_config
 from fusionbench.store import config_hash
+from fusionbench.train import read_checkpoint
 
 
 def _perturbation_text(config: dict) -> str:
@@ -63,7 +62,7 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
         if run.status == "done":
             epochs = f"{int(run.best_epoch)} / {len(json.loads(run.history or '[]'))}"
         elif run.status == "running":
-            state = _resume_state(store.checkpoint_path(run.config_hash))
+            state = read_checkpoint(store.checkpoint_path(run.config_hash))
             epochs = "no checkpoint" if state is None else "resumable"
             if state and state.get("history"):
                 history = state["history"]
@@ -81,18 +80,6 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
                      "wall min": "" if wall_seconds != wall_seconds or wall_seconds is None
                      else f"{wall_seconds / 60:.1f}"})
     return rows
-
-
-def _resume_state(checkpoint: Path) -> Optional[dict]:
-    """An unfinished run's resume checkpoint (``train.train``'s layout): ``None`` if there is none, ``{}``
-    if it cannot be read as one (its run still resumes or fails with its own error)."""
-    if not checkpoint.exists():
-        return None
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError):
-        return {}
-    return state if isinstance(state, dict) else {}
 
 
 @dataclass
@@ -123,7 +110,7 @@ def run_curves(store_path: Path, run_ids: list[int]) -> list[Curve]:
     for run, label in zip(runs, labels):
         history, source = json.loads(run.history if isinstance(run.history, str) else "[]"), "store"
         best = int(run.best_epoch) if run.status == "done" and run.best_epoch == run.best_epoch else None
-        state = _resume_state(store.checkpoint_path(run.config_hash)) if run.status == "running" else None
+        state = read_checkpoint(store.checkpoint_path(run.config_hash)) if run.status == "running" else None
         if not history and state and state.get("history"):
             history, best, source = state["history"], state["best_epoch"], "checkpoint"
         curves.append(Curve(int(run.id), label, run.status, history, best, source if history else "none"))
