@@ -262,8 +262,8 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
     beauty, toys and sports, under ratio with record_test on seeds 0-2, datasets in that order, on beauty
     seed 0 of every row first (the graph-CF rows, the two clipped hohe rows of Table 4, the rest of Table 2's
     published rows, then the rest of Tables 3 and 4, then the project's other rows), with toys seed 0 of
-    MMSR and SASRec^F, and beauty seed 0 of both under ratio-paper, between Table 2's beauty rows and the rest
-    of Tables 3 and 4; exact
+    MMSR and SASRec^F between Table 2's strongest sequential baselines and its others, and beauty seed 0 of
+    both under ratio-paper between Table 2's beauty rows and the rest of Tables 3 and 4; exact
     ratio-paper (without record_test) for mmsr and two baselines per dataset."""
     from fusionbench.report.published import load_published, matches
 
@@ -302,9 +302,13 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
     rest = first[n + 2 + len(baselines):]
     tables34 = rest[:[s == "mmsr" for s in rest].index(False)]      # then the rest of Tables 3 and 4
     assert len(tables34) > 10 and "mmsr" not in rest[len(tables34):]
-    table2_end = max(cells.index(c) for c in beauty[:n + 2 + len(baselines)])
+    table2 = beauty[:n + 2 + len(baselines)]
+    table2_end = max(cells.index(c) for c in table2)
     tables34_start = cells.index(beauty[n + 2 + len(baselines)])
-    assert table2_end < early_toys[0] and early_toys[-1] < tables34_start         # toys between the two
+    strongest = {"sasrecf", "sasrec", "difsr", "nova"}               # toys once these are in, before the others
+    assert all((cells.index(c) < early_toys[0]) == (c.request.strategy in strongest)
+               for c in table2 if c.request.strategy in baselines)
+    assert early_toys[-1] < table2_end < tables34_start
     exact = [(c.request.strategy, c.request.seed) for c in cells[table2_end:tables34_start]
              if c.config["protocol"] == "ratio-paper"]
     assert exact == [("mmsr", 0), ("sasrecf", 0)]                    # and beauty's exact protocol for the same two
