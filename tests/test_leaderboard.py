@@ -239,6 +239,9 @@ def test_at_default_keeps_the_runs_with_each_key_at_its_strategys_default(tmp_pa
     b = board(s, selection=Selection.parse("sasrec,difsr", (), "aap_weight"))
     assert [row.group.label for row in b.rows] == ["sasrec", "sasrec (dim=32)", "sasrec (train.precision=bf16)"]
     assert b.not_run == ("difsr",)
+    # and so is one that enters a config only when set (here han's projections), though no run sets it
+    b = board(s, selection=Selection.parse("mmsr", (), "agg.projections,init,train.record_test"))
+    assert [row.group.label for row in b.rows] == ["mmsr + gcn (dim=64)", "mmsr + han (use_pos=False)"]
     with pytest.raises(UserInputError, match="no finished run matches"):
         labels("use_pos", "aggregator=han")
 

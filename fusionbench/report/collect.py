@@ -192,6 +192,7 @@ class Selection:
             aggregator = getattr(STRATEGIES.get(name), "default_aggregator", None)
             there |= set(_default_options({"strategy": name, "dataset": sample["dataset"],
                                            "protocol": sample["protocol"], "aggregator": aggregator}) or {})
+            there |= _only_when_set_keys(name, aggregator)
         for key in self.at_default:
             if key not in there:
                 raise UserInputError(f"--at-default {key}: no run in {where} and no strategy named by --strategy "
@@ -412,6 +413,19 @@ def _default_options(config: dict) -> Optional[dict[str, Any]]:
         return _flat_options(json.loads(canonical_json(resolve(request))))
     except (UserInputError, UnknownPluginError):
         return None
+
+
+def _only_when_set_keys(strategy: str, aggregator: Optional[str]) -> set[str]:
+    """The option keys (as ``--set`` takes them) of a strategy, its aggregator and the training options
+    that a resolved config holds only when set (``PluginOptions.ONLY_WHEN_SET``), so that its defaults
+    (:func:`_default_options`) do not list them."""
+    from fusionbench.registry import AGGREGATORS, STRATEGIES
+    from fusionbench.train import TrainOptions
+
+    keys = set(STRATEGIES.get(strategy).Options.ONLY_WHEN_SET) | {f"train.{k}" for k in TrainOptions.ONLY_WHEN_SET}
+    if aggregator is not None:
+        keys |= {f"agg.{k}" for k in AGGREGATORS.get(aggregator).Options.ONLY_WHEN_SET}
+    return keys
 
 
 def options_off_default(config: dict, defaults: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
