@@ -257,10 +257,9 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
             needed = None if state == "done" else cost.needed_seconds(config, digest, trained)
             rows.append([label, cell.request.seed, state,
                          "" if state == "done" else "?" if needed is None else f"{needed / 60:.0f}"])
-        status = [row[2] for row in rows]
         click.echo(tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",
                             disable_numparse=True))
-        click.echo(f"{len(cells)} cells, {status.count('done')} done")
+        click.echo(f"{len(cells)} cells, {sum(row[2] == 'done' for row in rows)} done")
         return
 
     kept = KeptArchive(store, archive, ARCHIVE_EVERY_S) if archive is not None else None

@@ -209,12 +209,13 @@ def save_atomically(obj: dict, path: Path) -> None:
 
 def read_checkpoint(path: Path) -> Optional[dict]:
     """The resume state :func:`train` writes after every epoch (``history``, ``best_epoch``, ``elapsed``
-    seconds, the model's, optimiser's and generators' states): ``None`` if there is no file, ``{}`` if it
-    cannot be read as one (a reader that only reports progress then shows none)."""
+    seconds, the model's, optimiser's and generators' states, memory-mapped: a reader of the history reads
+    none of the tensors): ``None`` if there is no file, ``{}`` if it cannot be read as one (a reader that only
+    reports progress then shows none)."""
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError):
         return {}
     return state if isinstance(state, dict) else {}

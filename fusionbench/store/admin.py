@@ -75,11 +75,13 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
                      "run": text, "perturbation": _perturbation_text(config),
                      "tune": _tune_text(run), "seed": run.seed,
                      "epochs (best / run)": epochs,
-                     "s / epoch": "" if epoch_seconds != epoch_seconds or epoch_seconds is None
-                     else f"{epoch_seconds:.1f}",
-                     "wall min": "" if wall_seconds != wall_seconds or wall_seconds is None
-                     else f"{wall_seconds / 60:.1f}"})
+                     "s / epoch": _shown(epoch_seconds), "wall min": _shown(wall_seconds, per=60)})
     return rows
+
+
+def _shown(value: Optional[float], per: float = 1.0) -> str:
+    """``value / per`` to one decimal; empty for a missing value (``None`` or NaN, as pandas reads NULL)."""
+    return "" if value is None or value != value else f"{value / per:.1f}"
 
 
 @dataclass
