@@ -215,7 +215,7 @@ def read_checkpoint(path: Path) -> Optional[dict]:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)  # torch 2.2: str only
     except (RuntimeError, EOFError, pickle.UnpicklingError):
         return {}
     return state if isinstance(state, dict) else {}
