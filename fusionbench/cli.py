@@ -251,10 +251,13 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     results = ResultStore(store)
     if dry_run:
         cost = CellCost(results)
-        rows = []
+        rows, training = [], set()  # training hashes an earlier cell left to run trains and keeps
         for cell, label, (config, digest, trained) in zip(cells, labels, plan.identify(cells)):
             state = results.status(digest) or "to run"
-            needed = None if state == "done" else cost.needed_seconds(config, digest, trained)
+            needed = (None if state == "done" else 0.0 if trained in training
+                      else cost.needed_seconds(config, digest, trained))
+            if state != "done":
+                training.add(trained)
             rows.append([label, cell.request.seed, state,
                          "" if state == "done" else "?" if needed is None else f"{needed / 60:.0f}"])
         click.echo(tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",

@@ -1,4 +1,4 @@
-"""``fusionbench sweep --deadline``: start a cell only when it is expected to finish before a deadline.
+r"""``fusionbench sweep --deadline``: start a cell only when it is expected to finish before a deadline.
 
 A machine lent for a fixed time (a batch job's wall-clock limit, a session) loses the run it is in the
 middle of when the time is up. With a deadline the local engine asks, before each cell, how long the
@@ -14,10 +14,21 @@ that trained (not those that only evaluated kept weights, nor tune trials stoppe
 2. of the same strategy, aggregator, dataset and protocol, else
 3. of the same strategy and dataset (any aggregator or protocol).
 
-A resumed cell needs that median less the time its checkpoint has already spent (``elapsed``). A cell is
-always started when it is done already, when it only evaluates kept weights (a test-only perturbation of
-a trained run), or when the store has no comparable run to estimate it from (it may then end after the
-deadline). After the deadline no cell that trains is started.
+A resumed cell needs the epochs it is expected to train still, at the same tier's median wall time per
+epoch (each run's wall time over its epochs, so the final evaluation is spread over them): with
+:math:`e` epochs in its checkpoint, :math:`\tilde E` the tier's median epoch count, :math:`s` early
+stopping's count after those epochs (:func:`fusionbench.train.stale_epochs`), patience :math:`P` and
+epoch budget :math:`E_{max}`,
+
+.. math::
+    \text{epochs left} = \min\big(E_{max} - e,\ \max(\tilde E - e,\ P - s)\big)
+
+(0 once :func:`fusionbench.train.finished` holds): the epochs a typical run has beyond ``e``, at least
+those early stopping still demands. Progress is counted in epochs, not in the wall time the checkpoint
+has spent, which grows with whatever else shared the machine. A cell is always started when it is done
+already, when it only evaluates kept weights (a test-only perturbation of a trained run), or when the
+store has no comparable run to estimate it from (it may then end after the deadline). After the deadline
+no cell that trains is started.
 """
 from __future__ import annotations
 
@@ -28,11 +39,14 @@ import time
 from datetime import datetime
 from typing import Optional, Sequence
 
+import pandas as pd
+
+from fusionbench.data.splits import LEAKY_PROTOCOL
 from fusionbench.errors import UserInputError
 from fusionbench.plan import Cell, identify
 from fusionbench.runner import training_config
 from fusionbench.store import ResultStore, canonical_json
-from fusionbench.train import read_checkpoint
+from fusionbench.train import TrainOptions, finished, read_checkpoint, stale_epochs
 
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -63,9 +77,9 @@ class CellCost:
     def __init__(self, store: ResultStore):
         self.store = store
 
-    def expected_seconds(self, config: dict) -> Optional[float]:
-        """Median wall time of the store's finished runs comparable with ``config`` (a resolved config with
-        its dataset checksum), ``None`` when it has none."""
+    def comparable(self, config: dict) -> pd.DataFrame:
+        """The store's finished runs that trained and are comparable with ``config`` (a resolved config
+        with its dataset checksum): the first non-empty tier of the module's docstring (may be empty)."""
         runs = self.store.runs(strategy=config["strategy"], dataset=config["dataset"])
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
                     & runs["wall_seconds"].notna()]
@@ -74,22 +88,40 @@ class CellCost:
                          & (runs["aggregator"].isna() if aggregator is None else runs["aggregator"] == aggregator)]
         key = _without_seed(config)
         same = same_kind[[_without_seed(json.loads(text)) == key for text in same_kind["config"]]]
-        for tier in (same, same_kind, runs):
-            if not tier.empty:
-                return float(statistics.median(tier["wall_seconds"]))
-        return None
+        return next((tier for tier in (same, same_kind) if not tier.empty), runs)
 
-    def spent_seconds(self, digest: str) -> float:
-        """What an interrupted run's checkpoint has spent already (0 without a checkpoint)."""
-        return float((read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("elapsed", 0.0))
+    def expected_seconds(self, config: dict) -> Optional[float]:
+        """Median wall time of the runs comparable with ``config``, ``None`` when there are none."""
+        runs = self.comparable(config)
+        return None if runs.empty else float(statistics.median(runs["wall_seconds"]))
 
     def needed_seconds(self, config: dict, digest: str, trained: str) -> Optional[float]:
         """What the run ``digest`` (training ``trained``) still needs: 0 when it only evaluates kept
-        weights, else its expected time less what its checkpoint has spent; ``None`` without an estimate."""
+        weights, its expected time when it has no checkpoint, else its epochs left at the comparable runs'
+        median time per epoch; ``None`` without an estimate."""
         if self.store.weights_path(trained).exists():
             return 0.0
-        expected = self.expected_seconds(config)
-        return None if expected is None else max(expected - self.spent_seconds(digest), 0.0)
+        runs = self.comparable(config)
+        if runs.empty:
+            return None
+        history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")
+        if not history:
+            return float(statistics.median(runs["wall_seconds"]))
+        epochs = [len(json.loads(text)) if text else 0 for text in runs["history"]]
+        per_epoch = statistics.median(wall / n for wall, n in zip(runs["wall_seconds"], epochs) if n)
+        typical = statistics.median(n for n in epochs if n)
+        return per_epoch * epochs_left(history, TrainOptions.build(config["train"]),
+                                       config["protocol"] == LEAKY_PROTOCOL, typical)
+
+
+def epochs_left(history: list[dict], opts: TrainOptions, leaky: bool, typical: float) -> float:
+    """Epochs a run resumed after ``history`` is expected to train still, when comparable runs trained
+    ``typical`` epochs (the module's docstring has the rule)."""
+    done = len(history)
+    if finished(history, opts, leaky):
+        return 0.0
+    demanded = opts.patience - stale_epochs(history, opts.select, leaky)
+    return float(min(opts.epochs - done, max(typical - done, demanded)))
 
 
 class Deadline:

@@ -9,12 +9,13 @@ import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
-from fusionbench.deadline import CellCost, Deadline, parse_deadline
+from fusionbench.deadline import CellCost, Deadline, epochs_left, parse_deadline
 from fusionbench.errors import UserInputError
 from fusionbench.plan import identify
 from fusionbench.store import ResultStore
 from fusionbench.store.results import RunSummary
 from fusionbench.sweep import read_sweep
+from fusionbench.train import REFERENCE_WATCHED, TrainOptions
 
 TINY = """
 [defaults]
@@ -47,11 +48,19 @@ def cells_of(tmp_path, body):
     return read_sweep(path), path
 
 
-def plant(store, config, wall, trained_from=None, asha_stopped=None):
-    """A finished run of ``config`` (a resolved config with its dataset checksum) that took ``wall`` s."""
+def history(ndcg):
+    """A training history with these validation NDCG@20 values, one epoch each."""
+    return [{"epoch": n, "loss": 1.0, "seconds": 1.0, "valid": {"NDCG@20": value}}
+            for n, value in enumerate(ndcg, 1)]
+
+
+def plant(store, config, wall, trained_from=None, asha_stopped=None, epochs=10):
+    """A finished run of ``config`` (a resolved config with its dataset checksum) that took ``wall`` s
+    over ``epochs`` epochs."""
     run_id = store.start(config, config["dataset_checksum"], {}, "test")
     store.finish(run_id, {"test": METRICS, "valid": METRICS}, {},
-                 RunSummary(wall_seconds=wall, trained_from=trained_from, asha_stopped=asha_stopped))
+                 RunSummary(wall_seconds=wall, trained_from=trained_from, asha_stopped=asha_stopped,
+                            history=history([0.01 * n for n in range(epochs)])))
 
 
 @pytest.mark.parametrize("text, seconds", [("90m", 5400), ("2h", 7200), ("2h30m", 9000), ("45s", 45),
@@ -118,8 +127,47 @@ def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
     assert clock.admit(gru, now=NOW + 501) == "the deadline has passed"
     checkpoint = store.checkpoint_path(d1)
     checkpoint.parent.mkdir(exist_ok=True)
-    torch.save({"elapsed": 200.0}, checkpoint)                       # a resumed run needs the rest only
+    torch.save({"history": history([0.1] * 2)}, checkpoint)           # a resumed run needs the rest only
     assert clock.admit(seed1, now=NOW) is None
+
+
+@pytest.mark.parametrize("ndcg, patience, typical, left", [
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 3, 10, 4),    # a typical run trains 4 epochs more
+    ([0.1 * n for n in range(1, 10)], 3, 10, 3),   # still improving at 9: early stopping demands 3 more
+    ([0.1] + [0.2] * 8, 10, 10, 3),                # 7 stale epochs of patience 10: 3 more, not 1
+    ([0.1] * 6, 10, 40, 14),                       # the epoch budget (20) caps it
+    ([0.1] * 11, 10, 10, 0),                       # 10 stale epochs: stopped, only the evaluation is left
+])
+def test_a_resumed_run_is_expected_to_train_the_epochs_a_typical_run_has_left(ndcg, patience, typical, left):
+    opts = TrainOptions(epochs=20, patience=patience)
+    assert epochs_left(history(ndcg), opts, False, typical) == left
+
+
+def test_under_ratio_paper_the_references_stopping_count_decides_what_is_left():
+    opts = TrainOptions(epochs=50, patience=2)
+    improved_then_stale = [{"epoch": n, "loss": 1.0, "seconds": 1.0, "valid": dict.fromkeys(REFERENCE_WATCHED, 0.1)}
+                           for n in (1, 2)]
+    # the reference's one-epoch lag: the epoch after an improvement does not count, so 2 are still needed
+    assert epochs_left(improved_then_stale, opts, True, 1) == 2
+    assert epochs_left(improved_then_stale, opts, False, 1) == 1
+
+
+def test_a_resumed_cell_is_costed_by_its_epochs_not_by_the_time_its_checkpoint_spent(tmp_path):
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+        set = { "train.epochs" = 50, "train.patience" = 3 }
+    """)
+    (c0, _, _), (c1, d1, t1) = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, c0, 600.0, epochs=10)                               # 60 s per epoch
+    cost = CellCost(store)
+    assert cost.needed_seconds(c1, d1, t1) == 600.0                  # not started: a whole run
+    store.checkpoint_path(d1).parent.mkdir(exist_ok=True)
+    # 6 improving epochs that took 5 hours on a loaded machine: 4 epochs of a typical 10 are left
+    torch.save({"history": history([0.1 * n for n in range(1, 7)]), "elapsed": 18000.0}, store.checkpoint_path(d1))
+    assert cost.needed_seconds(c1, d1, t1) == pytest.approx(240.0)
 
 
 def test_a_test_only_cell_of_a_kept_training_always_starts(tmp_path):
@@ -176,3 +224,24 @@ def test_the_dry_run_lists_what_each_cell_left_to_run_needs(tmp_path):
     rows = [[part.strip() for part in line.strip("|").split("|")] for line in result.output.splitlines()
             if line.startswith("| sasrec") or line.startswith("| gru4rec")]
     assert [row[1:] for row in rows] == [["0", "done", ""], ["1", "to run", "60"], ["0", "to run", "?"]]
+
+
+def test_the_dry_run_counts_a_training_once_for_the_cells_that_share_it(tmp_path):
+    cells, path = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+
+        [[run]]
+        strategy = "sasrec"
+        seeds = [1]
+        perturbation = { name = "disorder", severity = [0.5, 1] }
+    """)
+    (c0, _, _), _, _, _ = identify(cells)
+    store_path = tmp_path / "runs.db"
+    plant(ResultStore(store_path), c0, 3600.0)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    needs = [line.strip("|").split("|")[-1].strip() for line in result.output.splitlines()
+             if line.startswith("| sasrec")]
+    assert needs == ["", "60", "0", "0"]           # seed 1 trains; its test-only cells evaluate its weights

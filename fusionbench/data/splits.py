@@ -18,6 +18,7 @@ from fusionbench.errors import UserInputError
 
 Protocol = Literal["loo", "ratio", "ratio-paper"]
 PROTOCOLS: tuple[str, ...] = ("loo", "ratio", "ratio-paper")
+LEAKY_PROTOCOL = "ratio-paper"  # selects and stops on the test samples, as the MMSR reference does
 RATIO = 0.2
 
 
@@ -77,7 +78,7 @@ class Split:
 
     @property
     def leaky(self) -> bool:
-        return self.protocol == "ratio-paper"
+        return self.protocol == LEAKY_PROTOCOL
 
 
 def _positions(data: SequenceData) -> tuple[Tensor, Tensor]:

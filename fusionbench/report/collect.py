@@ -27,12 +27,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from fusionbench.data.splits import LEAKY_PROTOCOL
 from fusionbench.errors import UserInputError
 from fusionbench.metrics import METRICS, per_sample
 from fusionbench.registry import UnknownPluginError
 from fusionbench.store import UNSEEN_TEST, ResultStore, canonical_json, config_hash
 
-LEAKY_PROTOCOL = "ratio-paper"
 RANKINGS = ("all", "unseen")  # --ranking: test ranks among all items, or among the items outside each history
 LEAKY_LABEL = "test-selected (leaky)"
 NOT_IDENTITY = ("seed", "perturbation", "dataset_checksum")  # config keys that do not define a row
