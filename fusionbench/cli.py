@@ -250,7 +250,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
     if dry_run:
-        cost = CellCost(results)
+        cost = CellCost(results, data_root)
         rows, training = [], set()  # training hashes an earlier cell left to run trains and keeps
         for cell, label, (config, digest, trained) in zip(cells, labels, plan.identify(cells)):
             state = results.status(digest) or "to run"
@@ -272,7 +272,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
             sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
                            gpus_per_cell=gpus_per_cell, finished=finished)
         else:
-            admit = Deadline(results, ends_at, cells).admit if ends_at is not None else lambda cell: None
+            admit = Deadline(results, ends_at, cells, data_root).admit if ends_at is not None else lambda cell: None
             plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished, admit=admit)
     finally:
         if kept is not None:

@@ -12,7 +12,10 @@ that trained (not those that only evaluated kept weights, nor tune trials stoppe
 1. of the same training configuration on other seeds (its ``runner.training_config`` but for the seed),
    else
 2. of the same strategy, aggregator, dataset and protocol, else
-3. of the same strategy and dataset (any aggregator or protocol).
+3. of the same strategy and dataset (any aggregator or protocol), else
+4. of the same strategy on other datasets, each run's wall time scaled by the ratio of the two datasets'
+   interactions (a rough guide: an epoch's work grows with the training positions, the number of epochs
+   and the cost per position vary by dataset as well).
 
 A resumed cell needs the epochs it is expected to train still, at the same tier's median wall time per
 epoch (each run's wall time over its epochs, so the final evaluation is spread over them): with
@@ -37,6 +40,7 @@ import re
 import statistics
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
@@ -44,7 +48,7 @@ import pandas as pd
 from fusionbench.data.splits import LEAKY_PROTOCOL
 from fusionbench.errors import UserInputError
 from fusionbench.plan import Cell, identify
-from fusionbench.runner import training_config
+from fusionbench.runner import load_data, training_config
 from fusionbench.store import ResultStore, canonical_json
 from fusionbench.train import TrainOptions, finished, read_checkpoint, stale_epochs
 
@@ -72,28 +76,51 @@ def _without_seed(config: dict) -> str:
 
 
 class CellCost:
-    """How long cells take, estimated from the runs finished in ``store`` (see the module's docstring)."""
+    """How long cells take, estimated from the runs finished in ``store`` (see the module's docstring);
+    ``data_root`` is where the datasets are read from for tier 4's sizes (``--data-root``)."""
 
-    def __init__(self, store: ResultStore):
+    def __init__(self, store: ResultStore, data_root: Optional[Path] = None):
         self.store = store
+        self.data_root = data_root
+        self._interactions: dict[str, Optional[int]] = {}
+
+    def interactions(self, config: dict) -> Optional[int]:
+        """The number of interactions of ``config``'s dataset (loaded once per dataset and options),
+        ``None`` when it cannot be loaded here."""
+        key = canonical_json({"dataset": config["dataset"], "options": config["dataset_options"]})
+        if key not in self._interactions:
+            try:
+                self._interactions[key] = load_data(config, self.data_root).n_interactions
+            except (UserInputError, OSError):
+                self._interactions[key] = None
+        return self._interactions[key]
 
     def comparable(self, config: dict) -> pd.DataFrame:
         """The store's finished runs that trained and are comparable with ``config`` (a resolved config
-        with its dataset checksum): the first non-empty tier of the module's docstring (may be empty)."""
-        runs = self.store.runs(strategy=config["strategy"], dataset=config["dataset"])
+        with its dataset checksum), from the first non-empty tier of the module's docstring (may be
+        empty), with their wall time on ``config``'s dataset in a column ``wall`` (scaled in tier 4)."""
+        runs = self.store.runs(strategy=config["strategy"])
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
                     & runs["wall_seconds"].notna()]
+        here = runs[runs["dataset"] == config["dataset"]]
         aggregator = config.get("aggregator")
-        same_kind = runs[(runs["protocol"] == config["protocol"])
-                         & (runs["aggregator"].isna() if aggregator is None else runs["aggregator"] == aggregator)]
+        same_kind = here[(here["protocol"] == config["protocol"])
+                         & (here["aggregator"].isna() if aggregator is None else here["aggregator"] == aggregator)]
         key = _without_seed(config)
         same = same_kind[[_without_seed(json.loads(text)) == key for text in same_kind["config"]]]
-        return next((tier for tier in (same, same_kind) if not tier.empty), runs)
+        for tier in (same, same_kind, here):
+            if not tier.empty:
+                return tier.assign(wall=tier["wall_seconds"])
+        target = self.interactions(config) if not runs.empty else None
+        sizes = [self.interactions(json.loads(text)) if target else None for text in runs["config"]]
+        scale = [target / size if size else float("nan") for size in sizes]
+        elsewhere = runs.assign(wall=runs["wall_seconds"] * scale)
+        return elsewhere[elsewhere["wall"].notna()]
 
     def expected_seconds(self, config: dict) -> Optional[float]:
         """Median wall time of the runs comparable with ``config``, ``None`` when there are none."""
         runs = self.comparable(config)
-        return None if runs.empty else float(statistics.median(runs["wall_seconds"]))
+        return None if runs.empty else float(statistics.median(runs["wall"]))
 
     def needed_seconds(self, config: dict, digest: str, trained: str) -> Optional[float]:
         """What the run ``digest`` (training ``trained``) still needs: 0 when it only evaluates kept
@@ -106,9 +133,9 @@ class CellCost:
             return None
         history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")
         if not history:
-            return float(statistics.median(runs["wall_seconds"]))
+            return float(statistics.median(runs["wall"]))
         epochs = [len(json.loads(text)) if text else 0 for text in runs["history"]]
-        per_epoch = statistics.median(wall / n for wall, n in zip(runs["wall_seconds"], epochs) if n)
+        per_epoch = statistics.median(wall / n for wall, n in zip(runs["wall"], epochs) if n)
         typical = statistics.median(n for n in epochs if n)
         return per_epoch * epochs_left(history, TrainOptions.build(config["train"]),
                                        config["protocol"] == LEAKY_PROTOCOL, typical)
@@ -128,10 +155,10 @@ class Deadline:
     """Which cells of a plan may start before ``deadline`` (seconds since the epoch), estimated from the
     runs finished in ``store``; :meth:`admit` is ``plan.run_local``'s ``admit``."""
 
-    def __init__(self, store: ResultStore, deadline: float, cells: Sequence[Cell]):
+    def __init__(self, store: ResultStore, deadline: float, cells: Sequence[Cell], data_root: Optional[Path] = None):
         self.store = store
         self.deadline = deadline
-        self.cost = CellCost(store)
+        self.cost = CellCost(store, data_root)
         self._identity = {id(cell): identity for cell, identity in zip(cells, identify(cells), strict=True)}
         """``id(cell)`` -> ``(config, run hash, training hash)``."""
 

@@ -12,6 +12,7 @@ from fusionbench.cli import main
 from fusionbench.deadline import CellCost, Deadline, epochs_left, parse_deadline
 from fusionbench.errors import UserInputError
 from fusionbench.plan import identify
+from fusionbench.runner import load_data
 from fusionbench.store import ResultStore
 from fusionbench.store.results import RunSummary
 from fusionbench.sweep import read_sweep
@@ -129,6 +130,22 @@ def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
     checkpoint.parent.mkdir(exist_ok=True)
     torch.save({"history": history([0.1] * 2)}, checkpoint)           # a resumed run needs the rest only
     assert clock.admit(seed1, now=NOW) is None
+
+
+def test_without_a_run_on_its_dataset_the_estimate_scales_the_strategys_runs_elsewhere(tmp_path):
+    cells, _ = cells_of(tmp_path, TWO_STRATEGIES)
+    (c0, _, _), _, (gru, _, _) = identify(cells)
+    beauty = tmp_path / "beauty.toml"
+    beauty.write_text('[[run]]\nstrategy = "sasrec"\ndataset = "beauty"\n')
+    [(on_beauty, _, _)] = identify(read_sweep(beauty))
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, on_beauty, 6000.0)
+    cost = CellCost(store)
+    ratio = load_data(c0, None).n_interactions / load_data(on_beauty, None).n_interactions   # 382 / 198,502
+    assert cost.expected_seconds(c0) == pytest.approx(6000.0 * ratio)
+    assert cost.expected_seconds(gru) is None         # no gru4rec run anywhere
+    plant(store, c0, 30.0)
+    assert cost.expected_seconds(c0) == 30.0          # a run on its own dataset comes first
 
 
 @pytest.mark.parametrize("ndcg, patience, typical, left", [
