@@ -28,10 +28,12 @@ epoch budget :math:`E_{max}`,
 
 (0 once :func:`fusionbench.train.finished` holds): the epochs a typical run has beyond ``e``, at least
 those early stopping still demands. Progress is counted in epochs, not in the wall time the checkpoint
-has spent, which grows with whatever else shared the machine. A cell is always started when it is done
-already, when it only evaluates kept weights (a test-only perturbation of a trained run), or when the
-store has no comparable run to estimate it from (it may then end after the deadline). After the deadline
-no cell that trains is started.
+has spent, which grows with whatever else shared the machine.
+
+A cell is always started when it is done already, when it only evaluates (the kept weights of a trained
+run, for a test-only perturbation; a checkpoint whose training has ended), or when no run of its
+strategy gives an estimate (it may then end after the deadline). After the deadline no cell that trains
+is started.
 """
 from __future__ import annotations
 
@@ -166,12 +168,14 @@ class Deadline:
         """``None`` when ``cell`` may start now, else why it is deferred."""
         now = time.time() if now is None else now
         config, digest, trained = self._identity[id(cell)]
-        if self.store.status(digest) == "done" or self.store.weights_path(trained).exists():
-            return None                                  # found done, or it only evaluates kept weights
+        if self.store.status(digest) == "done":
+            return None
+        needed = self.cost.needed_seconds(config, digest, trained)
+        if needed == 0:
+            return None           # it only evaluates: kept weights, or a checkpoint whose training ended
         left = self.deadline - now
         if left <= 0:
             return "the deadline has passed"
-        needed = self.cost.needed_seconds(config, digest, trained)
         if needed is None or needed <= left:
             return None
         return f"expected to need {needed / 60:.0f} min, {left / 60:.0f} min left"
