@@ -134,11 +134,12 @@ class CellCost:
         if runs.empty:
             return None
         history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")
-        if not history:
-            return float(statistics.median(runs["wall"]))
         epochs = [len(json.loads(text)) if text else 0 for text in runs["history"]]
-        per_epoch = statistics.median(wall / n for wall, n in zip(runs["wall"], epochs) if n)
-        typical = statistics.median(n for n in epochs if n)
+        timed = [(wall / n, n) for wall, n in zip(runs["wall"], epochs) if n]
+        if not history or not timed:         # not started, or no comparable run kept its history
+            return float(statistics.median(runs["wall"]))
+        per_epoch = statistics.median(seconds for seconds, _ in timed)
+        typical = statistics.median(n for _, n in timed)
         return per_epoch * epochs_left(history, TrainOptions.build(config["train"]),
                                        config["protocol"] == LEAKY_PROTOCOL, typical)
 
