@@ -233,7 +233,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
     from fusionbench import plan
     from fusionbench import sweep as sweeps
-    from fusionbench.deadline import CellCost, Deadline, parse_deadline
+    from fusionbench.deadline import Deadline, cost_table, parse_deadline
     from fusionbench.store import ResultStore
     from fusionbench.store.archive import KeptArchive
 
@@ -250,19 +250,7 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     labels = sweeps.cell_labels(cells)
     results = ResultStore(store)
     if dry_run:
-        cost = CellCost(results, data_root)
-        rows, training = [], set()  # training hashes an earlier cell left to run trains and keeps
-        for cell, label, (config, digest, trained) in zip(cells, labels, plan.identify(cells)):
-            state = results.status(digest) or "to run"
-            needed = (None if state == "done" else 0.0 if trained in training
-                      else cost.needed_seconds(config, digest, trained))
-            if state != "done":
-                training.add(trained)
-            rows.append([label, cell.request.seed, state,
-                         "" if state == "done" else "?" if needed is None else f"{needed / 60:.0f}"])
-        click.echo(tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",
-                            disable_numparse=True))
-        click.echo(f"{len(cells)} cells, {sum(row[2] == 'done' for row in rows)} done")
+        click.echo(cost_table(cells, labels, results, data_root))
         return
 
     kept = KeptArchive(store, archive, ARCHIVE_EVERY_S) if archive is not None else None

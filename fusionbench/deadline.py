@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
+from tabulate import tabulate
 
 from fusionbench.data.splits import LEAKY_PROTOCOL
 from fusionbench.errors import UserInputError
@@ -180,3 +181,30 @@ class Deadline:
         if needed is None or needed <= left:
             return None
         return f"expected to need {needed / 60:.0f} min, {left / 60:.0f} min left"
+
+
+def cost_table(cells: Sequence[Cell], labels: Sequence[str], store: ResultStore,
+               data_root: Optional[Path] = None) -> str:
+    """``fusionbench sweep --dry-run``: one row per cell (label, seed, its state in ``store``, the minutes
+    it needs if not done: 0 when an earlier cell left to run trains the weights it evaluates, ``?``
+    without an estimate) and a last line with the cells done and the hours of one process the rest need."""
+    cost = CellCost(store, data_root)
+    rows, needs, training = [], [], set()   # training: hashes that an earlier cell left to run trains
+    for cell, label, (config, digest, trained) in zip(cells, labels, identify(cells), strict=True):
+        state = store.status(digest) or "to run"
+        needed = None
+        if state != "done":
+            needed = 0.0 if trained in training else cost.needed_seconds(config, digest, trained)
+            training.add(trained)
+            needs.append(needed)
+        rows.append([label, cell.request.seed, state,
+                     "" if state == "done" else "?" if needed is None else f"{needed / 60:.0f}"])
+    summary = f"{len(cells)} cells, {len(cells) - len(needs)} done"
+    if needs:
+        unknown = needs.count(None)
+        summary += (f"; the rest need about {sum(n for n in needs if n is not None) / 3600:.1f} h of one process"
+                    + (f", {unknown} left without an estimate" if unknown else ""))
+    table = tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",
+                     disable_numparse=True)
+    return f"{table}\n{summary}"
+

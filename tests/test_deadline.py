@@ -241,6 +241,7 @@ def test_the_dry_run_lists_what_each_cell_left_to_run_needs(tmp_path):
     rows = [[part.strip() for part in line.strip("|").split("|")] for line in result.output.splitlines()
             if line.startswith("| sasrec") or line.startswith("| gru4rec")]
     assert [row[1:] for row in rows] == [["0", "done", ""], ["1", "to run", "60"], ["0", "to run", "?"]]
+    assert "3 cells, 1 done; the rest need about 1.0 h of one process, 1 left without an estimate" in result.output
 
 
 def test_the_dry_run_counts_a_training_once_for_the_cells_that_share_it(tmp_path):
