@@ -384,14 +384,21 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
         click.echo(line)
     kept = KeptArchive(store, archive, ARCHIVE_EVERY_S) if archive is not None else None
     on_stored = kept.cell_finished if kept is not None else (lambda: None)
+    cells: list = []
+
+    def seed_runs(outcome: tuning.PartOutcome) -> None:
+        """The part's chosen configuration on the tune's seeds, as soon as it is chosen."""
+        part_cells = tuning.seed_cells([outcome], settings, root, execution.device)
+        if part_cells:
+            sweeps.run_ray(part_cells, results, address, cpus_per_trial, scratch, progress=not quiet,
+                           gpus_per_cell=gpus_per_trial, desc="seed runs (ray)", finished=lambda cell: on_stored())
+        cells.extend(part_cells)
+
     try:
-        outcomes, cost = tuning.run_tune(settings, parts, results, execution, progress=not quiet, on_stored=on_stored)
+        outcomes, cost = tuning.run_tune(settings, parts, results, execution, progress=not quiet, on_stored=on_stored,
+                                         on_chosen=seed_runs)
         click.echo(tuning.trials_table(outcomes, settings.metric))
         click.echo(cost.line())
-        cells = tuning.seed_cells(outcomes, settings, root, execution.device)
-        if cells:
-            sweeps.run_ray(cells, results, address, cpus_per_trial, scratch, progress=not quiet,
-                           gpus_per_cell=gpus_per_trial, desc="seed runs (ray)", finished=lambda cell: on_stored())
     finally:
         if kept is not None:
             kept.close()

@@ -33,7 +33,8 @@ strategy's own default where that is lower) and ``train.select`` = the tune's me
 epoch's validation metrics to ASHA (:func:`train_trial`), and ranks no test sample: its stored metrics
 are the validation metrics of its best epoch, and the configuration chosen for a strategy is the trial
 with the best validation metric at any of its epochs (:func:`choose`). Only then does the chosen
-configuration run on the tune's seeds, as ordinary runs (``leaderboard --tuned NAME`` shows them).
+configuration run on the tune's seeds, as ordinary runs (``leaderboard --tuned NAME`` shows them), each
+strategy's right after its trials.
 
 **The default configuration is a trial.** A part's first trial is its default point (:attr:`Part.default`:
 every searched key at the value it has when nobody tunes), counted in the budget and stored like any
@@ -701,11 +702,14 @@ def parts_to_run(store: ResultStore, settings: TuneSettings, parts: Sequence[Par
 
 
 def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, execution: Execution,
-             progress: bool = True, on_stored: Callable[[], None] = lambda: None) -> tuple[list[PartOutcome], TuneCost]:
+             progress: bool = True, on_stored: Callable[[], None] = lambda: None,
+             on_chosen: Callable[[PartOutcome], None] = lambda outcome: None) -> tuple[list[PartOutcome], TuneCost]:
     """Tune every part (module docstring): the trials not yet finished in ``store`` run on Ray Tune, one
-    ``Tuner`` per part (ASHA compares trials of one strategy only), then each part's configuration is
-    chosen from its stored trials. Test metrics are neither computed nor read here. ``on_stored()`` is
-    called after each trial stored (``tune --archive``)."""
+    ``Tuner`` per part (ASHA compares trials of one strategy only), then the part's configuration is
+    chosen from its stored trials and ``on_chosen(outcome)`` is called (``fusionbench tune`` runs its seed
+    runs there, so each strategy's tuned row is complete before the next strategy's trials start). Test
+    metrics are neither computed nor read here. ``on_stored()`` is called after each trial stored (``tune
+    --archive``)."""
     execution.check()
     cost = TuneCost()
     outcomes = []
@@ -724,6 +728,7 @@ def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, 
             outcome.trials = [t for t in stored_trials(store, settings.name) if part_key(t.config) == part.key]
         outcome.chosen = choose(outcome.trials)
         outcomes.append(outcome)
+        on_chosen(outcome)
     return outcomes, cost
 
 

@@ -691,10 +691,10 @@ def default_trials(path, strategy):
 @pytest.mark.timeout(1200)   # about 50 s on an idle 2-core machine; Ray's start-up and trials slow down under load
 def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, tmp_path):
     """The done-when command of issue 26 on a tiny synthetic set: 4 trials of sasrec and late, the first at
-    the defaults, each a stored run with its epochs and no test metric; the chosen configurations then
-    run on seed 0, and `--archive` holds every finished run; a killed tune resumes without training its
-    finished trials again or the default twice; a planted test-best trial is not chosen; `leaderboard
-    --tuned` and an exported store show the same rows."""
+    the defaults, each a stored run with its epochs and no test metric; each chosen configuration then
+    runs on seed 0 before the next strategy's trials, and `--archive` holds every finished run; a killed
+    tune resumes without training its finished trials again or the default twice; a planted test-best
+    trial is not chosen; `leaderboard --tuned` and an exported store show the same rows."""
     store, kept = tmp_path / "tune.db", tmp_path / "kept.jsonl.gz"
     args = (*TUNE, "--store", store, "--scratch", tmp_path / "scratch", "--archive", kept)
     first = invoke(*args)
@@ -715,6 +715,8 @@ def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, 
     assert default_trials(store, "sasrec") == default_trials(store, "late") == 1
     seeds = results.runs(status=None).query("tune != tune")
     assert sorted(seeds.strategy) == ["late", "sasrec"] and set(seeds.status) == {"done"}
+    # each strategy's seed runs come right after its own trials: sasrec's row is complete before late's tune
+    assert seeds[seeds.strategy == "sasrec"].id.max() < trials[trials.strategy == "late"].id.min()
     for strategy in ("sasrec", "late"):
         chosen = choose([t for t in stored_trials(results, "synthetic_loo") if t.config["strategy"] == strategy])
         seed_config = json.loads(seeds[seeds.strategy == strategy].config.iloc[0])
