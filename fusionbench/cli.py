@@ -388,7 +388,7 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
 
     def seed_runs(outcome: tuning.PartOutcome) -> None:
         """The part's chosen configuration on the tune's seeds, as soon as it is chosen."""
-        part_cells = tuning.seed_cells([outcome], settings, root, execution.device)
+        part_cells = tuning.seed_cells(outcome, settings, root, execution.device)
         if part_cells:
             sweeps.run_ray(part_cells, results, address, cpus_per_trial, scratch, progress=not quiet,
                            gpus_per_cell=gpus_per_trial, desc="seed runs (ray)", finished=lambda cell: on_stored())

@@ -116,9 +116,9 @@ class CellCost:
                 return tier.assign(wall=tier["wall_seconds"])
         target = self.interactions(config) if not runs.empty else None
         sizes = [self.interactions(json.loads(text)) if target else None for text in runs["config"]]
-        scale = [target / size if size else float("nan") for size in sizes]
-        elsewhere = runs.assign(wall=runs["wall_seconds"] * scale)
-        return elsewhere[elsewhere["wall"].notna()]
+        scaled = runs.assign(wall=[wall * target / size if size else None
+                                   for wall, size in zip(runs["wall_seconds"], sizes)])
+        return scaled[scaled["wall"].notna()]
 
     def expected_seconds(self, config: dict) -> Optional[float]:
         """Median wall time of the runs comparable with ``config``, ``None`` when there are none."""

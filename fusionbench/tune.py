@@ -732,20 +732,16 @@ def run_tune(settings: TuneSettings, parts: Sequence[Part], store: ResultStore, 
     return outcomes, cost
 
 
-def seed_cells(outcomes: Sequence[PartOutcome], settings: TuneSettings, data_root: Optional[Path],
-               device: str) -> list[Cell]:
-    """The final runs: each part's chosen configuration on every seed of the tune, as ordinary runs."""
+def seed_cells(outcome: PartOutcome, settings: TuneSettings, data_root: Optional[Path], device: str) -> list[Cell]:
+    """The final runs of a part: its chosen configuration on every seed of the tune, as ordinary runs
+    (none while no trial has finished)."""
     from fusionbench.store.upgrade import request_of
 
-    cells = []
-    for outcome in outcomes:
-        if outcome.chosen is None:
-            continue
-        config = {**chosen_config(outcome.chosen), "seed": settings.seed}
-        for seed in settings.seeds:
-            request = dataclasses.replace(request_of(config), seed=seed, data_root=data_root, device=device, tune=None)
-            cells.append(Cell(request))
-    return cells
+    if outcome.chosen is None:
+        return []
+    config = {**chosen_config(outcome.chosen), "seed": settings.seed}
+    return [Cell(dataclasses.replace(request_of(config), seed=seed, data_root=data_root, device=device, tune=None))
+            for seed in settings.seeds]
 
 
 def _value(value: Any) -> str:
