@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fusionbench.dropout import Dropout, attention
+from fusionbench.dropout import Dropout, attend, attention
 
 NORMS = ("pre", "post")  # LayerNorm placement of CausalTransformer and ScoredTransformer
 
@@ -168,9 +168,9 @@ class CausalGRU(nn.Module):
 class ScoredAttention(nn.Module):
     r"""Multi-head attention with supplied scores and values from the item stream:
 
-    .. math:: \mathrm{Attn}(H, S) = \mathrm{softmax}(S + M_{causal})\,(H W_V)\,W_O
+    .. math:: \mathrm{Attn}(H, S) = \mathrm{Drop}_p\big(\mathrm{softmax}(S + M_{causal})\big)\,(H W_V)\,W_O
 
-    Shapes:
+    (:func:`fusionbench.dropout.attend`; p = ``dropout``, on the probabilities). Shapes:
         h ``[B, L, d]``, scores ``[B, heads, L, L]`` (pre-softmax), allowed ``[B, L, L]`` bool
         -> ``[B, L, d]``.
     """
@@ -179,19 +179,14 @@ class ScoredAttention(nn.Module):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.drop = Dropout(dropout)
-
-    def probabilities(self, scores: Tensor, allowed: Tensor) -> Tensor:
-        """softmax over the allowed keys ``[B, heads, L, L]``."""
-        return scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
 
     def forward(self, h: Tensor, scores: Tensor, allowed: Tensor) -> Tensor:
         b, length, d = h.shape
         v = self.value(h).view(b, length, self.heads, d // self.heads).transpose(1, 2)
-        y = self.drop(self.probabilities(scores, allowed)) @ v
+        y = attend(scores, v, allowed[:, None], self.dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, length, d))
 
 
