@@ -8,8 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusionbench.dropout import (MASK_DRAWS, WORD_LEVELS, Dropout, attend, attention, dropout, fixed_mask_draw,
-                                 mask_draw, random_words, word_threshold, words_kept)
+from fusionbench.dropout import (
+    MASK_DRAWS,
+    WORD_LEVELS,
+    Dropout,
+    attend,
+    attention,
+    dropout,
+    fixed_mask_draw,
+    mask_draw,
+    random_words,
+    word_threshold,
+    words_kept,
+)
 from fusionbench.errors import UserInputError
 
 
