@@ -19,7 +19,9 @@ feeds both products: one more ``[S, d] x [d, n]`` product (four instead of three
 and less memory traffic (docs/performance.md has the measured effect). Smaller scores, which malloc serves
 again from its heap, and scores off the CPU (one large product is what an accelerator does best) go
 through ``F.cross_entropy`` over the whole product. Under autocast the blocked products run in the
-autocast dtype and the softmax in float32, as ``F.cross_entropy`` over autocast scores does.
+autocast dtype and the softmax in float32, as ``F.cross_entropy`` over autocast scores does; their item
+gradient :math:`G^\top H` is summed in float32 over groups of blocks (``GROUP_BYTES`` of gradient rows per
+product) rather than block by block, each of whose ``[n, d]`` products would be another pass over the table.
 """
 from __future__ import annotations
 
@@ -29,6 +31,15 @@ from torch import Tensor
 
 BLOCK_BYTES = 3 << 20   # float32 scores per row block: 3 MiB, within a core's L2 cache
 WHOLE_BYTES = 32 << 20  # whole [S, n] float32 scores up to this size: glibc's largest mmap threshold
+
+
+GROUP_BYTES = 16 << 20  # low-precision gradient rows gathered for one item-gradient product: under WHOLE_BYTES
+
+
+def group_rows(n_items: int, dtype: torch.dtype) -> int:
+    """Rows of ``dtype`` gradient gathered for one item-gradient product: ``GROUP_BYTES`` over ``n_items``
+    columns, at least one block (:func:`block_rows`)."""
+    return max(block_rows(n_items), GROUP_BYTES // (dtype.itemsize * n_items))
 
 
 def block_rows(n_items: int) -> int:
@@ -90,17 +101,29 @@ class _BlockedCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if want_h else None
         grad_e = torch.zeros(e.shape, dtype=lse.dtype) if want_e else None
         rows = block_rows(len(e))
-        for start in range(0, len(h), rows):
-            hb, tb = h[start:start + rows], targets[start:start + rows]
-            g = (hb @ e.T).to(lse.dtype)                                            # Z block, then G block
-            g.sub_(lse[start:start + rows, None]).exp_().mul_(scale)
-            g.scatter_add_(1, tb[:, None], (-scale).expand(len(tb), 1))
-            g = g.to(h.dtype)
-            if want_h:
-                torch.mm(g, e, out=grad_h[start:start + rows])
-            if want_e and g.dtype == grad_e.dtype:
-                grad_e.addmm_(g.T, hb)
-            elif want_e:
-                grad_e.add_(g.T @ hb)                                               # summed in the softmax dtype
+        # products in a lower precision than the softmax's: G^T H over a group of blocks at once (gathered in
+        # ``held``), as one [n, d] product per block, cast and added to the float32 sum, would cost a pass
+        # over the whole item table per block
+        low = want_e and h.dtype != grad_e.dtype
+        group = group_rows(len(e), h.dtype) if low else rows
+        held = torch.empty(min(group, len(h)), len(e), dtype=h.dtype) if low else None
+        for first in range(0, len(h), group):
+            last = min(first + group, len(h))
+            for start in range(first, last, rows):
+                stop = min(start + rows, last)
+                hb, tb = h[start:stop], targets[start:stop]
+                g = (hb @ e.T).to(lse.dtype)                                        # Z block, then G block
+                g.sub_(lse[start:stop, None]).exp_().mul_(scale)
+                g.scatter_add_(1, tb[:, None], (-scale).expand(len(tb), 1))
+                if held is not None:
+                    g = held[start - first:stop - first].copy_(g)
+                else:
+                    g = g.to(h.dtype)
+                if want_h:
+                    torch.mm(g, e, out=grad_h[start:stop])
+                if want_e and held is None:
+                    grad_e.addmm_(g.T, hb)
+            if held is not None:
+                grad_e.add_(held[:last - first].T @ h[first:last])                 # summed in the softmax dtype
         return (None if grad_h is None else grad_h.to(states_dtype),
                 None if grad_e is None else grad_e.to(items_dtype), None, None)

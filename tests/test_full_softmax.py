@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fusionbench import full_softmax
-from fusionbench.full_softmax import block_rows, cross_entropy
+from fusionbench.full_softmax import block_rows, cross_entropy, group_rows
 from fusionbench.full_softmax import whole_cross_entropy as whole
 
 
@@ -36,6 +36,8 @@ def test_scores_up_to_the_whole_bytes_go_through_the_whole_product(monkeypatch):
 def test_block_rows_fit_the_byte_budget():
     assert block_rows(12101) == full_softmax.BLOCK_BYTES // (4 * 12101) == 64
     assert block_rows(10 ** 9) == 1
+    assert group_rows(12101, torch.bfloat16) == full_softmax.GROUP_BYTES // (2 * 12101) == 693
+    assert group_rows(10 ** 9, torch.bfloat16) == 1
 
 
 @pytest.mark.parametrize("n_states", [1, 2, 3, 4, 7, 9])
@@ -57,7 +59,13 @@ def test_gradcheck_in_float64(three_rows_per_block):
     assert torch.autograd.gradcheck(lambda h, e: cross_entropy(h, e, targets), (states, items))
 
 
-def test_under_bf16_autocast_as_the_whole_product_and_input_dtypes_kept(three_rows_per_block):
+@pytest.mark.parametrize("blocks_per_group", [1, 2, 5])
+def test_under_bf16_autocast_as_the_whole_product_and_input_dtypes_kept(three_rows_per_block, monkeypatch,
+                                                                        blocks_per_group):
+    """bf16 products: the item gradient is summed in float32 over groups of blocks (10 states in blocks of 3:
+    groups of 1, 2 or 5 blocks end inside the last group or with it)."""
+    monkeypatch.setattr(full_softmax, "GROUP_BYTES", blocks_per_group * 3 * 2 * 11)
+    assert full_softmax.group_rows(11, torch.bfloat16) == 3 * blocks_per_group
     torch.manual_seed(1)
     states = torch.randn(10, 6).to(torch.bfloat16)   # what a linear layer hands on under autocast
     items = torch.randn(11, 6)                        # a float32 table
