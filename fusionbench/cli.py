@@ -325,8 +325,8 @@ TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets"
 @click.option("--cpus-per-trial", type=int, default=1, show_default=True, help="CPUs (and torch threads) per trial.")
 @click.option("--gpus-per-trial", type=float, default=0.0, show_default=True,
               help="GPUs per trial; a fraction (0.25) lets several trials share one GPU. > 0 trains on cuda.")
-@click.option("--concurrent", type=int, default=None, help="At most this many trials at a time (default: as many "
-                                                           "as the CPUs and GPUs allow).")
+@click.option("--concurrent", type=int, default=None, help="At most this many trials, and then seed runs, at a time "
+                                                           "(default: as many as the CPUs and GPUs allow).")
 @click.option("--scratch", default=None, help="Folder on each node for trial checkpoints and the seed runs' task "
                                               "store (default: beside --store, and ~/.cache/fusionbench/sweep).")
 @click.option("--archive", type=click.Path(path_type=Path), default=None,
@@ -391,7 +391,8 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
         part_cells = tuning.seed_cells(outcome, settings, root, execution.device)
         if part_cells:
             sweeps.run_ray(part_cells, results, address, cpus_per_trial, scratch, progress=not quiet,
-                           gpus_per_cell=gpus_per_trial, desc="seed runs (ray)", finished=lambda cell: on_stored())
+                           gpus_per_cell=gpus_per_trial, desc="seed runs (ray)", finished=lambda cell: on_stored(),
+                           max_running=concurrent)
         cells.extend(part_cells)
 
     try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from tqdm import tqdm
 
@@ -138,17 +138,21 @@ def _perturbations(spec: Any, where: str) -> list[Optional[PerturbationRequest]]
 # -- the Ray engine ---------------------------------------------------------------------------------
 def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None, cpus_per_cell: int = 1,
             scratch: Optional[str] = None, progress: bool = True, gpus_per_cell: float = 0.0,
-            desc: str = "sweep cells (ray)", finished: Callable[[Cell], None] = lambda cell: None) -> None:
+            desc: str = "sweep cells (ray)", finished: Callable[[Cell], None] = lambda cell: None,
+            max_running: Optional[int] = None) -> None:
     """Run the cells not yet done in ``store`` as Ray tasks (module docstring), adding each finished
     run to ``store`` as its task returns, then calling ``finished(cell)``. Cells already done get their
     stored outcome. ``gpus_per_cell`` (a fraction shares a GPU) is what each task reserves besides its
-    CPUs (``fusionbench tune``'s seed runs on GPUs)."""
+    CPUs (``fusionbench tune``'s seed runs on GPUs); ``max_running`` tasks at most are submitted at a time
+    (``fusionbench tune --concurrent``; ``None``: as many as the cluster's resources let run)."""
     try:
         import ray
     except ImportError:
         raise UserInputError("--engine ray needs Ray: pip install 'fusionbench[ray]'") from None
     if cpus_per_cell < 1:
         raise UserInputError(f"--cpus-per-cell must be >= 1, got {cpus_per_cell}")
+    if max_running is not None and max_running < 1:
+        raise UserInputError(f"--concurrent must be >= 1, got {max_running}")
     todo: dict[str, list[tuple[Cell, dict]]] = {}
     trains: set[str] = set()    # training hashes whose own training run is among the cells to run
     for cell, (config, digest, training) in zip(cells, identify(cells)):
@@ -167,14 +171,12 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
         raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g}: the Ray cluster has {gpus:g} GPUs, "
                              "so no cell could start")
     task = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=0)(run_group)
-    pending = {task.remote([c.request for c, _ in group], scratch, cpus_per_cell): group for group in groups}
     bar = tqdm(total=sum(map(len, groups)), desc=desc, unit="cell",
                disable=None if progress else True)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
-        if not done:
-            continue
-        group = pending.pop(ready := done[0])
+    def submit(group):
+        return task.remote([c.request for c, _ in group], scratch, cpus_per_cell)
+
+    for group, ready in ray_completed(submit, groups, max_running):
         try:
             results = ray.get(ready)
         except Exception as err:  # noqa: BLE001  (the task died: its worker was killed, or it raised)
@@ -188,6 +190,28 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
             cell.error = error
             bar.update(1)
     bar.close()
+
+
+def ray_completed(submit: Callable, items: Iterable, max_running: Optional[int] = None) -> Iterator[tuple]:
+    """``(item, ref)`` for each of ``items`` as its Ray task finishes, where ``submit(item)`` starts the task and
+    returns its object ref; at most ``max_running`` tasks are submitted and unfinished at a time (``None``: all
+    at once, the cluster's resources deciding what runs), the next item's submitted as one finishes."""
+    import ray
+
+    waiting, pending = iter(items), {}
+    while True:
+        while max_running is None or len(pending) < max_running:
+            if (item := next(waiting, _END)) is _END:
+                break
+            pending[submit(item)] = item
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
+        if done:
+            yield pending.pop(done[0]), done[0]
+
+
+_END = object()
 
 
 def submission_order(groups: dict[str, list], trains: set[str]) -> list[list]:

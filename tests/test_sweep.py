@@ -5,6 +5,7 @@ import functools
 import os
 import re
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from fusionbench.errors import UserInputError
 from fusionbench.plan import run_local
 from fusionbench.registry import STRATEGIES
 from fusionbench.store import ResultStore
-from fusionbench.sweep import read_sweep, run_ray, submission_order
+from fusionbench.sweep import ray_completed, read_sweep, run_ray, submission_order
 
 TINY = """
 [defaults]
@@ -183,6 +184,18 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
         broken = [dataclasses.replace(read_sweep(path)[0], request=dataclasses.replace(
             read_sweep(path)[0].request, seed=5, device="cuda:7"))]
         run_ray(broken, remote, scratch=str(tmp_path / "scratch"), progress=False)
+        # at most max_running tasks at a time (`tune --concurrent`'s seed runs): three 0.3 s naps on 2 CPUs
+        # overlap when all are submitted at once, and run one after the other under max_running=1
+        def napping() -> tuple[float, float]:          # defined here, so Ray ships it by value
+            start = time.time()
+            time.sleep(0.3)
+            return start, time.time()
+
+        nap = ray.remote(num_cpus=1)(napping)
+        spans = {limit: sorted(ray.get(ref) for _, ref in ray_completed(lambda i: nap.remote(), range(3), limit))
+                 for limit in (None, 1)}
+        with pytest.raises(UserInputError, match="--concurrent must be >= 1, got 0"):
+            run_ray(broken, remote, progress=False, max_running=0)
         # GPUs the cluster lacks: refused before any task waits for them forever
         with pytest.raises(UserInputError, match="--gpus-per-cell 0.5: the Ray cluster has 0 GPUs"):
             run_ray(broken, remote, gpus_per_cell=0.5, progress=False)          # a cell still to run
@@ -192,6 +205,8 @@ def test_the_ray_engine_stores_what_the_local_engine_stores(tmp_path):
     assert [c.outcome.skipped for c in again] == [True] * 3
     assert broken[0].outcome is None and broken[0].error.startswith("Ray task failed: ")
     assert "cuda" in broken[0].error
+    overlaps = {limit: sum(later[0] < earlier[1] for earlier, later in zip(s, s[1:])) for limit, s in spans.items()}
+    assert overlaps[None] >= 1 and overlaps[1] == 0, spans
     runs = remote.runs()
     assert sorted(runs.config_hash) == sorted(local.runs().config_hash) and len(runs) == 3
     for cell, ray_cell in zip(cells, ray_cells):
