@@ -282,7 +282,16 @@ def test_the_paper_tables_sweep_runs_every_published_row_first_on_beauty_then_to
     ratio-paper (without record_test) for mmsr and two baselines per dataset."""
     from fusionbench.report.published import load_published, matches
 
-    cells = list(committed_sweep("paper_tables"))
+    every_cell = list(committed_sweep("paper_tables"))
+    # the diagnostic pair (MMSR with the reference's initialisation, beauty and toys seed 0) sits between
+    # Table 2's beauty rows and the exact ratio-paper cells; the order below is that of the other cells
+    diagnostic = [i for i, c in enumerate(every_cell) if c.config["strategy_options"].get("init") == "uniform"]
+    assert [(every_cell[i].request.dataset, every_cell[i].request.strategy, every_cell[i].request.seed)
+            for i in diagnostic] == [("beauty", "mmsr", 0), ("toys", "mmsr", 0)]
+    assert diagnostic == list(range(diagnostic[0], diagnostic[0] + 2))
+    before, after = every_cell[diagnostic[0] - 1], every_cell[diagnostic[-1] + 1]
+    assert before.request.strategy == "srgnn" and after.config["protocol"] == "ratio-paper"   # Table 2 beauty's last
+    cells = [c for i, c in enumerate(every_cell) if i not in diagnostic]
     published = [load_published(SWEEPS.parent / "published" / f"mmsr_table{n}.csv") for n in (2, 3, 4)]
     wanted = [e for p in published for e in p.entries
               if e.dataset in (("beauty", "toys", "sports") if e.table == "Table 2" else ("beauty",))]
