@@ -31,8 +31,6 @@ from torch import Tensor
 
 BLOCK_BYTES = 3 << 20   # float32 scores per row block: 3 MiB, within a core's L2 cache
 WHOLE_BYTES = 32 << 20  # whole [S, n] float32 scores up to this size: glibc's largest mmap threshold
-
-
 GROUP_BYTES = 16 << 20  # low-precision gradient rows gathered for one item-gradient product: under WHOLE_BYTES
 
 
@@ -101,9 +99,9 @@ class _BlockedCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if want_h else None
         grad_e = torch.zeros(e.shape, dtype=lse.dtype) if want_e else None
         rows = block_rows(len(e))
-        # products in a lower precision than the softmax's: G^T H over a group of blocks at once (gathered in
-        # ``held``), as one [n, d] product per block, cast and added to the float32 sum, would cost a pass
-        # over the whole item table per block
+        # products in a lower precision than the sum's (bf16): the item gradient G^T H is formed once per group
+        # of blocks, their G rows gathered in ``held``, and added to the float32 sum; an [n, d] product per
+        # block, cast and added, would be a pass over the whole item table per block
         low = want_e and h.dtype != grad_e.dtype
         group = group_rows(len(e), h.dtype) if low else rows
         held = torch.empty(min(group, len(h)), len(e), dtype=h.dtype) if low else None
