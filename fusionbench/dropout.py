@@ -56,7 +56,7 @@ WORD_LEVELS = 1 << 16
 def random_words(shape, generator: torch.Generator | None = None, device=None) -> Tensor:
     """int16 ``shape``: independent words uniform over all 2^16 values, four from each full-range 64-bit draw of
     ``generator`` (the global one by default); read as signed, a word is :math:`w_i - 2^{15}` for a
-    :math:`w_i` uniform on :math:`\{0, \dots, 2^{16} - 1\}`."""
+    :math:`w_i` uniform on :math:`\\{0, \\dots, 2^{16} - 1\\}`."""
     n = math.prod(shape)
     draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None, generator=generator)
     return draws.view(torch.int16)[:n].view(shape)
