@@ -207,4 +207,3 @@ def cost_table(cells: Sequence[Cell], labels: Sequence[str], store: ResultStore,
     table = tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",
                      disable_numparse=True)
     return f"{table}\n{summary}"
-

@@ -173,6 +173,7 @@ def run_ray(cells: list[Cell], store: ResultStore, address: Optional[str] = None
     task = ray.remote(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=0)(run_group)
     bar = tqdm(total=sum(map(len, groups)), desc=desc, unit="cell",
                disable=None if progress else True)
+
     def submit(group):
         return task.remote([c.request for c, _ in group], scratch, cpus_per_cell)
 
@@ -198,20 +199,15 @@ def ray_completed(submit: Callable, items: Iterable, max_running: Optional[int] 
     at once, the cluster's resources deciding what runs), the next item's submitted as one finishes."""
     import ray
 
-    waiting, pending = iter(items), {}
-    while True:
-        while max_running is None or len(pending) < max_running:
-            if (item := next(waiting, _END)) is _END:
-                break
-            pending[submit(item)] = item
-        if not pending:
-            return
+    waiting = iter(items)
+    pending = {submit(item): item for item in itertools.islice(waiting, max_running)}
+    while pending:
         done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
-        if done:
-            yield pending.pop(done[0]), done[0]
-
-
-_END = object()
+        if not done:
+            continue
+        item = pending.pop(done[0])
+        pending.update((submit(following), following) for following in itertools.islice(waiting, 1))
+        yield item, done[0]
 
 
 def submission_order(groups: dict[str, list], trains: set[str]) -> list[list]:
