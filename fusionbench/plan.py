@@ -31,7 +31,8 @@ CURVE_METRICS = ("HR@5", "NDCG@5", "MRR@5", *SUMMARY_METRICS)
 class Cell:
     """One run of a plan: ``entry`` is the index (1-based) of its sweep file's ``[[run]]`` table (0 for a
     cell made from command-line flags); ``outcome`` once done, ``error`` if its training failed,
-    ``deferred`` (why) if it was not started (``fusionbench sweep --deadline``, :mod:`fusionbench.deadline`).
+    ``deferred`` (why) if it was not started here (``fusionbench sweep --deadline``, :mod:`fusionbench.deadline`;
+    or another process sharing the store trains it: :func:`run_local`).
 
     ``config`` is ``resolve(request)`` (no dataset checksum), computed when the cell is made, also by
     :func:`dataclasses.replace`; a bad option raises there."""
@@ -90,17 +91,32 @@ def run_local(cells: Sequence[Cell], store: ResultStore, progress: bool = True, 
               admit: Callable[[Cell], Optional[str]] = lambda cell: None) -> None:
     """Run (or skip, or resume) every cell in order in this process, with a progress bar over cells;
     ``finished(cell)`` after each cell that ran here to the end (not after one found done in the store).
-    A cell for which ``admit(cell)`` gives a reason is not started (``cell.deferred``)."""
+    A cell for which ``admit(cell)`` gives a reason is not started (``cell.deferred``).
+
+    Several processes may run one plan over one store (one per core): each cell not done is run under a
+    claim on its training hash (:meth:`ResultStore.claim`), and a cell whose training another process has
+    claimed is left to that process (``cell.deferred`` names it), which meets it in its own pass: it
+    trained that config, or is training it, and a test-only cell of the same training only evaluates."""
     bar = tqdm(cells, desc=desc, unit="cell", disable=None if progress else True)
-    for cell in bar:
+    for cell, (_, digest, trained) in zip(bar, identify(cells), strict=True):
         bar.set_postfix(postfix(cell))
-        cell.deferred = admit(cell)
-        if cell.deferred is not None:
-            continue
+        claim = None
+        if store.status(digest) != "done":
+            claim = store.claim(trained)
+            if claim is None:
+                cell.deferred = f"its training is running in {store.claim_holder(trained)}"
+                continue
         try:
-            cell.outcome = run_experiment(cell.request, store=store, progress=progress)
-        except TrainingError as err:
-            cell.error = str(err)
+            cell.deferred = admit(cell)
+            if cell.deferred is not None:
+                continue
+            try:
+                cell.outcome = run_experiment(cell.request, store=store, progress=progress)
+            except TrainingError as err:
+                cell.error = str(err)
+        finally:
+            if claim is not None:
+                claim.release()
         if cell.outcome is not None and not cell.outcome.skipped:
             finished(cell)
 
@@ -142,7 +158,7 @@ def _listed(cells: Sequence[Cell], labels: Sequence[str], why: Callable[[Cell], 
 def deferrals(cells: Sequence[Cell], labels: Sequence[str]) -> Optional[str]:
     """One line naming every deferred cell (label, seed and why), or ``None``."""
     count, listed = _listed(cells, labels, lambda c: c.deferred)
-    return f"{count} of {len(cells)} cells not started before the deadline: {listed}" if count else None
+    return f"{count} of {len(cells)} cells not started here: {listed}" if count else None
 
 
 def failures(cells: Sequence[Cell], labels: Sequence[str]) -> Optional[str]:

@@ -211,7 +211,7 @@ def test_the_sweep_skips_a_cell_that_would_overrun_and_runs_the_next(tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--deadline", "30m",
                                        "--quiet"])
     assert result.exit_code == 0, result.output
-    assert re.search(r"1 of 3 cells not started before the deadline: sasrec \(dim=16, train.epochs=1\) seed 1 "
+    assert re.search(r"1 of 3 cells not started here: sasrec \(dim=16, train.epochs=1\) seed 1 "
                      r"\(expected to need 60 min, (29|30) min left\)", result.output)
     store = ResultStore(store_path)
     assert store.status(d1) is None and store.status(d_gru) == "done"

@@ -26,6 +26,7 @@ Files beside the store (the folder holding the SQLite file), named only by
     checkpoints/<run hash>.pt       resume state of an unfinished run (removed when it finishes)
     models/<training hash>.pt       selected weights of a finished run, kept for every run with the same
                                     training config (runner.training_config), which evaluates them
+    claims/<training hash>.lock     the lock a process holds while it trains that config (store.claims)
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
+
+from fusionbench.store import claims
+from fusionbench.store.claims import Claim
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -199,6 +203,16 @@ class ResultStore:
         """Where the kept weights of the training ``training_hash`` (the hash of a run's
         ``runner.training_config``) live (its folder may not exist yet)."""
         return self.path.parent / KEPT_WEIGHTS / f"{training_hash}.pt"
+
+    def claim(self, training_hash: str) -> Optional[Claim]:
+        """Claim the training ``training_hash`` for this process among those sharing the store's folder: a
+        held :class:`~fusionbench.store.claims.Claim`, or ``None`` while another process holds it
+        (:meth:`claim_holder` names it)."""
+        return Claim.take(self.path.parent, training_hash)
+
+    def claim_holder(self, training_hash: str) -> str:
+        """Who holds the claim on ``training_hash`` (``"pid N on HOST"``)."""
+        return claims.holder(self.path.parent, training_hash)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
