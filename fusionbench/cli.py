@@ -222,6 +222,9 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
                    "2h30m, or an ISO time), estimated from the store's finished runs of the same configuration "
                    "(else strategy, dataset and protocol; else strategy and dataset); later cells that fit still "
                    "run (docs/sweeps.md).")
+@click.option("--estimate-from", "estimate_from", multiple=True, type=click.Path(path_type=Path),
+              help="With --deadline or --dry-run: another results store whose finished runs the estimates read "
+                   "too (repeatable), e.g. the store of another dataset for a strategy not yet run on this one.")
 @click.option("--dry-run", is_flag=True, help="List the cells, whether each is done in the store and how long each "
                                            "left to run is expected to take (as --deadline estimates it); run "
                                            "nothing.")
@@ -229,11 +232,12 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
 @report_errors
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
           gpus_per_cell: float, scratch: Optional[str], archive: Optional[Path], deadline: Optional[str],
-          dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:
+          estimate_from: tuple[Path, ...], dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:
     """Run every cell of a TOML sweep file (configurations x grid x severities x seeds), resumable."""
     from fusionbench import plan
     from fusionbench import sweep as sweeps
     from fusionbench.deadline import Deadline, cost_table, parse_deadline
+    from fusionbench.report.collect import open_store
     from fusionbench.store import ResultStore
     from fusionbench.store.archive import KeptArchive
 
@@ -242,15 +246,18 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
     if engine == "ray" and deadline is not None:
         raise UserInputError("--deadline applies to --engine local")
     ends_at = parse_deadline(deadline) if deadline is not None else None
+    if estimate_from and deadline is None and not dry_run:
+        raise UserInputError("--estimate-from applies with --deadline or --dry-run")
     if gpus_per_cell < 0 or (gpus_per_cell > 0 and not device.startswith("cuda")):
         raise UserInputError(f"--gpus-per-cell {gpus_per_cell:g} must be >= 0, and > 0 needs --device cuda "
                              f"(got --device {device})")
     check_archive_folder(archive)
     cells = sweeps.read_sweep(sweep_file, data_root, device)
     labels = sweeps.cell_labels(cells)
+    others = [open_store(path, "--estimate-from") for path in estimate_from]
     results = ResultStore(store)
     if dry_run:
-        click.echo(cost_table(cells, labels, results, data_root))
+        click.echo(cost_table(cells, labels, results, data_root, others))
         return
 
     kept = KeptArchive(store, archive, ARCHIVE_EVERY_S) if archive is not None else None
@@ -260,7 +267,8 @@ def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cp
             sweeps.run_ray(cells, results, address, cpus_per_cell, scratch, progress=not quiet,
                            gpus_per_cell=gpus_per_cell, finished=finished)
         else:
-            admit = Deadline(results, ends_at, cells, data_root).admit if ends_at is not None else lambda cell: None
+            admit = (Deadline(results, ends_at, cells, data_root, others).admit if ends_at is not None
+                     else lambda cell: None)
             plan.run_local(cells, results, progress=not quiet, desc="sweep cells", finished=finished, admit=admit)
     finally:
         if kept is not None:
@@ -403,8 +411,8 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
     finally:
         if kept is not None:
             kept.close()
+    labels = sweeps.cell_labels(cells)
     if cells:
-        labels = sweeps.cell_labels(cells)
         click.echo(f"seed runs of the chosen configurations ({len(cells)}, {plan.skipped(cells)} already in {store}):")
         click.echo(plan.summary_table(cells, labels))
         click.echo(f"leaderboard: fusionbench leaderboard --store {store} --tuned {settings.name}")
@@ -413,7 +421,7 @@ def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], ad
     unchosen = [o.part.label for o in outcomes if o.chosen is None]
     if unchosen:
         problems.append(f"no trial finished for {', '.join(unchosen)}")
-    failed = plan.failures(cells, sweeps.cell_labels(cells)) if cells else None
+    failed = plan.failures(cells, labels) if cells else None
     if failed:
         problems.append(failed)
     if problems:

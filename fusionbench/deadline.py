@@ -6,7 +6,8 @@ cell will take and skips it when that is longer than the time left, going on wit
 a shorter cell further down the file still runs, and the skipped one stays "to run" in the store for the
 next sweep.
 
-How long a cell takes is read from the store it runs into, as the median wall time of the finished runs
+How long a cell takes is read from the store it runs into, and from any other stores named with
+``--estimate-from`` (a run present in several counts once), as the median wall time of the finished runs
 that trained (not those that only evaluated kept weights, nor tune trials stopped early by ASHA):
 
 1. of the same training configuration on other seeds (its ``runner.training_config`` but for the seed),
@@ -80,11 +81,15 @@ def _without_seed(config: dict) -> str:
 
 class CellCost:
     """How long cells take, estimated from the runs finished in ``store`` (see the module's docstring);
-    ``data_root`` is where the datasets are read from for tier 4's sizes (``--data-root``)."""
+    ``data_root`` is where the datasets are read from for tier 4's sizes (``--data-root``); ``others``
+    are stores read beside ``store`` (``--estimate-from``), whose checkpoints and kept weights are not
+    ``store``'s and are never read."""
 
-    def __init__(self, store: ResultStore, data_root: Optional[Path] = None):
+    def __init__(self, store: ResultStore, data_root: Optional[Path] = None, others: Sequence[ResultStore] = ()):
         self.store = store
         self.data_root = data_root
+        self.others = tuple(others)
+        """Further stores whose finished runs the estimates read (``--estimate-from``)."""
         self._interactions: dict[str, Optional[int]] = {}
 
     def interactions(self, config: dict) -> Optional[int]:
@@ -102,7 +107,8 @@ class CellCost:
         """The store's finished runs that trained and are comparable with ``config`` (a resolved config
         with its dataset checksum), from the first non-empty tier of the module's docstring (may be
         empty), with their wall time on ``config``'s dataset in a column ``wall`` (scaled in tier 4)."""
-        runs = self.store.runs(strategy=config["strategy"])
+        runs = pd.concat([s.runs(strategy=config["strategy"]) for s in (self.store, *self.others)],
+                         ignore_index=True).drop_duplicates("config_hash")
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
                     & runs["wall_seconds"].notna()]
         here = runs[runs["dataset"] == config["dataset"]]
@@ -157,12 +163,14 @@ def epochs_left(history: list[dict], opts: TrainOptions, leaky: bool, typical: f
 
 class Deadline:
     """Which cells of a plan may start before ``deadline`` (seconds since the epoch), estimated from the
-    runs finished in ``store``; :meth:`admit` is ``plan.run_local``'s ``admit``."""
+    runs finished in ``store`` (and in ``others``, as :class:`CellCost`); :meth:`admit` is
+    ``plan.run_local``'s ``admit``."""
 
-    def __init__(self, store: ResultStore, deadline: float, cells: Sequence[Cell], data_root: Optional[Path] = None):
+    def __init__(self, store: ResultStore, deadline: float, cells: Sequence[Cell], data_root: Optional[Path] = None,
+                 others: Sequence[ResultStore] = ()):
         self.store = store
         self.deadline = deadline
-        self.cost = CellCost(store, data_root)
+        self.cost = CellCost(store, data_root, others)
         self._identity = {id(cell): identity for cell, identity in zip(cells, identify(cells), strict=True)}
         """``id(cell)`` -> ``(config, run hash, training hash)``."""
 
@@ -184,11 +192,11 @@ class Deadline:
 
 
 def cost_table(cells: Sequence[Cell], labels: Sequence[str], store: ResultStore,
-               data_root: Optional[Path] = None) -> str:
+               data_root: Optional[Path] = None, others: Sequence[ResultStore] = ()) -> str:
     """``fusionbench sweep --dry-run``: one row per cell (label, seed, its state in ``store``, the minutes
     it needs if not done: 0 when an earlier cell left to run trains the weights it evaluates, ``?``
     without an estimate) and a last line with the cells done and the hours of one process the rest need."""
-    cost = CellCost(store, data_root)
+    cost = CellCost(store, data_root, others)
     rows, needs, training = [], [], set()   # training: hashes that an earlier cell left to run trains
     for cell, label, (config, digest, trained) in zip(cells, labels, identify(cells), strict=True):
         state = store.status(digest) or "to run"

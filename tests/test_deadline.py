@@ -148,6 +148,44 @@ def test_without_a_run_on_its_dataset_the_estimate_scales_the_strategys_runs_els
     assert cost.expected_seconds(c0) == 30.0          # a run on its own dataset comes first
 
 
+def test_the_estimate_reads_other_stores_too_and_counts_a_run_held_by_several_once(tmp_path):
+    cells, _ = cells_of(tmp_path, TWO_STRATEGIES)
+    (c0, _, _), (c1, _, _), (gru, _, _) = identify(cells)
+    store, other = ResultStore(tmp_path / "runs.db"), ResultStore(tmp_path / "other.db")
+    plant(other, c1, 600.0)
+    plant(other, gru, 50.0)
+    assert CellCost(store).expected_seconds(c0) is None                  # nothing in its own store
+    cost = CellCost(store, others=[other])
+    assert cost.expected_seconds(c0) == 600.0 and cost.expected_seconds(gru) == 50.0
+    plant(store, c1, 600.0)                                               # the same run, in both stores
+    plant(store, c0, 900.0)
+    assert cost.expected_seconds(c0) == pytest.approx(750.0)              # median of 600 and 900, not of 600, 600, 900
+    assert cost.needed_seconds(gru, "absent", "absent") == 50.0
+
+
+def test_estimate_from_reaches_the_deadline_and_the_dry_run_and_is_checked(tmp_path):
+    cells, path = cells_of(tmp_path, TWO_STRATEGIES)
+    (c0, _, _), _, _ = identify(cells)
+    other_path = tmp_path / "other.db"
+    plant(ResultStore(other_path), c0, 3600.0)
+    store_path = tmp_path / "runs.db"
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--dry-run",
+                                       "--estimate-from", str(other_path)])
+    assert result.exit_code == 0, result.output
+    assert "3 cells, 0 done; the rest need about 2.0 h of one process, 1 left without an estimate" in result.output
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--deadline", "30m",
+                                       "--estimate-from", str(other_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"2 of 3 cells not started here: sasrec \(dim=16, train.epochs=1\) seed 0 \(expected to "
+                     r"need 60 min, (29|30) min left\); sasrec \(dim=16, train.epochs=1\) seed 1", result.output)
+    for bad, message in (([], "--estimate-from applies with --deadline or --dry-run"),
+                         (["--dry-run"], f"--estimate-from {tmp_path / 'missing.db'}: no such file")):
+        missing = str(tmp_path / "missing.db") if bad else str(other_path)
+        result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--estimate-from",
+                                           missing, *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
 @pytest.mark.parametrize("ndcg, patience, typical, left", [
     ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 3, 10, 4),    # a typical run trains 4 epochs more
     ([0.1 * n for n in range(1, 10)], 3, 10, 3),   # still improving at 9: early stopping demands 3 more
