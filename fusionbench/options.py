@@ -73,6 +73,14 @@ def _within(value: Any, bound: Bound) -> bool:
 
 
 @functools.cache
+def _fields_of(cls: type) -> tuple[tuple[str, Any, Any], ...]:
+    """:meth:`PluginOptions.fields`, once per class: resolving the string annotations (``typing.get_type_hints``)
+    took a third of a sweep file's reading, which resolves every cell's options."""
+    hints = typing.get_type_hints(cls, include_extras=False)
+    return tuple((f.name, hints[f.name], f.default) for f in dataclasses.fields(cls))
+
+
+@functools.cache
 def _bounds_of(cls: type) -> dict[str, tuple[Bound, ...]]:
     hints = typing.get_type_hints(cls, include_extras=True)
     out = {}
@@ -157,8 +165,7 @@ class PluginOptions:
     @classmethod
     def fields(cls) -> list[tuple[str, Any, Any]]:
         """``(name, type, default)`` for every option, in declaration order (the type without its bounds)."""
-        hints = typing.get_type_hints(cls, include_extras=False)
-        return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)]
+        return list(_fields_of(cls))
 
     @classmethod
     def bounds(cls) -> dict[str, tuple[Bound, ...]]:
