@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import torch
 
+from fusionbench.bf16 import bf16_products
 from fusionbench.context import StrategyContext
 from fusionbench.data.core import (
     DEFAULT_IMAGE_SOURCE,
@@ -279,7 +280,7 @@ def versions() -> dict[str, str]:
     except PackageNotFoundError:
         own = "unknown"
     return {"python": platform.python_version(), "torch": torch.__version__, "fusionbench": own,
-            "dropout_mask": mask_draw()}
+            "dropout_mask": mask_draw(), "bf16_products": bf16_products()}
 
 
 def git_revision() -> str:

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from fusionbench.atomic import atomic_write
+from fusionbench.bf16 import products as bf16_context
 from fusionbench.context import SeqBatch
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_batch
@@ -338,18 +339,20 @@ def first_epoch_batches(model: Strategy, data: SequenceData, split: Split, confi
 
 def train_step(model: Strategy, optimizer: torch.optim.Optimizer, batch: SeqBatch, bf16: bool,
                grad_clip: float = 0.0) -> float:
-    """One optimisation step on ``batch``: the loss (under bfloat16 autocast when ``bf16``), its
-    gradients (norm-clipped to ``grad_clip`` when > 0) and the optimizer's update. Returns the loss; a
-    non-finite loss is returned without any update. The three phases carry profiler labels
+    """One optimisation step on ``batch``: the loss (under bfloat16 autocast when ``bf16``, its products
+    formed as :mod:`fusionbench.bf16` decides for this machine), its gradients (norm-clipped to
+    ``grad_clip`` when > 0) and the optimizer's update. Returns the loss; a non-finite loss is returned
+    without any update. The three phases carry profiler labels
     (``step.forward``, ``step.backward``, ``step.optimizer``; ``fusionbench bench profile``)."""
-    with torch.profiler.record_function("step.forward"), \
-            torch.autocast(batch.items.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = model.loss(batch)
-    if not torch.isfinite(loss):
-        return loss.item()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.profiler.record_function("step.backward"):
-        loss.backward()
+    with bf16_context(bf16, batch.items.device):
+        with torch.profiler.record_function("step.forward"), \
+                torch.autocast(batch.items.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch)
+        if not torch.isfinite(loss):
+            return loss.item()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.profiler.record_function("step.backward"):
+            loss.backward()
     with torch.profiler.record_function("step.optimizer"):
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
