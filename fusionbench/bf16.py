@@ -19,7 +19,7 @@ of a few entries, as two float32 products of different blocking do). Within :fun
 kernels of ``mm``, ``bmm``, ``addmm`` and ``baddbmm`` (those that ``matmul``, ``linear`` and ``einsum``
 reach) are replaced for the block by ones that do so for bfloat16 operands and call PyTorch's own
 ``out=`` kernels otherwise. The replacement sits below autograd, so the backward products are formed the
-same way.
+same way. A large operand (:data:`WIDEN_ONCE_FROM`) is widened once per block while it is unchanged.
 
 Which way this process goes is decided once (:func:`bf16_products`): ``FUSIONBENCH_BF16_PRODUCTS`` names
 it (``native`` or ``float32``), or ``auto`` (the default) times both on one thread and takes float32 only
@@ -51,32 +51,55 @@ def _bf16(*tensors: Tensor) -> bool:
     return all(t.dtype == BF16 for t in tensors)
 
 
+WIDEN_ONCE_FROM = 1 << 20
+"""Operands of at least this many elements are widened once per :func:`float32_products` block: an item
+table met by every block of a blocked full-softmax loss (``fusionbench.full_softmax``) is widened once,
+not once per 64 rows."""
+_widened: dict | None = None
+"""Within :func:`float32_products`: (storage address, offset, shape, strides) -> (storage, version, widened).
+The entry holds the storage, so no other tensor can take its address while the block lasts."""
+
+
+def _wide(t: Tensor) -> Tensor:
+    """``t`` as float32 (exact for bfloat16); a large operand widened once per block while it is unchanged."""
+    if _widened is None or t.numel() < WIDEN_ONCE_FROM:
+        return t.float()
+    storage = t.untyped_storage()
+    key = (storage.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    held = _widened.get(key)
+    if held is not None and held[1] == t._version:
+        return held[2]
+    wide = t.float()
+    _widened[key] = (storage, t._version, wide)
+    return wide
+
+
 def _empty(like: Tensor) -> Tensor:
     return torch.empty(0, dtype=like.dtype, device=like.device)
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:
     if _bf16(a, b):
-        return torch.ops.aten.mm.out(a.float(), b.float(), out=torch.empty(0)).to(BF16)
+        return torch.ops.aten.mm.out(_wide(a), _wide(b), out=torch.empty(0)).to(BF16)
     return torch.ops.aten.mm.out(a, b, out=_empty(a))
 
 
 def bmm(a: Tensor, b: Tensor) -> Tensor:
     if _bf16(a, b):
-        return torch.ops.aten.bmm.out(a.float(), b.float(), out=torch.empty(0)).to(BF16)
+        return torch.ops.aten.bmm.out(_wide(a), _wide(b), out=torch.empty(0)).to(BF16)
     return torch.ops.aten.bmm.out(a, b, out=_empty(a))
 
 
 def addmm(c: Tensor, a: Tensor, b: Tensor, *, beta=1, alpha=1) -> Tensor:
     if _bf16(c, a, b):
-        return torch.ops.aten.addmm.out(c.float(), a.float(), b.float(), beta=beta, alpha=alpha,
+        return torch.ops.aten.addmm.out(_wide(c), _wide(a), _wide(b), beta=beta, alpha=alpha,
                                         out=torch.empty(0)).to(BF16)
     return torch.ops.aten.addmm.out(c, a, b, beta=beta, alpha=alpha, out=_empty(a))
 
 
 def baddbmm(c: Tensor, a: Tensor, b: Tensor, *, beta=1, alpha=1) -> Tensor:
     if _bf16(c, a, b):
-        return torch.ops.aten.baddbmm.out(c.float(), a.float(), b.float(), beta=beta, alpha=alpha,
+        return torch.ops.aten.baddbmm.out(_wide(c), _wide(a), _wide(b), beta=beta, alpha=alpha,
                                           out=torch.empty(0)).to(BF16)
     return torch.ops.aten.baddbmm.out(c, a, b, beta=beta, alpha=alpha, out=_empty(a))
 
@@ -89,7 +112,9 @@ KERNELS = {"mm": mm, "bmm": bmm, "addmm": addmm, "baddbmm": baddbmm}
 def float32_products() -> Iterator[None]:
     """Within the block, CPU products of bfloat16 operands are formed in float32 and rounded (the module's
     docstring); other dtypes and devices are untouched. PyTorch's kernels are back when the block ends."""
+    global _widened
     library = torch.library.Library("aten", "IMPL")
+    outer, _widened = _widened, {}
     try:
         with warnings.catch_warnings():   # "overriding a previously registered kernel": that is the point
             warnings.simplefilter("ignore", UserWarning)
@@ -98,6 +123,7 @@ def float32_products() -> Iterator[None]:
         yield
     finally:
         library._destroy()
+        _widened = outer
 
 
 @functools.cache

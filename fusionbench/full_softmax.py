@@ -103,6 +103,7 @@ class _BlockedCrossEntropy(torch.autograd.Function):
         # of blocks, their G rows gathered in ``held``, and added to the float32 sum; an [n, d] product per
         # block, cast and added, would be a pass over the whole item table per block
         low = want_e and h.dtype != grad_e.dtype
+        low_h = h.dtype not in (torch.float32, torch.float64)   # bf16: no out= product (fusionbench.bf16)
         group = group_rows(len(e), h.dtype) if low else rows
         held = torch.empty(min(group, len(h)), len(e), dtype=h.dtype) if low else None
         for first in range(0, len(h), group):
@@ -117,7 +118,9 @@ class _BlockedCrossEntropy(torch.autograd.Function):
                     g = held[start - first:stop - first].copy_(g)
                 else:
                     g = g.to(h.dtype)
-                if want_h:
+                if want_h and low_h:
+                    grad_h[start:stop] = g @ e       # functional: fusionbench.bf16 may form it in float32
+                elif want_h:
                     torch.mm(g, e, out=grad_h[start:stop])
                 if want_e and held is None:
                     grad_e.addmm_(g.T, hb)

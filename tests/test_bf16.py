@@ -184,3 +184,20 @@ def test_a_bf16_training_step_under_each_choice(monkeypatch):
     for run in losses.values():
         assert all(torch.isfinite(torch.tensor(run))) and run[-1] < run[0]
     torch.testing.assert_close(torch.tensor(losses["float32"]), torch.tensor(losses["native"]), rtol=2e-2, atol=0)
+
+
+def test_a_large_operand_is_widened_once_per_block_while_unchanged(monkeypatch):
+    monkeypatch.setattr(bf16, "WIDEN_ONCE_FROM", 100)
+    large, small = torch.randn(20, 10).to(BF16), torch.randn(3, 3).to(BF16)
+    assert bf16._wide(large) is not bf16._wide(large)                  # outside a block: nothing kept
+    with float32_products():
+        first = bf16._wide(large)
+        assert bf16._wide(large) is first and torch.equal(first, large.float())
+        assert bf16._wide(large.T) is bf16._wide(large.T) and torch.equal(bf16._wide(large.T), large.T.float())
+        assert bf16._wide(small) is not bf16._wide(small)
+        large.mul_(2)                                                     # changed in place: widened again
+        again = bf16._wide(large)
+        assert again is not first and torch.equal(again, large.float())
+        b = torch.randn(10, 4).to(BF16)
+        assert torch.equal(torch.mm(large, b), (large.float() @ b.float()).to(BF16))
+    assert bf16._widened is None

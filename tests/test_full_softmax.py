@@ -1,10 +1,12 @@
 """The blocked full-softmax cross-entropy (fusionbench/full_softmax.py) against F.cross_entropy over the
 whole product: value and gradients over block boundaries, float64 gradcheck, bf16 autocast, gradients
 reaching the parameters behind the item table, and every strategy's loss unchanged by it."""
+import contextlib
+
 import pytest
 import torch
 
-from fusionbench import full_softmax
+from fusionbench import bf16, full_softmax
 from fusionbench.full_softmax import block_rows, cross_entropy, group_rows
 from fusionbench.full_softmax import whole_cross_entropy as whole
 
@@ -59,11 +61,18 @@ def test_gradcheck_in_float64(three_rows_per_block):
     assert torch.autograd.gradcheck(lambda h, e: cross_entropy(h, e, targets), (states, items))
 
 
+@pytest.mark.parametrize("products", ["native", "float32"])
 @pytest.mark.parametrize("blocks_per_group", [1, 2, 5])
 def test_under_bf16_autocast_as_the_whole_product_and_input_dtypes_kept(three_rows_per_block, monkeypatch,
-                                                                        blocks_per_group):
+                                                                        blocks_per_group, products):
     """bf16 products: the item gradient is summed in float32 over groups of blocks (10 states in blocks of 3:
-    groups of 1, 2 or 5 blocks end inside the last group or with it)."""
+    groups of 1, 2 or 5 blocks end inside the last group or with it); PyTorch's bf16 products, or formed in
+    float32 with every operand widened once per block (fusionbench.bf16)."""
+    if products == "float32":
+        monkeypatch.setattr(bf16, "WIDEN_ONCE_FROM", 0)
+        context = bf16.float32_products()
+    else:
+        context = contextlib.nullcontext()
     monkeypatch.setattr(full_softmax, "GROUP_BYTES", blocks_per_group * 3 * 2 * 11)
     assert full_softmax.group_rows(11, torch.bfloat16) == 3 * blocks_per_group
     torch.manual_seed(1)
@@ -71,7 +80,8 @@ def test_under_bf16_autocast_as_the_whole_product_and_input_dtypes_kept(three_ro
     items = torch.randn(11, 6)                        # a float32 table
     targets = torch.randint(0, 11, (10,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = loss_and_grads(cross_entropy, states, items, targets)
+        with context:
+            got = loss_and_grads(cross_entropy, states, items, targets)
         want = loss_and_grads(whole, states, items, targets)
     assert got[0].dtype == want[0].dtype == torch.float32
     assert got[1].dtype == torch.bfloat16 and got[2].dtype == torch.float32
