@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from fusionbench.cli import main
 from fusionbench.data.splits import make_split
 from fusionbench.devtools.profile import STEP_PARTS, labelled_parts, part_target, profile_training, sample_batches
+from fusionbench.dropout import mask_draw
 from fusionbench.errors import UserInputError
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
@@ -113,6 +114,7 @@ def test_cli_profile_prints_the_estimate_and_the_parts(folder):
     assert out.exit_code == 0, out.output
     assert "sampled 4 of 19 first-epoch batches" in out.output
     assert "extrapolated" in out.output
+    assert f"dropout masks: {mask_draw()}\n" in out.output          # fp32: no bf16 products to name
     for label in (*STEP_PARTS, "hidden"):
         assert f"| {label}" in out.output
 

@@ -28,8 +28,10 @@ from typing import Iterator
 import torch
 from tabulate import tabulate
 
+from fusionbench.bf16 import bf16_products
 from fusionbench.context import SeqBatch
 from fusionbench.data.splits import make_split
+from fusionbench.dropout import mask_draw
 from fusionbench.errors import UserInputError
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
@@ -58,6 +60,8 @@ class Profile:
     seconds: list[float]
     parts: list[Part]
     operators: str
+    kernels: str = ""
+    """How this process forms what varies by machine: its dropout masks and, under bf16, its products."""
 
     @property
     def epoch_estimate(self) -> tuple[float, float]:
@@ -168,7 +172,8 @@ def profile_training(request: RunRequest, every: int = 20, repeats: int = 3, par
              if label in by_label else Part(label, 0, 0.0) for label in STEP_PARTS + parts]
     operators = prof.key_averages(group_by_input_shape=shapes).table(
         sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40, max_shapes_column_width=100)
-    return Profile(n_batches, len(batches), seconds, found, operators)
+    kernels = f"dropout masks: {mask_draw()}" + (f"; bf16 products: {bf16_products()}" if bf16 else "")
+    return Profile(n_batches, len(batches), seconds, found, operators, kernels)
 
 
 def render(profile: Profile) -> str:
@@ -183,6 +188,7 @@ def render(profile: Profile) -> str:
         f"{passes}",
         f"training CPU time per epoch, extrapolated: {fastest:.1f} s (fastest pass), {median:.1f} s (median)"
         + ("" if profile.n_sampled == profile.n_batches else "; from a sample (--every 1 times the whole epoch)"),
+        *([profile.kernels] if profile.kernels else []),
         "",
         "profiled pass (times under the profiler; % of forward + backward + optimizer):",
         tabulate(rows, headers=["part", "calls", "ms/step", "% of step"], tablefmt="github"),
