@@ -15,7 +15,8 @@ time there.
 Every bfloat16 value is a float32 value, so the product above can be formed exactly as its definition
 says: widen the operands to float32 (exact), multiply in float32, round the result to bfloat16. That is the
 same arithmetic, in another order of summation (results differ from the native kernel's in the last bit
-of a few entries, as two float32 products of different blocking do). Within :func:`products` the CPU
+of a few entries, as two float32 products of different blocking do). Within :func:`float32_products`
+(which :func:`products` enters around a bf16 training step where that is the faster way) the CPU
 kernels of ``mm``, ``bmm``, ``addmm`` and ``baddbmm`` (those that ``matmul``, ``linear`` and ``einsum``
 reach) are replaced for the block by ones that do so for bfloat16 operands and call PyTorch's own
 ``out=`` kernels otherwise. The replacement sits below autograd, so the backward products are formed the
