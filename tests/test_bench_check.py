@@ -161,6 +161,37 @@ def test_each_machine_class_reads_and_refreshes_its_own_baseline(tmp_path):
     assert baseline_for(default, "AMD EPYC") == (default, None)
 
 
+def test_a_cpu_without_bf16_instructions_is_a_class_of_its_own(tmp_path):
+    """One brand string ("Intel(R) Xeon(R) Processor") covers VMs with and without bfloat16 instructions, whose
+    bf16 cases differ by more than the tolerance: known to lack them, a machine reads and writes its own file;
+    a baseline that does not say (recorded before the field existed) counts as having them."""
+    assert machine_class("Intel(R) Xeon(R) Processor", bf16=False) == "Intel Xeon without bf16"
+    assert machine_class("Intel(R) Xeon(R) Processor", bf16=True) == machine_class("Intel(R) Xeon(R) Processor")
+    default = tmp_path / "baseline.json"
+    default.write_text(json.dumps({"machine": {"cpu": "AMD EPYC"}, "ratios": {"a": 1.0}}))
+    intel = tmp_path / "baseline.intel-xeon.json"
+    intel.write_text(json.dumps({"machine": {"cpu": "Intel(R) Xeon(R) Processor"}, "ratios": {"a": 2.0}}))
+    without = tmp_path / "baseline.intel-xeon-without-bf16.json"
+    assert baseline_for(default, "Intel(R) Xeon(R) Processor", True) == (intel, None)
+    assert refresh_target(default, "Intel(R) Xeon(R) Processor", False) == without
+    path, note = baseline_for(default, "Intel(R) Xeon(R) Processor", False)
+    assert path == default and "(Intel Xeon without bf16)" in note
+    without.write_text(json.dumps({"machine": {"cpu": "Intel(R) Xeon(R) Processor", "bf16": False},
+                                   "ratios": {"a": 3.0}}))
+    assert baseline_for(default, "Intel(R) Xeon(R) Processor", False) == (without, None)
+    assert baseline_for(default, "Intel(R) Xeon(R) Processor", None) == (intel, None)
+
+
+def test_the_measurement_records_whether_the_cpu_has_bf16_instructions():
+    report = {"benchmarks": [{"name": "test_c", "group": CALIBRATION_GROUP, "stats": {"min": 1.0}}],
+              "machine_info": {"cpu": {"brand_raw": "X", "flags": ["avx512f", "avx512_bf16"]}}}
+    assert calibrated_ratios(report).machine["bf16"] is True
+    report["machine_info"]["cpu"]["flags"] = ["avx512f"]
+    assert calibrated_ratios(report).machine["bf16"] is False
+    del report["machine_info"]["cpu"]["flags"]
+    assert calibrated_ratios(report).machine["bf16"] is None
+
+
 FAKE_CLOCK = '''
     """The tiny suite's clock (`--benchmark-timer=fakeclock.now`): it moves only when the suite says how
     long its work took, so every measured time, and every ratio, is exact whatever the machine's load."""

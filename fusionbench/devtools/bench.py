@@ -155,7 +155,9 @@ def calibrated_ratios(report: Mapping) -> Measurement:
             raise SuiteError(f"two benchmark cases are both named {name!r}; rename one")
         seconds[name] = entry["stats"]["min"]
     info = report.get("machine_info", {})
+    flags = info.get("cpu", {}).get("flags")
     machine = {"cpu": info.get("cpu", {}).get("brand_raw"), "cpus": info.get("cpu", {}).get("count"),
+               "bf16": None if flags is None else bool(BF16_FLAGS & set(flags)),
                "python": info.get("python_version"), "torch": info.get("torch")}
     return Measurement({c: t / reference for c, t in seconds.items()}, reference, machine, seconds)
 
@@ -273,34 +275,41 @@ def measure(suite: Path) -> Measurement:
     return calibrated_ratios(run_suite(suite))
 
 
-def machine_class(cpu: Optional[str]) -> str:
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""CPU flags of bfloat16 instructions: without them a bf16 step costs more than an fp32 one (``fusionbench.bf16``),
+so the bf16 cases' ratios belong to another class."""
+
+
+def machine_class(cpu: Optional[str], bf16: Optional[bool] = None) -> str:
     """The machine class of a CPU brand string: its vendor and line, trademarks dropped
     (``Intel(R) Xeon(R) Platinum 8480C`` -> ``Intel Xeon``, ``AMD EPYC 7763 64-Core Processor`` -> ``AMD EPYC``);
-    ``unknown`` when the brand is not known."""
+    ``unknown`` when the brand is not known. A CPU known to lack bfloat16 instructions (``bf16=False``:
+    none of :data:`BF16_FLAGS`) is a class of its own, ``Intel Xeon without bf16``: one brand string covers
+    both kinds of VM."""
     words = re.sub(r"\((R|TM)\)", " ", cpu or "", flags=re.IGNORECASE).split()
-    return " ".join(words[:2]) or "unknown"
+    return (" ".join(words[:2]) or "unknown") + (" without bf16" if bf16 is False else "")
 
 
-def baseline_for(default: Path, cpu: Optional[str]) -> tuple[Path, Optional[str]]:
+def baseline_for(default: Path, cpu: Optional[str], bf16: Optional[bool] = None) -> tuple[Path, Optional[str]]:
     """The baseline file of the machine class of ``cpu`` and, when it is another class's, a note saying so.
 
     ``default`` when it does not exist yet or was recorded on this class; else its sibling
     ``<stem>.<class slug>.json`` when that exists (a refresh on this class wrote it); else ``default`` with
     the note. :func:`refresh_target` is where a refresh on this class writes."""
-    target = refresh_target(default, cpu)
+    target = refresh_target(default, cpu, bf16)
     if target.exists() or target == default:
         return target, None
-    return default, (f"no baseline for this machine class ({machine_class(cpu)}): comparing with {default}, "
+    return default, (f"no baseline for this machine class ({machine_class(cpu, bf16)}): comparing with {default}, "
                      f"recorded on {recorded_class(default)}, whose ratios can differ by more than the tolerance; "
                      f"`{REFRESH_COMMAND}` on this machine writes {target}")
 
 
-def refresh_target(default: Path, cpu: Optional[str]) -> Path:
+def refresh_target(default: Path, cpu: Optional[str], bf16: Optional[bool] = None) -> Path:
     """Where a baseline of the class of ``cpu`` lives: ``default`` if it does not exist or was recorded on
     that class, else ``default``'s sibling ``<stem>.<class slug>.json``."""
     if not default.exists():
         return default
-    here = machine_class(cpu)
+    here = machine_class(cpu, bf16)
     if recorded_class(default) == here:
         return default
     slug = re.sub(r"[^a-z0-9]+", "-", here.lower()).strip("-")
@@ -309,7 +318,8 @@ def refresh_target(default: Path, cpu: Optional[str]) -> Path:
 
 def recorded_class(path: Path) -> str:
     """The machine class the baseline file ``path`` was recorded on (its ``machine.cpu`` field)."""
-    return machine_class(read_baseline(path).get("machine", {}).get("cpu"))
+    machine = read_baseline(path).get("machine", {})
+    return machine_class(machine.get("cpu"), machine.get("bf16"))
 
 
 def read_baseline(path: Path) -> dict:
@@ -373,7 +383,7 @@ def check(suite: Path, baseline: Optional[Path]) -> None:
     read_baseline(baseline or DEFAULT_BASELINE)   # a missing or broken file fails before the suite runs
     first = measure(suite)
     if baseline is None:
-        baseline, note = baseline_for(DEFAULT_BASELINE, first.machine.get("cpu"))
+        baseline, note = baseline_for(DEFAULT_BASELINE, first.machine.get("cpu"), first.machine.get("bf16"))
         if note:
             click.echo(f"note: {note}")
     base = read_baseline(baseline)
@@ -419,7 +429,8 @@ def refresh(suite: Path, baseline: Optional[Path], runs: int, keep_slower: bool,
         read_baseline(baseline)                   # a missing or broken file fails before the suite runs
     runs_measured = [measure(suite) for _ in range(runs)]
     if baseline is None:
-        baseline = refresh_target(DEFAULT_BASELINE, runs_measured[0].machine.get("cpu"))
+        baseline = refresh_target(DEFAULT_BASELINE, runs_measured[0].machine.get("cpu"),
+                                  runs_measured[0].machine.get("bf16"))
     previous = read_baseline(baseline)["ratios"] if keep_slower or cases else {}
     measured = median_of(runs_measured)
     result = with_cases(previous, measured, list(cases)) if cases else slower_of(previous, measured)
