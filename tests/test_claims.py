@@ -7,32 +7,19 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 from fusionbench.plan import identify, run_local
 from fusionbench.store import ResultStore
 from fusionbench.store.claims import Claim, holder
 from fusionbench.sweep import read_sweep
+from test_deadline import cells_of
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """
-[defaults]
-dataset = "synthetic"
-
-[defaults.set]
-"data.n_users" = 60
-"data.n_codes" = 3
-"data.per_cell" = 2
-"data.max_len" = 8
-dim = 16
-"train.epochs" = 2
-"""
 
 
 def sweep_file(tmp_path, body):
-    path = tmp_path / "sweep.toml"
-    path.write_text(TINY + textwrap.dedent(body))
+    _, path = cells_of(tmp_path, body)    # the tiny synthetic sweep of test_deadline (one epoch per cell)
     return path
 
 
