@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 import warnings
 from typing import Iterator
@@ -39,7 +38,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from fusionbench.errors import UserInputError
+from fusionbench.options import environment_choice
 
 BF16_PRODUCTS = ("native", "float32")
 FLOAT32_IF_BELOW = 0.8
@@ -135,11 +134,9 @@ def bf16_products() -> str:
     bfloat16 product both ways on one thread (fastest of 5) and takes ``float32`` below
     :data:`FLOAT32_IF_BELOW` of the native time.
     """
-    chosen = os.environ.get("FUSIONBENCH_BF16_PRODUCTS", "auto").strip().lower() or "auto"
-    if chosen in BF16_PRODUCTS:
-        return chosen
+    chosen = environment_choice("FUSIONBENCH_BF16_PRODUCTS", BF16_PRODUCTS)
     if chosen != "auto":
-        raise UserInputError(f"FUSIONBENCH_BF16_PRODUCTS must be {', '.join(BF16_PRODUCTS)} or auto, got {chosen!r}")
+        return chosen
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(128, 128, generator=generator).to(BF16)
     b = torch.randn(128, 4096, generator=generator).to(BF16)

@@ -35,14 +35,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusionbench.errors import UserInputError
+from fusionbench.options import environment_choice
 
 OTHER_IF_BELOW = 0.7
 """Another draw replaces ``bernoulli_`` only below this fraction of its time (a margin against noise)."""
@@ -82,11 +81,9 @@ def mask_draw() -> str:
     thread measures each draw's own cost: ``torch.rand`` runs in parallel, so on a busy machine its
     multi-threaded time says more about the other jobs than about the draw.
     """
-    chosen = os.environ.get("FUSIONBENCH_DROPOUT_MASK", "auto").strip().lower() or "auto"
-    if chosen in MASK_DRAWS:
-        return chosen
+    chosen = environment_choice("FUSIONBENCH_DROPOUT_MASK", MASK_DRAWS)
     if chosen != "auto":
-        raise UserInputError(f"FUSIONBENCH_DROPOUT_MASK must be {', '.join(MASK_DRAWS)} or auto, got {chosen!r}")
+        return chosen
     generator = torch.Generator().manual_seed(0)
     mask = torch.empty(64, 50, 64)
 

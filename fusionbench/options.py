@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import typing
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
@@ -231,3 +232,13 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`OptionError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise OptionError(message)
+
+
+def environment_choice(variable: str, choices: tuple[str, ...]) -> str:
+    """A process-wide choice read from the environment variable ``variable``: one of ``choices`` (case and
+    surrounding blanks ignored), or ``"auto"`` when it is unset, empty or says so; anything else is an error
+    naming the variable and its values."""
+    chosen = os.environ.get(variable, "auto").strip().lower() or "auto"
+    if chosen not in choices and chosen != "auto":
+        raise UserInputError(f"{variable} must be {', '.join(choices)} or auto, got {chosen!r}")
+    return chosen
