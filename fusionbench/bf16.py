@@ -33,7 +33,7 @@ import contextlib
 import functools
 import time
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -78,33 +78,18 @@ def _empty(like: Tensor) -> Tensor:
     return torch.empty(0, dtype=like.dtype, device=like.device)
 
 
-def mm(a: Tensor, b: Tensor) -> Tensor:
-    if _bf16(a, b):
-        return torch.ops.aten.mm.out(_wide(a), _wide(b), out=torch.empty(0)).to(BF16)
-    return torch.ops.aten.mm.out(a, b, out=_empty(a))
+def float32_kernel(out_op) -> Callable[..., Tensor]:
+    """The replacement kernel of one product, from its ``out=`` overload (``torch.ops.aten.mm.out``): with
+    every tensor operand bfloat16, the operands widened (:func:`_wide`), the float32 product, the result
+    rounded to bfloat16; otherwise PyTorch's own kernel, through that overload."""
+    def kernel(*tensors: Tensor, **scalars) -> Tensor:
+        if _bf16(*tensors):
+            return out_op(*map(_wide, tensors), **scalars, out=torch.empty(0)).to(BF16)
+        return out_op(*tensors, **scalars, out=_empty(tensors[0]))
+    return kernel
 
 
-def bmm(a: Tensor, b: Tensor) -> Tensor:
-    if _bf16(a, b):
-        return torch.ops.aten.bmm.out(_wide(a), _wide(b), out=torch.empty(0)).to(BF16)
-    return torch.ops.aten.bmm.out(a, b, out=_empty(a))
-
-
-def addmm(c: Tensor, a: Tensor, b: Tensor, *, beta=1, alpha=1) -> Tensor:
-    if _bf16(c, a, b):
-        return torch.ops.aten.addmm.out(_wide(c), _wide(a), _wide(b), beta=beta, alpha=alpha,
-                                        out=torch.empty(0)).to(BF16)
-    return torch.ops.aten.addmm.out(c, a, b, beta=beta, alpha=alpha, out=_empty(a))
-
-
-def baddbmm(c: Tensor, a: Tensor, b: Tensor, *, beta=1, alpha=1) -> Tensor:
-    if _bf16(c, a, b):
-        return torch.ops.aten.baddbmm.out(_wide(c), _wide(a), _wide(b), beta=beta, alpha=alpha,
-                                          out=torch.empty(0)).to(BF16)
-    return torch.ops.aten.baddbmm.out(c, a, b, beta=beta, alpha=alpha, out=_empty(a))
-
-
-KERNELS = {"mm": mm, "bmm": bmm, "addmm": addmm, "baddbmm": baddbmm}
+KERNELS = {name: float32_kernel(getattr(torch.ops.aten, name).out) for name in ("mm", "bmm", "addmm", "baddbmm")}
 """The CPU kernels :func:`float32_products` puts in place (aten operator -> replacement)."""
 
 
