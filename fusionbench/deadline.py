@@ -18,6 +18,14 @@ that trained (not those that only evaluated kept weights, nor tune trials stoppe
    interactions (a rough guide: an epoch's work grows with the training positions, the number of epochs
    and the cost per position vary by dataset as well).
 
+Each run counts with its wall time less the time its training waited for a core (its epochs'
+``wait_seconds``, :mod:`fusionbench.cpu_share`: the wall time scaled by :math:`1 - \sum q / \sum W`
+over the epochs that record it; runs without the record count with their wall time), so runs timed
+beside other jobs do not inflate it; the estimate is that time over the share of a core a thread of the
+sweep gets when the cell is admitted (:func:`fusionbench.cpu_share.core_share`, measured at most once a
+minute): a cell admitted beside as many busy processes as cores is expected to take twice as long.
+``--dry-run`` lists the times at a whole core.
+
 A resumed cell needs the epochs it is expected to train still, at the same tier's median wall time per
 epoch (each run's wall time over its epochs, so the final evaluation is spread over them): with
 :math:`e` epochs in its checkpoint, :math:`\tilde E` the tier's median epoch count, :math:`s` early
@@ -49,6 +57,7 @@ from typing import Optional, Sequence
 import pandas as pd
 from tabulate import tabulate
 
+from fusionbench import cpu_share
 from fusionbench.data.splits import LEAKY_PROTOCOL
 from fusionbench.errors import UserInputError
 from fusionbench.plan import Cell, identify
@@ -75,6 +84,21 @@ def parse_deadline(text: str, now: Optional[float] = None) -> float:
                              "time such as 2026-12-06T19:00Z") from None
 
 
+SHARE_EVERY = 60.0
+"""Seconds a measured share of a core stands for before :class:`Deadline` measures it again."""
+
+
+def uncrowded_seconds(wall: float, history: list[dict]) -> float:
+    r"""A finished run's wall time less the part its training waited for a core: ``wall`` scaled by
+    :math:`1 - \sum q / \sum W` over the epochs of ``history`` that record their wait :math:`q`
+    (``wait_seconds``) beside their wall time :math:`W` (``seconds``); ``wall`` where none does."""
+    timed = [(entry["seconds"], entry["wait_seconds"]) for entry in history if "wait_seconds" in entry]
+    spent = sum(seconds for seconds, _ in timed)
+    if not spent:
+        return wall
+    return wall * max(0.0, 1.0 - sum(wait for _, wait in timed) / spent)
+
+
 def _without_seed(config: dict) -> str:
     return canonical_json({key: value for key, value in training_config(config).items() if key != "seed"})
 
@@ -85,11 +109,15 @@ class CellCost:
     are stores read beside ``store`` (``--estimate-from``), whose checkpoints and kept weights are not
     ``store``'s and are never read."""
 
-    def __init__(self, store: ResultStore, data_root: Optional[Path] = None, others: Sequence[ResultStore] = ()):
+    def __init__(self, store: ResultStore, data_root: Optional[Path] = None, others: Sequence[ResultStore] = (),
+                 share: float = 1.0):
         self.store = store
         self.data_root = data_root
         self.others = tuple(others)
         """Further stores whose finished runs the estimates read (``--estimate-from``)."""
+        self.share = share
+        """The share of a core a run would get (:func:`fusionbench.cpu_share.core_share`): estimates are
+        the runs' uncrowded times over it."""
         self._interactions: dict[str, Optional[int]] = {}
 
     def interactions(self, config: dict) -> Optional[int]:
@@ -106,11 +134,14 @@ class CellCost:
     def comparable(self, config: dict) -> pd.DataFrame:
         """The store's finished runs that trained and are comparable with ``config`` (a resolved config
         with its dataset checksum), from the first non-empty tier of the module's docstring (may be
-        empty), with their wall time on ``config``'s dataset in a column ``wall`` (scaled in tier 4)."""
+        empty), with the wall time each is expected to take on ``config``'s dataset now in a column
+        ``wall``: its :func:`uncrowded_seconds` over :attr:`share` (scaled in tier 4)."""
         runs = pd.concat([s.runs(strategy=config["strategy"]) for s in (self.store, *self.others)],
                          ignore_index=True).drop_duplicates("config_hash")
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
                     & runs["wall_seconds"].notna()]
+        runs = runs.assign(wall=[uncrowded_seconds(wall, json.loads(text) if text else []) / self.share
+                                 for wall, text in zip(runs["wall_seconds"], runs["history"])])
         here = runs[runs["dataset"] == config["dataset"]]
         aggregator = config.get("aggregator")
         same_kind = here[(here["protocol"] == config["protocol"])
@@ -119,11 +150,11 @@ class CellCost:
         same = same_kind[[_without_seed(json.loads(text)) == key for text in same_kind["config"]]]
         for tier in (same, same_kind, here):
             if not tier.empty:
-                return tier.assign(wall=tier["wall_seconds"])
+                return tier
         target = self.interactions(config) if not runs.empty else None
         sizes = [self.interactions(json.loads(text)) if target else None for text in runs["config"]]
         scaled = runs.assign(wall=[wall * target / size if size else None
-                                   for wall, size in zip(runs["wall_seconds"], sizes)])
+                                   for wall, size in zip(runs["wall"], sizes)])
         return scaled[scaled["wall"].notna()]
 
     def expected_seconds(self, config: dict) -> Optional[float]:
@@ -173,6 +204,15 @@ class Deadline:
         self.cost = CellCost(store, data_root, others)
         self._identity = {id(cell): identity for cell, identity in zip(cells, identify(cells), strict=True)}
         """``id(cell)`` -> ``(config, run hash, training hash)``."""
+        self._share_measured: Optional[float] = None    # time.monotonic() of the last measurement
+
+    def share(self) -> float:
+        """The share of a core a thread of this process gets (:func:`fusionbench.cpu_share.core_share`),
+        measured again once the last measurement is :data:`SHARE_EVERY` seconds old."""
+        clock = time.monotonic()
+        if self._share_measured is None or clock - self._share_measured >= SHARE_EVERY:
+            self.cost.share, self._share_measured = cpu_share.core_share(), clock
+        return self.cost.share
 
     def admit(self, cell: Cell, now: Optional[float] = None) -> Optional[str]:
         """``None`` when ``cell`` may start now, else why it is deferred."""
@@ -180,6 +220,7 @@ class Deadline:
         config, digest, trained = self._identity[id(cell)]
         if self.store.status(digest) == "done":
             return None
+        share = self.share()
         needed = self.cost.needed_seconds(config, digest, trained)
         if needed == 0:
             return None           # it only evaluates: kept weights, or a checkpoint whose training ended
@@ -188,14 +229,15 @@ class Deadline:
             return "the deadline has passed"
         if needed is None or needed <= left:
             return None
-        return f"expected to need {needed / 60:.0f} min, {left / 60:.0f} min left"
+        return f"expected to need {needed / 60:.0f} min at {share:.0%} of a core, {left / 60:.0f} min left"
 
 
 def cost_table(cells: Sequence[Cell], labels: Sequence[str], store: ResultStore,
                data_root: Optional[Path] = None, others: Sequence[ResultStore] = ()) -> str:
     """``fusionbench sweep --dry-run``: one row per cell (label, seed, its state in ``store``, the minutes
     it needs if not done: 0 when an earlier cell left to run trains the weights it evaluates, ``?``
-    without an estimate) and a last line with the cells done and the hours of one process the rest need."""
+    without an estimate) and a last line with the cells done and the hours of one process the rest need,
+    both at a whole core (``CellCost.share`` 1)."""
     cost = CellCost(store, data_root, others)
     rows, needs, training = [], [], set()   # training: hashes that an earlier cell left to run trains
     for cell, label, (config, digest, trained) in zip(cells, labels, identify(cells), strict=True):
@@ -210,7 +252,8 @@ def cost_table(cells: Sequence[Cell], labels: Sequence[str], store: ResultStore,
     summary = f"{len(cells)} cells, {len(cells) - len(needs)} done"
     if needs:
         unknown = needs.count(None)
-        summary += (f"; the rest need about {sum(n for n in needs if n is not None) / 3600:.1f} h of one process"
+        summary += (f"; the rest need about {sum(n for n in needs if n is not None) / 3600:.1f} h of one process "
+                    "with a core to itself"
                     + (f", {unknown} left without an estimate" if unknown else ""))
     table = tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",
                      disable_numparse=True)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from fusionbench.atomic import atomic_write
 from fusionbench.bf16 import products as bf16_context
 from fusionbench.context import SeqBatch
+from fusionbench.cpu_share import queue_wait
 from fusionbench.data.core import SequenceData
 from fusionbench.data.splits import Split, causal_batch, causal_rows, sample_batch
 from fusionbench.errors import TrainingError
@@ -118,8 +119,10 @@ class TrainResult:
 
     Attributes:
         best_epoch: 1-based epoch whose state was restored.
-        history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}``, with ``record_test``
-            also ``"test": {metric: value}`` and ``"test_seconds"`` (never read by selection or stopping).
+        history: per epoch ``{"epoch", "loss", "seconds", "valid": {metric: value}}`` (``seconds``: wall time
+            of the epoch's training), on Linux also ``"wait_seconds"`` (the part of ``seconds`` the
+            training thread waited for a core, :mod:`fusionbench.cpu_share`), with ``record_test`` also
+            ``"test": {metric: value}`` and ``"test_seconds"`` (never read by selection or stopping).
         valid_ranks, test_ranks: per-sample 0-based ranks of the restored state ``[S]``.
         unseen_test_ranks: the same model's test ranks among the items outside each sample's history
             (``evaluate.exclude_seen``), when the run ranked every item (``exclude_history`` off; else None:
@@ -436,7 +439,7 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         if finished(history, opts, split.leaky):
             break
         model.train()
-        started, total, count = time.perf_counter(), 0.0, 0
+        started, waited, total, count = time.perf_counter(), queue_wait(), 0.0, 0
         batches = epoch_batches(model, data, split, max_len, opts.batch_size, generator, views.train, prefix_keys,
                                 opts.batching)
         for number, batch in enumerate(tqdm(batches, desc=f"{label} epoch {epoch}", leave=False,
@@ -455,6 +458,8 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         except TrainingError as err:
             raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
         entry = {"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid}
+        if waited is not None:   # of those seconds, the time spent runnable without a core (cpu_share)
+            entry["wait_seconds"] = queue_wait() - waited
         if opts.record_test:   # kept apart: selection and stopping below read "valid" only
             tested = time.perf_counter()
             try:

@@ -2,6 +2,7 @@
 are started, and the command end to end (a cell that would overrun is skipped, a later one still runs)."""
 import re
 import textwrap
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
-from fusionbench.deadline import CellCost, Deadline, epochs_left, parse_deadline
+from fusionbench.deadline import SHARE_EVERY, CellCost, Deadline, epochs_left, parse_deadline, uncrowded_seconds
 from fusionbench.errors import UserInputError
 from fusionbench.plan import identify
 from fusionbench.runner import load_data
@@ -43,6 +44,13 @@ NOW = 1_800_000_000.0
 METRICS = {"HR@20": 0.1, "NDCG@20": 0.05, "MRR@20": 0.03}
 
 
+@pytest.fixture(autouse=True)
+def whole_core(monkeypatch):
+    """Every estimate here at a whole core unless a test says otherwise: a loaded test machine must not
+    move them."""
+    monkeypatch.setattr("fusionbench.cpu_share.core_share", lambda: 1.0)
+
+
 def cells_of(tmp_path, body):
     path = tmp_path / "sweep.toml"
     path.write_text(TINY + textwrap.dedent(body))
@@ -55,13 +63,17 @@ def history(ndcg):
             for n, value in enumerate(ndcg, 1)]
 
 
-def plant(store, config, wall, trained_from=None, asha_stopped=None, epochs=10):
+def plant(store, config, wall, trained_from=None, asha_stopped=None, epochs=10, waited=None):
     """A finished run of ``config`` (a resolved config with its dataset checksum) that took ``wall`` s
-    over ``epochs`` epochs."""
+    over ``epochs`` epochs, each of whose 1 s of training waited ``waited`` s for a core (not recorded:
+    ``None``)."""
     run_id = store.start(config, config["dataset_checksum"], {}, "test")
+    epochs = history([0.01 * n for n in range(epochs)])
+    if waited is not None:
+        epochs = [dict(entry, wait_seconds=waited) for entry in epochs]
     store.finish(run_id, {"test": METRICS, "valid": METRICS}, {},
                  RunSummary(wall_seconds=wall, trained_from=trained_from, asha_stopped=asha_stopped,
-                            history=history([0.01 * n for n in range(epochs)])))
+                            history=epochs))
 
 
 @pytest.mark.parametrize("text, seconds", [("90m", 5400), ("2h", 7200), ("2h30m", 9000), ("45s", 45),
@@ -122,7 +134,7 @@ def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
     seed0, seed1, gru = cells
     clock = Deadline(store, NOW + 500, cells)
     assert clock.admit(seed0, now=NOW) is None                       # done: found in the store
-    assert clock.admit(seed1, now=NOW) == "expected to need 10 min, 8 min left"
+    assert clock.admit(seed1, now=NOW) == "expected to need 10 min at 100% of a core, 8 min left"
     assert clock.admit(seed1, now=NOW - 100) is None                 # 600 s left
     assert clock.admit(gru, now=NOW) is None                         # no estimate: started
     assert clock.admit(gru, now=NOW + 501) == "the deadline has passed"
@@ -172,12 +184,14 @@ def test_estimate_from_reaches_the_deadline_and_the_dry_run_and_is_checked(tmp_p
     result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--dry-run",
                                        "--estimate-from", str(other_path)])
     assert result.exit_code == 0, result.output
-    assert "3 cells, 0 done; the rest need about 2.0 h of one process, 1 left without an estimate" in result.output
+    assert ("3 cells, 0 done; the rest need about 2.0 h of one process with a core to itself, 1 left without an "
+            "estimate") in result.output
     result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--deadline", "30m",
                                        "--estimate-from", str(other_path), "--quiet"])
     assert result.exit_code == 0, result.output
     assert re.search(r"2 of 3 cells not started here: sasrec \(dim=16, train.epochs=1\) seed 0 \(expected to "
-                     r"need 60 min, (29|30) min left\); sasrec \(dim=16, train.epochs=1\) seed 1", result.output)
+                     r"need 60 min at 100% of a core, (29|30) min left\); sasrec \(dim=16, train.epochs=1\) "
+                     r"seed 1", result.output)
     for bad, message in (([], "--estimate-from applies with --deadline or --dry-run"),
                          (["--dry-run"], f"--estimate-from {tmp_path / 'missing.db'}: no such file")):
         missing = str(tmp_path / "missing.db") if bad else str(other_path)
@@ -250,7 +264,7 @@ def test_the_sweep_skips_a_cell_that_would_overrun_and_runs_the_next(tmp_path):
                                        "--quiet"])
     assert result.exit_code == 0, result.output
     assert re.search(r"1 of 3 cells not started here: sasrec \(dim=16, train.epochs=1\) seed 1 "
-                     r"\(expected to need 60 min, (29|30) min left\)", result.output)
+                     r"\(expected to need 60 min at 100% of a core, (29|30) min left\)", result.output)
     store = ResultStore(store_path)
     assert store.status(d1) is None and store.status(d_gru) == "done"
 
@@ -279,7 +293,8 @@ def test_the_dry_run_lists_what_each_cell_left_to_run_needs(tmp_path):
     rows = [[part.strip() for part in line.strip("|").split("|")] for line in result.output.splitlines()
             if line.startswith("| sasrec") or line.startswith("| gru4rec")]
     assert [row[1:] for row in rows] == [["0", "done", ""], ["1", "to run", "60"], ["0", "to run", "?"]]
-    assert "3 cells, 1 done; the rest need about 1.0 h of one process, 1 left without an estimate" in result.output
+    assert ("3 cells, 1 done; the rest need about 1.0 h of one process with a core to itself, 1 left without an "
+            "estimate") in result.output
 
 
 def test_the_dry_run_counts_a_training_once_for_the_cells_that_share_it(tmp_path):
@@ -301,3 +316,37 @@ def test_the_dry_run_counts_a_training_once_for_the_cells_that_share_it(tmp_path
     needs = [line.strip("|").split("|")[-1].strip() for line in result.output.splitlines()
              if line.startswith("| sasrec")]
     assert needs == ["", "60", "0", "0"]           # seed 1 trains; its test-only cells evaluate its weights
+
+
+def test_a_run_counts_without_the_time_it_waited_for_a_core():
+    epochs = [{"seconds": 2.0, "wait_seconds": 1.0}, {"seconds": 6.0, "wait_seconds": 1.0}]
+    assert uncrowded_seconds(100.0, epochs) == 75.0                       # 2 of its 8 s of training waited
+    assert uncrowded_seconds(100.0, [{"seconds": 2.0}]) == 100.0           # recorded before the wait was
+    assert uncrowded_seconds(100.0, [*epochs, {"seconds": 2.0}]) == 75.0   # the epochs that record it decide
+
+
+def test_estimates_are_the_uncrowded_times_over_the_share_of_a_core_now(tmp_path):
+    cells, _ = cells_of(tmp_path, TWO_STRATEGIES)
+    (c0, _, _), (c1, _, _), _ = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, c0, 600.0, waited=0.5)                  # timed beside as many busy jobs as cores
+    assert CellCost(store).expected_seconds(c1) == 300.0
+    assert CellCost(store, share=0.5).expected_seconds(c1) == 600.0
+
+
+def test_the_deadline_measures_the_share_of_a_core_once_a_minute_and_says_it(tmp_path, monkeypatch):
+    cells, _ = cells_of(tmp_path, TWO_STRATEGIES)
+    (c0, _, _), _, _ = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, c0, 600.0)
+    measured = []
+    monkeypatch.setattr("fusionbench.cpu_share.core_share", lambda: measured.append(1) or 0.5)
+    clock = Deadline(store, NOW + 900, cells)
+    seed1 = cells[1]
+    assert clock.admit(seed1, now=NOW) == "expected to need 20 min at 50% of a core, 15 min left"
+    assert clock.admit(seed1, now=NOW - 300) is None                 # 20 min left
+    assert len(measured) == 1
+    monotonic = time.monotonic()
+    monkeypatch.setattr("time.monotonic", lambda: monotonic + SHARE_EVERY)
+    clock.admit(seed1, now=NOW)
+    assert len(measured) == 2

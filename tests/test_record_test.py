@@ -28,7 +28,8 @@ def fit(data, protocol, record_test, epochs=4, strategy="sasrec", **train_opts):
 
 
 def without_test(history):
-    return [{k: v for k, v in entry.items() if k not in ("test", "test_seconds", "seconds")} for entry in history]
+    timing = ("test", "test_seconds", "seconds", "wait_seconds")
+    return [{k: v for k, v in entry.items() if k not in timing} for entry in history]
 
 
 @pytest.mark.parametrize("protocol", ["ratio", "loo"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fusionbench.context import StrategyContext
+from fusionbench.cpu_share import queue_wait
 from fusionbench.data.core import from_sequences
 from fusionbench.data.splits import make_split
 from fusionbench.errors import TrainingError
@@ -43,7 +44,9 @@ def test_selection_uses_validation_only():
     res = fit(cyclic_data(), epochs=6, patience=2)
     valid = [h["valid"]["NDCG@20"] for h in res.history]
     assert res.best_epoch == int(np.argmax(valid)) + 1  # first maximum of the validation metric
-    assert set(res.history[0]) == {"epoch", "loss", "seconds", "valid"}  # no test numbers per epoch
+    timing = {"wait_seconds"} if queue_wait() is not None else set()
+    assert set(res.history[0]) == {"epoch", "loss", "seconds", "valid", *timing}  # no test numbers per epoch
+    assert all(0 <= h.get("wait_seconds", 0) <= h["seconds"] for h in res.history)
 
 
 def test_early_stopping_respects_patience():
