@@ -56,6 +56,44 @@ def cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
                                       cpu_autocast_dtype() or torch.promote_types(states.dtype, items.dtype))
 
 
+def channel_cross_entropy(states: Tensor, items: Tensor, targets: Tensor, weights: Tensor, beta: float) -> Tensor:
+    r"""The loss of a model that scores with C channels, each its own states against its own item
+    vectors, fused by per-row weights: states ``[S, C, d]``, items ``[n, C, d]``, targets ``[S]``
+    (``0..n-1``), weights ``[S, C]`` -> scalar
+
+    .. math::
+        Z^c = H^c {E^c}^\top,\qquad F = \sum_c \mathrm{diag}(w^c)\, Z^c,\qquad
+        \mathcal L = \mathrm{CE}(F, t) + \beta \sum_c \mathrm{CE}(Z^c, t)
+
+    (CE: the mean over rows of :func:`cross_entropy`'s loss; :math:`F` is the product of the weighted,
+    concatenated states with the concatenated items). Above ``WHOLE_BYTES`` of ``[S, n]`` scores on the
+    CPU, outside autocast, it is formed in row blocks: each block's C channel products are formed once and
+    give all C + 1 softmaxes, forward and backward, where the products per loss would form the fused scores
+    again (C times the work of a channel's) and each channel's scores once more. With
+    :math:`G^F = (\mathrm{softmax}(F) - Y)/S` and :math:`G^c = w^c \circ G^F + \beta(\mathrm{softmax}(Z^c) - Y)/S`,
+
+    .. math::
+        \frac{\partial \mathcal L}{\partial H^c} = G^c E^c,\qquad
+        \frac{\partial \mathcal L}{\partial E^c} = {G^c}^\top H^c,\qquad
+        \frac{\partial \mathcal L}{\partial w^c_s} = \sum_j G^F_{sj} Z^c_{sj}.
+    """
+    if states.device.type != "cpu" or cpu_autocast_dtype() is not None or \
+            4 * len(states) * len(items) <= WHOLE_BYTES:
+        return whole_channel_cross_entropy(states, items, targets, weights, beta)
+    return _BlockedChannelCrossEntropy.apply(states, items, targets, weights, beta)
+
+
+def whole_channel_cross_entropy(states: Tensor, items: Tensor, targets: Tensor, weights: Tensor,
+                                beta: float) -> Tensor:
+    """:func:`channel_cross_entropy` as one :func:`cross_entropy` per loss: the fused scores as one product
+    of the weighted, concatenated states with the concatenated items, and each channel's; its form on
+    small scores, off the CPU and under autocast, and the definition its tests hold the blocked form to."""
+    loss = cross_entropy((weights[..., None] * states).flatten(1), items.flatten(1), targets)
+    if beta > 0:
+        loss = loss + beta * sum(cross_entropy(states[:, c], items[:, c], targets) for c in range(states.shape[1]))
+    return loss
+
+
 def whole_cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
     """The same loss over the whole ``[S, n]`` product (``F.cross_entropy``): :func:`cross_entropy`'s form
     below ``WHOLE_BYTES`` and off the CPU, and the definition its tests hold the blocked form to."""
@@ -128,3 +166,66 @@ class _BlockedCrossEntropy(torch.autograd.Function):
                 grad_e.add_(held[:last - first].T @ h[first:last])                 # summed in the softmax dtype
         return (None if grad_h is None else grad_h.to(states_dtype),
                 None if grad_e is None else grad_e.to(items_dtype), None, None)
+
+
+def weighted_sum(blocks: list[Tensor], weights: Tensor) -> Tensor:
+    """``sum_c weights[:, c, None] * blocks[c]``: blocks C x ``[r, n]``, weights ``[r, C]``, in one new block."""
+    out = blocks[0] * weights[:, :1]
+    for c in range(1, len(blocks)):
+        out.addcmul_(blocks[c], weights[:, c:c + 1])
+    return out
+
+
+class _BlockedChannelCrossEntropy(torch.autograd.Function):
+    """The autograd form of :func:`channel_cross_entropy` in row blocks (float32, or float64 for float64
+    inputs)."""
+
+    @staticmethod
+    def forward(ctx, states: Tensor, items: Tensor, targets: Tensor, weights: Tensor, beta: float) -> Tensor:
+        h = [states[:, c].contiguous() for c in range(states.shape[1])]              # C x [S, d]
+        e = [items[:, c].contiguous() for c in range(items.shape[1])]                # C x [n, d]
+        rows = block_rows(len(items))                     # C blocks of scores at a time
+        lse = torch.empty(len(e) + 1, len(states), dtype=states.dtype)              # fused first, then C
+        picked = torch.empty_like(lse)
+        for start in range(0, len(states), rows):
+            stop, tb = min(start + rows, len(states)), targets[start:start + rows, None]
+            z = [hc[start:stop] @ ec.T for hc, ec in zip(h, e)]                      # C x [rows, n]
+            fused = weighted_sum(z, weights[start:stop])
+            for k, scores in enumerate((fused, *z)):
+                lse[k, start:stop] = torch.logsumexp(scores, 1)
+                picked[k, start:stop] = scores.gather(1, tb)[:, 0]
+        ctx.save_for_backward(*h, *e, targets, weights, lse)
+        ctx.beta = beta
+        each = (lse - picked).mean(1)
+        return each[0] + beta * each[1:].sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        *tables, targets, weights, lse = ctx.saved_tensors
+        n_channels = len(tables) // 2
+        h, e = tables[:n_channels], tables[n_channels:]
+        want_h, want_e, _, want_w, _ = ctx.needs_input_grad
+        scale = grad.to(lse.dtype) / len(targets)
+        grad_h = [torch.empty_like(hc) for hc in h] if want_h else None
+        grad_e = [torch.zeros_like(ec) for ec in e] if want_e else None
+        grad_w = torch.empty_like(weights) if want_w else None
+        rows = block_rows(len(e[0]))
+        for start in range(0, len(targets), rows):
+            stop = min(start + rows, len(targets))
+            tb, wb = targets[start:stop, None], weights[start:stop]
+            z = [hc[start:stop] @ ec.T for hc, ec in zip(h, e)]                      # C x [rows, n]
+            g_fused = weighted_sum(z, wb)                                           # F block, then G^F
+            g_fused.sub_(lse[0, start:stop, None]).exp_().mul_(scale)
+            g_fused.scatter_add_(1, tb, (-scale).expand(len(tb), 1))
+            for c, zc in enumerate(z):
+                if grad_w is not None:
+                    grad_w[start:stop, c] = (g_fused * zc).sum(1)
+                g = zc.sub_(lse[c + 1, start:stop, None]).exp_().mul_(ctx.beta * scale)   # Z^c block -> G^c
+                g.scatter_add_(1, tb, (-ctx.beta * scale).expand(len(tb), 1))
+                g.addcmul_(wb[:, c, None], g_fused)
+                if grad_h is not None:
+                    torch.mm(g, e[c], out=grad_h[c][start:stop])
+                if grad_e is not None:
+                    grad_e[c].addmm_(g.T, h[c][start:stop])
+        return (None if grad_h is None else torch.stack(grad_h, 1), None if grad_e is None else torch.stack(grad_e, 1),
+                None, grad_w, None)

@@ -334,11 +334,12 @@ class MDSRec(CausalStrategy):
 
     def loss(self, batch: SeqBatch) -> Tensor:
         r"""CE on the fused scores + :math:`\beta \sum_m` CE on each channel's own scores; at every
-        position with a target (``batch.targets``) or at the last one (``batch.target``). Every fused form
-        is one product, ``fuse_users(u) @ fuse_items(e).T`` (``sum_scores``: the channel scores summed;
-        ``gate_user``: weighted by the gate), so each CE is :func:`fusionbench.full_softmax.cross_entropy`
-        of states against item vectors: no ``[C, S, n]`` stack of channel scores, and no ``[S, n]`` scores
-        above its size threshold."""
+        position with a target (``batch.targets``) or at the last one (``batch.target``). ``sum_scores``
+        and ``gate_user`` fuse the channel scores with per-row weights, so all the losses come from the
+        channels' products, formed once (:func:`fusionbench.full_softmax.channel_cross_entropy`);
+        ``concat`` scores by one product, ``fuse_users(u) @ fuse_items(e).T``
+        (:func:`fusionbench.full_softmax.cross_entropy`). No ``[C, S, n]`` stack of channel scores, and no
+        ``[S, n]`` scores above the size threshold of those functions."""
         raw, enhanced = self.item_tables()
         users = self.channel_users(batch, raw, enhanced)
         if batch.targets is None:
@@ -346,6 +347,9 @@ class MDSRec(CausalStrategy):
         else:
             where = batch.targets > 0
             users, targets = users[where], batch.targets[where]
+        if self.user_proj is None:
+            return full_softmax.channel_cross_entropy(users, enhanced[1:], targets - 1, self.channel_weights(users),
+                                                      self.opts.beta)
         loss = full_softmax.cross_entropy(self.fuse_users(users), self.fuse_items(enhanced)[1:], targets - 1)
         if self.opts.beta > 0:
             loss = loss + self.opts.beta * sum(full_softmax.cross_entropy(users[:, c], enhanced[1:, c], targets - 1)

@@ -1,10 +1,12 @@
 """The blocked full-softmax cross-entropy (fusionbench/full_softmax.py) against F.cross_entropy over the
 whole product: value and gradients over block boundaries, float64 gradcheck, bf16 autocast, gradients
-reaching the parameters behind the item table, and every strategy's loss unchanged by it."""
+reaching the parameters behind the item table, and every strategy's loss unchanged by it; the channel form
+(channel_cross_entropy) against its definition."""
 import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fusionbench import bf16, full_softmax
 from fusionbench.full_softmax import block_rows, cross_entropy, group_rows
@@ -116,3 +118,66 @@ def test_only_the_gradients_asked_for(three_rows_per_block):
 def test_an_out_of_range_target_is_an_error(three_rows_per_block):
     with pytest.raises(RuntimeError, match="out of bounds"):
         cross_entropy(torch.randn(2, 3), torch.randn(11, 3), torch.tensor([0, 11]))
+
+
+# ---- channel_cross_entropy: C channels' products fused by per-row weights ------------------------------
+
+def channel_definition(states, items, targets, weights, beta):
+    """CE of the weighted channel scores summed, + beta x each channel's CE, over whole products."""
+    scores = torch.einsum("scd,ncd->csn", states, items)                     # [C, S, n]
+    fused = (weights.T[:, :, None] * scores).sum(0)
+    return F.cross_entropy(fused, targets) + beta * sum(F.cross_entropy(z, targets) for z in scores)
+
+
+def channel_loss_and_grads(loss_fn, states, items, targets, weights, beta):
+    leaves = [x.detach().requires_grad_() for x in (states, items, weights)]
+    loss = loss_fn(leaves[0], leaves[1], targets, leaves[2], beta)
+    loss.backward()
+    return [loss.detach(), *(x.grad for x in leaves)]
+
+
+@pytest.mark.parametrize("n_channels", [1, 2, 3])
+@pytest.mark.parametrize("n_states", [1, 4, 7])
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_channel_loss_and_gradients_match_the_whole_products(three_rows_per_block, n_channels, n_states, beta):
+    torch.manual_seed(10 * n_channels + n_states)
+    states, items = torch.randn(n_states, n_channels, 5) * 2, torch.randn(11, n_channels, 5)
+    weights = torch.rand(n_states, n_channels)
+    targets = torch.randint(0, 11, (n_states,))
+    got = channel_loss_and_grads(full_softmax.channel_cross_entropy, states, items, targets, weights, beta)
+    want = channel_loss_and_grads(channel_definition, states, items, targets, weights, beta)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    by_products = channel_loss_and_grads(full_softmax.whole_channel_cross_entropy, states, items, targets, weights,
+                                         beta)
+    for g, w in zip(by_products, want):                # the form used on small scores: one product per loss
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_channel_gradcheck_in_float64(three_rows_per_block):
+    torch.manual_seed(3)
+    states = torch.randn(7, 2, 4, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(11, 2, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(7, 2, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 10, 3, 3, 7, 1, 0])
+    assert torch.autograd.gradcheck(
+        lambda h, e, w: full_softmax.channel_cross_entropy(h, e, targets, w, 0.25), (states, items, weights))
+
+
+def test_the_channel_loss_is_blocked_only_on_large_cpu_scores_outside_autocast(monkeypatch):
+    states, items, targets = torch.randn(4, 2, 3, requires_grad=True), torch.randn(11, 2, 3), torch.arange(4)
+    weights = torch.ones(4, 2)
+    name = lambda: full_softmax.channel_cross_entropy(states, items, targets, weights, 0.1).grad_fn.name()  # noqa: E731
+    monkeypatch.setattr(full_softmax, "WHOLE_BYTES", 4 * 4 * 11)         # these scores fit: one product per loss
+    assert "BlockedChannel" not in name()
+    monkeypatch.setattr(full_softmax, "WHOLE_BYTES", 4 * 4 * 11 - 1)
+    assert "BlockedChannel" in name()
+    with torch.autocast("cpu", dtype=torch.bfloat16):                    # low-precision products: per loss
+        assert "BlockedChannel" not in name()
+
+
+def test_the_channel_loss_forms_only_the_gradients_asked_for(three_rows_per_block):
+    states = torch.randn(5, 2, 3, requires_grad=True)
+    items, weights = torch.randn(11, 2, 3), torch.ones(5, 2)              # frozen items, fixed weights
+    full_softmax.channel_cross_entropy(states, items, torch.tensor([0, 1, 2, 10, 4]), weights, 0.1).backward()
+    assert states.grad is not None and items.grad is None and weights.grad is None

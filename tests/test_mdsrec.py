@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusionbench import full_softmax
 from fusionbench.context import CODE_SENTINEL, ModalityTable, SeqBatch
 from fusionbench.data.core import from_sequences
 from fusionbench.data.splits import causal_batch, causal_rows, make_split, sample_batch
@@ -332,6 +333,27 @@ def test_fusion_shapes_and_loss_equals_scores(fusion):
             gate = model.channel_weights(users)
             torch.testing.assert_close(gate.sum(-1), torch.ones(batch.size))
             torch.testing.assert_close(scores, (gate[..., None] * per_channel).sum(1))
+
+
+@pytest.mark.parametrize("fusion", ["sum_scores", "gate_user"])
+def test_the_blocked_channel_loss_trains_as_the_whole_products(fusion, monkeypatch):
+    """The fused losses from the channels' products formed once, in blocks of 2 rows: the same value and
+    every parameter's gradient (the gate's too) as one product per loss."""
+    monkeypatch.setattr(full_softmax, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(full_softmax, "BLOCK_BYTES", 2 * 4 * N_ITEMS)
+    results = []
+    for channels in (full_softmax.channel_cross_entropy, full_softmax.whole_channel_cross_entropy):
+        monkeypatch.setattr(full_softmax, "channel_cross_entropy", channels)
+        model = mdsrec(fusion=fusion, beta=0.3)
+        model.eval()
+        loss = model.loss(tiny_batch())
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_grads.keys() == want_grads.keys() and (fusion != "gate_user" or "gate.weight" in got_grads)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("options", [{"fusion": "gate_user"}, {"fusion": "concat"}, {"center": "learned"},

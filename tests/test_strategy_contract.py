@@ -51,19 +51,25 @@ def test_gradient_reaches_every_parameter(name):
 @pytest.mark.parametrize("name", FULL_SOFTMAX)
 def test_full_softmax_loss_and_gradients_as_over_the_whole_score_product(name, monkeypatch):
     """Every strategy but the graph-CF ones (BPR-style losses) trains on a full-softmax CE: it gets the same
-    value and parameter gradients from the blocked form (blocks of 2 rows here) as from F.cross_entropy
-    over the whole ``[S, n]`` product."""
+    value and parameter gradients from the blocked forms (blocks of 2 rows here; the channel form for
+    fused channel scores) as from F.cross_entropy over the whole ``[S, n]`` products."""
     monkeypatch.setattr(full_softmax, "WHOLE_BYTES", 0)
     monkeypatch.setattr(full_softmax, "BLOCK_BYTES", 2 * 4 * N_ITEMS)
-    blocked, calls = full_softmax.cross_entropy, []
+    blocked, blocked_channels, calls = full_softmax.cross_entropy, full_softmax.channel_cross_entropy, []
 
     def counted(states, items, targets):
         calls.append(len(states))
         return blocked(states, items, targets)
 
+    def counted_channels(states, items, targets, weights, beta):
+        calls.append(len(states))
+        return blocked_channels(states, items, targets, weights, beta)
+
     results = []
-    for loss_fn in (counted, full_softmax.whole_cross_entropy):
+    for loss_fn, channels_fn in ((counted, counted_channels),
+                                 (full_softmax.whole_cross_entropy, full_softmax.whole_channel_cross_entropy)):
         monkeypatch.setattr(full_softmax, "cross_entropy", loss_fn)
+        monkeypatch.setattr(full_softmax, "channel_cross_entropy", channels_fn)
         model = build(name)
         model.eval()                                   # no dropout: the two passes see the same network
         loss = model.loss(tiny_batch())
