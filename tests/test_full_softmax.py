@@ -167,7 +167,8 @@ def test_channel_gradcheck_in_float64(three_rows_per_block):
 def test_the_channel_loss_is_blocked_only_on_large_cpu_scores_outside_autocast(monkeypatch):
     states, items, targets = torch.randn(4, 2, 3, requires_grad=True), torch.randn(11, 2, 3), torch.arange(4)
     weights = torch.ones(4, 2)
-    name = lambda: full_softmax.channel_cross_entropy(states, items, targets, weights, 0.1).grad_fn.name()  # noqa: E731
+    # the node's class name: torch 2.2 refuses grad_fn.name() on a custom Function whose output is gone
+    name = lambda: type(full_softmax.channel_cross_entropy(states, items, targets, weights, 0.1).grad_fn).__name__  # noqa: E731
     monkeypatch.setattr(full_softmax, "WHOLE_BYTES", 4 * 4 * 11)         # these scores fit: one product per loss
     assert "BlockedChannel" not in name()
     monkeypatch.setattr(full_softmax, "WHOLE_BYTES", 4 * 4 * 11 - 1)
