@@ -89,9 +89,13 @@ def whole_channel_cross_entropy(states: Tensor, items: Tensor, targets: Tensor, 
     of the weighted, concatenated states with the concatenated items, and each channel's; its form on
     small scores, off the CPU and under autocast, and the definition its tests hold the blocked form to."""
     loss = cross_entropy((weights[..., None] * states).flatten(1), items.flatten(1), targets)
-    if beta > 0:
-        loss = loss + beta * sum(cross_entropy(states[:, c], items[:, c], targets) for c in range(states.shape[1]))
-    return loss
+    return loss + beta * each_channel_cross_entropy(states, items, targets) if beta > 0 else loss
+
+
+def each_channel_cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:
+    r""":math:`\sum_c \mathrm{CE}(H^c {E^c}^\top, t)`, one :func:`cross_entropy` per channel: states
+    ``[S, C, d]``, items ``[n, C, d]``, targets ``[S]`` -> scalar."""
+    return sum(cross_entropy(states[:, c], items[:, c], targets) for c in range(states.shape[1]))
 
 
 def whole_cross_entropy(states: Tensor, items: Tensor, targets: Tensor) -> Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -30,7 +29,7 @@ from fusionbench.evaluate import rank_samples
 from fusionbench.metrics import summarize
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import build_context, load_data, training_config
-from fusionbench.store import config_hash
+from fusionbench.store import ResultStore, config_hash
 from strategies.cf_graph import GraphCFStrategy
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
@@ -41,12 +40,10 @@ WAYS = (("test graph", True, False), ("train graph", False, False),
 def rankings(store: Path, data_root: Optional[Path] = None) -> Iterator[tuple[dict, str, dict[str, float]]]:
     """``(config, way, test metrics)`` for every finished clean graph-CF run of ``store`` with kept
     weights and each of the four ways of :data:`WAYS` (the module's docstring)."""
-    db = sqlite3.connect(store)
-    rows = db.execute("SELECT config FROM runs WHERE status = 'done' ORDER BY id").fetchall()
-    db.close()
-    for (text,) in rows:
+    results = ResultStore(store)
+    for text in results.runs().sort_values("id")["config"]:
         config = json.loads(text)
-        weights = store.parent / "models" / f"{config_hash(training_config(config))}.pt"
+        weights = results.weights_path(config_hash(training_config(config)))
         if "perturbation" in config or not issubclass(STRATEGIES.get(config["strategy"]), GraphCFStrategy) \
                 or not weights.exists():
             continue

@@ -352,6 +352,5 @@ class MDSRec(CausalStrategy):
                                                       self.opts.beta)
         loss = full_softmax.cross_entropy(self.fuse_users(users), self.fuse_items(enhanced)[1:], targets - 1)
         if self.opts.beta > 0:
-            loss = loss + self.opts.beta * sum(full_softmax.cross_entropy(users[:, c], enhanced[1:, c], targets - 1)
-                                               for c in range(users.shape[1]))
+            loss = loss + self.opts.beta * full_softmax.each_channel_cross_entropy(users, enhanced[1:], targets - 1)
         return loss
