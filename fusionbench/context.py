@@ -152,6 +152,15 @@ class SeqBatch:
         """bool ``[B, L]``: True at real (non-padding) positions."""
         return self.items > 0
 
+    def rows(self, index: Tensor, width: int) -> "SeqBatch":
+        """The rows ``index`` ``[b]`` of this batch, each cut to its last ``width`` positions: ``[b, width]``
+        per-position fields (left padding dropped where ``width`` covers every real position), ``[b]`` per-row
+        ones."""
+        cut = lambda t: None if t is None else t[index, -width:]  # noqa: E731
+        cuts = lambda d: None if d is None else {k: cut(v) for k, v in d.items()}  # noqa: E731
+        return SeqBatch(cut(self.items), None if self.target is None else self.target[index], cut(self.targets),
+                        cuts(self.present), cuts(self.shown), None if self.user is None else self.user[index])
+
     def to(self, device: torch.device | str) -> "SeqBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         moves = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}  # noqa: E731

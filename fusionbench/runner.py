@@ -37,6 +37,7 @@ from fusionbench.data.datasets import DatasetContext, declared_image_sources, de
 from fusionbench.data.splits import PROTOCOLS, Split, make_split
 from fusionbench.dropout import mask_draw
 from fusionbench.errors import UserInputError
+from fusionbench.length_groups import causal_pass
 from fusionbench.memory import peak_memory_mb, start_run_memory
 from fusionbench.metrics import summarize
 from fusionbench.options import Ge, PluginOptions, require
@@ -280,7 +281,7 @@ def versions() -> dict[str, str]:
     except PackageNotFoundError:
         own = "unknown"
     return {"python": platform.python_version(), "torch": torch.__version__, "fusionbench": own,
-            "dropout_mask": mask_draw(), "bf16_products": bf16_products()}
+            "dropout_mask": mask_draw(), "bf16_products": bf16_products(), "causal_pass": causal_pass()}
 
 
 def git_revision() -> str:

@@ -10,12 +10,14 @@ full-softmax cross-entropy over the n real items.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional
 
+import torch
 from torch import Tensor, nn
 
 from fusionbench import full_softmax
 from fusionbench.context import SeqBatch, StrategyContext
+from fusionbench.length_groups import causal_pass, length_groups
 from fusionbench.options import PluginOptions
 
 if TYPE_CHECKING:
@@ -118,11 +120,25 @@ class CausalStrategy(Strategy):
 
     def states_and_targets(self, batch: SeqBatch) -> tuple[Tensor, Tensor]:
         """States ``[S, d]`` at the positions that have a target, and those targets ``[S]`` (1..n)."""
-        h = self.hidden(batch)
+        return self.at_targets(batch, self.hidden)
+
+    @staticmethod
+    def at_targets(batch: SeqBatch, per_position: Callable[[SeqBatch], Tensor]) -> tuple[Tensor, Tensor]:
+        """``per_position(batch)`` ``[B, L, ...]`` at the positions that have a target ``[S, ...]``, and those
+        targets ``[S]`` (1..n); at the last position under ``batch.target``. A batch with ``targets`` is
+        encoded in groups of rows of similar length (:mod:`fusionbench.length_groups`): the same (state,
+        target) pairs, grouped by length."""
         if batch.targets is None:
-            return h[:, -1], batch.target
-        where = batch.targets > 0
-        return h[where], batch.targets[where]
+            return per_position(batch)[:, -1], batch.target
+        groups = length_groups(batch) if causal_pass() == "grouped" else [batch]
+        outputs, targets = [], []
+        for group in groups:
+            where = group.targets > 0
+            outputs.append(per_position(group)[where])
+            targets.append(group.targets[where])
+        if len(groups) == 1:
+            return outputs[0], targets[0]
+        return torch.cat(outputs), torch.cat(targets)
 
     def loss(self, batch: SeqBatch) -> Tensor:
         states, targets = self.states_and_targets(batch)

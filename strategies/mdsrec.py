@@ -341,12 +341,7 @@ class MDSRec(CausalStrategy):
         (:func:`fusionbench.full_softmax.cross_entropy`). No ``[C, S, n]`` stack of channel scores, and no
         ``[S, n]`` scores above the size threshold of those functions."""
         raw, enhanced = self.item_tables()
-        users = self.channel_users(batch, raw, enhanced)
-        if batch.targets is None:
-            users, targets = users[:, -1], batch.target
-        else:
-            where = batch.targets > 0
-            users, targets = users[where], batch.targets[where]
+        users, targets = self.at_targets(batch, lambda rows: self.channel_users(rows, raw, enhanced))
         if self.user_proj is None:
             return full_softmax.channel_cross_entropy(users, enhanced[1:], targets - 1, self.channel_weights(users),
                                                       self.opts.beta)

@@ -109,7 +109,7 @@ def test_the_page_imports_the_base_classes_from_where_they_live(page_plugins):
     assert STRATEGIES.origin(STRATEGY) == AGGREGATORS.origin(AGGREGATOR) == "docs_plugins_example"
 
 
-def test_the_example_strategy_passes_every_strategy_contract_check(page_plugins):
+def test_the_example_strategy_passes_every_strategy_contract_check(page_plugins, monkeypatch):
     cls = STRATEGIES.get(STRATEGY)
     suites = [test_strategy_contract, test_perturb, test_attr_encoding]
     ran, skipped = run_checks(STRATEGY, suites, BUILTIN_STRATEGIES, cls.contract_skips)
@@ -122,6 +122,8 @@ def test_the_example_strategy_passes_every_strategy_contract_check(page_plugins)
         assert f'"{check}"' in sources or f"'{check}'" in sources, f"contract_skips names no check: {check!r}"
     if cls.causal_training:
         test_strategy_contract.test_causal_loss_equals_mean_prefix_loss(STRATEGY)
+        test_strategy_contract.test_a_causal_batch_in_length_groups_gives_the_loss_and_gradients_of_one_pass(
+            STRATEGY, monkeypatch)
 
 
 def test_the_example_aggregator_passes_every_aggregator_contract_check(page_plugins):

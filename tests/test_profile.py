@@ -10,6 +10,7 @@ from fusionbench.data.splits import make_split
 from fusionbench.devtools.profile import STEP_PARTS, labelled_parts, part_target, profile_training, sample_batches
 from fusionbench.dropout import mask_draw
 from fusionbench.errors import UserInputError
+from fusionbench.length_groups import LENGTH_GROUPS
 from fusionbench.registry import STRATEGIES
 from fusionbench.runner import RunRequest, build_context, load_data, resolve
 from fusionbench.train import epoch_batches, train_step
@@ -36,8 +37,10 @@ def test_profile_samples_every_nth_batch_and_labels_the_step_and_named_methods(f
     assert len(profile.seconds) == 2 and all(s > 0 for s in profile.seconds)
     found = {p.label: p for p in profile.parts}
     assert list(found) == [*STEP_PARTS, *parts]
-    for label in (*STEP_PARTS, "hidden", "strategies.backbones:forward_positions"):
+    for label in STEP_PARTS:
         assert found[label].calls == profile.n_sampled, label
+    for label in ("hidden", "strategies.backbones:forward_positions"):      # once per length group of a step
+        assert found[label].calls == LENGTH_GROUPS * profile.n_sampled, label
     # causal training reads hidden(), never encode(): listed, with no calls
     assert found["encode"].calls == 0 and found["encode"].ms_per_step == 0
     assert 0 < found["hidden"].ms_per_step <= found["step.forward"].ms_per_step

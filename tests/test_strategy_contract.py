@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 
+import fusionbench.strategy
 from fusionbench import full_softmax
 from fusionbench.data.core import from_sequences
 from fusionbench.data.splits import causal_batch, causal_rows, make_split, sample_batch
@@ -152,6 +153,41 @@ def test_causal_loss_equals_mean_prefix_loss(name):
         causal = model.loss(causal_batch(data, causal_rows(split.train, max_len), max_len))
         prefix = model.loss(sample_batch(data, split.train, max_len))
     torch.testing.assert_close(causal, prefix, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if STRATEGIES.get(n).causal_training])
+def test_a_causal_batch_in_length_groups_gives_the_loss_and_gradients_of_one_pass(name, monkeypatch):
+    """Encoding a causal training batch in groups of similar length (fusionbench/length_groups.py) changes
+    no state at a real position: the loss and every parameter gradient equal the one-pass ones (no
+    dropout), and the groups were cut to different widths."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [1, 2, 2, 3, 5, 8, 9, 13, 1, 4, 6, 11]
+    data = from_sequences("t", [torch.randint(1, N_ITEMS + 1, (n + 2,), generator=g).tolist() for n in lengths],
+                          N_ITEMS)
+    max_len = 10
+    batch = causal_batch(data, causal_rows(make_split(data, "loo").train, max_len), max_len)
+    cut, widths = fusionbench.strategy.length_groups, []
+
+    def recorded(whole):
+        groups = cut(whole)
+        widths.extend(group.items.shape[1] for group in groups)
+        return groups
+
+    monkeypatch.setattr(fusionbench.strategy, "length_groups", recorded)
+    results = []
+    for passes in ("grouped", "whole"):
+        monkeypatch.setattr(fusionbench.strategy, "causal_pass", lambda passes=passes: passes)
+        model = build(name)
+        model.eval()
+        loss = model.loss(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    assert len(set(widths)) >= 3 and max(widths) == batch.items.shape[1]       # groups of different widths
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_grads.keys() == want_grads.keys()
+    for n in want_grads:
+        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
 @pytest.mark.parametrize("init", ["scaled", "normal"])
