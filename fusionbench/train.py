@@ -113,6 +113,16 @@ class TrainOptions(PluginOptions):
                 f"got {self.batching!r}")
 
 
+# The keys of a history entry that describe the epoch's training and validation, and so what a tune
+# trial reports and stores of it ("test" and "test_seconds", under record_test, are never among them)
+EPOCH_KEYS = ("epoch", "loss", "seconds", "wait_seconds", "valid")
+
+
+def epoch_record(entry: dict) -> dict:
+    """The :data:`EPOCH_KEYS` of a history entry that it has (``wait_seconds`` is measured on Linux only)."""
+    return {key: entry[key] for key in EPOCH_KEYS if key in entry}
+
+
 @dataclass
 class TrainResult:
     """What one training run produced.

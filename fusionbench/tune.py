@@ -78,7 +78,7 @@ from fusionbench.runner import (
 )
 from fusionbench.space import Space, check_space, describe_space, parse_space, space_table, strategy_space
 from fusionbench.store import ResultStore, canonical_json, config_hash
-from fusionbench.train import SELECTABLE, TrainOptions
+from fusionbench.train import SELECTABLE, TrainOptions, epoch_record
 
 SEARCHES = ("auto", "tpe", "random")
 RUN_KEYS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "set", "space")
@@ -563,8 +563,7 @@ def train_trial(point: dict[str, Any], spec: TrialSpec, report: Callable[[dict],
     def on_epoch(entry: dict, last: bool) -> None:
         now = time.perf_counter()
         clock["epochs"] = entry["epoch"]
-        report({"epoch": entry["epoch"], "loss": entry["loss"], "seconds": entry["seconds"],
-                "valid": dict(entry["valid"]), "last": last, "run_hash": digest,
+        report({**epoch_record(entry), "valid": dict(entry["valid"]), "last": last, "run_hash": digest,
                 "train_seconds": now - clock["mark"], "setup_seconds": clock["setup"],
                 "elapsed": now - started, "started_at": started_at, "peak_memory_mb": peak_memory_mb()})
         clock["setup"] = 0.0

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from fusionbench.ray_start import init_ray
 from fusionbench.runner import git_revision, resolve, versions
 from fusionbench.store import ResultStore, RunSummary, config_hash
+from fusionbench.train import epoch_record
 from fusionbench.tune import (
     Execution,
     Part,
@@ -169,7 +170,7 @@ class StoreCallback(Callback):
                 record.error = result["error"]
             else:
                 del record.history[result["epoch"] - 1:]      # a resumed trial reports its restored epochs again
-                record.history.append({key: result[key] for key in ("epoch", "loss", "seconds", "valid")})
+                record.history.append(epoch_record(result))
                 self.store.progress(record.run_id, record.history)
             record.last = bool(result["last"])
             record.wall, record.peak = result.get("elapsed", record.wall), result.get("peak_memory_mb", record.peak)

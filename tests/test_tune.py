@@ -18,6 +18,7 @@ from scipy import stats
 
 import fusionbench.train
 from fusionbench.cli import main
+from fusionbench.cpu_share import queue_wait
 from fusionbench.errors import UserInputError
 from fusionbench.metrics import summarize
 from fusionbench.registry import AGGREGATORS, STRATEGIES
@@ -35,6 +36,7 @@ from fusionbench.space import (
     strategy_space,
 )
 from fusionbench.store import ResultStore, RunSummary, config_hash
+from fusionbench.train import epoch_record
 from fusionbench.tune import (
     TrialSpec,
     TuneCost,
@@ -256,11 +258,13 @@ def test_a_trial_reports_every_epoch_and_never_ranks_a_test_sample(monkeypatch, 
     assert ranked and all(samples is split.valid for samples in ranked)      # validation only, every epoch
     assert {r["run_hash"] for r in reports} == {config_hash({**config, "dataset_checksum": checksum})}
     assert all(set(r["valid"]) >= {"NDCG@20", "HR@5"} and r["train_seconds"] > 0 for r in reports)
+    if queue_wait() is not None:       # the crowding of each epoch reaches the stored trial (deadline estimates)
+        assert all(0.0 <= r["wait_seconds"] <= r["seconds"] for r in reports)
     assert config["strategy_options"]["fusion"] == "gate" and config["tune"]["name"] == "t"
 
     # a finished trial is replayed from its stored epochs, and nothing trains
     monkeypatch.setattr(fusionbench.train, "train", lambda *a, **k: pytest.fail("a replay trained"))
-    history = [{k: r[k] for k in ("epoch", "loss", "seconds", "valid")} for r in reports[:2]]
+    history = [epoch_record(r) for r in reports[:2]]
     digest = reports[0]["run_hash"]
     replayed = []
     train_trial(point, TrialSpec(part, str(tmp_path), {digest: {"history": history, "last": False, "error": None}}),
@@ -818,7 +822,7 @@ def test_the_store_callback_makes_every_trial_a_run_and_marks_what_asha_stopped(
         callback.on_trial_result(0, [], trials["stopped"], result(epoch, value))
     callback.on_trial_complete(0, [], trials["stopped"])
     for epoch, value in ((1, 0.2), (2, 0.4), (3, 0.35)):
-        callback.on_trial_result(0, [], trials["whole"], result(epoch, value, last=epoch == 3))
+        callback.on_trial_result(0, [], trials["whole"], result(epoch, value, last=epoch == 3, wait_seconds=0.25))
     duplicate = SimpleNamespace(trial_id="twin", config=points["whole"], error_file=None)
     callback.on_trial_result(0, [], duplicate, result(1, 0.9))        # the same point while it runs: not stored
     callback.on_trial_complete(0, [], duplicate)
@@ -839,6 +843,9 @@ def test_the_store_callback_makes_every_trial_a_run_and_marks_what_asha_stopped(
     assert store.metrics(whole.Index, "valid") == {"NDCG@20": 0.4, "HR@20": 0.8}
     assert store.metrics(whole.Index, "test") == {}
     assert [e["valid"]["NDCG@20"] for e in json.loads(whole.history)] == [0.2, 0.4, 0.35]
+    assert [e["wait_seconds"] for e in json.loads(whole.history)] == [0.25] * 3       # the epoch's crowding
+    assert set(json.loads(whole.history)[0]) == {"epoch", "loss", "seconds", "wait_seconds", "valid"}
+    assert "wait_seconds" not in json.loads(stopped.history)[0]     # measured on Linux only: kept when reported
     assert failed.status == "failed" and failed.error == "non-finite loss at epoch 2"
     assert len(json.loads(failed.history)) == 1
     assert raised.status == "failed" and raised.error == "Ray trial failed: unknown error"
