@@ -1,4 +1,6 @@
 """Causal training batches encoded in length groups (fusionbench/length_groups.py)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,6 +26,8 @@ def test_rows_cut_every_per_position_field_to_the_last_positions_and_index_per_r
     assert sub.present["text"].tolist() == [[False, True], [True, True]]
     assert sub.shown["image"].tolist() == [[15, 18], [0, 12]]
     assert sub.target.tolist() == [3, 2] and sub.user.tolist() == [12, 11]
+    # a field added to SeqBatch must be cut here too: every field is one of these
+    assert {f.name for f in dataclasses.fields(SeqBatch)} == {"items", "target", "targets", "present", "shown", "user"}
 
 
 def test_widths_start_at_the_first_real_item_so_an_inner_hole_is_never_cut():
