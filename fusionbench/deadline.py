@@ -18,6 +18,9 @@ that trained (not those that only evaluated kept weights, nor tune trials stoppe
    interactions (a rough guide: an epoch's work grows with the training positions, the number of epochs
    and the cost per position vary by dataset as well).
 
+In tiers 1-3, a causal strategy's runs count only those trained as this process trains its batches
+(:func:`same_pass`: one pass or length groups, :mod:`fusionbench.length_groups`) when the tier holds any.
+
 Each run counts with its wall time less the time its training waited for a core (its epochs'
 ``wait_seconds``, :mod:`fusionbench.cpu_share`: the wall time scaled by :math:`1 - \sum q / \sum W`
 over the epochs that record it; runs without the record count with their wall time), so runs timed
@@ -60,7 +63,9 @@ from tabulate import tabulate
 from fusionbench import cpu_share
 from fusionbench.data.splits import LEAKY_PROTOCOL
 from fusionbench.errors import UserInputError
+from fusionbench.length_groups import causal_pass
 from fusionbench.plan import Cell, identify
+from fusionbench.registry import STRATEGIES
 from fusionbench.runner import load_data, training_config
 from fusionbench.store import ResultStore, canonical_json
 from fusionbench.train import TrainOptions, finished, read_checkpoint, stale_epochs
@@ -103,6 +108,18 @@ def _without_seed(config: dict) -> str:
     return canonical_json({key: value for key, value in training_config(config).items() if key != "seed"})
 
 
+def same_pass(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Of the runs of a causal strategy, those whose training batches were encoded as this process encodes
+    them (``versions.causal_pass``, :mod:`fusionbench.length_groups`; a run without the record had one
+    pass), when there are any: the grouped pass takes 0.5-0.9 of the one pass's time, by strategy. All of
+    ``runs`` otherwise, and for other strategies."""
+    if not STRATEGIES.get(config["strategy"]).causal_training:
+        return runs
+    passes = [json.loads(text or "{}").get("causal_pass", "whole") for text in runs["versions"]]
+    mine = runs[[encoded == causal_pass() for encoded in passes]]
+    return runs if mine.empty else mine
+
+
 class CellCost:
     """How long cells take, estimated from the runs finished in ``store`` (see the module's docstring);
     ``data_root`` is where the datasets are read from for tier 4's sizes (``--data-root``); ``others``
@@ -134,8 +151,9 @@ class CellCost:
     def comparable(self, config: dict) -> pd.DataFrame:
         """The store's finished runs that trained and are comparable with ``config`` (a resolved config
         with its dataset checksum), from the first non-empty tier of the module's docstring (may be
-        empty), with the wall time each is expected to take on ``config``'s dataset now in a column
-        ``wall``: its :func:`uncrowded_seconds` over :attr:`share` (scaled in tier 4)."""
+        empty; in tiers 1-3 the runs trained as this process trains, :func:`same_pass`, where any are),
+        with the wall time each is expected to take on ``config``'s dataset now in a column ``wall``: its
+        :func:`uncrowded_seconds` over :attr:`share` (scaled in tier 4)."""
         runs = pd.concat([s.runs(strategy=config["strategy"]) for s in (self.store, *self.others)],
                          ignore_index=True).drop_duplicates("config_hash")
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
@@ -150,7 +168,7 @@ class CellCost:
         same = same_kind[[_without_seed(json.loads(text)) == key for text in same_kind["config"]]]
         for tier in (same, same_kind, here):
             if not tier.empty:
-                return tier
+                return same_pass(tier, config)
         target = self.interactions(config) if not runs.empty else None
         sizes = [self.interactions(json.loads(text)) if target else None for text in runs["config"]]
         scaled = runs.assign(wall=[wall * target / size if size else None

@@ -63,11 +63,11 @@ def history(ndcg):
             for n, value in enumerate(ndcg, 1)]
 
 
-def plant(store, config, wall, trained_from=None, asha_stopped=None, epochs=10, waited=None):
+def plant(store, config, wall, trained_from=None, asha_stopped=None, epochs=10, waited=None, versions=None):
     """A finished run of ``config`` (a resolved config with its dataset checksum) that took ``wall`` s
     over ``epochs`` epochs, each of whose 1 s of training waited ``waited`` s for a core (not recorded:
-    ``None``)."""
-    run_id = store.start(config, config["dataset_checksum"], {}, "test")
+    ``None``), recorded with ``versions``."""
+    run_id = store.start(config, config["dataset_checksum"], versions or {}, "test")
     epochs = history([0.01 * n for n in range(epochs)])
     if waited is not None:
         epochs = [dict(entry, wait_seconds=waited) for entry in epochs]
@@ -124,6 +124,29 @@ def test_the_estimate_prefers_other_seeds_of_the_same_training(tmp_path):
     assert cost.expected_seconds(gru) is None         # nothing comparable
     plant(store, dict(c3, tune={"name": "t", "trial": 0}), 5.0, asha_stopped=True)
     assert cost.expected_seconds(other) == 600.0      # a trial stopped early is not comparable either
+
+
+def test_a_causal_strategy_is_estimated_from_runs_trained_with_the_same_pass_where_there_are_any(tmp_path,
+                                                                                                  monkeypatch):
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = ["sasrec", "srgnn"]
+        seeds = [0, 1, 2, 3]
+    """)
+    (s0, _, _), (s1, _, _), (s2, _, _), (s3, _, _), (g0, _, _), (g1, _, _), (g2, _, _), (g3, _, _) = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, s0, 900.0)                                               # stored before the record: one pass
+    plant(store, s1, 700.0, versions={"causal_pass": "whole"})
+    plant(store, g0, 300.0)
+    plant(store, g1, 500.0, versions={"causal_pass": "grouped"})
+    cost = CellCost(store)
+    monkeypatch.setattr("fusionbench.deadline.causal_pass", lambda: "grouped")
+    assert cost.expected_seconds(s3) == 800.0          # no grouped sasrec run: every one counts
+    plant(store, s2, 400.0, versions={"causal_pass": "grouped"})
+    assert cost.expected_seconds(s3) == 400.0          # the grouped one only
+    assert cost.expected_seconds(g3) == 400.0          # srgnn trains on prefix samples: the pass is no matter
+    monkeypatch.setattr("fusionbench.deadline.causal_pass", lambda: "whole")
+    assert cost.expected_seconds(s3) == 800.0          # the two one-pass runs
 
 
 def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
