@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -152,17 +152,21 @@ class SeqBatch:
         """bool ``[B, L]``: True at real (non-padding) positions."""
         return self.items > 0
 
+    def mapped(self, per_position: Callable[[Tensor], Tensor], per_row: Callable[[Tensor], Tensor]) -> "SeqBatch":
+        """A batch of the same fields, each ``[B, L, ...]`` one (``items``, ``targets``, every ``present``
+        and ``shown`` mask) through ``per_position`` and each ``[B]`` one (``target``, ``user``) through
+        ``per_row``; absent fields stay ``None``."""
+        one = lambda f, t: None if t is None else f(t)  # noqa: E731
+        each = lambda d: None if d is None else {k: per_position(v) for k, v in d.items()}  # noqa: E731
+        return SeqBatch(one(per_position, self.items), one(per_row, self.target), one(per_position, self.targets),
+                        each(self.present), each(self.shown), one(per_row, self.user))
+
     def rows(self, index: Tensor, width: int) -> "SeqBatch":
         """The rows ``index`` ``[b]`` of this batch, each cut to its last ``width`` positions: ``[b, width]``
         per-position fields (left padding dropped where ``width`` covers every real position), ``[b]`` per-row
         ones."""
-        cut = lambda t: None if t is None else t[index, -width:]  # noqa: E731
-        cuts = lambda d: None if d is None else {k: cut(v) for k, v in d.items()}  # noqa: E731
-        return SeqBatch(cut(self.items), None if self.target is None else self.target[index], cut(self.targets),
-                        cuts(self.present), cuts(self.shown), None if self.user is None else self.user[index])
+        return self.mapped(lambda t: t[index, -width:], lambda t: t[index])
 
     def to(self, device: torch.device | str) -> "SeqBatch":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        moves = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return SeqBatch(move(self.items), move(self.target), move(self.targets), moves(self.present), moves(self.shown),
-                        move(self.user))
+        move = lambda t: t.to(device)  # noqa: E731
+        return self.mapped(move, move)

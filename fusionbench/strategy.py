@@ -136,8 +136,6 @@ class CausalStrategy(Strategy):
             where = group.targets > 0
             outputs.append(per_position(group)[where])
             targets.append(group.targets[where])
-        if len(groups) == 1:
-            return outputs[0], targets[0]
         return torch.cat(outputs), torch.cat(targets)
 
     def loss(self, batch: SeqBatch) -> Tensor:
