@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import torch
 
@@ -44,6 +44,7 @@ from fusionbench.options import Ge, PluginOptions, require
 from fusionbench.perturb.plan import PerturbationRequest, StressPlan, resolve_perturbation, training_view_of
 from fusionbench.registry import AGGREGATORS, DATASETS, STRATEGIES
 from fusionbench.store import UNSEEN_TEST, ResultStore, RunSummary, config_hash
+from fusionbench.strategy import Strategy
 from fusionbench.train import DataViews, TrainOptions, TrainResult, evaluate_trained, save_atomically, train
 
 DEFAULT_MAX_LEN = 50
@@ -258,6 +259,29 @@ def build_context(config: dict, data: SequenceData, split: Optional[Split] = Non
                            aggregator=config["aggregator"], aggregator_options=config["aggregator_options"],
                            history=None if split is None else data.truncated(split.history_end),
                            test_history=None if split is None else data.truncated(split.test_history_end))
+
+
+class KeptModel(NamedTuple):
+    """A stored run's model with its kept weights loaded, and the data and split it was trained on."""
+
+    model: Strategy
+    data: SequenceData
+    split: Split
+
+
+def load_kept(store: ResultStore, config: dict, data_root: Optional[Path] = None) -> Optional[KeptModel]:
+    """The model of the stored run ``config`` (a resolved config) rebuilt on the CPU from the weights kept
+    beside ``store`` (:meth:`~fusionbench.store.ResultStore.weights_path` of its training config's hash), or
+    ``None`` where none were kept (a run imported from an archive, or one still training): what the probes in
+    ``reports/`` evaluate without retraining."""
+    weights = store.weights_path(config_hash(training_config(config)))
+    if not weights.exists():
+        return None
+    data = load_data(config, data_root)
+    split = make_split(data, config["protocol"])
+    model = STRATEGIES.create(config["strategy"], build_context(config, data, split), **config["strategy_options"])
+    model.load_state_dict(torch.load(weights, weights_only=False, map_location="cpu")["model"])
+    return KeptModel(model, data, split)
 
 
 def resolve_device(device: str) -> torch.device:

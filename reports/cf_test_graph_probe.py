@@ -22,14 +22,11 @@ import json
 from pathlib import Path
 from typing import Iterator, Optional
 
-import torch
-
-from fusionbench.data.splits import make_split
 from fusionbench.evaluate import rank_samples
 from fusionbench.metrics import summarize
 from fusionbench.registry import STRATEGIES
-from fusionbench.runner import build_context, load_data, training_config
-from fusionbench.store import ResultStore, config_hash
+from fusionbench.runner import load_kept
+from fusionbench.store import ResultStore
 from strategies.cf_graph import GraphCFStrategy
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
@@ -43,14 +40,12 @@ def rankings(store: Path, data_root: Optional[Path] = None) -> Iterator[tuple[di
     results = ResultStore(store)
     for text in results.runs().sort_values("id")["config"]:
         config = json.loads(text)
-        weights = results.weights_path(config_hash(training_config(config)))
-        if "perturbation" in config or not issubclass(STRATEGIES.get(config["strategy"]), GraphCFStrategy) \
-                or not weights.exists():
+        if "perturbation" in config or not issubclass(STRATEGIES.get(config["strategy"]), GraphCFStrategy):
             continue
-        data = load_data(config, data_root)
-        split = make_split(data, config["protocol"])
-        model = STRATEGIES.create(config["strategy"], build_context(config, data, split), **config["strategy_options"])
-        model.load_state_dict(torch.load(weights, weights_only=False, map_location="cpu")["model"])
+        kept = load_kept(results, config, data_root)
+        if kept is None:
+            continue
+        model, data, split = kept
         batch = config["train"].get("eval_batch_size", 1024)
         for way, test_graph, exclude in WAYS:
             ranked_by = model.for_test() if test_graph else model

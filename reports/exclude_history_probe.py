@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from pathlib import Path
 
-import torch
-
-from fusionbench.data.splits import make_split
 from fusionbench.evaluate import rank_samples
 from fusionbench.metrics import summarize
-from fusionbench.registry import STRATEGIES
-from fusionbench.runner import build_context, load_data, training_config
-from fusionbench.store import config_hash
+from fusionbench.runner import load_kept
+from fusionbench.store import ResultStore
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -35,19 +30,18 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=None)
     args = parser.parse_args()
     wanted = {s for s in args.strategy.split(",") if s}
-    db = sqlite3.connect(args.store)
-    rows = db.execute("SELECT id, config FROM runs WHERE status = 'done' ORDER BY id").fetchall()
+    results = ResultStore(args.store)
+    runs = results.runs()
     print("| run | strategy | seed | repeats % | " + " | ".join(f"{m} plain / excl." for m in METRICS) + " |")
     print("|---|---|---|---|" + "---|" * len(METRICS))
-    for run_id, text in rows:
+    for run_id, text in zip(runs["id"], runs["config"]):
         config = json.loads(text)
-        weights = args.store.parent / "models" / f"{config_hash(training_config(config))}.pt"
-        if "perturbation" in config or (wanted and config["strategy"] not in wanted) or not weights.exists():
+        if "perturbation" in config or (wanted and config["strategy"] not in wanted):
             continue
-        data = load_data(config, args.data_root)
-        split = make_split(data, config["protocol"])
-        model = STRATEGIES.create(config["strategy"], build_context(config, data, split), **config["strategy_options"])
-        model.load_state_dict(torch.load(weights, weights_only=False, map_location="cpu")["model"])
+        kept = load_kept(results, config, args.data_root)
+        if kept is None:
+            continue
+        model, data, split = kept
         test_model = model.for_test()
         batch = config["train"].get("eval_batch_size", 1024)
         plain = summarize(rank_samples(test_model, data, split.test, config["max_len"], batch))

@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from fusionbench.context import SeqBatch
-from fusionbench.data.splits import make_split, sample_batch
+from fusionbench.data.splits import sample_batch
 from fusionbench.data.synthetic import SyntheticOptions, ground_truth
-from fusionbench.registry import STRATEGIES
-from fusionbench.runner import build_context, load_data
+from fusionbench.runner import load_kept
 from fusionbench.store import ResultStore
 
 SHIFT = 3
@@ -38,20 +37,18 @@ def top_columns(model, items: torch.Tensor, image_code: torch.Tensor) -> torch.T
 
 
 def probe(store_path: Path) -> list[str]:
-    runs = ResultStore(store_path).runs()
+    results = ResultStore(store_path)
+    runs = results.runs()
     rows = []
     for run in runs.itertuples():
         config = json.loads(run.config)
         if run.strategy not in ("early", "late") or config["dataset"] != "synthetic" \
                 or config["dataset_options"].get("preset") != "cross":
             continue
-        weights = store_path.parent / "models" / f"{run.config_hash}.pt"
-        if not weights.exists():
+        kept = load_kept(results, config)
+        if kept is None:
             continue
-        data = load_data(config, None)
-        split = make_split(data, config["protocol"])
-        model = STRATEGIES.create(config["strategy"], build_context(config, data, split), **config["strategy_options"])
-        model.load_state_dict(torch.load(weights, weights_only=False)["model"])
+        model, data, split = kept
         model.eval()
         opts = SyntheticOptions.build(config["dataset_options"])
         truth = ground_truth(opts)

@@ -11,9 +11,11 @@ import fusionbench.train
 from fusionbench.cli import main
 from fusionbench.data.splits import make_split
 from fusionbench.errors import UserInputError
+from fusionbench.evaluate import rank_samples
+from fusionbench.metrics import summarize
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.registry import STRATEGIES
-from fusionbench.runner import RunRequest, resolve, run_experiment, training_config
+from fusionbench.runner import RunRequest, load_kept, resolve, run_experiment, training_config
 from fusionbench.store import ResultStore, config_hash
 from fusionbench.train import DataViews, TrainOptions, train
 from strategy_fixtures import tiny_context
@@ -164,6 +166,23 @@ def test_a_test_only_sweep_trains_once_per_seed_and_matches_training_every_cell(
                                  ResultStore(tmp_path / "r.db"), progress=False)
     assert runs.shape[0] == 5 and len(trained) == 2 + len(cells)  # apply_to=both trains its own weights
     assert pd.isna(ResultStore(tmp_path / "r.db").runs().set_index("config_hash").trained_from[trained_too.config_hash])
+
+
+def test_load_kept_rebuilds_a_stored_run_with_its_selected_weights(tmp_path):
+    """``load_kept`` rebuilds a finished run's model from the weights kept beside the store (a test-only
+    cell from its clean run's): it ranks the test samples to the stored metrics; without kept weights: None."""
+    store = ResultStore(tmp_path / "r.db")
+    clean = run_experiment(request("early"), store, progress=False)
+    shifted = run_experiment(request("early", PerturbationRequest("mismatch", 0.0, "test", {"mode": "shift"})),
+                             store, progress=False)
+    for outcome in (clean, shifted):
+        kept = load_kept(store, outcome.config)
+        assert kept is not None
+        config = outcome.config
+        ranked = summarize(rank_samples(kept.model.for_test(), kept.data, kept.split.test, config["max_len"], 1024))
+        assert ranked == pytest.approx(outcome.test, abs=1e-12)
+    store.weights_path(clean.config_hash).unlink()
+    assert load_kept(store, clean.config) is None and load_kept(store, shifted.config) is None
 
 
 def test_p0_cells_on_the_training_phase_share_one_training_per_seed(tmp_path, trained):
