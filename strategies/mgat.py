@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +42,17 @@ from strategies.mmgcn import MultiBranchCF
 
 @dataclass(frozen=True)
 class MGATOptions(PluginOptions):
-    """``layers``: gated-attention layers per channel. ``hidden``: feature MLP hidden size. ``reg``: λ."""
+    """``layers``: gated-attention layers per channel. ``hidden``: feature MLP hidden size. ``reg``: λ.
+    ``layout``: as MMGCN's (:class:`~strategies.mmgcn.MMGCNOptions`); "reference" also gives every layer
+    the authors' code's form: a LeakyReLU on the normalised message and biases on W_g and W_l."""
 
     dim: Annotated[int, Ge(1)] = 64
     layers: Annotated[int, Ge(1)] = 2
     hidden: Annotated[int, Ge(1)] = 256
     reg: Annotated[float, Ge(0)] = 1e-5
+    layout: Literal["compact", "reference"] = "compact"
+
+    ONLY_WHEN_SET = frozenset({"layout"})   # added after runs were stored
 
 
 def segment_softmax(score: Tensor, index: Tensor, n: int) -> Tensor:
@@ -61,9 +66,11 @@ def segment_softmax(score: Tensor, index: Tensor, n: int) -> Tensor:
 class GatedAttentionLayer(nn.Module):
     r"""One MGAT layer of one channel (equations in the module docstring).
 
-    Args: dim: d. negative_slope: of every LeakyReLU (0.01).
+    Args: dim: d (output). negative_slope: of every LeakyReLU (0.01). in_dim: the input width d_in (default
+    d): W and b act at d_in, W_g and W_l map d_in to d. reference: the authors' code's form,
+    :math:`x'_v = \mathrm{LReLU}(W_g\,\mathrm{LReLU}(h_v) + b_g + \mathrm{LReLU}(W_l x_v + b_l) + e^{id}_v)`.
 
-    Shapes: x ``[N, d]``, dst / src ``[2E]`` long (edge src -> dst), degree ``[N]`` float, e_id ``[N, d]``
+    Shapes: x ``[N, d_in]``, dst / src ``[2E]`` long (edge src -> dst), degree ``[N]`` float, e_id ``[N, d]``
     -> ``[N, d]``. A node without neighbours gets :math:`h_v = b / \lVert b \rVert`. ``pattern``: the
     :class:`~strategies.cf_graph.EdgePattern` of (dst, src), built from them when not given (MGAT builds it
     once per graph).
@@ -76,19 +83,22 @@ class GatedAttentionLayer(nn.Module):
     ``tests/test_cf.py`` hold the two to float rounding, outputs and gradients.
     """
 
-    def __init__(self, dim: int, negative_slope: float = 0.01):
+    def __init__(self, dim: int, negative_slope: float = 0.01, in_dim: Optional[int] = None, reference: bool = False):
         super().__init__()
-        self.dim, self.slope = dim, negative_slope
-        self.w = nn.Linear(dim, dim, bias=False)
-        self.bias = nn.Parameter(torch.empty(dim))
-        self.w_g = nn.Linear(dim, dim, bias=False)
-        self.w_l = nn.Linear(dim, dim, bias=False)
+        in_dim = in_dim or dim
+        self.dim, self.in_dim, self.slope, self.reference = dim, in_dim, negative_slope, reference
+        self.w = nn.Linear(in_dim, in_dim, bias=False)
+        self.bias = nn.Parameter(torch.empty(in_dim))
+        self.w_g = nn.Linear(in_dim, dim, bias=reference)
+        self.w_l = nn.Linear(in_dim, dim, bias=reference)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for lin in (self.w, self.w_g, self.w_l):
             nn.init.xavier_uniform_(lin.weight)
-        nn.init.normal_(self.bias, std=1.0 / math.sqrt(self.dim))
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        nn.init.normal_(self.bias, std=1.0 / math.sqrt(self.in_dim))
 
     def forward(self, x: Tensor, dst: Tensor, src: Tensor, degree: Tensor, e_id: Tensor,
                 pattern: Optional[EdgePattern] = None) -> Tensor:
@@ -100,10 +110,13 @@ class GatedAttentionLayer(nn.Module):
         alpha = segment_softmax(s * gate, pattern.row, x.shape[0])
         agg = edge_weighted_sum(alpha, wx, pattern)
         h = F.normalize(agg + self.bias, dim=-1)
+        if self.reference:
+            h = F.leaky_relu(h, self.slope)
         return F.leaky_relu(self.w_g(h) + F.leaky_relu(self.w_l(x), self.slope) + e_id, self.slope)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dim})"
+        form = ", reference" if self.reference else ""
+        return f"{type(self).__name__}({self.in_dim} -> {self.dim}{form})"
 
 
 PATTERN_BUFFERS = EdgePattern._fields[1:]  # every field but n
@@ -118,11 +131,10 @@ class MGAT(MultiBranchCF):
     paper = "Tao, Wei, Wang, He, Huang, Chua, IP&M 2020"
     notes = (
         "As `mmgcn` with gated attention per layer (degree-scaled sigmoid gate on the attention logits, L2-normalised"
-        " messages); depth 2 (the shipped code ran 1), full ranking (it sampled 1,000 negatives). Graph-CF protocol: "
-        "[graph-cf.md](graph-cf.md)."
+        " messages); depth 2 (the shipped code ran 1), full ranking (it sampled 1,000 negatives); `layout=reference` "
+        "is the shipped code's layer layout. Graph-CF protocol: [graph-cf.md](graph-cf.md)."
     )
     train_defaults = {"lr": 1e-4, "batch_size": 2048}
-    layer_class = GatedAttentionLayer
 
     def set_graph(self, graph: InteractionGraph) -> None:
         dst, src = graph.edges()
@@ -136,6 +148,9 @@ class MGAT(MultiBranchCF):
     def pattern(self) -> EdgePattern:
         """The graph's :class:`~strategies.cf_graph.EdgePattern`, from buffers (they follow ``.to(device)``)."""
         return EdgePattern(self.degree.shape[0], *(getattr(self, f"pattern_{name}") for name in PATTERN_BUFFERS))
+
+    def make_layer(self, dim: int, in_dim: int) -> nn.Module:
+        return GatedAttentionLayer(dim, in_dim=in_dim, reference=self.opts.layout == "reference")
 
     def item_activation(self, x: Tensor) -> Tensor:
         return torch.tanh(x)

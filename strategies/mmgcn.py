@@ -17,7 +17,9 @@ with :math:`e^{id}` one ID embedding per node shared by the channels. :math:`r_v
 of the last layer; score :math:`\langle r_u, r_i\rangle`. Loss: BPR with one uniform negative outside the
 user's training items + :math:`\lambda` · batch mean of :math:`\lVert e^{id}_u\rVert^2 + \lVert e^{id}_{i^+}\rVert^2
 + \lVert e^{id}_{i^-}\rVert^2 + \sum_m \lVert P^m_u\rVert^2` (``reg``). A context without modalities gets
-one branch whose item input is a learned item table (the model then is ID-only).
+one branch whose item input is a learned item table (the model then is ID-only). ``layout=reference``
+(:class:`MMGCNOptions`) is the authors' code's layout instead: the features mapped linearly to ``hidden``
+and the first layer at that width (:math:`W_1` ``[hidden, hidden]``, :math:`W_3` ``[d, hidden + d]``).
 
 Defects of the shipped code [C] that are **not** reproduced: its ID embeddings and user preferences were
 plain tensors (never trained; here they are parameters); a string ``'False'`` option switched the
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,31 +58,40 @@ from strategies.fusion import ModalityChannel
 
 @dataclass(frozen=True)
 class MMGCNOptions(PluginOptions):
-    """``layers``: graph layers per channel. ``hidden``: the feature MLP's hidden size. ``reg``: λ."""
+    """``layers``: graph layers per channel. ``hidden``: the feature MLP's hidden size. ``reg``: λ.
+    ``layout``: "compact" (the default) maps each channel's features to d by an MLP (feature -> ``hidden``
+    -> LeakyReLU -> d) and runs every layer at width d; "reference" is the authors' code's layout: one
+    linear map of the features to ``hidden``, user preferences of that width, and a first layer that
+    reads ``hidden``-wide inputs (it aggregates at that width and maps to d), the later layers at d."""
 
     dim: Annotated[int, Ge(1)] = 64
     layers: Annotated[int, Ge(1)] = 3
     hidden: Annotated[int, Ge(1)] = 256
     reg: Annotated[float, Ge(0)] = 1e-5
+    layout: Literal["compact", "reference"] = "compact"
+
+    ONLY_WHEN_SET = frozenset({"layout"})   # added after runs were stored
 
 
 class MMGCNLayer(nn.Module):
     r"""One MMGCN layer of one channel (see the module docstring for the equations).
 
-    Args: dim: d (input and output). negative_slope: of every LeakyReLU (0.01, torch's default).
+    Args: dim: d (output). negative_slope: of every LeakyReLU (0.01, torch's default). in_dim: the input
+    width d_in (default d): W_1 is ``[d_in, d_in]``, W_2 ``[d, d_in]``, W_3 ``[d, d_in + d]``.
 
-    Shapes: x ``[N, d]``, adj ``[N, N]`` sparse :math:`D^{-1}A` (mean over neighbours), e_id ``[N, d]``
+    Shapes: x ``[N, d_in]``, adj ``[N, N]`` sparse :math:`D^{-1}A` (mean over neighbours), e_id ``[N, d]``
     -> ``[N, d]``. A node without neighbours aggregates zeros. ``adj_t``: the transpose of adj (sparse CSR),
     for the backward (:func:`~strategies.cf_graph.sparse_dense`; the strategy builds it once per graph).
     ``rows [R]`` long: the output at these nodes only, ``[R, d]`` (the same rows of the full output).
     """
 
-    def __init__(self, dim: int, negative_slope: float = 0.01):
+    def __init__(self, dim: int, negative_slope: float = 0.01, in_dim: Optional[int] = None):
         super().__init__()
-        self.dim, self.slope = dim, negative_slope
-        self.w1 = nn.Linear(dim, dim, bias=False)
-        self.w2 = nn.Linear(dim, dim)
-        self.w3 = nn.Linear(2 * dim, dim)
+        in_dim = in_dim or dim
+        self.dim, self.in_dim, self.slope = dim, in_dim, negative_slope
+        self.w1 = nn.Linear(in_dim, in_dim, bias=False)
+        self.w2 = nn.Linear(in_dim, dim)
+        self.w3 = nn.Linear(in_dim + dim, dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -100,22 +111,26 @@ class MMGCNLayer(nn.Module):
         return F.leaky_relu(self.w3(torch.cat([h, own], -1)), self.slope)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dim})"
+        return f"{type(self).__name__}({self.in_dim} -> {self.dim})"
 
 
 class ItemInput(nn.Module):
     """An item-side branch input ``[n_items + 1, d]``: ``MLP_m(f^m)`` of a modality channel (feature ->
     ``hidden`` with the absent vector where the channel is missing -> LeakyReLU -> d), or a learned
-    item table when the context has no modality (``table=None``)."""
+    item table when the context has no modality (``table=None``). ``compact=False`` (layout "reference"):
+    the channel's one linear map to ``hidden`` alone, ``[n_items + 1, hidden]`` (a learned table of that
+    width without a modality)."""
 
-    def __init__(self, table, n_items: int, dim: int, hidden: int):
+    def __init__(self, table, n_items: int, dim: int, hidden: int, compact: bool = True):
         super().__init__()
+        width = dim if compact else hidden
         if table is None:
             self.channel, self.out = None, None
-            self.weight = nn.Parameter(torch.empty(n_items + 1, dim))
+            self.weight = nn.Parameter(torch.empty(n_items + 1, width))
         else:
-            self.channel, self.out, self.weight = ModalityChannel(table, hidden, 0.0), nn.Linear(hidden, dim), None
-        self.dim = dim
+            self.channel, self.weight = ModalityChannel(table, hidden, 0.0), None
+            self.out = nn.Linear(hidden, dim) if compact else None
+        self.dim = width
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,6 +140,8 @@ class ItemInput(nn.Module):
     def forward(self) -> Tensor:
         if self.channel is None:
             return self.weight
+        if self.out is None:
+            return channel_table(self.channel)
         return self.out(F.leaky_relu(channel_table(self.channel)))
 
 
@@ -145,25 +162,31 @@ def channel_table(channel: ModalityChannel) -> Tensor:
 
 class MultiBranchCF(GraphCFStrategy):
     """Shared skeleton of MMGCN and MGAT: per channel, user preferences and item inputs, ``layers``
-    graph layers, channels averaged; BPR with the ID / preference L2 term. Subclasses set
-    ``layer_class``, ``norm`` (adjacency they read) and ``item_activation``."""
+    graph layers, channels averaged; BPR with the ID / preference L2 term. Subclasses set ``norm``
+    (adjacency they read) and override ``make_layer`` and ``item_activation``."""
 
     contract_skips: ClassVar[dict[str, str]] = FEATURE_CF_SKIPS
     fusion_stage = "late"
-    layer_class: ClassVar[type[nn.Module]] = MMGCNLayer
     norm: ClassVar[str] = "mean"
 
     def __init__(self, ctx: StrategyContext, opts):
         super().__init__(ctx, opts)
         d = opts.dim
+        compact = opts.layout == "compact"
+        width = d if compact else opts.hidden                    # of the first layer's inputs
         self.names = tuple(ctx.modalities) or ("id",)
         self.id_emb = nn.Parameter(torch.empty(self.graph.n_nodes, d))
-        self.preference = nn.Parameter(torch.empty(len(self.names), self.n_users, d))
+        self.preference = nn.Parameter(torch.empty(len(self.names), self.n_users, width))
         self.item_inputs = nn.ModuleList(
-            ItemInput(ctx.modalities.get(m), ctx.n_items, d, opts.hidden) for m in self.names)
+            ItemInput(ctx.modalities.get(m), ctx.n_items, d, opts.hidden, compact) for m in self.names)
         self.branches = nn.ModuleList(
-            nn.ModuleList(self.layer_class(d) for _ in range(opts.layers)) for _ in self.names)
+            nn.ModuleList(self.make_layer(d, width if depth == 0 else d) for depth in range(opts.layers))
+            for _ in self.names)
         self.reset_parameters()
+
+    def make_layer(self, dim: int, in_dim: int) -> nn.Module:
+        """One layer of a branch, reading ``in_dim``-wide inputs."""
+        return MMGCNLayer(dim, in_dim=in_dim)
 
     def set_graph(self, graph: InteractionGraph) -> None:
         register_graph_buffer(self, "adj", graph.adjacency(self.norm))
@@ -221,7 +244,8 @@ class MMGCN(MultiBranchCF):
     notes = (
         "One GCN branch per modality channel on the training user–item graph (user preference vectors, item feature "
         "MLP, mean aggregation, shared ID embedding in the combination), branches averaged; BPR. The shipped code's "
-        "untrained ID/preference tensors are parameters here. Graph-CF protocol: [graph-cf.md](graph-cf.md)."
+        "untrained ID/preference tensors are parameters here; `layout=reference` runs its first layer at the feature "
+        "width as that code does. Graph-CF protocol: [graph-cf.md](graph-cf.md)."
     )
     # batch: the authors' main.py; lr: the harness's 1e-3, chosen on validation over main.py's 1e-4 (docs/graph-cf.md)
     train_defaults = {"batch_size": 1024}

@@ -12,7 +12,7 @@ from strategies.mgat import segment_softmax
 
 
 def gated_attention_per_edge(layer, x: Tensor, dst: Tensor, src: Tensor, degree: Tensor, e_id: Tensor) -> Tensor:
-    """``layer``'s output ``[N, d]`` for x ``[N, d]``, edges ``dst, src [M]`` (src -> dst), degree ``[N]``,
+    """``layer``'s output ``[N, d]`` for x ``[N, d_in]``, edges ``dst, src [M]`` (src -> dst), degree ``[N]``,
     e_id ``[N, d]``."""
     wx = layer.w(x)
     s = (wx[dst] * F.leaky_relu(wx[src], layer.slope)).sum(-1)
@@ -20,4 +20,6 @@ def gated_attention_per_edge(layer, x: Tensor, dst: Tensor, src: Tensor, degree:
     alpha = segment_softmax(s * gate, dst, x.shape[0])
     agg = torch.zeros_like(wx).index_add(0, dst, alpha[:, None] * wx[src])
     h = F.normalize(agg + layer.bias, dim=-1)
+    if layer.reference:
+        h = F.leaky_relu(h, layer.slope)
     return F.leaky_relu(layer.w_g(h) + F.leaky_relu(layer.w_l(x), layer.slope) + e_id, layer.slope)

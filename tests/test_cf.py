@@ -184,24 +184,27 @@ def pop_result():
 
 
 @pytest.mark.timeout(1200)       # seconds each here, minutes on torch 2.2's CPU kernels (tox -e dgl)
-@pytest.mark.parametrize("name", ["lightgcn", "mmgcn", "mgat", "bm3"])
-def test_each_cf_model_learns_the_collaborative_signal_better_than_popularity(name, pop_result):
-    result = synthetic_run(name)
+@pytest.mark.parametrize("name, options", [("lightgcn", {}), ("mmgcn", {}), ("mgat", {}), ("bm3", {}),
+                                           ("mgat", {"layout": "reference", "layers": 1})],
+                         ids=["lightgcn", "mmgcn", "mgat", "bm3", "mgat-reference"])
+def test_each_cf_model_learns_the_collaborative_signal_better_than_popularity(name, options, pop_result):
+    result = synthetic_run(name, **options)
     assert result.test["NDCG@20"] > 2 * pop_result.test["NDCG@20"], (result.test, pop_result.test)
     assert result.test["NDCG@20"] > 0.25
 
 
-def test_mmgcn_layer_equals_a_per_node_loop():
+@pytest.mark.parametrize("in_dim", [5, 7])     # 7: the first layer of layout "reference"
+def test_mmgcn_layer_equals_a_per_node_loop(in_dim):
     from strategies.mmgcn import MMGCNLayer
     graph = hand_graph()
     nb = neighbours(graph)
     torch.manual_seed(0)
-    layer = MMGCNLayer(5)
-    x, e_id = torch.randn(graph.n_nodes, 5), torch.randn(graph.n_nodes, 5)
+    layer = MMGCNLayer(5, in_dim=in_dim)
+    x, e_id = torch.randn(graph.n_nodes, in_dim), torch.randn(graph.n_nodes, 5)
     lrelu = torch.nn.functional.leaky_relu
     rows = []
     for v in range(graph.n_nodes):
-        mean = sum((layer.w1(x[w]) for w in nb[v]), torch.zeros(5)) / max(len(nb[v]), 1)
+        mean = sum((layer.w1(x[w]) for w in nb[v]), torch.zeros(in_dim)) / max(len(nb[v]), 1)
         h = lrelu(mean)
         own = lrelu(layer.w2(x[v])) + e_id[v]
         rows.append(lrelu(layer.w3(torch.cat([h, own]))))
@@ -209,24 +212,32 @@ def test_mmgcn_layer_equals_a_per_node_loop():
         torch.testing.assert_close(layer(x, graph.adjacency("mean"), e_id), torch.stack(rows))
 
 
-def test_mgat_layer_equals_a_per_node_loop():
+@pytest.mark.parametrize("in_dim, reference", [(5, False), (7, True)])  # (7, True): layout "reference"
+def test_mgat_layer_equals_a_per_node_loop(in_dim, reference):
     from strategies.mgat import GatedAttentionLayer
     graph = hand_graph()
     nb = neighbours(graph)
     torch.manual_seed(0)
-    layer = GatedAttentionLayer(5)
-    x, e_id = torch.randn(graph.n_nodes, 5), torch.randn(graph.n_nodes, 5)
+    layer = GatedAttentionLayer(5, in_dim=in_dim, reference=reference)
+    if reference:                                # biases away from their zero start, so they are compared
+        torch.nn.init.normal_(layer.w_g.bias)
+        torch.nn.init.normal_(layer.w_l.bias)
+    x, e_id = torch.randn(graph.n_nodes, in_dim), torch.randn(graph.n_nodes, 5)
     lrelu = torch.nn.functional.leaky_relu
     rows = []
     for v in range(graph.n_nodes):
         wv = layer.w(x[v])
-        agg = torch.zeros(5)
+        agg = torch.zeros(in_dim)
         if nb[v]:
             s = torch.stack([wv @ lrelu(layer.w(x[w])) for w in nb[v]])
             alpha = torch.softmax(s * torch.sigmoid(s / math.sqrt(len(nb[v]))), 0)
             agg = sum(a * layer.w(x[w]) for a, w in zip(alpha, nb[v]))
         h = (agg + layer.bias) / (agg + layer.bias).norm()
-        rows.append(lrelu(layer.w_g(h) + lrelu(layer.w_l(x[v])) + e_id[v]))
+        message = layer.w_g.weight @ (lrelu(h) if reference else h)
+        own = layer.w_l.weight @ x[v]
+        if reference:
+            message, own = message + layer.w_g.bias, own + layer.w_l.bias
+        rows.append(lrelu(message + lrelu(own) + e_id[v]))
     dst, src = graph.edges()
     with torch.no_grad():
         torch.testing.assert_close(layer(x, dst, src, graph.degree(), e_id), torch.stack(rows))
@@ -385,8 +396,9 @@ def full_propagation_loss(model, batch):
     return bpr_loss(users[u], items[pos], items[neg]) + model.opts.reg * reg
 
 
+@pytest.mark.parametrize("layout", ["compact", "reference"])
 @pytest.mark.parametrize("name", ["mgat", "mmgcn"])
-def test_cf_model_loss_and_gradients_equal_the_former_computation(name, monkeypatch):
+def test_cf_model_loss_and_gradients_equal_the_former_computation(name, layout, monkeypatch):
     """The whole model (a code channel and two dense ones, every layer, the graph buffers the model
     registers) on a small split with unseen items: the loss, read at the batch's nodes only, and every
     parameter's gradient equal those of the former computation: a full propagation through the per-edge
@@ -406,7 +418,7 @@ def test_cf_model_loss_and_gradients_equal_the_former_computation(name, monkeypa
     present = (codes >= 0).any(1)
     ctx = ctx.with_modalities({**ctx.modalities, "attr": ModalityTable(torch.zeros(11, 0), present, codes, 5)})
     torch.manual_seed(0)
-    model = STRATEGIES.create(name, ctx, layers=3).double()
+    model = STRATEGIES.create(name, ctx, layers=3, layout=layout).double()
     batch = sample_batch(data, split.train, 12)
     results = []
     for former in (False, True):
@@ -425,6 +437,29 @@ def test_cf_model_loss_and_gradients_equal_the_former_computation(name, monkeypa
     assert all(grad is not None for grad in results[0][1:])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["mgat", "mmgcn"])
+def test_the_reference_layout_runs_the_first_layer_at_the_hidden_width(name):
+    """layout "reference" (the authors' code): each channel's features go through one linear map to ``hidden``,
+    user preferences have that width, the first layer reads it and maps to d, the later layers work at d;
+    "compact" (the default) works at d throughout and stays out of the resolved options (stored runs keep
+    their identities)."""
+    data = from_sequences("hand", [[1, 2, 3, 4, 2], [2, 3, 5, 6], [4, 1, 3]], 6)
+    split = make_split(data, "loo")
+    ctx = tiny_feature_context(build_context(BARE, data, split), 6)
+    compact = STRATEGIES.create(name, ctx, dim=8, hidden=12, layers=2)
+    reference = STRATEGIES.create(name, ctx, dim=8, hidden=12, layers=2, layout="reference")
+    assert "layout" not in compact.opts.as_dict() and reference.opts.as_dict()["layout"] == "reference"
+    assert compact.preference.shape[-1] == 8 and reference.preference.shape[-1] == 12
+    for model, first in ((compact, 8), (reference, 12)):
+        assert [[layer.in_dim for layer in branch] for branch in model.branches] == [[first, 8]] * 2
+        assert all(inputs().shape == (7, first) for inputs in model.item_inputs)
+        users, items = model.propagate()
+        assert users.shape == (3, 8) and items.shape == (7, 8)
+    channel = reference.item_inputs[0].channel                  # one linear map, no MLP
+    assert reference.item_inputs[0].out is None
+    torch.testing.assert_close(reference.item_inputs[0](), channel.table())
 
 
 def test_csr_rows_takes_rows_of_a_sparse_matrix():
