@@ -40,7 +40,10 @@ epoch budget :math:`E_{max}`,
 
 (0 once :func:`fusionbench.train.finished` holds): the epochs a typical run has beyond ``e``, at least
 those early stopping still demands. Progress is counted in epochs, not in the wall time the checkpoint
-has spent, which grows with whatever else shared the machine.
+has spent, which grows with whatever else shared the machine. The time per epoch is scaled by how fast
+the cell's own epochs trained against the tier's (:func:`training_seconds_per_epoch`, each less its wait
+for a core): a cell may train slower or faster than the runs it is estimated from when its configuration
+differs from theirs (a wider model, another layer layout) or it was batched otherwise.
 
 A cell is always started when it is done already, when it only evaluates (the kept weights of a trained
 run, for a test-only perturbation; a checkpoint whose training has ended), or when no run of its
@@ -102,6 +105,13 @@ def uncrowded_seconds(wall: float, history: list[dict]) -> float:
     if not spent:
         return wall
     return wall * max(0.0, 1.0 - sum(wait for _, wait in timed) / spent)
+
+
+def training_seconds_per_epoch(history: list[dict]) -> Optional[float]:
+    """The mean training time of the epochs of ``history`` that record it (``seconds``), each less the part
+    it waited for a core (``wait_seconds``, where recorded); ``None`` when none records it."""
+    spent = [entry["seconds"] - entry.get("wait_seconds", 0.0) for entry in history if "seconds" in entry]
+    return sum(spent) / len(spent) if spent else None
 
 
 def _without_seed(config: dict) -> str:
@@ -183,7 +193,7 @@ class CellCost:
     def needed_seconds(self, config: dict, digest: str, trained: str) -> Optional[float]:
         """What the run ``digest`` (training ``trained``) still needs: 0 when it only evaluates kept
         weights, its expected time when it has no checkpoint, else its epochs left at the comparable runs'
-        median time per epoch; ``None`` without an estimate."""
+        median time per epoch, scaled to its own epochs' pace; ``None`` without an estimate."""
         if self.store.weights_path(trained).exists():
             return 0.0
         runs = self.comparable(config)
@@ -196,6 +206,10 @@ class CellCost:
             return float(statistics.median(runs["wall"]))
         per_epoch = statistics.median(seconds for seconds, _ in timed)
         typical = statistics.median(n for _, n in timed)
+        own = training_seconds_per_epoch(history)
+        theirs = [t for t in (training_seconds_per_epoch(json.loads(text)) for text in runs["history"] if text) if t]
+        if own and theirs:                   # this configuration's own pace against the tier's
+            per_epoch *= own / statistics.median(theirs)
         return per_epoch * epochs_left(history, TrainOptions.build(config["train"]),
                                        config["protocol"] == LEAKY_PROTOCOL, typical)
 

@@ -10,7 +10,15 @@ import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
-from fusionbench.deadline import SHARE_EVERY, CellCost, Deadline, epochs_left, parse_deadline, uncrowded_seconds
+from fusionbench.deadline import (
+    SHARE_EVERY,
+    CellCost,
+    Deadline,
+    epochs_left,
+    parse_deadline,
+    training_seconds_per_epoch,
+    uncrowded_seconds,
+)
 from fusionbench.errors import UserInputError
 from fusionbench.plan import identify
 from fusionbench.runner import load_data
@@ -260,6 +268,25 @@ def test_a_resumed_cell_is_costed_by_its_epochs_not_by_the_time_its_checkpoint_s
     # 6 improving epochs that took 5 hours on a loaded machine: 4 epochs of a typical 10 are left
     torch.save({"history": history([0.1 * n for n in range(1, 7)]), "elapsed": 18000.0}, store.checkpoint_path(d1))
     assert cost.needed_seconds(c1, d1, t1) == pytest.approx(240.0)
+
+
+def test_a_resumed_cell_that_trains_slower_than_its_tier_is_costed_at_its_own_pace(tmp_path):
+    """The tier's runs trained 1 s per epoch; this cell's own epochs took 5 s, 1 s of it waiting for a
+    core: each epoch left costs 4x the tier's (its validation share included)."""
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+        set = { "train.epochs" = 50, "train.patience" = 3 }
+    """)
+    (c0, _, _), (c1, d1, t1) = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, c0, 600.0, epochs=10)                               # 60 s per epoch, 1 s of it training
+    store.checkpoint_path(d1).parent.mkdir(exist_ok=True)
+    slow = [dict(entry, seconds=5.0, wait_seconds=1.0) for entry in history([0.1 * n for n in range(1, 7)])]
+    torch.save({"history": slow, "elapsed": 30.0}, store.checkpoint_path(d1))
+    assert CellCost(store).needed_seconds(c1, d1, t1) == pytest.approx(4 * 240.0)
+    assert training_seconds_per_epoch(slow) == 4.0 and training_seconds_per_epoch([{"epoch": 1}]) is None
 
 
 def test_a_test_only_cell_of_a_kept_training_always_starts(tmp_path):
