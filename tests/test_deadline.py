@@ -252,7 +252,9 @@ def test_under_ratio_paper_the_references_stopping_count_decides_what_is_left():
     assert epochs_left(improved_then_stale, opts, False, 1) == 1
 
 
-def test_a_resumed_cell_is_costed_by_its_epochs_not_by_the_time_its_checkpoint_spent(tmp_path):
+def seed_1_beside_a_finished_seed_0(tmp_path):
+    """``(store, config, digest, training)`` of SASRec's seed 1, with seed 0 finished in ``store``: 600 s over 10
+    epochs, each of them 1 s of training."""
     cells, _ = cells_of(tmp_path, """
         [[run]]
         strategy = "sasrec"
@@ -261,28 +263,24 @@ def test_a_resumed_cell_is_costed_by_its_epochs_not_by_the_time_its_checkpoint_s
     """)
     (c0, _, _), (c1, d1, t1) = identify(cells)
     store = ResultStore(tmp_path / "runs.db")
-    plant(store, c0, 600.0, epochs=10)                               # 60 s per epoch
+    plant(store, c0, 600.0, epochs=10)
+    store.checkpoint_path(d1).parent.mkdir(exist_ok=True)
+    return store, c1, d1, t1
+
+
+def test_a_resumed_cell_is_costed_by_its_epochs_not_by_the_time_its_checkpoint_spent(tmp_path):
+    store, c1, d1, t1 = seed_1_beside_a_finished_seed_0(tmp_path)
     cost = CellCost(store)
     assert cost.needed_seconds(c1, d1, t1) == 600.0                  # not started: a whole run
-    store.checkpoint_path(d1).parent.mkdir(exist_ok=True)
-    # 6 improving epochs that took 5 hours on a loaded machine: 4 epochs of a typical 10 are left
+    # 6 improving epochs that took 5 hours on a loaded machine: 4 epochs of a typical 10 are left, 60 s each
     torch.save({"history": history([0.1 * n for n in range(1, 7)]), "elapsed": 18000.0}, store.checkpoint_path(d1))
     assert cost.needed_seconds(c1, d1, t1) == pytest.approx(240.0)
 
 
 def test_a_resumed_cell_that_trains_slower_than_its_tier_is_costed_at_its_own_pace(tmp_path):
-    """The tier's runs trained 1 s per epoch; this cell's own epochs took 5 s, 1 s of it waiting for a
+    """The tier's run trained 1 s per epoch; this cell's own epochs took 5 s, 1 s of it waiting for a
     core: each epoch left costs 4x the tier's (its validation share included)."""
-    cells, _ = cells_of(tmp_path, """
-        [[run]]
-        strategy = "sasrec"
-        seeds = [0, 1]
-        set = { "train.epochs" = 50, "train.patience" = 3 }
-    """)
-    (c0, _, _), (c1, d1, t1) = identify(cells)
-    store = ResultStore(tmp_path / "runs.db")
-    plant(store, c0, 600.0, epochs=10)                               # 60 s per epoch, 1 s of it training
-    store.checkpoint_path(d1).parent.mkdir(exist_ok=True)
+    store, c1, d1, t1 = seed_1_beside_a_finished_seed_0(tmp_path)
     slow = [dict(entry, seconds=5.0, wait_seconds=1.0) for entry in history([0.1 * n for n in range(1, 7)])]
     torch.save({"history": slow, "elapsed": 30.0}, store.checkpoint_path(d1))
     assert CellCost(store).needed_seconds(c1, d1, t1) == pytest.approx(4 * 240.0)
