@@ -200,14 +200,14 @@ class CellCost:
         if runs.empty:
             return None
         history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")
-        epochs = [len(json.loads(text)) if text else 0 for text in runs["history"]]
-        timed = [(wall / n, n) for wall, n in zip(runs["wall"], epochs) if n]
+        histories = [json.loads(text) if text else [] for text in runs["history"]]
+        timed = [(wall / len(h), len(h)) for wall, h in zip(runs["wall"], histories) if h]
         if not history or not timed:         # not started, or no comparable run kept its history
             return float(statistics.median(runs["wall"]))
         per_epoch = statistics.median(seconds for seconds, _ in timed)
         typical = statistics.median(n for _, n in timed)
         own = training_seconds_per_epoch(history)
-        theirs = [t for t in (training_seconds_per_epoch(json.loads(text)) for text in runs["history"] if text) if t]
+        theirs = [t for t in map(training_seconds_per_epoch, histories) if t]
         if own and theirs:                   # this configuration's own pace against the tier's
             per_epoch *= own / statistics.median(theirs)
         return per_epoch * epochs_left(history, TrainOptions.build(config["train"]),
