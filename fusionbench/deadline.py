@@ -43,7 +43,14 @@ those early stopping still demands. Progress is counted in epochs, not in the wa
 has spent, which grows with whatever else shared the machine. The time per epoch is scaled by how fast
 the cell's own epochs trained against the tier's (:func:`training_seconds_per_epoch`, each less its wait
 for a core): a cell may train slower or faster than the runs it is estimated from when its configuration
-differs from theirs (a wider model, another layer layout) or it was batched otherwise.
+differs from theirs (a wider model, another layer layout) or it was batched otherwise. A cell not
+started yet whose estimate comes from runs of other settings (tiers 2-4) is scaled the same way by the
+pace of a started run of its own settings on another seed (its checkpoint, in ``store``), where there is
+one: seeds 1 and 2 of a configuration five times slower than its tier are costed at seed 0's pace while
+seed 0 is still training.
+
+Every estimate names its basis (:class:`Estimate`): the tier it was read from and whose pace scaled it;
+``--dry-run`` lists it per cell, and a deferred cell's reason carries it.
 
 A cell is always started when it is done already, when it only evaluates (the kept weights of a trained
 run, for a test-only perturbation; a checkpoint whose training has ended), or when no run of its
@@ -58,7 +65,7 @@ import statistics
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import pandas as pd
 from tabulate import tabulate
@@ -130,6 +137,18 @@ def same_pass(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     return runs if mine.empty else mine
 
 
+TIER_BASES = ("runs of its settings", "runs of other settings",
+              "runs under other protocols or aggregators", "runs on other datasets, scaled by interactions")
+"""What each tier of the module's docstring estimates from, as :attr:`Estimate.basis` begins."""
+
+
+class Estimate(NamedTuple):
+    """What a cell still needs, in seconds (``None``: no run to estimate from), and what the figure rests
+    on (``basis``: a tier of :data:`TIER_BASES`, then whose pace scaled it, if any)."""
+    seconds: Optional[float]
+    basis: str
+
+
 class CellCost:
     """How long cells take, estimated from the runs finished in ``store`` (see the module's docstring);
     ``data_root`` is where the datasets are read from for tier 4's sizes (``--data-root``); ``others``
@@ -164,6 +183,10 @@ class CellCost:
         empty; in tiers 1-3 the runs trained as this process trains, :func:`same_pass`, where any are),
         with the wall time each is expected to take on ``config``'s dataset now in a column ``wall``: its
         :func:`uncrowded_seconds` over :attr:`share` (scaled in tier 4)."""
+        return self._tier(config)[0]
+
+    def _tier(self, config: dict) -> tuple[pd.DataFrame, str]:
+        """:meth:`comparable`'s runs and the tier's entry of :data:`TIER_BASES`."""
         runs = pd.concat([s.runs(strategy=config["strategy"]) for s in (self.store, *self.others)],
                          ignore_index=True).drop_duplicates("config_hash")
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
@@ -176,14 +199,28 @@ class CellCost:
                          & (here["aggregator"].isna() if aggregator is None else here["aggregator"] == aggregator)]
         key = _without_seed(config)
         same = same_kind[[_without_seed(json.loads(text)) == key for text in same_kind["config"]]]
-        for tier in (same, same_kind, here):
+        for tier, basis in zip((same, same_kind, here), TIER_BASES):
             if not tier.empty:
-                return same_pass(tier, config)
+                return same_pass(tier, config), basis
         target = self.interactions(config) if not runs.empty else None
         sizes = [self.interactions(json.loads(text)) if target else None for text in runs["config"]]
         scaled = runs.assign(wall=[wall * target / size if size else None
                                    for wall, size in zip(runs["wall"], sizes)])
-        return scaled[scaled["wall"].notna()]
+        return scaled[scaled["wall"].notna()], TIER_BASES[3]
+
+    def started_sibling(self, config: dict) -> Optional[tuple[int, list[dict]]]:
+        """``(seed, history)`` of a run of ``store`` started but not finished with ``config``'s settings
+        (another seed: a cell of ``config`` itself with a history is resumed, not estimated this way), from
+        its checkpoint (the first such run that has trained an epoch), else ``None``."""
+        key = _without_seed(config)
+        started = self.store.runs(status="running", strategy=config["strategy"], dataset=config["dataset"])
+        for other, text, seed in zip(started["config_hash"], started["config"], started["seed"]):
+            if _without_seed(json.loads(text)) != key:
+                continue
+            history = (read_checkpoint(self.store.checkpoint_path(other)) or {}).get("history")
+            if history and training_seconds_per_epoch(history):
+                return int(seed), history
+        return None
 
     def expected_seconds(self, config: dict) -> Optional[float]:
         """Median wall time of the runs comparable with ``config``, ``None`` when there are none."""
@@ -191,27 +228,41 @@ class CellCost:
         return None if runs.empty else float(statistics.median(runs["wall"]))
 
     def needed_seconds(self, config: dict, digest: str, trained: str) -> Optional[float]:
+        """:meth:`estimate`'s seconds."""
+        return self.estimate(config, digest, trained).seconds
+
+    def estimate(self, config: dict, digest: str, trained: str) -> Estimate:
         """What the run ``digest`` (training ``trained``) still needs: 0 when it only evaluates kept
-        weights, its expected time when it has no checkpoint, else its epochs left at the comparable runs'
-        median time per epoch, scaled to its own epochs' pace; ``None`` without an estimate."""
+        weights; when it has no checkpoint, the comparable runs' median time (scaled to a started
+        sibling's pace, :meth:`started_sibling`, when they have other settings); else its epochs left at
+        the comparable runs' median time per epoch, scaled to its own epochs' pace."""
         if self.store.weights_path(trained).exists():
-            return 0.0
-        runs = self.comparable(config)
+            return Estimate(0.0, "kept weights: evaluation only")
+        runs, basis = self._tier(config)
         if runs.empty:
-            return None
+            return Estimate(None, "no run of this strategy to estimate from")
         history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")
         histories = [json.loads(text) if text else [] for text in runs["history"]]
+        theirs = [t for t in map(training_seconds_per_epoch, histories) if t]
+        wall = float(statistics.median(runs["wall"]))
+        if not history:
+            sibling = self.started_sibling(config) if basis != TIER_BASES[0] else None
+            if sibling is None or not theirs:
+                return Estimate(wall, basis)
+            seed, pace = sibling[0], training_seconds_per_epoch(sibling[1])
+            return Estimate(wall * pace / statistics.median(theirs), f"{basis}, at seed {seed}'s pace")
         timed = [(wall / len(h), len(h)) for wall, h in zip(runs["wall"], histories) if h]
-        if not history or not timed:         # not started, or no comparable run kept its history
-            return float(statistics.median(runs["wall"]))
+        if not timed:                        # no comparable run kept its history
+            return Estimate(wall, basis)
         per_epoch = statistics.median(seconds for seconds, _ in timed)
         typical = statistics.median(n for _, n in timed)
         own = training_seconds_per_epoch(history)
-        theirs = [t for t in map(training_seconds_per_epoch, histories) if t]
         if own and theirs:                   # this configuration's own pace against the tier's
             per_epoch *= own / statistics.median(theirs)
-        return per_epoch * epochs_left(history, TrainOptions.build(config["train"]),
-                                       config["protocol"] == LEAKY_PROTOCOL, typical)
+            basis += ", at its own pace"
+        left = epochs_left(history, TrainOptions.build(config["train"]), config["protocol"] == LEAKY_PROTOCOL,
+                           typical)
+        return Estimate(per_epoch * left, f"{basis}, {left:.0f} epochs left")
 
 
 def epochs_left(history: list[dict], opts: TrainOptions, leaky: bool, typical: float) -> float:
@@ -253,7 +304,7 @@ class Deadline:
         if self.store.status(digest) == "done":
             return None
         share = self.share()
-        needed = self.cost.needed_seconds(config, digest, trained)
+        needed, basis = self.cost.estimate(config, digest, trained)
         if needed == 0:
             return None           # it only evaluates: kept weights, or a checkpoint whose training ended
         left = self.deadline - now
@@ -261,32 +312,34 @@ class Deadline:
             return "the deadline has passed"
         if needed is None or needed <= left:
             return None
-        return f"expected to need {needed / 60:.0f} min at {share:.0%} of a core, {left / 60:.0f} min left"
+        return (f"expected to need {needed / 60:.0f} min at {share:.0%} of a core, {left / 60:.0f} min left; "
+                f"estimated from {basis}")
 
 
 def cost_table(cells: Sequence[Cell], labels: Sequence[str], store: ResultStore,
                data_root: Optional[Path] = None, others: Sequence[ResultStore] = ()) -> str:
     """``fusionbench sweep --dry-run``: one row per cell (label, seed, its state in ``store``, the minutes
     it needs if not done: 0 when an earlier cell left to run trains the weights it evaluates, ``?``
-    without an estimate) and a last line with the cells done and the hours of one process the rest need,
-    both at a whole core (``CellCost.share`` 1)."""
+    without an estimate; and what the figure rests on, :attr:`Estimate.basis`) and a last line with the
+    cells done and the hours of one process the rest need, both at a whole core (``CellCost.share`` 1)."""
     cost = CellCost(store, data_root, others)
     rows, needs, training = [], [], set()   # training: hashes that an earlier cell left to run trains
     for cell, label, (config, digest, trained) in zip(cells, labels, identify(cells), strict=True):
         state = store.status(digest) or "to run"
-        needed = None
+        needed, basis = None, ""
         if state != "done":
-            needed = 0.0 if trained in training else cost.needed_seconds(config, digest, trained)
+            needed, basis = (Estimate(0.0, "an earlier cell's training") if trained in training
+                             else cost.estimate(config, digest, trained))
             training.add(trained)
             needs.append(needed)
         rows.append([label, cell.request.seed, state,
-                     "" if state == "done" else "?" if needed is None else f"{needed / 60:.0f}"])
+                     "" if state == "done" else "?" if needed is None else f"{needed / 60:.0f}", basis])
     summary = f"{len(cells)} cells, {len(cells) - len(needs)} done"
     if needs:
         unknown = needs.count(None)
         summary += (f"; the rest need about {sum(n for n in needs if n is not None) / 3600:.1f} h of one process "
                     "with a core to itself"
                     + (f", {unknown} left without an estimate" if unknown else ""))
-    table = tabulate(rows, headers=["run", "seed", "in the store", "needs (min)"], tablefmt="github",
-                     disable_numparse=True)
+    table = tabulate(rows, headers=["run", "seed", "in the store", "needs (min)", "estimated from"],
+                     tablefmt="github", disable_numparse=True)
     return f"{table}\n{summary}"

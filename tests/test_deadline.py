@@ -165,7 +165,8 @@ def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
     seed0, seed1, gru = cells
     clock = Deadline(store, NOW + 500, cells)
     assert clock.admit(seed0, now=NOW) is None                       # done: found in the store
-    assert clock.admit(seed1, now=NOW) == "expected to need 10 min at 100% of a core, 8 min left"
+    assert clock.admit(seed1, now=NOW) == ("expected to need 10 min at 100% of a core, 8 min left; estimated "
+                                          "from runs of its settings")
     assert clock.admit(seed1, now=NOW - 100) is None                 # 600 s left
     assert clock.admit(gru, now=NOW) is None                         # no estimate: started
     assert clock.admit(gru, now=NOW + 501) == "the deadline has passed"
@@ -221,7 +222,8 @@ def test_estimate_from_reaches_the_deadline_and_the_dry_run_and_is_checked(tmp_p
                                        "--estimate-from", str(other_path), "--quiet"])
     assert result.exit_code == 0, result.output
     assert re.search(r"2 of 3 cells not started here: sasrec \(dim=16, train.epochs=1\) seed 0 \(expected to "
-                     r"need 60 min at 100% of a core, (29|30) min left\); sasrec \(dim=16, train.epochs=1\) "
+                     r"need 60 min at 100% of a core, (29|30) min left; estimated from runs of its settings\); "
+                     r"sasrec \(dim=16, train.epochs=1\) "
                      r"seed 1", result.output)
     for bad, message in (([], "--estimate-from applies with --deadline or --dry-run"),
                          (["--dry-run"], f"--estimate-from {tmp_path / 'missing.db'}: no such file")):
@@ -287,6 +289,64 @@ def test_a_resumed_cell_that_trains_slower_than_its_tier_is_costed_at_its_own_pa
     assert training_seconds_per_epoch(slow) == 4.0 and training_seconds_per_epoch([{"epoch": 1}]) is None
 
 
+def test_a_cell_not_started_is_costed_at_the_pace_of_its_settings_started_on_another_seed(tmp_path):
+    """Seed 0 of the default settings finished (600 s, 10 epochs of 1 s); seed 0 of a 5x slower setting is
+    training: its seed 1 costs the default run's time at 5x, until a run of its own settings finishes."""
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+
+        [[run]]
+        strategy = "sasrec"
+        set = { dim = 32 }
+        seeds = [0, 1]
+    """)
+    (c0, _, _), (slow0, slow0_digest, _), (slow1, slow1_digest, slow1_trained) = identify(cells)
+    store = ResultStore(tmp_path / "runs.db")
+    plant(store, c0, 600.0)
+    cost = CellCost(store)
+    assert cost.estimate(slow1, slow1_digest, slow1_trained) == (600.0, "runs of other settings")
+    store.start(slow0, slow0["dataset_checksum"], {}, "test")
+    store.checkpoint_path(slow0_digest).parent.mkdir(exist_ok=True)
+    assert cost.estimate(slow1, slow1_digest, slow1_trained) == (600.0, "runs of other settings")  # no epoch yet
+    slow = [dict(entry, seconds=5.0) for entry in history([0.1, 0.2])]
+    torch.save({"history": slow, "elapsed": 10.0}, store.checkpoint_path(slow0_digest))
+    assert cost.estimate(slow1, slow1_digest, slow1_trained) == (pytest.approx(3000.0),
+                                                                 "runs of other settings, at seed 0's pace")
+    resumed = cost.estimate(slow0, slow0_digest, "x")
+    assert resumed.basis.startswith("runs of other settings, at its own pace,") and resumed.seconds == 0.0
+    store.finish(store.run_id(slow0_digest), {"test": METRICS, "valid": METRICS}, {},
+                 RunSummary(wall_seconds=2500.0, history=slow))
+    assert cost.estimate(slow1, slow1_digest, slow1_trained) == (2500.0, "runs of its settings")
+
+
+def test_every_estimate_names_the_runs_it_rests_on(tmp_path):
+    cells, _ = cells_of(tmp_path, """
+        [[run]]
+        strategy = "sasrec"
+        seeds = [0, 1]
+
+        [[run]]
+        strategy = "sasrec"
+        protocol = "ratio"
+    """)
+    (c0, _, _), (c1, d1, t1), (ratio, d_ratio, t_ratio) = identify(cells)
+    beauty = tmp_path / "beauty.toml"
+    beauty.write_text('[[run]]\nstrategy = "sasrec"\ndataset = "beauty"\n')
+    [(on_beauty, _, _)] = identify(read_sweep(beauty))
+    store = ResultStore(tmp_path / "runs.db")
+    cost = CellCost(store)
+    assert cost.estimate(c1, d1, t1) == (None, "no run of this strategy to estimate from")
+    plant(store, on_beauty, 600.0)
+    assert cost.estimate(c1, d1, t1).basis == "runs on other datasets, scaled by interactions"
+    plant(store, c0, 600.0)
+    assert cost.estimate(c1, d1, t1).basis == "runs of its settings"
+    assert cost.estimate(ratio, d_ratio, t_ratio).basis == "runs under other protocols or aggregators"
+    store.weights_path(t1).parent.mkdir(exist_ok=True)
+    store.weights_path(t1).write_bytes(b"kept")
+    assert cost.estimate(c1, d1, t1) == (0.0, "kept weights: evaluation only")
+
+
 def test_a_test_only_cell_of_a_kept_training_always_starts(tmp_path):
     cells, _ = cells_of(tmp_path, """
         [[run]]
@@ -312,7 +372,8 @@ def test_the_sweep_skips_a_cell_that_would_overrun_and_runs_the_next(tmp_path):
                                        "--quiet"])
     assert result.exit_code == 0, result.output
     assert re.search(r"1 of 3 cells not started here: sasrec \(dim=16, train.epochs=1\) seed 1 "
-                     r"\(expected to need 60 min at 100% of a core, (29|30) min left\)", result.output)
+                     r"\(expected to need 60 min at 100% of a core, (29|30) min left; estimated from runs of its "
+                     r"settings\)", result.output)
     store = ResultStore(store_path)
     assert store.status(d1) is None and store.status(d_gru) == "done"
 
@@ -340,7 +401,9 @@ def test_the_dry_run_lists_what_each_cell_left_to_run_needs(tmp_path):
     assert result.exit_code == 0, result.output
     rows = [[part.strip() for part in line.strip("|").split("|")] for line in result.output.splitlines()
             if line.startswith("| sasrec") or line.startswith("| gru4rec")]
-    assert [row[1:] for row in rows] == [["0", "done", ""], ["1", "to run", "60"], ["0", "to run", "?"]]
+    assert [row[1:] for row in rows] == [["0", "done", "", ""],
+                                         ["1", "to run", "60", "runs of its settings"],
+                                         ["0", "to run", "?", "no run of this strategy to estimate from"]]
     assert ("3 cells, 1 done; the rest need about 1.0 h of one process with a core to itself, 1 left without an "
             "estimate") in result.output
 
@@ -361,9 +424,11 @@ def test_the_dry_run_counts_a_training_once_for_the_cells_that_share_it(tmp_path
     plant(ResultStore(store_path), c0, 3600.0)
     result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(store_path), "--dry-run"])
     assert result.exit_code == 0, result.output
-    needs = [line.strip("|").split("|")[-1].strip() for line in result.output.splitlines()
+    needs = [[part.strip() for part in line.strip("|").split("|")[-2:]] for line in result.output.splitlines()
              if line.startswith("| sasrec")]
-    assert needs == ["", "60", "0", "0"]           # seed 1 trains; its test-only cells evaluate its weights
+    # seed 1 trains; its test-only cells evaluate its weights
+    assert needs == [["", ""], ["60", "runs of its settings"], ["0", "an earlier cell's training"],
+                     ["0", "an earlier cell's training"]]
 
 
 def test_a_run_counts_without_the_time_it_waited_for_a_core():
@@ -391,7 +456,7 @@ def test_the_deadline_measures_the_share_of_a_core_once_a_minute_and_says_it(tmp
     monkeypatch.setattr("fusionbench.cpu_share.core_share", lambda: measured.append(1) or 0.5)
     clock = Deadline(store, NOW + 900, cells)
     seed1 = cells[1]
-    assert clock.admit(seed1, now=NOW) == "expected to need 20 min at 50% of a core, 15 min left"
+    assert clock.admit(seed1, now=NOW).startswith("expected to need 20 min at 50% of a core, 15 min left;")
     assert clock.admit(seed1, now=NOW - 300) is None                 # 20 min left
     assert len(measured) == 1
     monotonic = time.monotonic()
