@@ -182,7 +182,8 @@ class CellCost:
         with its dataset checksum), from the first non-empty tier of the module's docstring (may be
         empty; in tiers 1-3 the runs trained as this process trains, :func:`same_pass`, where any are),
         with the wall time each is expected to take on ``config``'s dataset now in a column ``wall``: its
-        :func:`uncrowded_seconds` over :attr:`share` (scaled in tier 4)."""
+        :func:`uncrowded_seconds` over :attr:`share` (scaled in tier 4), and its parsed history in a column
+        ``epochs``."""
         return self._tier(config)[0]
 
     def _tier(self, config: dict) -> tuple[pd.DataFrame, str]:
@@ -191,8 +192,9 @@ class CellCost:
                          ignore_index=True).drop_duplicates("config_hash")
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
                     & runs["wall_seconds"].notna()]
-        runs = runs.assign(wall=[uncrowded_seconds(wall, json.loads(text) if text else []) / self.share
-                                 for wall, text in zip(runs["wall_seconds"], runs["history"])])
+        runs = runs.assign(epochs=[json.loads(text) if text else [] for text in runs["history"]])
+        runs = runs.assign(wall=[uncrowded_seconds(wall, epochs) / self.share
+                                 for wall, epochs in zip(runs["wall_seconds"], runs["epochs"])])
         here = runs[runs["dataset"] == config["dataset"]]
         aggregator = config.get("aggregator")
         same_kind = here[(here["protocol"] == config["protocol"])
@@ -242,7 +244,7 @@ class CellCost:
         if runs.empty:
             return Estimate(None, "no run of this strategy to estimate from")
         history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")
-        histories = [json.loads(text) if text else [] for text in runs["history"]]
+        histories = list(runs["epochs"])
         theirs = [t for t in map(training_seconds_per_epoch, histories) if t]
         wall = float(statistics.median(runs["wall"]))
         if not history:
