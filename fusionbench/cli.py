@@ -712,7 +712,9 @@ def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) 
     """One line per stored run: id, status, data, run, perturbation, seed, best / run epochs, seconds per
     epoch, wall minutes (of a resumed run: with its earlier processes' epochs). A run whose process died
     stays 'running': its command resumes it from its checkpoint ('resumable', with its best / epochs so far,
-    seconds per epoch and minutes spent as the checkpoint has them), `fusionbench store remove` forgets it."""
+    seconds per epoch and minutes spent as the checkpoint has them), `fusionbench store remove` forgets it.
+    A running run also shows the minutes it is expected to need still, with a core to itself (estimated
+    as `sweep --dry-run` does, from the store's finished runs)."""
     from fusionbench.store.admin import describe_runs
 
     rows = describe_runs(store_path, status, dataset)

@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from fusionbench.cli import main
+from fusionbench.deadline import CellCost
 from fusionbench.perturb.plan import PerturbationRequest
 from fusionbench.runner import resolve, run_experiment, training_config
 from fusionbench.store import ResultStore, config_hash
@@ -66,7 +67,25 @@ def test_show_reads_a_running_runs_progress_from_its_checkpoint(tmp_path):
     assert out.exit_code == 0, out.output
     [line] = [line for line in out.output.splitlines() if line.startswith(f"| {running:>4} ")]
     cells = [cell.strip() for cell in line.strip("|").split("|")]
-    assert cells[-3:] == ["resumable: 2 / 3 so far", "40", "2.5"]      # best / epochs, s per epoch, minutes
+    assert cells[-4:-1] == ["resumable: 2 / 3 so far", "40", "2.5"]    # best / epochs, s per epoch, minutes
+    assert cells[-1] == ""                          # no finished sasrec run in the store to estimate from
+
+
+def test_show_gives_a_running_runs_minutes_left_as_the_dry_run_estimates_them(tmp_path):
+    """Seed 1 of the clean early run, one epoch into its two: its minutes left are CellCost's estimate
+    (here from seed 0's finished run, at seed 1's own pace)."""
+    path, clean, _, _, _ = a_store(tmp_path)
+    config = resolve(request("early", seed=1))
+    config["dataset_checksum"] = clean.config["dataset_checksum"]
+    running = ResultStore(path).start(config, config["dataset_checksum"], {}, "rev")
+    digest = config_hash(config)
+    epoch = {"epoch": 1, "loss": 1.0, "seconds": 600.0, "valid": {"NDCG@20": 0.1}}
+    torch.save({"history": [epoch], "best_epoch": 1, "elapsed": 600.0}, tmp_path / "checkpoints" / f"{digest}.pt")
+    expected = CellCost(ResultStore(path)).estimate(config, digest, config_hash(training_config(config)))
+    assert expected.seconds > 60 and expected.basis.startswith("runs of its settings, at its own pace")
+    out = invoke("store", "show", "--store", path, "--status", "running")
+    [line] = [line for line in out.output.splitlines() if line.startswith(f"| {running:>4} ")]
+    assert line.strip("|").split("|")[-1].strip() == f"{expected.seconds / 60:.1f}"
 
 
 def test_remove_forgets_runs_and_the_weights_nothing_refers_to(tmp_path):

@@ -15,6 +15,7 @@ from typing import Optional
 from tabulate import tabulate
 
 from fusionbench.atomic import atomic_write
+from fusionbench.deadline import CellCost
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import data_name, open_store, row_key, variant_labels
 from fusionbench.runner import training_config
@@ -51,14 +52,18 @@ def _run_labels(configs: list[dict]) -> list[str]:
 
 def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optional[str] = None) -> list[dict]:
     """The runs of a store as table rows (dicts, in id order), labelled as the leaderboard labels them;
-    a tune's trial is labelled by its options like any run, its tune named in the ``tune`` column."""
+    a tune's trial is labelled by its options like any run, its tune named in the ``tune`` column. A
+    running run's ``left min (1 core)`` is the minutes it is expected to need still with a core to itself,
+    as ``sweep --dry-run`` estimates it from the store's finished runs (:meth:`fusionbench.deadline.CellCost.estimate`;
+    empty without an estimate)."""
     store = open_store(store_path)
     table = store.runs(status=status, **({"dataset": dataset} if dataset else {}))
     configs = [json.loads(text) for text in table.config]
     labels = _run_labels(configs)
+    cost = CellCost(store)
     rows = []
     for run, config, text in zip(table.itertuples(), configs, labels):
-        epoch_seconds, wall_seconds = run.epoch_seconds, run.wall_seconds
+        epoch_seconds, wall_seconds, left = run.epoch_seconds, run.wall_seconds, None
         if run.status == "done":
             epochs = f"{int(run.best_epoch)} / {len(json.loads(run.history or '[]'))}"
         elif run.status == "running":
@@ -69,13 +74,15 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
                 epochs = f"resumable: {state['best_epoch']} / {len(history)} so far"
                 epoch_seconds = sum(e["seconds"] for e in history) / len(history)
                 wall_seconds = state.get("elapsed")
+            left = cost.estimate(config, run.config_hash, config_hash(training_config(config))).seconds
         else:
             epochs = (run.error or "").splitlines()[-1][:60] if run.error else ""
         rows.append({"id": run.id, "status": run.status, "data": f"{data_name(config)} / {config['protocol']}",
                      "run": text, "perturbation": _perturbation_text(config),
                      "tune": _tune_text(run), "seed": run.seed,
                      "epochs (best / run)": epochs,
-                     "s / epoch": _shown(epoch_seconds), "wall min": _shown(wall_seconds, per=60)})
+                     "s / epoch": _shown(epoch_seconds), "wall min": _shown(wall_seconds, per=60),
+                     "left min (1 core)": _shown(left, per=60)})
     return rows
 
 
