@@ -707,17 +707,23 @@ def store_upgrade(store_path: Path, dry_run: bool, data_root: Optional[Path]) ->
 @click.option("--status", type=click.Choice(["running", "done", "failed"]), default=None,
               help="Only runs with this status (default: all).")
 @click.option("--dataset", default=None, help="Only runs on this dataset.")
+@click.option("--estimate-from", "estimate_from", multiple=True, type=click.Path(path_type=Path),
+              help="Another results store whose finished runs the running runs' minutes left are estimated from "
+                   "too (repeatable), as for `sweep --dry-run`.")
 @report_errors
-def store_show(store_path: Path, status: Optional[str], dataset: Optional[str]) -> None:
+def store_show(store_path: Path, status: Optional[str], dataset: Optional[str],
+               estimate_from: tuple[Path, ...]) -> None:
     """One line per stored run: id, status, data, run, perturbation, seed, best / run epochs, seconds per
     epoch, wall minutes (of a resumed run: with its earlier processes' epochs). A run whose process died
     stays 'running': its command resumes it from its checkpoint ('resumable', with its best / epochs so far,
     seconds per epoch and minutes spent as the checkpoint has them), `fusionbench store remove` forgets it.
     A running run also shows the minutes it is expected to need still, with a core to itself (estimated
     as `sweep --dry-run` does, from the store's finished runs)."""
+    from fusionbench.report.collect import open_store
     from fusionbench.store.admin import describe_runs
 
-    rows = describe_runs(store_path, status, dataset)
+    others = [open_store(path, "--estimate-from") for path in estimate_from]
+    rows = describe_runs(store_path, status, dataset, others)
     if not rows:
         click.echo("no runs" + (f" with status {status!r}" if status else "") + (f" on {dataset!r}" if dataset else ""))
         return

@@ -72,20 +72,31 @@ def test_show_reads_a_running_runs_progress_from_its_checkpoint(tmp_path):
 
 
 def test_show_gives_a_running_runs_minutes_left_as_the_dry_run_estimates_them(tmp_path):
-    """Seed 1 of the clean early run, one epoch into its two: its minutes left are CellCost's estimate
-    (here from seed 0's finished run, at seed 1's own pace)."""
+    """Seed 1 of the clean early run, one epoch into its two, in a store of its own: its minutes left are
+    CellCost's estimate from the store named by --estimate-from (seed 0's finished run, at seed 1's own
+    pace), and empty without it."""
     path, clean, _, _, _ = a_store(tmp_path)
     config = resolve(request("early", seed=1))
     config["dataset_checksum"] = clean.config["dataset_checksum"]
-    running = ResultStore(path).start(config, config["dataset_checksum"], {}, "rev")
+    mine = ResultStore(tmp_path / "mine" / "runs.db")
+    running = mine.start(config, config["dataset_checksum"], {}, "rev")
     digest = config_hash(config)
     epoch = {"epoch": 1, "loss": 1.0, "seconds": 600.0, "valid": {"NDCG@20": 0.1}}
-    torch.save({"history": [epoch], "best_epoch": 1, "elapsed": 600.0}, tmp_path / "checkpoints" / f"{digest}.pt")
-    expected = CellCost(ResultStore(path)).estimate(config, digest, config_hash(training_config(config)))
+    mine.checkpoint_path(digest).parent.mkdir()
+    torch.save({"history": [epoch], "best_epoch": 1, "elapsed": 600.0}, mine.checkpoint_path(digest))
+    expected = CellCost(mine, others=[ResultStore(path)]).estimate(config, digest,
+                                                                    config_hash(training_config(config)))
     assert expected.seconds > 60 and expected.basis.startswith("runs of its settings, at its own pace")
-    out = invoke("store", "show", "--store", path, "--status", "running")
-    [line] = [line for line in out.output.splitlines() if line.startswith(f"| {running:>4} ")]
-    assert line.strip("|").split("|")[-1].strip() == f"{expected.seconds / 60:.1f}"
+
+    def left(*more):
+        out = invoke("store", "show", "--store", tmp_path / "mine" / "runs.db", "--status", "running", *more)
+        [line] = [line for line in out.output.splitlines() if line.startswith(f"| {running:>4} ")]
+        return line.strip("|").split("|")[-1].strip()
+
+    assert left() == ""                                          # nothing in its own store to estimate from
+    assert left("--estimate-from", path) == f"{expected.seconds / 60:.1f}"
+    out = invoke("store", "show", "--store", path, "--estimate-from", tmp_path / "missing.db")
+    assert out.exit_code == 2 and f"--estimate-from {tmp_path / 'missing.db'}: no such file" in out.output
 
 
 def test_remove_forgets_runs_and_the_weights_nothing_refers_to(tmp_path):

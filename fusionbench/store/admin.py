@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from tabulate import tabulate
 
@@ -19,7 +19,7 @@ from fusionbench.deadline import CellCost
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import data_name, open_store, row_key, variant_labels
 from fusionbench.runner import training_config
-from fusionbench.store import config_hash
+from fusionbench.store import ResultStore, config_hash
 from fusionbench.train import read_checkpoint
 
 
@@ -50,17 +50,18 @@ def _run_labels(configs: list[dict]) -> list[str]:
     return [label[(data_name(c), c["protocol"]), row_key(c)] for c in configs]
 
 
-def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optional[str] = None) -> list[dict]:
+def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optional[str] = None,
+                  others: Sequence[ResultStore] = ()) -> list[dict]:
     """The runs of a store as table rows (dicts, in id order), labelled as the leaderboard labels them;
     a tune's trial is labelled by its options like any run, its tune named in the ``tune`` column. A
     running run's ``left min (1 core)`` is the minutes it is expected to need still with a core to itself,
-    as ``sweep --dry-run`` estimates it from the store's finished runs (:meth:`fusionbench.deadline.CellCost.estimate`;
-    empty without an estimate)."""
+    as ``sweep --dry-run`` estimates it from the finished runs of the store and of ``others``
+    (:meth:`fusionbench.deadline.CellCost.estimate`; empty without an estimate)."""
     store = open_store(store_path)
     table = store.runs(status=status, **({"dataset": dataset} if dataset else {}))
     configs = [json.loads(text) for text in table.config]
     labels = _run_labels(configs)
-    cost = CellCost(store)
+    cost = CellCost(store, others=others)
     rows = []
     for run, config, text in zip(table.itertuples(), configs, labels):
         epoch_seconds, wall_seconds, left = run.epoch_seconds, run.wall_seconds, None
