@@ -42,12 +42,12 @@ epoch budget :math:`E_{max}`,
 those early stopping still demands. Progress is counted in epochs, not in the wall time the checkpoint
 has spent, which grows with whatever else shared the machine. The time per epoch is scaled by how fast
 the cell's own epochs trained against the tier's (:func:`training_seconds_per_epoch`, each less its wait
-for a core): a cell may train slower or faster than the runs it is estimated from when its configuration
-differs from theirs (a wider model, another layer layout) or it was batched otherwise. A cell not
-started yet whose estimate comes from runs of other settings (tiers 2-4) is scaled the same way by the
-pace of a started run of its own settings on another seed (its checkpoint, in ``store``), where there is
-one: seeds 1 and 2 of a configuration five times slower than its tier are costed at seed 0's pace while
-seed 0 is still training.
+for a core; in tier 4 the tier's scaled by the interactions as their wall times are): a cell may train
+slower or faster than the runs it is estimated from when its configuration differs from theirs (a wider
+model, another layer layout) or it was batched otherwise. A cell not started yet whose estimate comes
+from runs of other settings (tiers 2-4) is scaled the same way by the pace of a started run of its own
+settings on another seed (its checkpoint, in ``store``), where there is one: seeds 1 and 2 of a
+configuration five times slower than its tier are costed at seed 0's pace while seed 0 is still training.
 
 Every estimate names its basis (:class:`Estimate`): the tier it was read from and whose pace scaled it;
 ``--dry-run`` lists it per cell, and a deferred cell's reason carries it.
@@ -182,8 +182,8 @@ class CellCost:
         with its dataset checksum), from the first non-empty tier of the module's docstring (may be
         empty; in tiers 1-3 the runs trained as this process trains, :func:`same_pass`, where any are),
         with the wall time each is expected to take on ``config``'s dataset now in a column ``wall``: its
-        :func:`uncrowded_seconds` over :attr:`share` (scaled in tier 4), and its parsed history in a column
-        ``epochs``."""
+        :func:`uncrowded_seconds` over :attr:`share`, times the column ``scale`` (tier 4: the ratio of the
+        two datasets' interactions; else 1), and its parsed history in a column ``epochs``."""
         return self._tier(config)[0]
 
     def _tier(self, config: dict) -> tuple[pd.DataFrame, str]:
@@ -203,12 +203,12 @@ class CellCost:
         same = same_kind[[_without_seed(json.loads(text)) == key for text in same_kind["config"]]]
         for tier, basis in zip((same, same_kind, here), TIER_BASES):
             if not tier.empty:
-                return same_pass(tier, config), basis
+                return same_pass(tier, config).assign(scale=1.0), basis
         target = self.interactions(config) if not runs.empty else None
         sizes = [self.interactions(json.loads(text)) if target else None for text in runs["config"]]
-        scaled = runs.assign(wall=[wall * target / size if size else None
-                                   for wall, size in zip(runs["wall"], sizes)])
-        return scaled[scaled["wall"].notna()], TIER_BASES[3]
+        scaled = runs.assign(scale=[target / size if size else None for size in sizes])
+        scaled = scaled[scaled["scale"].notna()]
+        return scaled.assign(wall=scaled["wall"] * scaled["scale"]), TIER_BASES[3]
 
     def started_sibling(self, config: dict) -> Optional[tuple[int, list[dict]]]:
         """``(seed, history)`` of a run of ``store`` started but not finished with ``config``'s settings
@@ -245,7 +245,7 @@ class CellCost:
             return Estimate(None, "no run of this strategy to estimate from")
         history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")
         histories = list(runs["epochs"])
-        theirs = [t for t in map(training_seconds_per_epoch, histories) if t]
+        theirs = [t * scale for t, scale in zip(map(training_seconds_per_epoch, histories), runs["scale"]) if t]
         wall = float(statistics.median(runs["wall"]))
         if not history:
             sibling = self.started_sibling(config) if basis != TIER_BASES[0] else None
