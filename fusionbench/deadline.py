@@ -253,7 +253,7 @@ class CellCost:
                 return Estimate(wall, basis)
             seed, pace = sibling[0], training_seconds_per_epoch(sibling[1])
             return Estimate(wall * pace / statistics.median(theirs), f"{basis}, at seed {seed}'s pace")
-        timed = [(wall / len(h), len(h)) for wall, h in zip(runs["wall"], histories) if h]
+        timed = [(seconds / len(h), len(h)) for seconds, h in zip(runs["wall"], histories) if h]
         if not timed:                        # no comparable run kept its history
             return Estimate(wall, basis)
         per_epoch = statistics.median(seconds for seconds, _ in timed)
