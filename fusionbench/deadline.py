@@ -177,17 +177,14 @@ class CellCost:
                 self._interactions[key] = None
         return self._interactions[key]
 
-    def comparable(self, config: dict) -> pd.DataFrame:
+    def comparable(self, config: dict) -> tuple[pd.DataFrame, str]:
         """The store's finished runs that trained and are comparable with ``config`` (a resolved config
         with its dataset checksum), from the first non-empty tier of the module's docstring (may be
         empty; in tiers 1-3 the runs trained as this process trains, :func:`same_pass`, where any are),
-        with the wall time each is expected to take on ``config``'s dataset now in a column ``wall``: its
-        :func:`uncrowded_seconds` over :attr:`share`, times the column ``scale`` (tier 4: the ratio of the
-        two datasets' interactions; else 1), and its parsed history in a column ``epochs``."""
-        return self._tier(config)[0]
-
-    def _tier(self, config: dict) -> tuple[pd.DataFrame, str]:
-        """:meth:`comparable`'s runs and the tier's entry of :data:`TIER_BASES`."""
+        and the tier's entry of :data:`TIER_BASES`. Each run has the wall time it is expected to take on
+        ``config``'s dataset now in a column ``wall``: its :func:`uncrowded_seconds` over :attr:`share`,
+        times the column ``scale`` (tier 4: the ratio of the two datasets' interactions; else 1), and its
+        parsed history in a column ``epochs``."""
         runs = pd.concat([s.runs(strategy=config["strategy"]) for s in (self.store, *self.others)],
                          ignore_index=True).drop_duplicates("config_hash")
         runs = runs[runs["trained_from"].isna() & (runs["asha_stopped"].fillna(0) == 0)
@@ -224,15 +221,6 @@ class CellCost:
                 return int(seed), history
         return None
 
-    def expected_seconds(self, config: dict) -> Optional[float]:
-        """Median wall time of the runs comparable with ``config``, ``None`` when there are none."""
-        runs = self.comparable(config)
-        return None if runs.empty else float(statistics.median(runs["wall"]))
-
-    def needed_seconds(self, config: dict, digest: str, trained: str) -> Optional[float]:
-        """:meth:`estimate`'s seconds."""
-        return self.estimate(config, digest, trained).seconds
-
     def estimate(self, config: dict, digest: str, trained: str) -> Estimate:
         """What the run ``digest`` (training ``trained``) still needs: 0 when it only evaluates kept
         weights; when it has no checkpoint, the comparable runs' median time (scaled to a started
@@ -240,7 +228,7 @@ class CellCost:
         the comparable runs' median time per epoch, scaled to its own epochs' pace."""
         if self.store.weights_path(trained).exists():
             return Estimate(0.0, "kept weights: evaluation only")
-        runs, basis = self._tier(config)
+        runs, basis = self.comparable(config)
         if runs.empty:
             return Estimate(None, "no run of this strategy to estimate from")
         history = (read_checkpoint(self.store.checkpoint_path(digest)) or {}).get("history")

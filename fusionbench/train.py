@@ -462,14 +462,15 @@ def train(model: Strategy, data: SequenceData, split: Split, opts: TrainOptions,
         if scheduler is not None:
             scheduler.step()
         seconds = time.perf_counter() - started
+        wait = None if waited is None else queue_wait() - waited   # read with `seconds`: training only
         try:
             valid = summarize(rank_samples(model, data, split.valid, max_len, opts.eval_batch_size, views.train,
                                                opts.exclude_history))
         except TrainingError as err:
             raise TrainingError(f"{label}: epoch {epoch}, validation: {err}") from None
         entry = {"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds, "valid": valid}
-        if waited is not None:   # of those seconds, the time spent runnable without a core (cpu_share)
-            entry["wait_seconds"] = queue_wait() - waited
+        if wait is not None:   # of those seconds, the time spent runnable without a core (cpu_share)
+            entry["wait_seconds"] = wait
         if opts.record_test:   # kept apart: selection and stopping below read "valid" only
             tested = time.perf_counter()
             try:

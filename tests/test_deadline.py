@@ -27,6 +27,12 @@ from fusionbench.store.results import RunSummary
 from fusionbench.sweep import read_sweep
 from fusionbench.train import REFERENCE_WATCHED, TrainOptions
 
+def wall(cost: CellCost, config: dict):
+    """The seconds ``cost`` gives a cell of ``config`` that has not started (no checkpoint, no kept weights):
+    the median expected wall time of the runs comparable with it."""
+    return cost.estimate(config, "absent", "absent").seconds
+
+
 TINY = """
 [defaults]
 dataset = "synthetic"
@@ -125,13 +131,13 @@ def test_the_estimate_prefers_other_seeds_of_the_same_training(tmp_path):
     plant(store, small, 100.0)
     plant(store, c2, 5.0, trained_from="abc")          # evaluated kept weights: not a training's cost
     cost = CellCost(store)
-    assert cost.expected_seconds(c3) == 700.0         # seeds 0 and 1 of the same configuration
+    assert wall(cost, c3) == 700.0         # seeds 0 and 1 of the same configuration
     other = dict(c3, strategy_options={**c3["strategy_options"], "dim": 32})
-    assert cost.expected_seconds(other) == 600.0      # no same-config run: every sasrec run that trained
-    assert cost.expected_seconds(ratio) == 600.0      # no run under its protocol: every sasrec run that trained
-    assert cost.expected_seconds(gru) is None         # nothing comparable
+    assert wall(cost, other) == 600.0      # no same-config run: every sasrec run that trained
+    assert wall(cost, ratio) == 600.0      # no run under its protocol: every sasrec run that trained
+    assert wall(cost, gru) is None         # nothing comparable
     plant(store, dict(c3, tune={"name": "t", "trial": 0}), 5.0, asha_stopped=True)
-    assert cost.expected_seconds(other) == 600.0      # a trial stopped early is not comparable either
+    assert wall(cost, other) == 600.0      # a trial stopped early is not comparable either
 
 
 def test_a_causal_strategy_is_estimated_from_runs_trained_with_the_same_pass_where_there_are_any(tmp_path,
@@ -149,12 +155,12 @@ def test_a_causal_strategy_is_estimated_from_runs_trained_with_the_same_pass_whe
     plant(store, g1, 500.0, versions={"causal_pass": "grouped"})
     cost = CellCost(store)
     monkeypatch.setattr("fusionbench.deadline.causal_pass", lambda: "grouped")
-    assert cost.expected_seconds(s3) == 800.0          # no grouped sasrec run: every one counts
+    assert wall(cost, s3) == 800.0          # no grouped sasrec run: every one counts
     plant(store, s2, 400.0, versions={"causal_pass": "grouped"})
-    assert cost.expected_seconds(s3) == 400.0          # the grouped one only
-    assert cost.expected_seconds(g3) == 400.0          # srgnn trains on prefix samples: the pass is no matter
+    assert wall(cost, s3) == 400.0          # the grouped one only
+    assert wall(cost, g3) == 400.0          # srgnn trains on prefix samples: the pass is no matter
     monkeypatch.setattr("fusionbench.deadline.causal_pass", lambda: "whole")
-    assert cost.expected_seconds(s3) == 800.0          # the two one-pass runs
+    assert wall(cost, s3) == 800.0          # the two one-pass runs
 
 
 def test_a_cell_starts_only_if_its_estimate_fits_the_time_left(tmp_path):
@@ -186,10 +192,10 @@ def test_without_a_run_on_its_dataset_the_estimate_scales_the_strategys_runs_els
     plant(store, on_beauty, 6000.0)
     cost = CellCost(store)
     ratio = load_data(c0, None).n_interactions / load_data(on_beauty, None).n_interactions   # 382 / 198,502
-    assert cost.expected_seconds(c0) == pytest.approx(6000.0 * ratio)
-    assert cost.expected_seconds(gru) is None         # no gru4rec run anywhere
+    assert wall(cost, c0) == pytest.approx(6000.0 * ratio)
+    assert wall(cost, gru) is None         # no gru4rec run anywhere
     plant(store, c0, 30.0)
-    assert cost.expected_seconds(c0) == 30.0          # a run on its own dataset comes first
+    assert wall(cost, c0) == 30.0          # a run on its own dataset comes first
 
 
 def test_a_resumed_cell_estimated_from_another_dataset_compares_its_pace_with_their_scaled_pace(tmp_path):
@@ -222,13 +228,13 @@ def test_the_estimate_reads_other_stores_too_and_counts_a_run_held_by_several_on
     store, other = ResultStore(tmp_path / "runs.db"), ResultStore(tmp_path / "other.db")
     plant(other, c1, 600.0)
     plant(other, gru, 50.0)
-    assert CellCost(store).expected_seconds(c0) is None                  # nothing in its own store
+    assert wall(CellCost(store), c0) is None                  # nothing in its own store
     cost = CellCost(store, others=[other])
-    assert cost.expected_seconds(c0) == 600.0 and cost.expected_seconds(gru) == 50.0
+    assert wall(cost, c0) == 600.0 and wall(cost, gru) == 50.0
     plant(store, c1, 600.0)                                               # the same run, in both stores
     plant(store, c0, 900.0)
-    assert cost.expected_seconds(c0) == pytest.approx(750.0)              # median of 600 and 900, not of 600, 600, 900
-    assert cost.needed_seconds(gru, "absent", "absent") == 50.0
+    assert wall(cost, c0) == pytest.approx(750.0)              # median of 600 and 900, not of 600, 600, 900
+    assert cost.estimate(gru, "absent", "absent").seconds == 50.0
 
 
 def test_estimate_from_reaches_the_deadline_and_the_dry_run_and_is_checked(tmp_path):
@@ -297,10 +303,10 @@ def seed_1_beside_a_finished_seed_0(tmp_path):
 def test_a_resumed_cell_is_costed_by_its_epochs_not_by_the_time_its_checkpoint_spent(tmp_path):
     store, c1, d1, t1 = seed_1_beside_a_finished_seed_0(tmp_path)
     cost = CellCost(store)
-    assert cost.needed_seconds(c1, d1, t1) == 600.0                  # not started: a whole run
+    assert cost.estimate(c1, d1, t1).seconds == 600.0                  # not started: a whole run
     # 6 improving epochs that took 5 hours on a loaded machine: 4 epochs of a typical 10 are left, 60 s each
     torch.save({"history": history([0.1 * n for n in range(1, 7)]), "elapsed": 18000.0}, store.checkpoint_path(d1))
-    assert cost.needed_seconds(c1, d1, t1) == pytest.approx(240.0)
+    assert cost.estimate(c1, d1, t1).seconds == pytest.approx(240.0)
 
 
 def test_a_resumed_cell_that_trains_slower_than_its_tier_is_costed_at_its_own_pace(tmp_path):
@@ -309,7 +315,7 @@ def test_a_resumed_cell_that_trains_slower_than_its_tier_is_costed_at_its_own_pa
     store, c1, d1, t1 = seed_1_beside_a_finished_seed_0(tmp_path)
     slow = [dict(entry, seconds=5.0, wait_seconds=1.0) for entry in history([0.1 * n for n in range(1, 7)])]
     torch.save({"history": slow, "elapsed": 30.0}, store.checkpoint_path(d1))
-    assert CellCost(store).needed_seconds(c1, d1, t1) == pytest.approx(4 * 240.0)
+    assert CellCost(store).estimate(c1, d1, t1).seconds == pytest.approx(4 * 240.0)
     assert training_seconds_per_epoch(slow) == 4.0 and training_seconds_per_epoch([{"epoch": 1}]) is None
 
 
@@ -467,8 +473,8 @@ def test_estimates_are_the_uncrowded_times_over_the_share_of_a_core_now(tmp_path
     (c0, _, _), (c1, _, _), _ = identify(cells)
     store = ResultStore(tmp_path / "runs.db")
     plant(store, c0, 600.0, waited=0.5)                  # timed beside as many busy jobs as cores
-    assert CellCost(store).expected_seconds(c1) == 300.0
-    assert CellCost(store, share=0.5).expected_seconds(c1) == 600.0
+    assert wall(CellCost(store), c1) == 300.0
+    assert wall(CellCost(store, share=0.5), c1) == 600.0
 
 
 def test_the_deadline_measures_the_share_of_a_core_once_a_minute_and_says_it(tmp_path, monkeypatch):

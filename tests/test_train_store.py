@@ -49,6 +49,23 @@ def test_selection_uses_validation_only():
     assert all(0 <= h.get("wait_seconds", 0) <= h["seconds"] for h in res.history)
 
 
+def test_an_epochs_wait_for_a_core_is_its_trainings_not_its_validations(monkeypatch):
+    """``wait_seconds`` is the queue wait of the span ``seconds`` times (training): a thread that waits
+    100 s during each validation and never while it trains records no wait."""
+    import fusionbench.train as trainer
+    waited = [0.0]
+    validate = trainer.rank_samples
+
+    def crowded_validation(*args, **kwargs):
+        waited[0] += 100.0
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "queue_wait", lambda: waited[0])
+    monkeypatch.setattr(trainer, "rank_samples", crowded_validation)
+    res = fit(cyclic_data(), epochs=2)
+    assert waited[0] >= 200.0 and [h["wait_seconds"] for h in res.history] == [0.0, 0.0]
+
+
 def test_early_stopping_respects_patience():
     res = fit(cyclic_data(), epochs=50, patience=1, lr=1e-6)  # too small an lr: no improvement
     assert len(res.history) < 50
