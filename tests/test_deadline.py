@@ -27,6 +27,7 @@ from fusionbench.store.results import RunSummary
 from fusionbench.sweep import read_sweep
 from fusionbench.train import REFERENCE_WATCHED, TrainOptions
 
+
 def wall(cost: CellCost, config: dict):
     """The seconds ``cost`` gives a cell of ``config`` that has not started (no checkpoint, no kept weights):
     the median expected wall time of the runs comparable with it."""
