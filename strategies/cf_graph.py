@@ -1,5 +1,6 @@
-r"""Shared machinery of the graph-CF baselines (MMSR Table 2: ``pop``, ``lightgcn``, ``mmgcn``, ``mgat``,
-``bm3``; specs/cf-baselines.md): the user–item interaction graph, the base class, BPR and negatives.
+r"""Shared machinery of the graph-CF baselines (``mmgcn``, ``mgat``, ``bm3`` of MMSR Table 2, with ``lightgcn``
+and ``pop`` below them; specs/cf-baselines.md): the user–item interaction graph, the base class, BPR and
+negatives.
 
 **Graph** (:class:`InteractionGraph`). The bipartite graph of the (user, item) pairs of a
 :class:`~fusionbench.data.core.SequenceData`, duplicates merged. Built once per run from

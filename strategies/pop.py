@@ -1,6 +1,6 @@
-r"""Most popular (MMSR Table 2's floor): every user gets the same ranking, items by their number of
-training interactions (repeats included) in the graph's interactions (``ctx.history``; for the test
-ranking ``ctx.test_history``, see :mod:`strategies.cf_graph`). Fusion: none.
+r"""Most popular (the floor below the graph-CF rows; not a row of MMSR Table 2): every user gets the same
+ranking, items by their number of training interactions (repeats included) in the graph's interactions
+(``ctx.history``; for the test ranking ``ctx.test_history``, see :mod:`strategies.cf_graph`). Fusion: none.
 
 .. math:: \hat y_{u,v} = e^{s}\,\log(1 + c_v)
 
