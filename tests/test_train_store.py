@@ -219,10 +219,12 @@ def test_store_failed_finish_leaves_nothing_half_written(tmp_path):
     assert store.metrics(run) == {}
     with pytest.raises(KeyError):
         store.ranks(run)
-    # a rerun replaces the unfinished attempt
+    # a rerun replaces the unfinished attempt, under its id (after another run has started)
+    other = store.start({**CONFIG, "seed": 99}, "abc", {}, "rev")
     run2 = store.start(CONFIG, "abc", {}, "rev")
+    assert run2 == run and other > run
     store.finish(run2, {"test": {"HR@5": 0.5}}, {"test": np.array([1])})
-    assert len(store.runs(status=None)) == 1
+    assert len(store.runs(status=None)) == 2 and store.metrics(run) == {"HR@5": 0.5}
 
 
 def test_finish_takes_a_typed_run_summary(tmp_path):

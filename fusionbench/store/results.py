@@ -233,18 +233,20 @@ class ResultStore:
         return row[0] if row else None
 
     def start(self, config: dict, dataset_checksum: str, versions: dict, git_rev: str) -> int:
-        """Register a run as 'running' (a previous failed or interrupted attempt is replaced)."""
+        """Register a run as 'running' and return its id. A previous failed or interrupted attempt is
+        replaced under its id, so a resumed run keeps the id that ``store show`` gave it."""
         digest = config_hash(config)
         with self._transaction() as db:
             if self.status(digest) == "done":
                 raise ValueError(f"run {digest} is already done")
+            earlier = db.execute("SELECT id FROM runs WHERE config_hash = ?", (digest,)).fetchone()
             db.execute("DELETE FROM runs WHERE config_hash = ?", (digest,))
             cursor = db.execute(
-                "INSERT INTO runs (config_hash, config, dataset, protocol, strategy, aggregator, seed, status,"
-                " dataset_checksum, versions, git_rev, started_at, tune) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (digest, canonical_json(config), config["dataset"], config["protocol"], config["strategy"],
-                 config.get("aggregator"), config["seed"], "running", dataset_checksum, json.dumps(versions),
-                 git_rev, _now(), (config.get("tune") or {}).get("name")),
+                "INSERT INTO runs (id, config_hash, config, dataset, protocol, strategy, aggregator, seed, status,"
+                " dataset_checksum, versions, git_rev, started_at, tune) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (earlier[0] if earlier else None, digest, canonical_json(config), config["dataset"],
+                 config["protocol"], config["strategy"], config.get("aggregator"), config["seed"], "running",
+                 dataset_checksum, json.dumps(versions), git_rev, _now(), (config.get("tune") or {}).get("name")),
             )
             return int(cursor.lastrowid)
 
