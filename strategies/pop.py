@@ -35,7 +35,7 @@ class Pop(GraphCFStrategy):
     search_space = {"train.lr": None, "train.weight_decay": None}
     fusion_stage = "none"
     uses_modalities = False
-    paper = "most popular (MMSR Table 2 floor)"
+    paper = "most popular (a floor below the graph-CF rows; not in MMSR Table 2)"
     notes = (
         "Items ranked by training-interaction count, the same list for every user; one learned positive scale (no "
         "effect on the ranking) so the trainer has something to step. Graph-CF protocol: [graph-cf.md](graph-cf.md)."
