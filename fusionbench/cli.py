@@ -16,6 +16,7 @@ from tabulate import tabulate
 from fusionbench.errors import TrainingError, UserInputError, report_errors
 from fusionbench.metrics import DEFAULT_KS, METRICS
 from fusionbench.registry import REGISTRIES
+from fusionbench.terminate import unwinds_on_sigterm
 
 
 def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, str]:
@@ -102,6 +103,7 @@ data_root_option = run_options("data_root")
               help="SQLite results store; a run already done there is skipped.")
 @run_options("set", "data_root", "device", "quiet", quiet=dict(help="No progress bar or per-epoch lines."))
 @report_errors
+@unwinds_on_sigterm
 def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int], seed: int,
         max_len: int, store: Optional[Path], sets: tuple[str, ...], data_root: Optional[Path], device: str,
         quiet: bool) -> None:
@@ -138,6 +140,7 @@ def run(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, e
               help="SQLite results store; cells done there are skipped, so a rerun resumes the sweep.")
 @run_options("set", "data_root", "device", "quiet")
 @report_errors
+@unwinds_on_sigterm
 def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: tuple[str, ...], severity: str,
            apply_to: str, seeds: str, dataset: str, protocol: str, epochs: Optional[int], max_len: int, store: Path,
            sets: tuple[str, ...], data_root: Optional[Path], device: str, quiet: bool) -> None:
@@ -171,6 +174,7 @@ def stress(strategy: str, aggregator: Optional[str], perturbation: str, set_p: t
 @click.option("--dry-run", is_flag=True, help="List the runs and whether each is done in the store; run nothing.")
 @run_options("set", "data_root", "device", "quiet")
 @report_errors
+@unwinds_on_sigterm
 def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: str, epochs: Optional[int],
             max_len: int, seeds: str, store: Path, dry_run: bool, sets: tuple[str, ...], data_root: Optional[Path],
             device: str, quiet: bool) -> None:
@@ -230,6 +234,7 @@ def compare(strategy: str, aggregator: Optional[str], dataset: str, protocol: st
                                            "nothing.")
 @run_options("data_root", "device", "quiet")
 @report_errors
+@unwinds_on_sigterm
 def sweep(sweep_file: Path, store: Path, engine: str, address: Optional[str], cpus_per_cell: int,
           gpus_per_cell: float, scratch: Optional[str], archive: Optional[Path], deadline: Optional[str],
           estimate_from: tuple[Path, ...], dry_run: bool, data_root: Optional[Path], device: str, quiet: bool) -> None:

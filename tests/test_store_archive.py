@@ -178,3 +178,25 @@ def test_a_kept_archive_exports_a_run_finished_within_the_interval_when_it_is_up
     assert kept.exports == 3 and kept._timer is None
     time.sleep(2.5)
     assert kept.exports == 3
+
+
+def test_an_interrupted_export_of_a_kept_archive_is_done_again_at_close(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM during an export leaves the archive as it was; close() (the sweep's ``finally``)
+    still exports the runs it was writing."""
+    from fusionbench.store import archive as archives
+
+    path, *_ = a_store(tmp_path)
+    out = tmp_path / "kept.jsonl.gz"
+    kept = archives.KeptArchive(path, out, every_s=60.0)
+    write = archives.export_runs
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(archives, "export_runs", write)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(archives, "export_runs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kept.cell_finished()
+    assert kept.exports == 0 and not out.exists()
+    kept.close()
+    assert kept.exports == 1 and json.loads(gzip.decompress(out.read_bytes()).splitlines()[0])["runs"] == 2

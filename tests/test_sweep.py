@@ -379,3 +379,47 @@ def test_a_failed_cell_is_named_and_the_sweep_goes_on(tmp_path):
     assert re.search(r"error: training failed: 1 of 2 cells failed: sasrec \(.*train.lr=1e\+30.*\) seed 0 \(.*epoch 1",
                      out.output), out.output
     assert set(ResultStore(tmp_path / "r.db").runs(status=None)["status"]) == {"failed", "done"}
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does(tmp_path):
+    """SIGTERM (``kill``) while the third cell trains: the sweep exits 143 after exporting the second
+    cell's run, whose export was waiting for the archive's interval; the third run stays resumable."""
+    import signal
+    import subprocess
+    import sys
+
+    path = sweep_file(tmp_path, """
+        [[run]]
+        strategy = ["sasrec", "gru4rec"]
+
+        [[run]]
+        strategy = "sasrec"
+        seeds = [1]
+        set = { "train.epochs" = 500, "train.patience" = 500 }
+    """)
+    store_path, archive = tmp_path / "r.db", tmp_path / "runs.jsonl.gz"
+    command = [sys.executable, "-m", "fusionbench.cli", "sweep", str(path), "--store", str(store_path), "--quiet",
+               "--archive", str(archive)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        waited_until = time.monotonic() + 300
+        while True:                          # until the third cell has checkpointed an epoch
+            assert child.poll() is None and time.monotonic() < waited_until, "the sweep ended or never got there"
+            if store_path.exists():
+                runs = ResultStore(store_path).runs(status=None)
+                running = runs[runs["status"] == "running"]
+                if (runs["status"] == "done").sum() == 2 and not running.empty and \
+                        ResultStore(store_path).checkpoint_path(running["config_hash"].iloc[0]).exists():
+                    break
+            time.sleep(0.2)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 143 and "terminated (SIGTERM)" in err, err
+    store = ResultStore(store_path)
+    [digest] = store.runs(status="running")["config_hash"]
+    assert store.checkpoint_path(digest).exists()            # kept, not recorded as failed: resumable
+    imported = CliRunner().invoke(main, ["store", "import", str(archive), "--store", str(tmp_path / "copy.db")])
+    assert imported.exit_code == 0 and "added 2 runs" in imported.output, imported.output

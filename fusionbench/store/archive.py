@@ -156,7 +156,11 @@ class KeptArchive:
             self._timer = None
             if self._stale:
                 self._stale = False          # before the export: a run finishing during it makes it stale again
-                export_runs(self.store_path, self.archive, ranks=self.ranks)
+                try:
+                    export_runs(self.store_path, self.archive, ranks=self.ranks)
+                except BaseException:        # interrupted (Ctrl-C, SIGTERM) or failed: close() tries again
+                    self._stale = True
+                    raise
                 self._exported_at = time.monotonic()
                 self.exports += 1
 
