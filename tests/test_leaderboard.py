@@ -608,3 +608,21 @@ def test_open_store_does_not_create_a_missing_file(tmp_path):
     with pytest.raises(UserInputError):
         open_store(tmp_path / "absent.db")
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_a_column_of_an_option_held_only_when_set_reads_its_default_where_a_run_leaves_it_out():
+    """MGAT's ``layout`` enters a config only when set (runs stored before it existed keep their identity):
+    such a run reads ``compact`` under ``--columns layout``, not ``n/a``; a key none of its strategy's options
+    is stays ``n/a``, and ``--columns`` accepts the key when no run set it."""
+    from fusionbench.report.collect import Run, RunGroup, check_setting_keys, setting_text
+
+    stored = resolve(RunRequest(strategy="mgat", dataset="beauty", seed=0))
+    assert "layout" not in stored["strategy_options"]
+    chosen = resolve(RunRequest(strategy="mgat", dataset="beauty", seed=0, strategy_options={"layout": "reference"}))
+    sasrec = resolve(RunRequest(strategy="sasrec", dataset="beauty", seed=0))
+    rows = [RunGroup(str(n), [Run(n, str(n), 0, config)]) for n, config in enumerate((stored, chosen, sasrec))]
+    assert [setting_text(setting_values(row, "layout")) for row in rows] == ["compact", "reference", "n/a"]
+    assert setting_values(rows[0], "train.exclude_history") == (False,)
+    check_setting_keys(["layout"], rows[0].runs, "the store")              # no error: an option of mgat
+    with pytest.raises(UserInputError, match="--columns layout: no run in the store"):
+        check_setting_keys(["layout"], rows[2].runs, "the store")

@@ -12,7 +12,8 @@ table is per dataset and its data version is checked). A strategy the registry d
 that is not installed) lists the options that vary between its rows instead.
 
 A row's *settings* are its resolved option values under the same keys (plus ``aggregator``), read from
-the stored configs (:func:`setting_values`); a key the row's strategy lacks reads ``n/a``.
+the stored configs (:func:`setting_values`; an option a config holds only when set reads its default where
+the config leaves it out); a key the row's strategy lacks reads ``n/a``.
 
 Per-sample values are recomputed from the stored test ranks with :mod:`fusionbench.metrics`.
 """
@@ -379,6 +380,7 @@ def parse_setting_keys(text: str, option: str = "--columns") -> tuple[str, ...]:
 def check_setting_keys(keys: Sequence[str], runs: list[Run], where: str, option: str = "--columns") -> None:
     """Every key must be an option of some run (see :func:`option_view`), else an error naming it."""
     there = {k for run in runs for k, v in option_view(run.config).items() if v is not None}
+    there |= {k for run in runs for k in _unset_defaults(run.config)}
     for key in keys:
         if key not in there:
             raise UserInputError(f"{option} {key}: no run in {where} has an option {key!r}; options there: "
@@ -392,6 +394,8 @@ def setting_values(group: RunGroup, key: str) -> tuple[Any, ...]:
     values: dict[str, Any] = {}
     for run in group.runs:
         value = option_view(run.config).get(key)
+        if value is None:
+            value = _unset_defaults(run.config).get(key)
         if value is not None:
             values.setdefault(canonical_json(value), value)
     return tuple(values.values())
@@ -426,6 +430,27 @@ def _only_when_set_keys(strategy: str, aggregator: Optional[str]) -> set[str]:
     if aggregator is not None:
         keys |= {f"agg.{k}" for k in AGGREGATORS.get(aggregator).Options.ONLY_WHEN_SET}
     return keys
+
+
+def _unset_defaults(config: dict) -> dict[str, Any]:
+    """The defaults of the options (keys as ``--set`` takes them) that ``config`` leaves out because it holds
+    them only when set (:func:`_only_when_set_keys`): what a run stored before such an option existed ran
+    with. Empty where a plugin is not registered here."""
+    from fusionbench.registry import AGGREGATORS, STRATEGIES
+    from fusionbench.train import TrainOptions
+
+    strategy, aggregator = config["strategy"], config.get("aggregator")
+    try:
+        keys = _only_when_set_keys(strategy, aggregator) - set(_flat_options(config))
+        groups = {"train.": TrainOptions, "agg.": AGGREGATORS.get(aggregator).Options if aggregator else None,
+                  "": STRATEGIES.get(strategy).Options}
+    except UnknownPluginError:
+        return {}
+    defaults = {}
+    for key in keys:
+        prefix = next(p for p in groups if key.startswith(p))
+        defaults[key] = {name: default for name, _, default in groups[prefix].fields()}[key[len(prefix):]]
+    return defaults
 
 
 def options_off_default(config: dict, defaults: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
