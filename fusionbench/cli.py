@@ -732,7 +732,7 @@ def store_show(store_path: Path, status: Optional[str], dataset: Optional[str],
     if not rows:
         click.echo("no runs" + (f" with status {status!r}" if status else "") + (f" on {dataset!r}" if dataset else ""))
         return
-    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+    click.echo(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".1f"))   # 21.0 stays 21.0
 
 
 @store.command("curves")

@@ -67,7 +67,7 @@ def test_show_reads_a_running_runs_progress_from_its_checkpoint(tmp_path):
     assert out.exit_code == 0, out.output
     [line] = [line for line in out.output.splitlines() if line.startswith(f"| {running:>4} ")]
     cells = [cell.strip() for cell in line.strip("|").split("|")]
-    assert cells[-4:-1] == ["resumable: 2 / 3 so far", "40", "2.5"]    # best / epochs, s per epoch, minutes
+    assert cells[-4:-1] == ["resumable: 2 / 3 so far", "40.0", "2.5"]    # best / epochs, s per epoch, minutes
     assert cells[-1] == ""                          # no finished sasrec run in the store to estimate from
 
 
