@@ -610,10 +610,11 @@ def test_open_store_does_not_create_a_missing_file(tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_a_column_of_an_option_held_only_when_set_reads_its_default_where_a_run_leaves_it_out():
+def test_an_option_held_only_when_set_reads_its_default_where_a_run_leaves_it_out():
     """MGAT's ``layout`` enters a config only when set (runs stored before it existed keep their identity):
-    such a run reads ``compact`` under ``--columns layout``, not ``n/a``; a key none of its strategy's options
-    is stays ``n/a``, and ``--columns`` accepts the key when no run set it."""
+    such a run reads ``compact`` under ``--columns layout``, not ``n/a``, and ``--where layout=compact``
+    keeps it; SASRec, which has no such option, reads ``n/a``; ``--columns`` accepts the key when no run
+    set it."""
     from fusionbench.report.collect import Run, RunGroup, check_setting_keys, setting_text
 
     stored = resolve(RunRequest(strategy="mgat", dataset="beauty", seed=0))
@@ -626,3 +627,7 @@ def test_a_column_of_an_option_held_only_when_set_reads_its_default_where_a_run_
     check_setting_keys(["layout"], rows[0].runs, "the store")              # no error: an option of mgat
     with pytest.raises(UserInputError, match="--columns layout: no run in the store"):
         check_setting_keys(["layout"], rows[2].runs, "the store")
+    runs = [run for row in rows for run in row.runs]
+    compact = Selection.parse("mgat", ["layout=compact"]).apply(runs, "the store")
+    assert [run.config for run in compact] == [stored]                   # --where reads the default too
+    assert len(Selection.parse("mgat", ["layout!=reference"]).apply(runs, "the store")) == 1

@@ -227,7 +227,7 @@ class Selection:
                 raise UserInputError(f"--strategy {self.strategies[0]!r}: no finished runs of it in {where}; "
                                      f"strategies there: {', '.join(sorted(there))}")
             runs = [run for run in runs if run.config["strategy"] in self.strategies]
-        options = [{**option_view(run.config), "seed": run.seed,
+        options = [{**_unset_defaults(run.config), **option_view(run.config), "seed": run.seed,
                     "apply_to": (run.config.get("perturbation") or {}).get("apply_to")} for run in runs]
         for key, value, equal in self.where:
             if not any(key in flat for flat in options):
