@@ -147,6 +147,14 @@ def test_a_missing_file_names_the_option_and_not_implemented_rows_are_allowed(tm
     assert published.entries[0].strategy is None and not published.entries[0].implemented
 
 
+def test_a_row_may_name_an_option_held_only_when_set_at_its_default(tmp_path):
+    """MGAT's ``layout`` enters a resolved config only when set; ``layout=compact`` still names an option."""
+    published = load_published(write(tmp_path, "Table 2,beauty,MGAT,mgat,,layout=compact,HR@5,4.09\n"))
+    assert dict(published.entries[0].resolved) == {"layout": "compact"}
+    with pytest.raises(PublishedFileError, match="field 'options': strategy 'mgat': unknown option 'layouts'"):
+        load_published(write(tmp_path, "Table 2,beauty,MGAT,mgat,,layouts=compact,HR@5,4.09\n"))
+
+
 # -- ours beside the paper ------------------------------------------------------------------------------------
 RANKS = {0: np.tile([0, 1, 2, 3, 4, 5, 6, 7, 30, 50], 6), 1: np.tile([0, 0, 2, 9, 4, 25, 6, 1, 8, 3], 6),
          2: np.tile([1, 1, 2, 3, 40, 5, 6, 7, 0, 2], 6)}

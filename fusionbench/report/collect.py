@@ -12,8 +12,7 @@ table is per dataset and its data version is checked). A strategy the registry d
 that is not installed) lists the options that vary between its rows instead.
 
 A row's *settings* are its resolved option values under the same keys (plus ``aggregator``), read from
-the stored configs (:func:`setting_values`; an option a config holds only when set reads its default where
-the config leaves it out); a key the row's strategy lacks reads ``n/a``.
+the stored configs (:func:`setting_values`, :func:`option_view`); a key the row's strategy lacks reads ``n/a``.
 
 Per-sample values are recomputed from the stored test ranks with :mod:`fusionbench.metrics`.
 """
@@ -227,7 +226,7 @@ class Selection:
                 raise UserInputError(f"--strategy {self.strategies[0]!r}: no finished runs of it in {where}; "
                                      f"strategies there: {', '.join(sorted(there))}")
             runs = [run for run in runs if run.config["strategy"] in self.strategies]
-        options = [{**_unset_defaults(run.config), **option_view(run.config), "seed": run.seed,
+        options = [{**option_view(run.config), "seed": run.seed,
                     "apply_to": (run.config.get("perturbation") or {}).get("apply_to")} for run in runs]
         for key, value, equal in self.where:
             if not any(key in flat for flat in options):
@@ -365,8 +364,9 @@ def _flat_options(config: dict) -> dict[str, Any]:
 
 def option_view(config: dict) -> dict[str, Any]:
     """The config's options under the keys ``--set`` uses (strategy options bare, ``agg.*``, ``train.*``,
-    ``features.*``, ``max_len``) plus ``aggregator`` (``None`` for a strategy without one)."""
-    return {**_flat_options(config), "aggregator": config.get("aggregator")}
+    ``features.*``, ``max_len``) plus ``aggregator`` (``None`` for a strategy without one); an option the
+    config holds only when set, at its default where the config leaves it out (:func:`_unset_defaults`)."""
+    return {**_unset_defaults(config), **_flat_options(config), "aggregator": config.get("aggregator")}
 
 
 def parse_setting_keys(text: str, option: str = "--columns") -> tuple[str, ...]:
@@ -380,7 +380,6 @@ def parse_setting_keys(text: str, option: str = "--columns") -> tuple[str, ...]:
 def check_setting_keys(keys: Sequence[str], runs: list[Run], where: str, option: str = "--columns") -> None:
     """Every key must be an option of some run (see :func:`option_view`), else an error naming it."""
     there = {k for run in runs for k, v in option_view(run.config).items() if v is not None}
-    there |= {k for run in runs for k in _unset_defaults(run.config)}
     for key in keys:
         if key not in there:
             raise UserInputError(f"{option} {key}: no run in {where} has an option {key!r}; options there: "
@@ -394,8 +393,6 @@ def setting_values(group: RunGroup, key: str) -> tuple[Any, ...]:
     values: dict[str, Any] = {}
     for run in group.runs:
         value = option_view(run.config).get(key)
-        if value is None:
-            value = _unset_defaults(run.config).get(key)
         if value is not None:
             values.setdefault(canonical_json(value), value)
     return tuple(values.values())
