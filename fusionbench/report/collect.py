@@ -192,7 +192,7 @@ class Selection:
             aggregator = getattr(STRATEGIES.get(name), "default_aggregator", None)
             there |= set(_default_options({"strategy": name, "dataset": sample["dataset"],
                                            "protocol": sample["protocol"], "aggregator": aggregator}) or {})
-            there |= _only_when_set_keys(name, aggregator)
+            there |= set(_only_when_set_defaults(name, aggregator))   # _default_options omits them
         for key in self.at_default:
             if key not in there:
                 raise UserInputError(f"--at-default {key}: no run in {where} and no strategy named by --strategy "
@@ -366,7 +366,8 @@ def option_view(config: dict) -> dict[str, Any]:
     """The config's options under the keys ``--set`` uses (strategy options bare, ``agg.*``, ``train.*``,
     ``features.*``, ``max_len``) plus ``aggregator`` (``None`` for a strategy without one); an option the
     config holds only when set, at its default where the config leaves it out (:func:`_unset_defaults`)."""
-    return {**_unset_defaults(config), **_flat_options(config), "aggregator": config.get("aggregator")}
+    flat = _flat_options(config)
+    return {**_unset_defaults(config, flat), **flat, "aggregator": config.get("aggregator")}
 
 
 def parse_setting_keys(text: str, option: str = "--columns") -> tuple[str, ...]:
@@ -416,38 +417,29 @@ def _default_options(config: dict) -> Optional[dict[str, Any]]:
         return None
 
 
-def _only_when_set_keys(strategy: str, aggregator: Optional[str]) -> set[str]:
-    """The option keys (as ``--set`` takes them) of a strategy, its aggregator and the training options
-    that a resolved config holds only when set (``PluginOptions.ONLY_WHEN_SET``), so that its defaults
-    (:func:`_default_options`) do not list them."""
+def _only_when_set_defaults(strategy: str, aggregator: Optional[str]) -> dict[str, Any]:
+    """The options of a strategy, its aggregator and the training that a resolved config holds only when
+    set (``PluginOptions.ONLY_WHEN_SET``; :func:`_default_options` omits them), keyed as ``--set`` takes
+    them, with their defaults."""
     from fusionbench.registry import AGGREGATORS, STRATEGIES
     from fusionbench.train import TrainOptions
 
-    keys = set(STRATEGIES.get(strategy).Options.ONLY_WHEN_SET) | {f"train.{k}" for k in TrainOptions.ONLY_WHEN_SET}
+    groups = [("", STRATEGIES.get(strategy).Options), ("train.", TrainOptions)]
     if aggregator is not None:
-        keys |= {f"agg.{k}" for k in AGGREGATORS.get(aggregator).Options.ONLY_WHEN_SET}
-    return keys
+        groups.append(("agg.", AGGREGATORS.get(aggregator).Options))
+    return {f"{prefix}{name}": default for prefix, options in groups
+            for name, _, default in options.fields() if name in options.ONLY_WHEN_SET}
 
 
-def _unset_defaults(config: dict) -> dict[str, Any]:
-    """The defaults of the options (keys as ``--set`` takes them) that ``config`` leaves out because it holds
-    them only when set (:func:`_only_when_set_keys`): what a run stored before such an option existed ran
-    with. Empty where a plugin is not registered here."""
-    from fusionbench.registry import AGGREGATORS, STRATEGIES
-    from fusionbench.train import TrainOptions
-
-    strategy, aggregator = config["strategy"], config.get("aggregator")
+def _unset_defaults(config: dict, flat: dict[str, Any]) -> dict[str, Any]:
+    """The defaults of the options held only when set that ``config`` (flattened as ``flat``,
+    :func:`_flat_options`) leaves out: what a run stored before such an option existed ran with. Empty
+    where a plugin is not registered here."""
     try:
-        keys = _only_when_set_keys(strategy, aggregator) - set(_flat_options(config))
-        groups = {"train.": TrainOptions, "agg.": AGGREGATORS.get(aggregator).Options if aggregator else None,
-                  "": STRATEGIES.get(strategy).Options}
+        defaults = _only_when_set_defaults(config["strategy"], config.get("aggregator"))
     except UnknownPluginError:
         return {}
-    defaults = {}
-    for key in keys:
-        prefix = next(p for p in groups if key.startswith(p))
-        defaults[key] = {name: default for name, _, default in groups[prefix].fields()}[key[len(prefix):]]
-    return defaults
+    return {key: value for key, value in defaults.items() if key not in flat}
 
 
 def options_off_default(config: dict, defaults: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
