@@ -350,6 +350,7 @@ TUNE_FLAGS = ("strategy", "aggregator", "dataset", "protocol", "max_len", "sets"
                                             "configuration (the first trial); run nothing.")
 @run_options("data_root", "quiet")
 @report_errors
+@unwinds_on_sigterm
 def tune_command(tune_file: Optional[Path], store: Path, name: Optional[str], address: Optional[str],
                  cpus_per_trial: int, gpus_per_trial: float, concurrent: Optional[int], scratch: Optional[str],
                  archive: Optional[Path], dry_run: bool, data_root: Optional[Path], quiet: bool,

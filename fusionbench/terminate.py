@@ -21,24 +21,30 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM was received (:func:`unwinds_on_sigterm`)."""
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 def unwinds_on_sigterm(fn):
-    """Decorator for CLI commands: while ``fn`` runs, SIGTERM raises :class:`Terminated`; when it
-    reaches the command, a line on stderr and exit status :data:`EXIT_STATUS`. Outside the main thread
-    (where Python cannot set a signal handler) ``fn`` runs as it is."""
+    """Decorator for CLI commands: while ``fn`` runs, SIGTERM raises :class:`Terminated`; when the
+    interrupt reaches the command, a line on stderr and exit status :data:`EXIT_STATUS`. The handler also
+    notes that the signal came, since code that waits in C can let the interrupt surface as a plain
+    ``KeyboardInterrupt`` (Ray's blocking calls do). Outside the main thread (where Python cannot set a
+    signal handler) ``fn`` runs as it is."""
     import click
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if threading.current_thread() is not threading.main_thread():
             return fn(*args, **kwargs)
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        received = []
+
+        def on_sigterm(signum, frame):
+            received.append(signum)
+            raise Terminated()
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             return fn(*args, **kwargs)
-        except Terminated:
+        except KeyboardInterrupt:
+            if not received:
+                raise
             click.echo("terminated (SIGTERM): finished runs are stored, a run in training keeps its "
                        "checkpoint; the same command resumes", err=True)
             raise SystemExit(EXIT_STATUS) from None

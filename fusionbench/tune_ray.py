@@ -47,6 +47,9 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # the trials keep the driver's working directory (relative data roots and cache paths stay valid)
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Ctrl-C stops the whole command, as it stops a sweep: Ray Tune's own handler would instead end the part's
+# fit quietly, and the tune would go on to choose a configuration from the trials finished so far
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
 def start_ray(execution: Execution, progress: bool) -> float:
