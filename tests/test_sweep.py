@@ -19,6 +19,7 @@ from fusionbench.plan import run_local
 from fusionbench.registry import STRATEGIES
 from fusionbench.store import ResultStore
 from fusionbench.sweep import ray_completed, read_sweep, run_ray, submission_order
+from interrupt import interrupt_when
 
 TINY = """
 [defaults]
@@ -385,8 +386,6 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does(tmp_path):
     """SIGTERM (``kill``) while the third cell trains: the sweep exits 143 after exporting the second
     cell's run, whose export was waiting for the archive's interval; the third run stays resumable."""
     import signal
-    import subprocess
-    import sys
 
     path = sweep_file(tmp_path, """
         [[run]]
@@ -398,26 +397,18 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does(tmp_path):
         set = { "train.epochs" = 500, "train.patience" = 500 }
     """)
     store_path, archive = tmp_path / "r.db", tmp_path / "runs.jsonl.gz"
-    command = [sys.executable, "-m", "fusionbench.cli", "sweep", str(path), "--store", str(store_path), "--quiet",
-               "--archive", str(archive)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        waited_until = time.monotonic() + 300
-        while True:                          # until the third cell has checkpointed an epoch
-            assert child.poll() is None and time.monotonic() < waited_until, "the sweep ended or never got there"
-            if store_path.exists():
-                runs = ResultStore(store_path).runs(status=None)
-                running = runs[runs["status"] == "running"]
-                if (runs["status"] == "done").sum() == 2 and not running.empty and \
-                        ResultStore(store_path).checkpoint_path(running["config_hash"].iloc[0]).exists():
-                    break
-            time.sleep(0.2)
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=120)
-    finally:
-        child.kill()
-    assert child.returncode == 143 and "terminated (SIGTERM)" in err, err
+
+    def third_cell_checkpointed() -> bool:
+        if not store_path.exists():
+            return False
+        runs = ResultStore(store_path).runs(status=None)
+        running = runs[runs["status"] == "running"]
+        return (runs["status"] == "done").sum() == 2 and not running.empty and \
+            ResultStore(store_path).checkpoint_path(running["config_hash"].iloc[0]).exists()
+
+    status, _, err = interrupt_when(["sweep", str(path), "--store", str(store_path), "--quiet", "--archive",
+                                     str(archive)], third_cell_checkpointed, signal.SIGTERM)
+    assert status == 143 and "terminated (SIGTERM)" in err, err
     store = ResultStore(store_path)
     [digest] = store.runs(status="running")["config_hash"]
     assert store.checkpoint_path(digest).exists()            # kept, not recorded as failed: resumable

@@ -55,6 +55,7 @@ from fusionbench.tune import (
     stored_trials,
     train_trial,
 )
+from interrupt import interrupt_when
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"data.n_users": "80", "data.n_codes": "3", "data.per_cell": "2", "data.max_len": "10",
@@ -784,42 +785,30 @@ def test_tune_runs_stores_trials_resumes_and_reports_the_seed_runs(ray_session, 
 
 
 @pytest.mark.timeout(600)    # about 35 s on an idle 2-core machine, most of it Ray's start-up
-@pytest.mark.parametrize("signal_name, status, message", [("SIGINT", 1, "Aborted!"),
-                                                          ("SIGTERM", 143, "terminated (SIGTERM)")])
-def test_ctrl_c_or_sigterm_stops_the_whole_tune_and_leaves_the_trial_resumable(tmp_path, signal_name, status,
+@pytest.mark.parametrize("signal_name, expected, message", [("SIGINT", 1, "Aborted!"),
+                                                            ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_stops_the_whole_tune_and_leaves_the_trial_resumable(tmp_path, signal_name, expected,
                                                                                  message):
     """Ctrl-C or ``kill`` while the first trial trains stops the command: no choice is made from the
     trials finished so far (Ray Tune's own Ctrl-C handler would end the part quietly and let the tune go
     on to choose and to run seeds) and the trial stays ``running`` with its checkpoint, for the same
     command to resume. SIGTERM reaches the command through Ray, which installs its own handlers."""
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
 
     pytest.importorskip("ray.tune", reason="ray[tune] is not installed: pip install 'fusionbench[tune]'")
     store_path, scratch = tmp_path / "tune.db", tmp_path / "scratch"
     fixed = {**TINY, "train.patience": "500"}
-    command = [sys.executable, "-m", "fusionbench.cli", "tune", "--strategy", "sasrec", "--dataset", "synthetic",
-               "--budget", "2", "--max-epochs", "400", "--grace-epochs", "400", "--seeds", "0", "--concurrent", "1",
-               *(a for k, v in fixed.items() for a in ("--set", f"{k}={v}")), "--store", str(store_path),
-               "--scratch", str(scratch), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        waited_until = time.monotonic() + 480
-        while True:                          # until the first trial has checkpointed an epoch
-            assert child.poll() is None and time.monotonic() < waited_until, "the tune ended or never got there"
-            if store_path.exists() and list(scratch.glob("checkpoints/*.pt")):
-                if (ResultStore(store_path).runs(status=None)["status"] == "running").any():
-                    break
-            time.sleep(0.2)
-        child.send_signal(getattr(signal, signal_name))
-        out, err = child.communicate(timeout=180)
-    finally:
-        child.kill()
-    assert child.returncode == status and message in err, out + err
+    args = ["tune", "--strategy", "sasrec", "--dataset", "synthetic", "--budget", "2", "--max-epochs", "400",
+            "--grace-epochs", "400", "--seeds", "0", "--concurrent", "1",
+            *(a for k, v in fixed.items() for a in ("--set", f"{k}={v}")), "--store", str(store_path),
+            "--scratch", str(scratch), "--quiet"]
+
+    def first_trial_checkpointed() -> bool:
+        return store_path.exists() and bool(list(scratch.glob("checkpoints/*.pt"))) and \
+            (ResultStore(store_path).runs(status=None)["status"] == "running").any()
+
+    status, out, err = interrupt_when(args, first_trial_checkpointed, getattr(signal, signal_name), wait_s=480)
+    assert status == expected and message in err, out + err
     assert "trials done" not in out and "tune cost" not in out and "seed runs" not in out, out
     [trial] = ResultStore(store_path).runs(status=None).itertuples()
     assert trial.status == "running" and trial.tune == "synthetic_loo"
