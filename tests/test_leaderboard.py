@@ -458,6 +458,41 @@ def test_robustness_tables_drops_and_plots(store, tmp_path):
     assert [(t.apply_to, [r.strategy for r in t.rows]) for t in both] == [("both", ["sasrec"])]
 
 
+
+def test_a_test_only_table_without_severity_0_refers_to_the_same_models_at_severity_0(store):
+    """Test-only cells of a variant and seed evaluate one trained model: a test-only table without
+    severity 0 (mismatch) refers to another test-only table's severity 0 of the same variant (disorder),
+    not to the clean run (which may hold other weights); a variant without such a cell, and a table whose
+    perturbation also reached training, keep the clean run."""
+    rng = np.random.default_rng(1)
+    disorder = {**MISSING, "name": "disorder", "options": {}}
+    mismatch = {**MISSING, "name": "mismatch", "options": {"mode": "swap"}}
+    zero, swapped = {}, {}
+    for seed in (0, 1):
+        zero[seed], swapped[seed] = rng.integers(0, 30, 60), rng.integers(0, 30, 60)
+        add_run(store, "sasrec", seed, zero[seed], perturbation={**disorder, "severity": 0.0})
+        add_run(store, "sasrec", seed, swapped[seed], perturbation={**mismatch, "severity": 1.0})
+        add_run(store, "gru4rec", seed, swapped[seed], perturbation={**mismatch, "severity": 1.0})
+        add_run(store, "sasrec", seed, swapped[seed], perturbation={**mismatch, "severity": 1.0, "apply_to": "both"})
+    column = Column("NDCG", 20)
+    tables = {(t.name, t.apply_to): t for t in build_robustness(store, "beauty", "loo", column)}
+    rows = {row.strategy: row for row in tables["mismatch", "test"].rows}
+    at0 = 100 * np.mean([hand(zero[s], column).mean() for s in (0, 1)])
+    at1 = 100 * np.mean([hand(swapped[s], column).mean() for s in (0, 1)])
+    sas = rows["sasrec"]
+    assert sas.reference == "disorder p=0" and sas.reference_seeds == (0, 1)
+    assert sas.reference_mean == pytest.approx(at0, rel=1e-6)
+    assert sas.points[0].drop == pytest.approx(100 * (at0 - at1) / at0, rel=1e-6)
+    np.testing.assert_allclose(sas.reference_samples, [hand(zero[s], column) for s in (0, 1)])
+    assert rows["gru4rec"].reference == "clean run"
+    clean = 100 * np.mean([hand(RANKS["sasrec"][s], column).mean() for s in (0, 1, 2)])
+    (both,) = tables["mismatch", "both"].rows
+    assert both.reference == "clean run" and both.reference_mean == pytest.approx(clean, rel=1e-6)
+    (own,) = [r for r in tables["disorder", "test"].rows]
+    assert own.reference == "severity 0"
+    text = render_robustness([tables["mismatch", "test"]])
+    assert "| disorder p=0 " in text and "severity 0 of the one named" in text
+
 def test_robustness_without_clean_reference_has_no_drop(tmp_path):
     s = ResultStore(tmp_path / "p.db")
     add_run(s, "mmsr", 0, RANKS["mmsr"][0], perturbation={**MISSING, "severity": 0.5})

@@ -7,9 +7,14 @@ relative drop
 
 .. math:: \\text{drop}(p) = 100 \\cdot (m_{ref} - m_p) / m_{ref}
 
-where :math:`m_{ref}` is the row's mean at severity 0, or, when severity 0 was not run, the mean of the
-clean (unperturbed) run of the same configuration; without either (or with :math:`m_{ref} = 0`) the
-drop is undefined. A positive drop means the perturbation hurt.
+where :math:`m_{ref}` is the row's mean at severity 0. Without it, a test-only perturbation
+(``apply_to=test``) takes severity 0 of another test-only perturbation of the same variant: every
+test-only cell of a variant and seed evaluates one trained model (the weights kept under its training
+config's hash), and severity 0 evaluates that model unperturbed, so the drop compares the same weights
+(the clean run may hold other weights: one imported from an archive without its weights is trained again
+by the first test-only cell). Else it is the mean of the clean (unperturbed) run of the same
+configuration; without any (or with :math:`m_{ref} = 0`) the drop is undefined. A positive drop means
+the perturbation hurt.
 """
 from __future__ import annotations
 
@@ -63,7 +68,7 @@ class Point:
 class RobustRow:
     label: str
     strategy: str
-    reference: str          # "severity 0", "clean run" or "none"
+    reference: str          # "severity 0", "<perturbation> p=0" (test-only), "clean run" or "none"
     reference_mean: float   # %
     points: list[Point]     # by increasing severity
     reference_seeds: tuple[int, ...] = ()
@@ -130,12 +135,31 @@ def build_robustness(store: ResultStore, dataset: str | None, protocol: str | No
                              "drop --robustness for the leaderboard")
     tables = []
     for key, perturbed in sorted(settings.items()):
-        tables.append(_build(store, key, perturbed, clean.get(key[:2], []), column))
+        unperturbed = _test_only_zeros(settings, key) if key[3] == "test" else {}
+        tables.append(_build(store, key, perturbed, clean.get(key[:2], []), column, unperturbed))
         tables[-1].not_run = selection.not_run(perturbed)
     return tables
 
 
-def _build(store: ResultStore, key: tuple, perturbed: list, clean_runs: list, column: Column) -> RobustnessTable:
+def _test_only_zeros(settings: dict[tuple, list], key: tuple) -> dict[str, tuple[str, list]]:
+    """For the test-only table ``key``: per variant (:func:`row_key`), the severity-0 runs of the first other
+    test-only perturbation of the same dataset and protocol that has them, with its name: the same trained
+    models evaluated unperturbed (module docstring)."""
+    found: dict[str, tuple[str, list]] = {}
+    for other, runs in sorted(settings.items()):
+        if other == key or other[:2] != key[:2] or other[3] != "test":
+            continue
+        for run in runs:
+            if perturbation_of(run)["severity"] == 0.0:
+                variant = row_key(run.config)
+                if found.setdefault(variant, (other[2], []))[0] == other[2]:
+                    found[variant][1].append(run)
+    return found
+
+
+def _build(store: ResultStore, key: tuple, perturbed: list, clean_runs: list, column: Column,
+           unperturbed: dict[str, tuple[str, list]]) -> RobustnessTable:
+    """One table; ``unperturbed``: :func:`_test_only_zeros` (empty unless the table is test-only)."""
     dataset, protocol, name, apply_to, options = key
     where = f"dataset {dataset!r}, protocol {protocol!r}, perturbation {name!r}"
     check_one_data_version(perturbed + clean_runs, where)
@@ -148,16 +172,23 @@ def _build(store: ResultStore, key: tuple, perturbed: list, clean_runs: list, co
         for severity, group in cells.items():
             group.label = f"{label} at severity {severity:g}"
     clean = {g.key: g for g in group_runs(clean_runs) if g.key in by_variant}
-    ranks = load_ranks(store, [g for cells in by_variant.values() for g in cells.values()] + list(clean.values()),
-                       where)
+    zeros = {variant: (f"{other} p=0", RunGroup(f"{variant}@{other}@0", sorted(runs, key=lambda r: r.seed)))
+             for variant, (other, runs) in unperturbed.items()
+             if variant in by_variant and 0.0 not in by_variant[variant]}
+    ranks = load_ranks(store, [g for cells in by_variant.values() for g in cells.values()] + list(clean.values())
+                       + [g for _, g in zeros.values()], where)
     rows = []
     for (variant, cells), label in zip(by_variant.items(), labels):
         measured = {s: _measure(store, g, ranks[g.key], column) for s, g in cells.items()}
-        reference_group = cells.get(0.0) or clean.get(variant)
+        if 0.0 in cells:
+            reference, reference_group = "severity 0", cells[0.0]
+        elif variant in zeros:
+            reference, reference_group = zeros[variant]
+        else:
+            reference, reference_group = "clean run", clean.get(variant)
         if reference_group is None:
             reference, ref, ref_samples = "none", math.nan, None
         else:
-            reference = "severity 0" if 0.0 in cells else "clean run"
             per_seed, ref_samples = _measure(store, reference_group, ranks[reference_group.key], column)
             ref = _mean_std(per_seed)[0]
         points = []
@@ -192,8 +223,9 @@ def render_markdown(tables: list[RobustnessTable]) -> str:
                          "–".join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))])
         caption = (f"Table: {table.dataset}, protocol {table.protocol}, perturbation {table.title}: test "
                    f"{table.column.name} in %, mean ± std over seeds, by severity p.")
-        key = ("In parentheses: relative change vs the row's reference (severity 0, or the clean run of the same "
-               "configuration when severity 0 was not run); negative = worse.")
+        key = ("In parentheses: relative change vs the row's reference (severity 0; without it, for a test-only "
+               "perturbation, severity 0 of the one named, which evaluated the same trained models; else the clean "
+               "run of the same configuration); negative = worse.")
         headers = ["strategy", *(f"p={s:g}" for s in severities), "reference", "seeds"]
         missing = Selection.not_run_line(table.not_run, "finished perturbed run here")
         parts.append(f"{caption}\n\n{tabulate(body, headers=headers, tablefmt='github', disable_numparse=True)}"
