@@ -149,11 +149,12 @@ def _test_only_zeros(settings: dict[tuple, list], key: tuple) -> dict[str, tuple
     for other, runs in sorted(settings.items()):
         if other == key or other[:2] != key[:2] or other[3] != "test":
             continue
+        at_zero: dict[str, list] = {}
         for run in runs:
             if perturbation_of(run)["severity"] == 0.0:
-                variant = row_key(run.config)
-                if found.setdefault(variant, (other[2], []))[0] == other[2]:
-                    found[variant][1].append(run)
+                at_zero.setdefault(row_key(run.config), []).append(run)
+        for variant, zero_runs in at_zero.items():
+            found.setdefault(variant, (other[2], zero_runs))       # the first perturbation that has them
     return found
 
 
