@@ -4,6 +4,8 @@ whose clock is a fake one: its cases say how long they took, so every ratio is e
 depends on how fast or how loaded the machine is."""
 import json
 import os
+import shutil
+import subprocess
 import textwrap
 
 import pytest
@@ -238,9 +240,12 @@ TINY_SUITE = """
         benchmark.pedantic(fakeclock.work, args=(1.0,), rounds=3)
 
 
+    WORK = 2.0                            # units of the case `work` at slowdown 1
+
+
     @pytest.mark.benchmark(group="work")
     def test_work(benchmark):
-        benchmark.pedantic(fakeclock.work, args=(2.0 * SLOWDOWN,), rounds=3)
+        benchmark.pedantic(fakeclock.work, args=(WORK * SLOWDOWN,), rounds=3)
 
 
     @pytest.mark.reference
@@ -276,11 +281,16 @@ def tiny_suite(tmp_path, monkeypatch):
     return run, baseline
 
 
+def work_rows(output):
+    """``(baseline, now, change, verdict)`` of the case `work` in each of a check's tables."""
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in output.splitlines()
+             if line.startswith("| work")]
+    return [(float(base), float(now), change, verdict) for _, base, now, change, verdict in cells]
+
+
 def work_row(output):
-    """``(baseline, now, change, verdict)`` of the case `work` in a check's table."""
-    row = next(line for line in output.splitlines() if line.startswith("| work"))
-    _, base, now, change, verdict = (c.strip() for c in row.strip().strip("|").split("|"))
-    return float(base), float(now), change, verdict
+    """``(baseline, now, change, verdict)`` of the case `work` in a check's first table."""
+    return work_rows(output)[0]
 
 
 def test_refresh_stores_the_median_ratio_of_its_runs(tiny_suite):
@@ -311,6 +321,43 @@ def test_check_fails_only_on_a_slowdown_that_the_confirming_runs_repeat(tiny_sui
     assert (base, found) == (2.0, verdict) and now == pytest.approx(ratio)
     assert float(change.removesuffix(" %")) == pytest.approx(100 * (ratio / 2.0 - 1), abs=0.05)
     assert ("FAILED: 1 case(s)" in checked.output) == (exit_code == 1)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_case_still_slower_is_timed_against_the_code_of_the_baseline_commit_on_this_machine(tiny_suite, tmp_path):
+    """A ratio that moved with the machine (the baseline read 1.0 elsewhere, this machine reads 2.0 on the
+    same code) passes once the code of the commit that wrote the baseline reads 2.0 here too; code made
+    30 % slower since that commit fails; a baseline changed since its commit cannot be traced and fails."""
+    run, baseline = tiny_suite
+    baseline.write_text(json.dumps({"ratios": {"work": 1.0}}))
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "suite/test_tiny.py", "suite/fakeclock.py", "suite/pytest.ini", "baseline.json")
+    git("commit", "-q", "-m", "baseline")
+
+    moved = run("check")
+    assert moved.exit_code == 0, moved.output
+    (_, _, change, first), (base, now, _, same) = work_rows(moved.output)
+    assert (change, first) == ("+100.0 %", "SLOWER") and (base, now, same) == (2.0, 2.0, "ok")
+    assert "3 runs each on this machine" in moved.output
+    assert "slower than the baseline's commit on this machine" in moved.output
+
+    tiny = tmp_path / "suite" / "test_tiny.py"
+    tiny.write_text(tiny.read_text().replace("WORK = 2.0", "WORK = 2.6"))
+    slowed = run("check")
+    assert slowed.exit_code == 1, slowed.output
+    assert work_rows(slowed.output)[1] == (2.0, 2.6, "+30.0 %", "SLOWER")
+    assert "FAILED: 1 case(s)" in slowed.output
+
+    tiny.write_text(tiny.read_text().replace("WORK = 2.6", "WORK = 2.0"))
+    baseline.write_text(json.dumps({"ratios": {"work": 1.5}}))
+    untraced = run("check")
+    assert untraced.exit_code == 1, untraced.output
+    assert f"cannot measure the baseline's own code on this machine: {baseline} changed since its last commit" \
+        in untraced.output and len(work_rows(untraced.output)) == 1
 
 
 def test_refresh_keeps_slower_ratios_or_replaces_named_cases(tiny_suite):
