@@ -9,6 +9,11 @@ probe watches: the largest ``|e^{he}|`` and ``|e^{ho}|`` over each step's calls 
 
     OMP_NUM_THREADS=1 python reports/han_stability_probe.py --update ni_hohe --precision bf16 --every 25
     OMP_NUM_THREADS=1 python reports/han_stability_probe.py --update ni_hohe --set train.grad_clip=1.0
+    FUSIONBENCH_BF16_PRODUCTS=native python reports/han_stability_probe.py --update gate --dataset toys \
+        --protocol loo --seed 2 --steps 480 --every 10
+
+The last one compares the two ways a bf16 product can be formed (``fusionbench/bf16.py``; ``native`` or
+``float32`` in ``FUSIONBENCH_BF16_PRODUCTS``, the header prints which one ran).
 
 Each step is ``fusionbench.train.train_step``, the trainer's own; the gradient norm printed is what the
 step left on the parameters (after clipping, when ``train.grad_clip`` is set).
@@ -26,6 +31,7 @@ sys.path[:0] = [str(ROOT)]
 import torch  # noqa: E402
 
 from aggregators.han import HAN, UPDATES  # noqa: E402
+from fusionbench.bf16 import bf16_products  # noqa: E402
 from fusionbench.cli import parse_sets  # noqa: E402
 from fusionbench.data.splits import make_split  # noqa: E402
 from fusionbench.registry import STRATEGIES  # noqa: E402
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="beauty")
     parser.add_argument("--protocol", default="ratio")
     parser.add_argument("--update", default="ni_hohe", choices=UPDATES)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="further options, as for fusionbench run (e.g. train.grad_clip=1.0)")
@@ -77,7 +84,7 @@ def main() -> None:
     groups["train_options"] = {"precision": args.precision, **groups["train_options"]}
     groups["aggregator_options"] = {"update": args.update, **groups["aggregator_options"]}
     config = resolve(RunRequest(strategy="mmsr", aggregator="han", dataset=args.dataset, protocol=args.protocol,
-                                **groups))
+                                seed=args.seed, **groups))
     data = load_data(config, None)
     split = make_split(data, config["protocol"])
     model = STRATEGIES.create("mmsr", build_context(config, data, split), **config["strategy_options"])
@@ -89,7 +96,9 @@ def main() -> None:
     keys = None if model.causal_training else model.bucket_key(data, split.train)
     peaks = ScorePeaks()
     bf16 = opts.precision == "bf16"
-    print(f"mmsr + han (update={args.update}) on {args.dataset}/{args.protocol}, train {config['train']}")
+    route = f", bf16 products: {bf16_products()}" if bf16 else ""
+    print(f"mmsr + han (update={args.update}) on {args.dataset}/{args.protocol}, seed {args.seed}{route}, "
+          f"train {config['train']}")
     print("step  loss      grad norm   max|e_he|   max|e_ho|")
     model.train()
     step = 0
