@@ -16,6 +16,7 @@ from fusionbench.devtools.bench import (
     CALIBRATION_GROUP,
     Measurement,
     SuiteError,
+    baseline_commit,
     baseline_for,
     calibrated_ratios,
     compare,
@@ -358,6 +359,29 @@ def test_a_case_still_slower_is_timed_against_the_code_of_the_baseline_commit_on
     assert untraced.exit_code == 1, untraced.output
     assert f"cannot measure the baseline's own code on this machine: {baseline} changed since its last commit" \
         in untraced.output and len(work_rows(untraced.output)) == 1
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_shallow_clone_does_not_stand_in_for_the_baseline_commit(tmp_path):
+    """In a clone of depth 1 the only commit seems to have written every file; the check must not compare
+    the code with itself, so it reports that it cannot trace the baseline."""
+    repo, clone = tmp_path / "repo", tmp_path / "clone"
+    repo.mkdir()
+
+    def git(where, *args):
+        return subprocess.run(["git", "-C", str(where), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    git(repo, "init", "-q")
+    (repo / "baseline.json").write_text("{}")
+    git(repo, "add", "baseline.json")
+    git(repo, "commit", "-q", "-m", "baseline")
+    (repo / "code.py").write_text("x = 1\n")
+    git(repo, "add", "code.py")
+    git(repo, "commit", "-q", "-m", "code")
+    assert baseline_commit(repo / "baseline.json")[0] == git(repo, "rev-parse", "HEAD~1")
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{repo}", str(clone)], check=True)
+    commit, _, why = baseline_commit(clone / "baseline.json")
+    assert commit is None and why.startswith("a shallow clone")
 
 
 def test_refresh_keeps_slower_ratios_or_replaces_named_cases(tiny_suite):

@@ -294,7 +294,8 @@ def measure(suite: Path, tree: Optional[Path] = None) -> Measurement:
 def baseline_commit(baseline: Path) -> tuple[Optional[str], Path, str]:
     """``(commit, root, why)``: the commit that last wrote the baseline file and the root of its git
     repository, or ``(None, ., why)`` with the reason there is none to measure: not in a git repository,
-    never committed, or changed since its last commit (a refresh not committed yet)."""
+    never committed, changed since its last commit (a refresh not committed yet), or last touched by the
+    oldest commit of a shallow clone (which stands in for the history cut off)."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(Path(baseline).resolve().parent), *args], capture_output=True,
                               text=True)
@@ -310,6 +311,11 @@ def baseline_commit(baseline: Path) -> tuple[Optional[str], Path, str]:
         return None, root, f"{baseline} was never committed"
     if git("status", "--porcelain", "--", str(Path(baseline).resolve())).stdout.strip():
         return None, root, f"{baseline} changed since its last commit"
+    shallow = Path(git("rev-parse", "--git-path", "shallow").stdout.strip())
+    shallow = shallow if shallow.is_absolute() else Path(baseline).resolve().parent / shallow
+    if shallow.exists() and commit in shallow.read_text().split():
+        # a shallow clone's oldest commit stands in for all its history: it may not be the one that wrote the file
+        return None, root, f"a shallow clone: the commit that wrote {baseline} may be outside its history"
     return commit, root, ""
 
 
