@@ -76,6 +76,22 @@ def test_each_row_meets_the_row_that_differs_only_in_the_key(store):
     assert found["late (features.modalities=image)"].delta("NDCG@5") == 0
 
 
+def test_differences_are_taken_over_the_seeds_both_rows_have(store):
+    """A row with seeds 0-2 against a reference with seed 0 only: the difference is seed 0's, the seed the
+    tests pair on, not the row's three-seed mean minus the reference's one seed."""
+    add(store, "late", 2, WORSE)                    # late (all channels) now: BETTER, BETTER, WORSE
+    add(store, "early", 2, WORSE, "none")           # early (none) now has seed 2 too; early (all) has not
+    _, found = entries(store)
+    column = Column("NDCG", 5)
+    late, early = found["late"], found["early"]
+    assert [r.seed for r in late.row.group.runs] == [0, 1, 2] and late.reference.group.seeds == (0, 1)
+    assert late.delta("NDCG@5") == pytest.approx(100 * (hand(BETTER, column).mean() - hand(BASE, column).mean()),
+                                                 rel=1e-5)
+    assert late.comparisons[0].seeds == (0, 1)
+    base = np.mean([hand(np.roll(BASE, seed), column).mean() for seed in (0, 1)])
+    assert early.delta("NDCG@5") == pytest.approx(100 * (hand(BETTER, column).mean() - base), rel=1e-5)
+
+
 def test_marks_follow_holm_adjusted_paired_tests(store):
     _, found = entries(store)
     assert found["late"].mark("NDCG@5", "NDCG") == ABOVE and found["early"].mark("HR@5", "HR") == ABOVE

@@ -9,16 +9,17 @@ row whose option :math:`k` is :math:`v` and whose configuration equals :math:`r`
 included). Values are matched as ``--where`` matches them (:func:`collect.option_matches`: a list option
 given as ``a,b``). A row without such a reference is listed, never compared with another row.
 
-**Differences and tests.** Per column :math:`c` (test metric, %, mean over each row's seeds, as in the
-table):
+**Differences and tests.** Per column :math:`c` (test metric, %), over the seeds :math:`S` both rows have
+(the seeds the tests pair on), :math:`m_c(r, s)` being row :math:`r`'s value on seed :math:`s`:
 
-.. math:: \Delta_c(r) = \bar m_c(r) - \bar m_c(\mathrm{ref}(r))
+.. math:: \Delta_c(r) = \frac{1}{|S|} \sum_{s \in S} \big(m_c(r, s) - m_c(\mathrm{ref}(r), s)\big)
 
-in percentage points, and the leaderboard's paired tests of :math:`r` against :math:`\mathrm{ref}(r)`
-(:func:`fusionbench.report.leaderboard.compare_rows`: per-sample values averaged over the seeds both rows
-share, and the t-test over those seeds' means), Holm–Bonferroni over every comparison of one table, one
-family per test kind. ▲ / ▼: every test applicable to the metric rejects at α after adjustment, with
-:math:`\Delta > 0` / :math:`< 0`.
+in percentage points (for rows with the same seeds, or without a common seed, the difference of the
+table's means; the latter get no test), and the leaderboard's paired tests of :math:`r` against
+:math:`\mathrm{ref}(r)` (:func:`fusionbench.report.leaderboard.compare_rows`: per-sample values averaged
+over the seeds both rows share, and the t-test over those seeds' means), Holm–Bonferroni over every
+comparison of one table, one family per test kind. ▲ / ▼: every test applicable to the metric rejects at
+α after adjustment, with :math:`\Delta > 0` / :math:`< 0`.
 """
 from __future__ import annotations
 
@@ -71,10 +72,15 @@ class Versus:
     comparisons: tuple[Comparison, ...] = ()
 
     def delta(self, column: str) -> float:
-        """:math:`\\Delta_c` in percentage points (NaN without a reference)."""
+        """:math:`\\Delta_c` in percentage points over the seeds both rows have (NaN without a reference)."""
         if self.reference is None:
             return math.nan
-        return self.row.cells[column].mean - self.reference.cells[column].mean
+        shared = sorted(set(self.row.group.seeds) & set(self.reference.group.seeds))
+        if not shared:
+            return self.row.cells[column].mean - self.reference.cells[column].mean
+        mine, theirs = (row.values[column][[row.group.seeds.index(s) for s in shared]].mean()
+                        for row in (self.row, self.reference))
+        return 100.0 * (mine - theirs)
 
     def mark(self, column: str, metric: str) -> str:
         """▲ / ▼ when every test applicable to ``metric`` rejects after adjustment, else empty."""
@@ -126,11 +132,11 @@ def render_markdown(entries: Sequence[Versus], board: Leaderboard, reference: Re
     table = tabulate(body, headers=["row", f"reference ({reference})", *(f"Δ {c.name}" for c in board.columns),
                                     "paired on"], tablefmt="github", disable_numparse=True)
     intro = (f"Against the reference rows ({board.dataset}, protocol {board.protocol}): each row minus the row with "
-             f"the same configuration but {reference}, test metrics in percentage points (means over each row's "
-             f"seeds, as in the table). {ABOVE} / {BELOW}: significantly above / below its reference (two-sided "
-             f"α = {ALPHA}: paired t-test, Wilcoxon signed-rank with zsplit and, for HR, exact McNemar all reject "
-             f"after Holm–Bonferroni over the {n_tests} comparisons of this table; per-sample values averaged over "
-             "the seeds both rows share).")
+             f"the same configuration but {reference}, test metrics in percentage points (means over the seeds both "
+             f"rows have, those the tests pair on). {ABOVE} / {BELOW}: significantly above / below its reference "
+             f"(two-sided α = {ALPHA}: paired t-test, Wilcoxon signed-rank with zsplit and, for HR, exact McNemar all "
+             f"reject after Holm–Bonferroni over the {n_tests} comparisons of this table; per-sample values averaged "
+             "over the seeds both rows share).")
     missing = [e.row.group.label for e in entries if e.reference is None]
     notes = [f"No reference row ({reference}) on this table for: {', '.join(missing)}."] if missing else []
     body_text = table if compared else "(no row has a reference on this table)"
