@@ -719,8 +719,9 @@ def store_upgrade(store_path: Path, dry_run: bool, data_root: Optional[Path]) ->
 @report_errors
 def store_show(store_path: Path, status: Optional[str], dataset: Optional[str],
                estimate_from: tuple[Path, ...]) -> None:
-    """One line per stored run: id, status, data, run, perturbation, seed, best / run epochs, seconds per
-    epoch, wall minutes (of a resumed run: with its earlier processes' epochs). A run whose process died
+    """One line per stored run: id, status, data, run, perturbation, seed, best / run epochs (and the epoch
+    at which a run's training loss ran away, if it did), seconds per epoch, wall minutes (of a resumed run:
+    with its earlier processes' epochs). A run whose process died
     stays 'running': its command resumes it from its checkpoint ('resumable', with its best / epochs so far,
     seconds per epoch and minutes spent as the checkpoint has them), `fusionbench store remove` forgets it.
     A running run also shows the minutes it is expected to need still, with a core to itself (estimated

@@ -1,5 +1,6 @@
 """`fusionbench store show | curves | remove`: what a store holds, learning curves, and forgetting runs with
 their files."""
+import json
 import sqlite3
 
 import matplotlib.image
@@ -56,6 +57,21 @@ def test_show_lists_runs_with_label_perturbation_and_state(tmp_path):
     only = invoke("store", "show", "--store", path, "--status", "running")
     assert only.exit_code == 0 and len(only.output.splitlines()) == 3 and "resumable" in only.output
     assert "no runs with status 'failed'" in invoke("store", "show", "--store", path, "--status", "failed").output
+
+
+def test_show_says_where_a_finished_runs_training_loss_ran_away(tmp_path):
+    path, clean, _, _, _ = a_store(tmp_path)
+    history = [{"epoch": 1, "loss": 9.1, "seconds": 1.0, "valid": {"NDCG@20": 0.003}},
+               {"epoch": 2, "loss": 5736.1, "seconds": 1.0, "valid": {"NDCG@20": 0.002}}]
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE runs SET history=?, best_epoch=1 WHERE id=?", (json.dumps(history), clean.run_id))
+    db.close()
+    out = invoke("store", "show", "--store", path, "--status", "done")
+    assert out.exit_code == 0, out.output
+    [line] = [line for line in out.output.splitlines() if line.startswith(f"| {clean.run_id:>4} ")]
+    assert "| 1 / 2, diverged at 2 " in line
+    assert "diverged" not in out.output.replace(line, "")      # no other run reads as diverged
 
 
 def test_show_reads_a_running_runs_progress_from_its_checkpoint(tmp_path):

@@ -20,7 +20,7 @@ from fusionbench.errors import UserInputError
 from fusionbench.report.collect import data_name, open_store, row_key, variant_labels
 from fusionbench.runner import training_config
 from fusionbench.store import ResultStore, config_hash
-from fusionbench.train import read_checkpoint
+from fusionbench.train import divergence_epoch, read_checkpoint
 
 
 def _perturbation_text(config: dict) -> str:
@@ -54,6 +54,8 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
                   others: Sequence[ResultStore] = ()) -> list[dict]:
     """The runs of a store as table rows (dicts, in id order), labelled as the leaderboard labels them;
     a tune's trial is labelled by its options like any run, its tune named in the ``tune`` column. A
+    finished run whose training loss ran away (:func:`fusionbench.train.divergence_epoch`) says at which
+    epoch beside its best / run epochs, as the leaderboard names it under its table. A
     running run's ``left min (1 core)`` is the minutes it is expected to need still with a core to itself,
     as ``sweep --dry-run`` estimates it from the finished runs of the store and of ``others``
     (:meth:`fusionbench.deadline.CellCost.estimate`; empty without an estimate)."""
@@ -66,7 +68,9 @@ def describe_runs(store_path: Path, status: Optional[str] = None, dataset: Optio
     for run, config, text in zip(table.itertuples(), configs, labels):
         epoch_seconds, wall_seconds, left = run.epoch_seconds, run.wall_seconds, None
         if run.status == "done":
-            epochs = f"{int(run.best_epoch)} / {len(json.loads(run.history or '[]'))}"
+            history = json.loads(run.history or "[]")
+            diverged = divergence_epoch(history)
+            epochs = f"{int(run.best_epoch)} / {len(history)}" + (f", diverged at {diverged}" if diverged else "")
         elif run.status == "running":
             state = read_checkpoint(store.checkpoint_path(run.config_hash))
             epochs = "no checkpoint" if state is None else "resumable"
