@@ -344,10 +344,10 @@ def same_machine_check(suite: Path, baseline: Path, slow: list[str]) -> tuple[li
         return [], f"cannot measure the baseline's own code on this machine: {why}"
     with tempfile.TemporaryDirectory(prefix="fusionbench-bench-base-") as tmp:
         tree = Path(tmp)
-        extract_commit(root, commit, tree)
         old_suite = tree / Path(suite).resolve().relative_to(root)
         old, new = [], []
         try:
+            extract_commit(root, commit, tree)
             for _ in range(AB_RUNS):
                 old.append(measure(old_suite, tree))
                 new.append(measure(suite))
