@@ -324,6 +324,12 @@ def test_check_fails_only_on_a_slowdown_that_the_confirming_runs_repeat(tiny_sui
     assert ("FAILED: 1 case(s)" in checked.output) == (exit_code == 1)
 
 
+def git(where, *args):
+    """``git -C WHERE ARGS`` with a throwaway identity; its output, stripped."""
+    return subprocess.run(["git", "-C", str(where), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_a_case_still_slower_is_timed_against_the_code_of_the_baseline_commit_on_this_machine(tiny_suite, tmp_path):
     """A ratio that moved with the machine (the baseline read 1.0 elsewhere, this machine reads 2.0 on the
@@ -331,13 +337,9 @@ def test_a_case_still_slower_is_timed_against_the_code_of_the_baseline_commit_on
     30 % slower since that commit fails; a baseline changed since its commit cannot be traced and fails."""
     run, baseline = tiny_suite
     baseline.write_text(json.dumps({"ratios": {"work": 1.0}}))
-
-    def git(*args):
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                       check=True, capture_output=True)
-    git("init", "-q")
-    git("add", "suite/test_tiny.py", "suite/fakeclock.py", "suite/pytest.ini", "baseline.json")
-    git("commit", "-q", "-m", "baseline")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "suite/test_tiny.py", "suite/fakeclock.py", "suite/pytest.ini", "baseline.json")
+    git(tmp_path, "commit", "-q", "-m", "baseline")
 
     moved = run("check")
     assert moved.exit_code == 0, moved.output
@@ -367,10 +369,6 @@ def test_a_shallow_clone_does_not_stand_in_for_the_baseline_commit(tmp_path):
     the code with itself, so it reports that it cannot trace the baseline."""
     repo, clone = tmp_path / "repo", tmp_path / "clone"
     repo.mkdir()
-
-    def git(where, *args):
-        return subprocess.run(["git", "-C", str(where), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                              check=True, capture_output=True, text=True).stdout.strip()
     git(repo, "init", "-q")
     (repo / "baseline.json").write_text("{}")
     git(repo, "add", "baseline.json")

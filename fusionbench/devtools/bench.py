@@ -296,9 +296,11 @@ def baseline_commit(baseline: Path) -> tuple[Optional[str], Path, str]:
     repository, or ``(None, ., why)`` with the reason there is none to measure: not in a git repository,
     never committed, changed since its last commit (a refresh not committed yet), or last touched by the
     oldest commit of a shallow clone (which stands in for the history cut off)."""
+    path = Path(baseline).resolve()
+
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(Path(baseline).resolve().parent), *args], capture_output=True,
-                              text=True)
+        return subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True, text=True)
+
     try:
         top = git("rev-parse", "--show-toplevel")
     except FileNotFoundError:
@@ -306,13 +308,13 @@ def baseline_commit(baseline: Path) -> tuple[Optional[str], Path, str]:
     if top.returncode != 0:
         return None, Path("."), f"{baseline} is not in a git repository"
     root = Path(top.stdout.strip())
-    commit = git("log", "-1", "--format=%H", "--", str(Path(baseline).resolve())).stdout.strip()
+    commit = git("log", "-1", "--format=%H", "--", str(path)).stdout.strip()
     if not commit:
         return None, root, f"{baseline} was never committed"
-    if git("status", "--porcelain", "--", str(Path(baseline).resolve())).stdout.strip():
+    if git("status", "--porcelain", "--", str(path)).stdout.strip():
         return None, root, f"{baseline} changed since its last commit"
     shallow = Path(git("rev-parse", "--git-path", "shallow").stdout.strip())
-    shallow = shallow if shallow.is_absolute() else Path(baseline).resolve().parent / shallow
+    shallow = shallow if shallow.is_absolute() else path.parent / shallow
     if shallow.exists() and commit in shallow.read_text().split():
         # a shallow clone's oldest commit stands in for all its history: it may not be the one that wrote the file
         return None, root, f"a shallow clone: the commit that wrote {baseline} may be outside its history"
@@ -355,8 +357,8 @@ def same_machine_check(suite: Path, baseline: Path, slow: list[str]) -> tuple[li
             return [], f"cannot measure the baseline's commit {commit[:10]} on this machine: {err}"
     before, now = pooled(old), pooled(new)
     missing = [c for c in slow if c not in before.ratios]
-    rows = compare({c: before.ratios[c] for c in slow if c in before.ratios}, now.ratios)
-    rows = [r for r in rows if r.case in slow]
+    measured = [c for c in slow if c in before.ratios]
+    rows = compare({c: before.ratios[c] for c in measured}, {c: now.ratios[c] for c in measured})
     note = (f"the slower cases against the code of {commit[:10]} (which wrote {baseline}), {AB_RUNS} runs each "
             "on this machine, interleaved")
     if missing:

@@ -198,14 +198,19 @@ def diverged_line(runs: Sequence[tuple[str, int, int]]) -> str:
             f"before it; the row's values are its best validation epoch's, as for every run): {named}.\n")
 
 
+def shared_seeds(a: Row, b: Row) -> tuple[tuple[int, ...], list[int], list[int]]:
+    """The seeds rows ``a`` and ``b`` both have (sorted) and their positions in each row's seeds (the
+    order of :attr:`Row.values`): the seeds every paired comparison of the two rows is taken over."""
+    shared = tuple(sorted(set(a.group.seeds) & set(b.group.seeds)))
+    return shared, [a.group.seeds.index(s) for s in shared], [b.group.seeds.index(s) for s in shared]
+
+
 def compare_rows(best: Row, other: Row, column: Column, ranks: dict[str, np.ndarray]) -> list[Comparison]:
     """The paired tests of row ``best`` against row ``other`` on ``column`` (:mod:`.significance`: per-sample
     tests on the per-sample values averaged over the seeds both rows have, and the t-test over those
     seeds' means), unadjusted; ``ranks``: :func:`collect.load_ranks` of both rows. A leaderboard tests
     its column's best row against every other; ``leaderboard --tuned`` a tuned row against its default."""
-    shared = tuple(sorted(set(best.group.seeds) & set(other.group.seeds)))
-    b = [best.group.seeds.index(s) for s in shared]
-    o = [other.group.seeds.index(s) for s in shared]
+    shared, b, o = shared_seeds(best, other)
     base = dict(column=column.name, best=best.group.label, other=other.group.label, seeds=shared)
     if not shared:
         tests = SAMPLE_TESTS if column.metric == "HR" else SAMPLE_TESTS[:2]

@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from fusionbench.errors import UserInputError
 from fusionbench.report.collect import load_ranks, option_matches, option_view, row_key, without_option
-from fusionbench.report.leaderboard import Leaderboard, Row, compare_rows
+from fusionbench.report.leaderboard import Leaderboard, Row, compare_rows, shared_seeds
 from fusionbench.report.significance import ALPHA, SAMPLE_TESTS, Comparison, adjust
 from fusionbench.store import ResultStore
 
@@ -75,12 +75,10 @@ class Versus:
         """:math:`\\Delta_c` in percentage points over the seeds both rows have (NaN without a reference)."""
         if self.reference is None:
             return math.nan
-        shared = sorted(set(self.row.group.seeds) & set(self.reference.group.seeds))
+        shared, mine, theirs = shared_seeds(self.row, self.reference)
         if not shared:
             return self.row.cells[column].mean - self.reference.cells[column].mean
-        mine, theirs = (row.values[column][[row.group.seeds.index(s) for s in shared]].mean()
-                        for row in (self.row, self.reference))
-        return 100.0 * (mine - theirs)
+        return 100.0 * (self.row.values[column][mine].mean() - self.reference.values[column][theirs].mean())
 
     def mark(self, column: str, metric: str) -> str:
         """▲ / ▼ when every test applicable to ``metric`` rejects after adjustment, else empty."""
