@@ -27,6 +27,7 @@ from fusionbench.devtools.bench import (
     read_baseline,
     refresh_target,
     render,
+    same_machine_check,
     slower_of,
     with_cases,
 )
@@ -380,6 +381,22 @@ def test_a_shallow_clone_does_not_stand_in_for_the_baseline_commit(tmp_path):
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{repo}", str(clone)], check=True)
     commit, _, why = baseline_commit(clone / "baseline.json")
     assert commit is None and why.startswith("a shallow clone")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_suite_outside_the_baselines_repository_is_reported_not_raised(tmp_path):
+    """The baseline's commit holds no copy of a suite kept elsewhere: the check says so instead of failing
+    on a path it cannot map into that commit."""
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    repo.mkdir()
+    elsewhere.mkdir()
+    git(repo, "init", "-q")
+    (repo / "baseline.json").write_text("{}")
+    git(repo, "add", "baseline.json")
+    git(repo, "commit", "-q", "-m", "baseline")
+    rows, note = same_machine_check(elsewhere, repo / "baseline.json", ["work"])
+    assert rows == [] and note == (f"cannot measure the baseline's own code on this machine: the suite {elsewhere} "
+                                   f"is not in {repo.resolve()}")
 
 
 def test_refresh_keeps_slower_ratios_or_replaces_named_cases(tiny_suite):

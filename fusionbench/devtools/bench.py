@@ -344,9 +344,12 @@ def same_machine_check(suite: Path, baseline: Path, slow: list[str]) -> tuple[li
     commit, root, why = baseline_commit(baseline)
     if commit is None:
         return [], f"cannot measure the baseline's own code on this machine: {why}"
+    inside = Path(suite).resolve()
+    if not inside.is_relative_to(root.resolve()):
+        return [], f"cannot measure the baseline's own code on this machine: the suite {suite} is not in {root}"
     with tempfile.TemporaryDirectory(prefix="fusionbench-bench-base-") as tmp:
         tree = Path(tmp)
-        old_suite = tree / Path(suite).resolve().relative_to(root)
+        old_suite = tree / inside.relative_to(root.resolve())
         old, new = [], []
         try:
             extract_commit(root, commit, tree)
