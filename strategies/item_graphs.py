@@ -212,10 +212,14 @@ class GraphPropagation(nn.Module):
         self.register_buffer("self_weight", torch.stack(depth).mean(0), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        out, total = x, x
-        for _ in range(self.layers):
-            out = torch.sparse.mm(self.adjacency, out)
-            total = total + out
+        if not self.layers:
+            return x
+        # the sparse product has no bfloat16 backward: under bf16 autocast the propagation runs in float32
+        with torch.autocast(x.device.type, enabled=False):
+            out = total = x.float()
+            for _ in range(self.layers):
+                out = torch.sparse.mm(self.adjacency, out)
+                total = total + out
         return total / (self.layers + 1)
 
     def extra_repr(self) -> str:

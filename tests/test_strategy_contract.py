@@ -49,6 +49,24 @@ def test_gradient_reaches_every_parameter(name):
     assert not missing, f"no gradient for {missing}"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bf16_training_step_updates_every_parameter_in_float32(name):
+    """``train.precision=bf16`` is an option of every strategy: the trainer's own step under bfloat16
+    autocast gives a finite loss, a gradient for every parameter and an update that leaves the parameters
+    float32."""
+    from fusionbench.train import make_adam, train_step
+
+    model = build(name)
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    loss = train_step(model, make_adam(model.parameters(), 1e-2, 0.0), tiny_batch(), True)
+    assert torch.isfinite(torch.tensor(loss))
+    params = dict(model.named_parameters())
+    assert all(params[n].dtype == torch.float32 for n in before)
+    unchanged = [n for n, p in before.items() if torch.equal(p, params[n])]
+    assert not unchanged, f"not updated under bf16: {unchanged}"
+
+
 @pytest.mark.parametrize("name", FULL_SOFTMAX)
 def test_full_softmax_loss_and_gradients_as_over_the_whole_score_product(name, monkeypatch):
     """Every strategy but the graph-CF ones (BPR-style losses) trains on a full-softmax CE: it gets the same
