@@ -342,11 +342,11 @@ def same_machine_check(suite: Path, baseline: Path, slow: list[str]) -> tuple[li
     machines of one class) reads ``ok`` here; one the code slowed down stays ``SLOWER``. Returns the
     rows (empty when the commit cannot be measured) and a line saying what was compared or why not."""
     commit, root, why = baseline_commit(baseline)
+    inside = Path(suite).resolve()
+    if commit is not None and not inside.is_relative_to(root.resolve()):
+        commit, why = None, f"the suite {suite} is not in {root}"
     if commit is None:
         return [], f"cannot measure the baseline's own code on this machine: {why}"
-    inside = Path(suite).resolve()
-    if not inside.is_relative_to(root.resolve()):
-        return [], f"cannot measure the baseline's own code on this machine: the suite {suite} is not in {root}"
     with tempfile.TemporaryDirectory(prefix="fusionbench-bench-base-") as tmp:
         tree = Path(tmp)
         old_suite = tree / inside.relative_to(root.resolve())
